@@ -1,0 +1,38 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "captionaura/ca_backend.h"
+
+static void *cpu_alloc(size_t bytes) {
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+
+static void cpu_free(void *p) { free(p); }
+
+const ca_backend ca_cpu_backend = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .embedding_forward = ca_cpu_embedding_forward,
+    .embedding_backward = ca_cpu_embedding_backward,
+    .rmsnorm_forward = ca_cpu_rmsnorm_forward,
+    .rmsnorm_backward = ca_cpu_rmsnorm_backward,
+    .linear_forward = ca_cpu_linear_forward,
+    .linear_backward = ca_cpu_linear_backward,
+    .shortconv_forward = ca_cpu_shortconv_forward,
+    .shortconv_backward = ca_cpu_shortconv_backward,
+    .rope_forward = ca_cpu_rope_forward,
+    .rope_backward = ca_cpu_rope_backward,
+    .attention_forward = ca_cpu_attention_forward,
+    .attention_backward = ca_cpu_attention_backward,
+    .swiglu_forward = ca_cpu_swiglu_forward,
+    .swiglu_backward = ca_cpu_swiglu_backward,
+    .crossentropy_forward = ca_cpu_crossentropy_forward,
+    .crossentropy_backward = ca_cpu_crossentropy_backward,
+    .add_inplace = ca_cpu_add_inplace,
+    .scale_inplace = ca_cpu_scale_inplace,
+    .zero = ca_cpu_zero,
+};

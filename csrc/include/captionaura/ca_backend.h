@@ -1,0 +1,42 @@
+/* The backend table: model code calls ops through it, never through #ifdefs, so the CUDA backend
+ * (kernels/) slots in with the same signatures. Memory functions let a backend own device buffers. */
+#ifndef CA_BACKEND_H
+#define CA_BACKEND_H
+
+#include "captionaura/ca_ops.h"
+#include "captionaura/ca_status.h"
+
+typedef struct ca_backend {
+    const char *name;
+    /* memory */
+    void *(*alloc)(size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
+    void (*free)(void *p);
+    /* ops (see ca_ops.h) */
+    void (*embedding_forward)(float *, const int32_t *, const float *, int, int);
+    void (*embedding_backward)(float *, const float *, const int32_t *, int, int);
+    void (*rmsnorm_forward)(float *, float *, const float *, const float *, int, int, float);
+    void (*rmsnorm_backward)(float *, float *, const float *, const float *, const float *, const float *, int, int);
+    void (*linear_forward)(float *, const float *, const float *, const float *, int, int, int);
+    void (*linear_backward)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int);
+    void (*shortconv_forward)(float *, float *, float *, const float *, const float *, const float *, int, int, int, int);
+    void (*shortconv_backward)(float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int, int);
+    void (*rope_forward)(float *, const float *, const int32_t *, int, int, int, float);
+    void (*rope_backward)(float *, const float *, const int32_t *, int, int, int, float);
+    void (*attention_forward)(float *, float *, const float *, const float *, const float *, const int32_t *, int, int, int, int, int, int, int, int);
+    void (*attention_backward)(float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int, int, int, int);
+    void (*swiglu_forward)(float *, const float *, const float *, int, int);
+    void (*swiglu_backward)(float *, float *, const float *, const float *, const float *, int, int);
+    double (*crossentropy_forward)(float *, const float *, const int32_t *, int, int);
+    void (*crossentropy_backward)(float *, const float *, const int32_t *, float, int, int);
+    void (*add_inplace)(float *, const float *, size_t);
+    void (*scale_inplace)(float *, float, size_t);
+    void (*zero)(float *, size_t);
+} ca_backend;
+
+extern const ca_backend ca_cpu_backend;
+
+/* Threads used by OpenMP loops and OpenBLAS (0 = leave as is). */
+void ca_set_num_threads(int n);
+int ca_get_num_threads(void);
+
+#endif

@@ -1,0 +1,139 @@
+/* CPU ops: one file per op family in csrc/cpu/, forward and backward, llm.c argument order
+ * (outputs, caches, inputs, weights, sizes). The CUDA backend (kernels/) mirrors these signatures with a
+ * ca_cuda_ prefix. Sizes: N rows (= B*T tokens), C channels.
+ *
+ * Gradient conventions:
+ *   - parameter gradients (dweight, dbias, dwte) ACCUMULATE (+=): callers zero them once per step;
+ *   - activation gradients are WRITTEN (=), except where noted (rmsnorm's dinp feeds the residual stream
+ *     and accumulates; linear's dinp accumulates when `accumulate` is set, for inputs shared by several
+ *     projections).
+ * Ops never fail: callers validate sizes and indices before calling. */
+#ifndef CA_OPS_H
+#define CA_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CA_IGNORE_INDEX (-100)
+
+/* ---- embedding.c: out[n] = wte[ids[n]] ---- */
+void ca_cpu_embedding_forward(float *out,           /* (N, C) */
+                              const int32_t *ids,   /* (N) in [0, V) */
+                              const float *wte,     /* (V, C) */
+                              int N, int C);
+void ca_cpu_embedding_backward(float *dwte,         /* (V, C) += */
+                               const float *dout,   /* (N, C) */
+                               const int32_t *ids,  /* (N) */
+                               int N, int C);
+
+/* ---- rmsnorm.c: y = w ⊙ x · rstd,  rstd = 1/sqrt(mean(x²) + eps)  (plain w, not 1+w) ---- */
+void ca_cpu_rmsnorm_forward(float *out,          /* (N, C) */
+                            float *rstd,         /* (N) cache */
+                            const float *inp,    /* (N, C) */
+                            const float *weight, /* (C) */
+                            int N, int C, float eps);
+void ca_cpu_rmsnorm_backward(float *dinp,         /* (N, C) += (residual stream) */
+                             float *dweight,      /* (C) += ; NULL to skip */
+                             const float *dout,   /* (N, C) */
+                             const float *inp,    /* (N, C) */
+                             const float *weight, /* (C) */
+                             const float *rstd,   /* (N) */
+                             int N, int C);
+
+/* ---- linear.c: out = inp · Wᵀ + b  (W stored [out, in] as in torch), cblas_sgemm ---- */
+void ca_cpu_linear_forward(float *out,          /* (N, OC) */
+                           const float *inp,    /* (N, C) */
+                           const float *weight, /* (OC, C) */
+                           const float *bias,   /* (OC) or NULL */
+                           int N, int C, int OC);
+void ca_cpu_linear_backward(float *dinp,         /* (N, C): = dout·W, or += when accumulate; NULL to skip */
+                            float *dweight,      /* (OC, C) += doutᵀ·inp; NULL to skip (frozen) */
+                            float *dbias,        /* (OC) += Σ_n dout; NULL to skip */
+                            const float *dout,   /* (N, OC) */
+                            const float *inp,    /* (N, C) */
+                            const float *weight, /* (OC, C) */
+                            int N, int C, int OC, int accumulate);
+
+/* ---- shortconv.c: the gated depthwise causal convolution inside the LFM2 conv block (lfm2.md §2.4)
+ *   z = [Bg | Cg | xv] (the in_proj output, chunked in that order)
+ *   u[t] = Bg[t] ⊙ xv[t]
+ *   c[t,h] = Σ_{k=0}^{L-1} w[h,k] · u[t-(L-1)+k, h]    (w[h,L-1] multiplies the current token;
+ *            u before t=0 comes from `state`, zeros when state is NULL)
+ *   y[t] = Cg[t] ⊙ c[t]                                                                          */
+void ca_cpu_shortconv_forward(float *y,            /* (B, T, C) */
+                              float *u,            /* (B, T, C) cache */
+                              float *c,            /* (B, T, C) cache */
+                              const float *z,      /* (B, T, 3C) */
+                              const float *weight, /* (C, L)  (HF conv.weight [C,1,L]) */
+                              const float *state,  /* (B, L-1, C) preceding u columns, or NULL */
+                              int B, int T, int C, int L);
+void ca_cpu_shortconv_backward(float *dz,           /* (B, T, 3C) = */
+                               float *dweight,      /* (C, L) += ; NULL to skip */
+                               const float *dy,     /* (B, T, C) */
+                               const float *z,      /* (B, T, 3C) */
+                               const float *u,      /* (B, T, C) */
+                               const float *c,      /* (B, T, C) */
+                               const float *weight, /* (C, L) */
+                               int B, int T, int C, int L);
+
+/* ---- rope.c: NEOX rotary embedding (rotate_half pairs i with i+HS/2)
+ *   θ_i = theta^(-2i/HS), a = pos·θ_i:  x'[i] = x[i]cos a − x[i+HS/2] sin a;  x'[i+HS/2] = x[i+HS/2]cos a + x[i] sin a
+ *   out may alias inp; backward rotates by −a (dinp may alias dout). */
+void ca_cpu_rope_forward(float *out,          /* (N, NH, HS) */
+                         const float *inp,    /* (N, NH, HS) */
+                         const int32_t *pos,  /* (N) absolute positions */
+                         int N, int NH, int HS, float theta);
+void ca_cpu_rope_backward(float *dinp,        /* (N, NH, HS) = */
+                          const float *dout,  /* (N, NH, HS) */
+                          const int32_t *pos, /* (N) */
+                          int N, int NH, int HS, float theta);
+
+/* ---- attention.c: softmax(q·kᵀ/sqrt(HS) + mask)·v with grouped KV heads (query head h uses KV head
+ *   h / (NH/NKV)). Query t sits at absolute position q_offset+t; with `causal` it sees keys j ≤ q_offset+t.
+ *   key_mask (B, Tk): 0 excludes a key (padding). A query that sees no key outputs zeros. ---- */
+void ca_cpu_attention_forward(float *out,             /* (B, Tq, NH, HS) */
+                              float *att,             /* (B, NH, Tq, Tk) cache: probabilities */
+                              const float *q,         /* (B, Tq, NH, HS) */
+                              const float *k,         /* (B, Tk, NKV, HS) */
+                              const float *v,         /* (B, Tk, NKV, HS) */
+                              const int32_t *key_mask,/* (B, Tk) or NULL */
+                              int B, int Tq, int Tk, int NH, int NKV, int HS, int causal, int q_offset);
+void ca_cpu_attention_backward(float *dq,             /* (B, Tq, NH, HS) = */
+                               float *dk,             /* (B, Tk, NKV, HS) = */
+                               float *dv,             /* (B, Tk, NKV, HS) = */
+                               const float *dout,     /* (B, Tq, NH, HS) */
+                               const float *q, const float *k, const float *v,
+                               const float *att,      /* (B, NH, Tq, Tk) */
+                               int B, int Tq, int Tk, int NH, int NKV, int HS);
+
+/* ---- swiglu.c: out = silu(gate) ⊙ up,  silu(a) = a·σ(a) ---- */
+void ca_cpu_swiglu_forward(float *out,        /* (N, F) */
+                           const float *gate, /* (N, F)  w1 output */
+                           const float *up,   /* (N, F)  w3 output */
+                           int N, int F);
+void ca_cpu_swiglu_backward(float *dgate,       /* (N, F) = */
+                            float *dup,         /* (N, F) = */
+                            const float *dout,  /* (N, F) */
+                            const float *gate, const float *up,
+                            int N, int F);
+
+/* ---- crossentropy.c: loss_n = logsumexp(logits_n) − logits_n[target_n], rows with target −100 skipped.
+ *   forward returns Σ loss_n over counted rows (float64) and writes per-row losses (0 for skipped) when
+ *   `losses` is non-NULL; backward writes dlogits = (softmax − onehot)·scale for counted rows and 0
+ *   elsewhere (dlogits may alias logits). ---- */
+double ca_cpu_crossentropy_forward(float *losses,          /* (N) or NULL */
+                                   const float *logits,    /* (N, V) */
+                                   const int32_t *targets, /* (N) in [0,V) or -100 */
+                                   int N, int V);
+void ca_cpu_crossentropy_backward(float *dlogits,         /* (N, V) = */
+                                  const float *logits,    /* (N, V) */
+                                  const int32_t *targets, /* (N) */
+                                  float scale,            /* dloss/dloss_n, e.g. 1/count for a mean */
+                                  int N, int V);
+
+/* ---- elementwise.c ---- */
+void ca_cpu_add_inplace(float *y, const float *x, size_t n);     /* y += x */
+void ca_cpu_scale_inplace(float *y, float s, size_t n);          /* y *= s */
+void ca_cpu_zero(float *y, size_t n);                            /* y = 0  */
+
+#endif

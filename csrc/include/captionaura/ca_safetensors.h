@@ -1,0 +1,64 @@
+/* safetensors reader (mmap, fully validated header) and atomic writer.
+ * Format: u64 little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets:[b,e]},
+ * "__metadata__": {str: str}}, then the byte buffer; offsets are relative to the buffer start. */
+#ifndef CA_SAFETENSORS_H
+#define CA_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "captionaura/ca_status.h"
+
+#define CA_ST_MAX_DIMS 8
+
+typedef enum {
+    CA_DT_F32, CA_DT_F16, CA_DT_BF16, CA_DT_F64,
+    CA_DT_I64, CA_DT_I32, CA_DT_I16, CA_DT_I8, CA_DT_U8, CA_DT_BOOL,
+} ca_dtype;
+
+typedef struct {
+    char *name;
+    ca_dtype dtype;
+    int ndim;
+    int64_t shape[CA_ST_MAX_DIMS];
+    uint64_t begin, end; /* byte offsets into the data buffer */
+} ca_st_tensor;
+
+typedef struct {
+    void *map;            /* mmap base (NULL when parsed from memory) */
+    size_t map_size;
+    const uint8_t *data;  /* start of the data buffer */
+    size_t data_size;
+    ca_st_tensor *tensors;
+    int num_tensors;
+    char *path;           /* for error messages */
+} ca_safetensors;
+
+size_t ca_dtype_size(ca_dtype dt);
+const char *ca_dtype_name(ca_dtype dt);
+
+/* Opens and validates: header length within the file, JSON well-formed, known dtypes, shape × dtype size ==
+ * end − begin, offsets in range, no overlaps, no duplicate names. Errors name the tensor and the file. */
+ca_status ca_safetensors_open(ca_safetensors *st, const char *path);
+/* Same validation over a memory buffer (the fuzz entry point); `buf` must outlive `st`. */
+ca_status ca_safetensors_parse(ca_safetensors *st, const uint8_t *buf, size_t size);
+void ca_safetensors_close(ca_safetensors *st);
+
+const ca_st_tensor *ca_safetensors_find(const ca_safetensors *st, const char *name);
+/* Converts a float tensor (F32, F16, BF16, F64) into float32 `out` of `numel` elements. */
+ca_status ca_safetensors_read_f32(const ca_safetensors *st, const ca_st_tensor *t, float *out, size_t numel);
+
+typedef struct {
+    const char *name;
+    ca_dtype dtype;       /* dtype of `data` as stored */
+    int ndim;
+    const int64_t *shape;
+    const void *data;
+} ca_st_item;
+
+/* Writes the items (in the order given) with optional string metadata pairs, to `path`.tmp, fsync, then
+ * rename over `path`: a crash never leaves a half-written file under the final name. */
+ca_status ca_safetensors_write(const char *path, const ca_st_item *items, int num_items,
+                               const char *const *metadata_kv, int num_metadata_pairs);
+
+#endif

@@ -1,0 +1,119 @@
+/* captionaura._core: gathers the method tables of each area (py_ops.c, py_io.c, py_metrics.c,
+ * py_model.c) and holds the shared argument and error helpers. */
+#define CA_PY_MODULE_MAIN
+#include "py_common.h"
+
+#include <string.h>
+
+#include "captionaura/ca_backend.h"
+
+PyObject *ca_py_raise(ca_status status) {
+    const char *msg = ca_last_error();
+    if (!msg || !msg[0]) msg = "captionaura core error";
+    PyObject *type;
+    switch (status) {
+    case CA_ERR_INDEX: type = PyExc_IndexError; break;
+    case CA_ERR_KEY: type = PyExc_KeyError; break;
+    case CA_ERR_IO: type = PyExc_OSError; break;
+    case CA_ERR_NOMEM: type = PyExc_MemoryError; break;
+    case CA_ERR_UNSUPPORTED: type = PyExc_NotImplementedError; break;
+    case CA_ERR_NUMERIC: type = PyExc_FloatingPointError; break;
+    case CA_ERR_DEVICE: type = PyExc_RuntimeError; break;
+    default: type = PyExc_ValueError; break;
+    }
+    PyErr_SetString(type, msg);
+    ca_clear_error();
+    return NULL;
+}
+
+PyArrayObject *ca_py_array(PyObject *obj, int typenum, int ndim, int writable, const char *what) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array, got %.100s", what, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError, "%s must have dtype %c, got %c", what, want->type, PyArray_DESCR(a)->type);
+        Py_DECREF(want);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous and aligned", what);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must have %d dimensions, got %d", what, ndim, PyArray_NDIM(a));
+        return NULL;
+    }
+    if (writable && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be writable", what);
+        return NULL;
+    }
+    return a;
+}
+
+PyArrayObject *ca_py_array_shape(PyObject *obj, int typenum, int ndim, const npy_intp *shape, int writable,
+                                 const char *what) {
+    PyArrayObject *a = ca_py_array(obj, typenum, ndim, writable, what);
+    if (!a) return NULL;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] >= 0 && PyArray_DIM(a, i) != shape[i]) {
+            PyErr_Format(PyExc_ValueError, "%s has size %zd in dimension %d, expected %zd", what,
+                         (Py_ssize_t)PyArray_DIM(a, i), i, (Py_ssize_t)shape[i]);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "num_threads must be >= 1");
+        return NULL;
+    }
+    ca_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong(ca_get_num_threads());
+}
+
+static PyObject *py_cuda_compiled(PyObject *self, PyObject *unused) {
+#ifdef CA_WITH_CUDA
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
+    {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA backend was compiled in."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef *area_tables[] = {module_methods, ca_py_ops_methods, ca_py_io_methods,
+                                     ca_py_metrics_methods, ca_py_model_methods};
+
+static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "_core",
+                                         "captionaura's C core (see the captionaura package for the API).", -1,
+                                         NULL};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    PyObject *m = PyModule_Create(&core_module);
+    if (!m) return NULL;
+    for (size_t i = 0; i < sizeof area_tables / sizeof area_tables[0]; i++) {
+        if (PyModule_AddFunctions(m, area_tables[i]) < 0) goto fail;
+    }
+    if (ca_py_model_init(m) < 0) goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,36 @@
+/* The only header in the project that includes Python.h and NumPy: every csrc/python/py_*.c includes it,
+ * nothing in the core does. */
+#ifndef CA_PY_COMMON_H
+#define CA_PY_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define PY_ARRAY_UNIQUE_SYMBOL captionaura_ARRAY_API
+#ifndef CA_PY_MODULE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "captionaura/ca_status.h"
+
+/* Raises the Python exception matching `status` with the core's thread-local message; returns NULL. */
+PyObject *ca_py_raise(ca_status status);
+
+/* Checks that `obj` is a NumPy array of `typenum`, C-contiguous and aligned, with `ndim` dimensions (-1: any),
+ * writable when asked; raises TypeError/ValueError naming `what` and returns NULL otherwise.
+ * Returns `obj` cast (borrowed reference). */
+PyArrayObject *ca_py_array(PyObject *obj, int typenum, int ndim, int writable, const char *what);
+
+/* Same check, then every dimension must equal the expected ones (-1: any); raises ValueError naming `what`. */
+PyArrayObject *ca_py_array_shape(PyObject *obj, int typenum, int ndim, const npy_intp *shape, int writable,
+                                 const char *what);
+
+/* Each area registers its functions and types here; module.c gathers them into captionaura._core. */
+extern PyMethodDef ca_py_ops_methods[];
+extern PyMethodDef ca_py_io_methods[];
+extern PyMethodDef ca_py_metrics_methods[];
+extern PyMethodDef ca_py_model_methods[];
+int ca_py_model_init(PyObject *module); /* adds types; 0 on success, -1 with an exception set */
+
+#endif

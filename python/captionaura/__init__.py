@@ -1,0 +1,25 @@
+"""captionaura: privacy-preserving, personalised image and video captioning on a C core for LFM2-VL."""
+
+from __future__ import annotations
+
+from captionaura import _core
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads used by the C core (OpenMP loops and OpenBLAS)."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads used by the C core's OpenMP loops."""
+    return _core.get_num_threads()
+
+
+def cuda_available() -> bool:
+    """True when the CUDA backend was compiled in (device checks come with the CUDA backend)."""
+    return bool(_core.cuda_compiled())
+
+
+__all__ = ["set_num_threads", "get_num_threads", "cuda_available", "__version__"]
