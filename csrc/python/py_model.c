@@ -1,8 +1,286 @@
-/* Python glue for the model area. */
+/* Python glue for the model area: the _core.Lfm2 type owns a ca_lfm2_model; parameters and gradients
+ * are exposed as NumPy views whose base object is the Lfm2 instance, so they keep it alive. */
 #include "py_common.h"
+
+#include <pythread.h>
+#include <string.h>
+
+#include "captionaura/ca_model.h"
+
+typedef struct {
+    PyObject_HEAD
+    ca_lfm2_model *model;
+    PyThread_type_lock lock; /* one compute call at a time: the activation arena is shared */
+} Lfm2Object;
+
+/* Runs `stmt` (assigning a ca_status to `st`) with the GIL released and the model's lock held. */
+#define CA_COMPUTE(self, stmt)                                                                     \
+    do {                                                                                           \
+        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock((self)->lock, WAIT_LOCK);                     \
+        stmt;                                                                                      \
+        PyThread_release_lock((self)->lock);                                                       \
+        Py_END_ALLOW_THREADS                                                                       \
+    } while (0)
+
+static void Lfm2_dealloc(Lfm2Object *self) {
+    ca_lfm2_free(self->model);
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Lfm2_init(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"config_json", "seed", "init_std", NULL};
+    const char *json;
+    Py_ssize_t json_len;
+    PyObject *seed_obj = Py_None;
+    double init_std = 0.02;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s#|Od", kwlist, &json, &json_len, &seed_obj, &init_std)) return -1;
+    if (self->model) {
+        PyErr_SetString(PyExc_RuntimeError, "Lfm2 is already initialised");
+        return -1;
+    }
+    ca_lfm2_config cfg;
+    ca_status st = ca_lfm2_config_from_json(&cfg, json, (size_t)json_len);
+    if (st == CA_OK) st = ca_lfm2_create(&self->model, &cfg, &ca_cpu_backend);
+    if (st != CA_OK) return ca_py_raise(st), -1;
+    if (seed_obj != Py_None) {
+        unsigned long long seed = PyLong_AsUnsignedLongLongMask(seed_obj);
+        if (PyErr_Occurred()) return -1;
+        ca_lfm2_init_random(self->model, seed, (float)init_std);
+    }
+    self->lock = PyThread_allocate_lock();
+    if (!self->lock) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int ready(Lfm2Object *self) {
+    if (!self->model) {
+        PyErr_SetString(PyExc_RuntimeError, "Lfm2 was not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* A 1-D float32 view of `count` floats at `data`, kept alive by `owner`. */
+static PyObject *float_view(PyObject *owner, float *data, size_t count) {
+    npy_intp dims[1] = {(npy_intp)count};
+    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
+    if (!arr) return NULL;
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static PyObject *Lfm2_param_table(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    const ca_lfm2_model *m = self->model;
+    PyObject *list = PyList_New(m->num_param_tensors);
+    if (!list) return NULL;
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        PyObject *shape = PyTuple_New(p->ndim);
+        if (!shape) return Py_DECREF(list), NULL;
+        for (int d = 0; d < p->ndim; d++) PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(p->shape[d]));
+        PyObject *row = Py_BuildValue("(sNnn)", p->name, shape, (Py_ssize_t)p->offset, (Py_ssize_t)p->numel);
+        if (!row) return Py_DECREF(list), NULL;
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static PyObject *Lfm2_params(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    return float_view((PyObject *)self, self->model->params, self->model->num_parameters);
+}
+
+static PyObject *Lfm2_grads(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ca_lfm2_model *m = self->model;
+    if (!m->grads) {
+        m->grads = m->be->alloc(m->num_parameters * sizeof(float));
+        if (!m->grads) return PyErr_NoMemory();
+    }
+    return float_view((PyObject *)self, m->grads, m->num_parameters);
+}
+
+/* Checks ids (B, T) int32 and an optional mask of the same shape. */
+static int token_args(PyObject *ids_obj, PyObject *mask_obj, PyArrayObject **ids, PyArrayObject **mask, int *B,
+                      int *T) {
+    *ids = ca_py_array(ids_obj, NPY_INT32, 2, 0, "input_ids");
+    if (!*ids) return 0;
+    *B = (int)PyArray_DIM(*ids, 0);
+    *T = (int)PyArray_DIM(*ids, 1);
+    *mask = NULL;
+    if (mask_obj != Py_None) {
+        npy_intp shape[2] = {*B, *T};
+        *mask = ca_py_array_shape(mask_obj, NPY_INT32, 2, shape, 0, "attention_mask");
+        if (!*mask) return 0;
+    }
+    return 1;
+}
+
+static PyObject *Lfm2_forward(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"input_ids", "attention_mask", "logits", "hidden_states", NULL};
+    PyObject *ids_obj, *mask_obj = Py_None, *logits_obj = Py_None, *hidden_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO", kwlist, &ids_obj, &mask_obj, &logits_obj, &hidden_obj))
+        return NULL;
+    if (!ready(self)) return NULL;
+    ca_lfm2_model *m = self->model;
+    PyArrayObject *ids, *mask;
+    int B, T;
+    if (!token_args(ids_obj, mask_obj, &ids, &mask, &B, &T)) return NULL;
+    float *logits = NULL, *hidden = NULL;
+    if (logits_obj != Py_None) {
+        npy_intp shape[3] = {B, T, m->cfg.vocab_size};
+        PyArrayObject *a = ca_py_array_shape(logits_obj, NPY_FLOAT32, 3, shape, 1, "logits");
+        if (!a) return NULL;
+        logits = PyArray_DATA(a);
+    }
+    if (hidden_obj != Py_None) {
+        npy_intp shape[4] = {m->cfg.num_hidden_layers + 1, B, T, m->cfg.hidden_size};
+        PyArrayObject *a = ca_py_array_shape(hidden_obj, NPY_FLOAT32, 4, shape, 1, "hidden_states");
+        if (!a) return NULL;
+        hidden = PyArray_DATA(a);
+    }
+    const int32_t *ids_p = PyArray_DATA(ids), *mask_p = mask ? PyArray_DATA(mask) : NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_forward(m, logits, hidden, ids_p, mask_p, B, T));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_loss_and_grad(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"input_ids", "labels", "attention_mask", "accumulate", NULL};
+    PyObject *ids_obj, *labels_obj, *mask_obj = Py_None;
+    int accumulate = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Op", kwlist, &ids_obj, &labels_obj, &mask_obj, &accumulate))
+        return NULL;
+    if (!ready(self)) return NULL;
+    PyArrayObject *ids, *mask;
+    int B, T;
+    if (!token_args(ids_obj, mask_obj, &ids, &mask, &B, &T)) return NULL;
+    npy_intp shape[2] = {B, T};
+    PyArrayObject *labels = ca_py_array_shape(labels_obj, NPY_INT32, 2, shape, 0, "labels");
+    if (!labels) return NULL;
+    const int32_t *ids_p = PyArray_DATA(ids), *labels_p = PyArray_DATA(labels);
+    const int32_t *mask_p = mask ? PyArray_DATA(mask) : NULL;
+    double loss = 0.0;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_loss_and_grad(self->model, &loss, ids_p, labels_p, mask_p, B, T, accumulate));
+    if (st != CA_OK) return ca_py_raise(st);
+    return PyFloat_FromDouble(loss);
+}
+
+static PyObject *Lfm2_load_safetensors(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"paths", "prefix", NULL};
+    PyObject *paths_obj;
+    const char *prefix = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|z", kwlist, &paths_obj, &prefix)) return NULL;
+    if (!ready(self)) return NULL;
+    PyObject *seq = PySequence_Fast(paths_obj, "paths must be a sequence of file paths");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    const char **paths = PyMem_Calloc((size_t)n + 1, sizeof *paths);
+    PyObject **encoded = PyMem_Calloc((size_t)n + 1, sizeof *encoded);
+    PyObject *result = NULL;
+    if (!paths || !encoded) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &encoded[i])) goto done;
+        paths[i] = PyBytes_AS_STRING(encoded[i]);
+    }
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_load_safetensors(self->model, paths, (int)n, prefix));
+    if (st != CA_OK) {
+        ca_py_raise(st);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    if (encoded)
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(encoded[i]);
+    PyMem_Free(encoded);
+    PyMem_Free(paths);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *Lfm2_save_safetensors(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path", "prefix", NULL};
+    PyObject *path_obj;
+    const char *prefix = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|z", kwlist, PyUnicode_FSConverter, &path_obj, &prefix))
+        return NULL;
+    if (!ready(self)) {
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    const char *path = PyBytes_AS_STRING(path_obj);
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_save_safetensors(self->model, path, prefix));
+    Py_DECREF(path_obj);
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
+    if (!ready(self)) return NULL;
+    size_t total = 0;
+    for (int i = 0; i < self->model->num_param_tensors; i++) total += self->model->param_info[i].numel;
+    return PyLong_FromSize_t(total);
+}
+
+static PyMethodDef Lfm2_methods[] = {
+    {"param_table", (PyCFunction)Lfm2_param_table, METH_NOARGS,
+     "[(name, shape, offset, numel)] of every parameter tensor, in buffer order."},
+    {"params", (PyCFunction)Lfm2_params, METH_NOARGS, "The flat float32 parameter buffer (a view)."},
+    {"grads", (PyCFunction)Lfm2_grads, METH_NOARGS, "The flat float32 gradient buffer (a view)."},
+    {"forward", (PyCFunction)(void (*)(void))Lfm2_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(input_ids, attention_mask=None, logits=None, hidden_states=None): fills the given outputs."},
+    {"loss_and_grad", (PyCFunction)(void (*)(void))Lfm2_loss_and_grad, METH_VARARGS | METH_KEYWORDS,
+     "loss_and_grad(input_ids, labels, attention_mask=None, accumulate=False) -> mean causal-LM loss."},
+    {"load_safetensors", (PyCFunction)(void (*)(void))Lfm2_load_safetensors, METH_VARARGS | METH_KEYWORDS,
+     "load_safetensors(paths, prefix=None): reads every parameter from the given files."},
+    {"save_safetensors", (PyCFunction)(void (*)(void))Lfm2_save_safetensors, METH_VARARGS | METH_KEYWORDS,
+     "save_safetensors(path, prefix=None): writes every parameter as float32, atomically."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Lfm2_getset[] = {
+    {"num_parameters", (getter)Lfm2_get_num_parameters, NULL, "Number of parameters.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Lfm2Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "captionaura._core.Lfm2",
+    .tp_basicsize = sizeof(Lfm2Object),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lfm2(config_json, seed=None, init_std=0.02): the LFM2 text model of the C core.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lfm2_init,
+    .tp_dealloc = (destructor)Lfm2_dealloc,
+    .tp_methods = Lfm2_methods,
+    .tp_getset = Lfm2_getset,
+};
 
 PyMethodDef ca_py_model_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int ca_py_model_init(PyObject *module) { return 0; }
+int ca_py_model_init(PyObject *module) {
+    if (PyType_Ready(&Lfm2Type) < 0) return -1;
+    Py_INCREF(&Lfm2Type);
+    if (PyModule_AddObject(module, "Lfm2", (PyObject *)&Lfm2Type) < 0) {
+        Py_DECREF(&Lfm2Type);
+        return -1;
+    }
+    return 0;
+}

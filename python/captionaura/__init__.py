@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from captionaura import _core
+from captionaura.config import Lfm2Config
+from captionaura.model import Lfm2Model, Lfm2Output
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,8 @@ def cuda_available() -> bool:
     return bool(_core.cuda_compiled())
 
 
-__all__ = ["set_num_threads", "get_num_threads", "cuda_available", "__version__"]
+__all__ = [
+    "Lfm2Config",
+    "Lfm2Model",
+    "Lfm2Output",
+    "set_num_threads", "get_num_threads", "cuda_available", "__version__"]

@@ -1,0 +1,131 @@
+/* The LFM2 text model: one flat parameter buffer (and a mirrored gradient buffer) described by a
+ * parameter table with Hugging Face names, per-layer views into it, and one activation arena sized from
+ * (batch, seq) on first use. Forward, backward and checkpoint I/O; all compute goes through a backend table. */
+#ifndef CA_MODEL_H
+#define CA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "captionaura/ca_backend.h"
+#include "captionaura/ca_config.h"
+#include "captionaura/ca_status.h"
+
+#define CA_PARAM_NAME_MAX 96
+
+/* One tensor of the flat parameter buffer. Names are LFM2's Hugging Face names ("model.layers.3.conv.in_proj.weight");
+ * checkpoints of LFM2-VL rewrite the leading "model." to "model.language_model.". */
+typedef struct {
+    char name[CA_PARAM_NAME_MAX];
+    int ndim;
+    int64_t shape[3];
+    size_t offset; /* in floats, into params / grads */
+    size_t numel;
+} ca_param_info;
+
+/* Views of one decoder layer's weights (NULL where the layer kind has none). */
+typedef struct {
+    int is_attention;
+    float *operator_norm;  /* (C) */
+    float *ffn_norm;       /* (C) */
+    float *w1;             /* (F, C) gate */
+    float *w3;             /* (F, C) up */
+    float *w2;             /* (C, F) down */
+    /* conv layers */
+    float *in_proj;        /* (3C, C) */
+    float *conv;           /* (C, L) (HF [C, 1, L]) */
+    float *conv_out;       /* (C, C)  conv.out_proj */
+    /* attention layers */
+    float *q_proj;         /* (NH*HS, C) */
+    float *k_proj;         /* (NKV*HS, C) */
+    float *v_proj;         /* (NKV*HS, C) */
+    float *attn_out;       /* (C, NH*HS)  self_attn.out_proj */
+    float *q_norm;         /* (HS) */
+    float *k_norm;         /* (HS) */
+} ca_lfm2_layer;
+
+/* Saved activations of one decoder layer for (B, T) tokens, N = B*T (NULL where the kind has none). */
+typedef struct {
+    float *x1;     /* (N, C) operator_norm output */
+    float *rstd1;  /* (N) */
+    float *mid;    /* (N, C) residual after the mixer: h + mixer(x1) */
+    float *x2;     /* (N, C) ffn_norm output */
+    float *rstd2;  /* (N) */
+    float *gate;   /* (N, F) w1 output */
+    float *up;     /* (N, F) w3 output */
+    float *act;    /* (N, F) silu(gate) ⊙ up */
+    /* conv */
+    float *z;      /* (N, 3C) in_proj output */
+    float *u;      /* (N, C) B ⊙ x */
+    float *c;      /* (N, C) conv output */
+    float *y;      /* (N, C) C ⊙ conv, out_proj input */
+    /* attention */
+    float *q;      /* (N, NH*HS) q_proj output (pre-norm) */
+    float *k;      /* (N, NKV*HS) */
+    float *v;      /* (N, NKV*HS) */
+    float *qrstd;  /* (N*NH) */
+    float *krstd;  /* (N*NKV) */
+    float *qr;     /* (N, NH*HS) normed + rotated */
+    float *kr;     /* (N, NKV*HS) */
+    float *att;    /* (B, NH, T, T) probabilities */
+    float *ao;     /* (N, NH*HS) attention output, out_proj input */
+} ca_lfm2_layer_acts;
+
+typedef struct ca_lfm2_model {
+    ca_lfm2_config cfg;
+    const ca_backend *be;
+
+    ca_param_info *param_info; /* (num_param_tensors) */
+    int num_param_tensors;
+    size_t num_parameters;     /* floats in params */
+
+    float *params;             /* (num_parameters) */
+    float *grads;              /* (num_parameters), allocated on first backward */
+    float *embed_tokens;       /* (V, C) */
+    float *embedding_norm;     /* (C) final norm */
+    float *lm_head;            /* (V, C): embed_tokens when tied */
+    ca_lfm2_layer *layers;     /* (num_hidden_layers) */
+
+    /* activation arena for (act_B, act_T); regrown when a larger batch arrives */
+    int act_B, act_T;
+    float *acts;
+    size_t acts_floats;
+    ca_lfm2_layer_acts *lacts; /* (num_hidden_layers) */
+    float *hs;                 /* (L+1, N, C) residual stream entering each layer; hs[L] = last layer output */
+    float *xf;                 /* (N, C) final norm output */
+    float *rstdf;              /* (N) */
+    float *logits;             /* (N, V) */
+    int32_t *pos;              /* (N) positions */
+    int32_t *targets;          /* (N) shifted labels */
+    int32_t *mask;             /* (N) attention mask (all ones when none was given) */
+    int has_padding;           /* the current mask has zeros */
+} ca_lfm2_model;
+
+/* Builds the parameter table and allocates parameters (zeros) for a validated config. */
+ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);
+void ca_lfm2_free(ca_lfm2_model *m);
+
+/* Seeded initialisation: N(0, std) for matrices and embeddings, ones for norms. */
+ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std);
+
+/* Forward over B right-padded sequences of T tokens. ids (B, T); mask (B, T) of 0/1 or NULL.
+ * logits (B, T, V) and hidden (L+1, B, T, C) are optional outputs (NULL to skip). */
+ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                          int B, int T);
+
+/* Causal-LM loss (labels shifted left by one inside, −100 ignored, mean over counted tokens) and the
+ * gradient of every parameter into m->grads (overwritten, or added when `accumulate`). */
+ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                const int32_t *mask, int B, int T, int accumulate);
+
+/* Reads every parameter from safetensors files (a single file or all shards of an index), converting
+ * BF16/F16/F64 to F32. `prefix` replaces the leading "model." of each name (NULL: keep). Missing, extra
+ * or misshapen tensors are errors naming the tensor; a tied lm_head.weight in the file is accepted. */
+ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, int num_paths, const char *prefix);
+
+/* Writes every parameter as F32 with Hugging Face names (atomically: temp file, then rename). */
+ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, const char *prefix);
+
+int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name);
+
+#endif

@@ -1,0 +1,614 @@
+/* LFM2 text model: parameter table, activation arena, forward, backward and checkpoint I/O.
+ * The math of each op lives in csrc/cpu/ (and kernels/); this file only wires ops into the
+ * architecture of lfm2.md §2:
+ *
+ *   h_0 = embed_tokens[ids]
+ *   mid_l = h_l + mixer_l(operator_norm_l(h_l))          mixer = ShortConv or Attention
+ *   h_{l+1} = mid_l + w2(silu(w1 x2) ⊙ w3 x2),  x2 = ffn_norm_l(mid_l)
+ *   logits = embedding_norm(h_L) · lm_headᵀ               (lm_head tied to embed_tokens by default)
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "captionaura/ca_model.h"
+#include "captionaura/ca_safetensors.h"
+
+/* ------------------------------------------------------------------------------------------------ */
+/* parameter table                                                                                   */
+
+typedef struct {
+    ca_param_info *info;
+    float ***views; /* where each tensor's pointer goes once params exist */
+    int count, capacity;
+    size_t offset;
+} table_builder;
+
+static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                           const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, int64_t d2,
+                           const char *fmt, ...) {
+    if (tb->count == tb->capacity) {
+        int cap = tb->capacity ? 2 * tb->capacity : 64;
+        ca_param_info *info = realloc(tb->info, (size_t)cap * sizeof *info);
+        if (!info) return ca_error(CA_ERR_NOMEM, "out of memory building the parameter table");
+        tb->info = info;
+        float ***views = realloc(tb->views, (size_t)cap * sizeof *views);
+        if (!views) return ca_error(CA_ERR_NOMEM, "out of memory building the parameter table");
+        tb->views = views;
+        tb->capacity = cap;
+    }
+    ca_param_info *p = &tb->info[tb->count];
+    memset(p, 0, sizeof *p);
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(p->name, sizeof p->name, fmt, args);
+    va_end(args);
+    p->ndim = ndim;
+    int64_t dims[3] = {d0, d1, d2};
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        p->shape[i] = dims[i];
+        p->numel *= (size_t)dims[i];
+    }
+    p->offset = tb->offset;
+    /* keep every tensor 16-float (64-byte) aligned for vector loads */
+    tb->offset += (p->numel + 15) & ~(size_t)15;
+    tb->views[tb->count] = view;
+    tb->count++;
+    return CA_OK;
+}
+
+/* The one place that knows LFM2's tensor names, shapes and their order in the flat buffer. */
+static ca_status build_param_table(ca_lfm2_model *m, table_builder *tb) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int64_t C = c->hidden_size, F = c->ffn_dim, V = c->vocab_size, HS = c->head_dim;
+    const int64_t NH = c->num_attention_heads, NKV = c->num_key_value_heads, L = c->conv_L_cache;
+    CA_TRY(table_add(tb, &m->embed_tokens, 2, V, C, 0, "model.embed_tokens.weight"));
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        ca_lfm2_layer *w = &m->layers[l];
+        w->is_attention = c->layer_is_attention[l];
+        CA_TRY(table_add(tb, &w->operator_norm, 1, C, 0, 0, "model.layers.%d.operator_norm.weight", l));
+        if (w->is_attention) {
+            CA_TRY(table_add(tb, &w->q_proj, 2, NH * HS, C, 0, "model.layers.%d.self_attn.q_proj.weight", l));
+            CA_TRY(table_add(tb, &w->k_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.k_proj.weight", l));
+            CA_TRY(table_add(tb, &w->v_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.v_proj.weight", l));
+            CA_TRY(table_add(tb, &w->attn_out, 2, C, NH * HS, 0, "model.layers.%d.self_attn.out_proj.weight", l));
+            CA_TRY(table_add(tb, &w->q_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.q_layernorm.weight", l));
+            CA_TRY(table_add(tb, &w->k_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.k_layernorm.weight", l));
+        } else {
+            CA_TRY(table_add(tb, &w->in_proj, 2, 3 * C, C, 0, "model.layers.%d.conv.in_proj.weight", l));
+            CA_TRY(table_add(tb, &w->conv, 3, C, 1, L, "model.layers.%d.conv.conv.weight", l));
+            CA_TRY(table_add(tb, &w->conv_out, 2, C, C, 0, "model.layers.%d.conv.out_proj.weight", l));
+        }
+        CA_TRY(table_add(tb, &w->ffn_norm, 1, C, 0, 0, "model.layers.%d.ffn_norm.weight", l));
+        CA_TRY(table_add(tb, &w->w1, 2, F, C, 0, "model.layers.%d.feed_forward.w1.weight", l));
+        CA_TRY(table_add(tb, &w->w3, 2, F, C, 0, "model.layers.%d.feed_forward.w3.weight", l));
+        CA_TRY(table_add(tb, &w->w2, 2, C, F, 0, "model.layers.%d.feed_forward.w2.weight", l));
+    }
+    CA_TRY(table_add(tb, &m->embedding_norm, 1, C, 0, 0, "model.embedding_norm.weight"));
+    if (!c->tie_word_embeddings) CA_TRY(table_add(tb, &m->lm_head, 2, V, C, 0, "lm_head.weight"));
+    return CA_OK;
+}
+
+ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be) {
+    *out = NULL;
+    CA_TRY(ca_lfm2_config_validate(cfg));
+    if (cfg->conv_bias) return ca_error(CA_ERR_UNSUPPORTED, "conv_bias=true is not supported (no LFM2 checkpoint uses it)");
+    ca_lfm2_model *m = calloc(1, sizeof *m);
+    if (!m) return ca_error(CA_ERR_NOMEM, "out of memory allocating the model");
+    m->cfg = *cfg;
+    m->be = be ? be : &ca_cpu_backend;
+    m->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *m->layers);
+    m->lacts = calloc((size_t)cfg->num_hidden_layers, sizeof *m->lacts);
+    table_builder tb = {0};
+    ca_status st = (m->layers && m->lacts) ? CA_OK : ca_error(CA_ERR_NOMEM, "out of memory allocating layers");
+    if (st == CA_OK) st = build_param_table(m, &tb);
+    if (st == CA_OK) {
+        m->params = m->be->alloc(tb.offset * sizeof(float));
+        if (!m->params)
+            st = ca_error(CA_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MB)", tb.offset,
+                          tb.offset * 4.0 / 1e6);
+    }
+    if (st != CA_OK) {
+        free(tb.info);
+        free(tb.views);
+        ca_lfm2_free(m);
+        return st;
+    }
+    for (int i = 0; i < tb.count; i++) *tb.views[i] = m->params + tb.info[i].offset;
+    if (cfg->tie_word_embeddings) m->lm_head = m->embed_tokens;
+    free(tb.views);
+    m->param_info = tb.info;
+    m->num_param_tensors = tb.count;
+    m->num_parameters = tb.offset;
+    *out = m;
+    return CA_OK;
+}
+
+void ca_lfm2_free(ca_lfm2_model *m) {
+    if (!m) return;
+    m->be->free(m->params);
+    m->be->free(m->grads);
+    m->be->free(m->acts);
+    free(m->param_info);
+    free(m->layers);
+    free(m->lacts);
+    free(m);
+}
+
+int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
+    for (int i = 0; i < m->num_param_tensors; i++)
+        if (strcmp(m->param_info[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* seeded initialisation: xoshiro256** seeded by splitmix64, Box–Muller normals                    */
+
+typedef struct { uint64_t s[4]; } ca_rng;
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(ca_rng *r) {
+    uint64_t result = rotl(r->s[1] * 5, 7) * 9, t = r->s[1] << 17;
+    r->s[2] ^= r->s[0];
+    r->s[3] ^= r->s[1];
+    r->s[1] ^= r->s[2];
+    r->s[0] ^= r->s[3];
+    r->s[2] ^= t;
+    r->s[3] = rotl(r->s[3], 45);
+    return result;
+}
+
+static double rng_uniform(ca_rng *r) { return ((rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+
+ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
+    ca_rng rng;
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) rng.s[i] = splitmix64(&x);
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        float *w = m->params + p->offset;
+        if (p->ndim == 1) { /* norms start at one, as in transformers */
+            for (size_t j = 0; j < p->numel; j++) w[j] = 1.0f;
+            continue;
+        }
+        for (size_t j = 0; j < p->numel; j += 2) {
+            /* Box–Muller: two independent N(0,1) from two uniforms */
+            double u1 = rng_uniform(&rng), u2 = rng_uniform(&rng);
+            double radius = sqrt(-2.0 * log(u1)), angle = 6.283185307179586 * u2;
+            w[j] = (float)(std * radius * cos(angle));
+            if (j + 1 < p->numel) w[j + 1] = (float)(std * radius * sin(angle));
+        }
+    }
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* activation arena                                                                                  */
+
+/* Lays out (or, with base == NULL, only measures) every activation buffer for (B, T). */
+static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
+    const ca_lfm2_config *c = &m->cfg;
+    const size_t N = (size_t)B * T, C = c->hidden_size, F = c->ffn_dim, V = c->vocab_size;
+    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
+    const size_t NH = c->num_attention_heads, NKV = c->num_key_value_heads;
+    size_t used = 0;
+#define CA_TAKE(ptr, count)                                                                        \
+    do {                                                                                           \
+        size_t n_ = ((count) + 15) & ~(size_t)15;                                                  \
+        if (base) (ptr) = base + used;                                                             \
+        used += n_;                                                                                \
+    } while (0)
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        ca_lfm2_layer_acts a = {0};
+        CA_TAKE(a.x1, N * C);
+        CA_TAKE(a.rstd1, N);
+        CA_TAKE(a.mid, N * C);
+        CA_TAKE(a.x2, N * C);
+        CA_TAKE(a.rstd2, N);
+        CA_TAKE(a.gate, N * F);
+        CA_TAKE(a.up, N * F);
+        CA_TAKE(a.act, N * F);
+        if (c->layer_is_attention[l]) {
+            CA_TAKE(a.q, N * QD);
+            CA_TAKE(a.k, N * KD);
+            CA_TAKE(a.v, N * KD);
+            CA_TAKE(a.qrstd, N * NH);
+            CA_TAKE(a.krstd, N * NKV);
+            CA_TAKE(a.qr, N * QD);
+            CA_TAKE(a.kr, N * KD);
+            CA_TAKE(a.att, (size_t)B * NH * T * T);
+            CA_TAKE(a.ao, N * QD);
+        } else {
+            CA_TAKE(a.z, N * 3 * C);
+            CA_TAKE(a.u, N * C);
+            CA_TAKE(a.c, N * C);
+            CA_TAKE(a.y, N * C);
+        }
+        if (base) m->lacts[l] = a;
+    }
+    CA_TAKE(m->hs, (size_t)(c->num_hidden_layers + 1) * N * C);
+    CA_TAKE(m->xf, N * C);
+    CA_TAKE(m->rstdf, N);
+    CA_TAKE(m->logits, N * V);
+    float *ints = NULL;
+    CA_TAKE(ints, 3 * N); /* positions, targets, mask as int32 */
+    if (base) {
+        m->pos = (int32_t *)ints;
+        m->targets = m->pos + N;
+        m->mask = m->targets + N;
+    }
+#undef CA_TAKE
+    return used;
+}
+
+static ca_status ensure_acts(ca_lfm2_model *m, int B, int T) {
+    if (m->acts && B == m->act_B && T == m->act_T) return CA_OK;
+    size_t need = layout_acts(m, NULL, B, T);
+    if (!m->acts || need > m->acts_floats) {
+        m->be->free(m->acts);
+        m->acts = m->be->alloc(need * sizeof(float));
+        if (!m->acts) {
+            m->acts_floats = 0;
+            m->act_B = m->act_T = 0;
+            return ca_error(CA_ERR_NOMEM, "out of memory allocating activations for batch %d x %d tokens (%.1f MB)",
+                            B, T, need * 4.0 / 1e6);
+        }
+        m->acts_floats = need;
+    }
+    layout_acts(m, m->acts, B, T);
+    m->act_B = B;
+    m->act_T = T;
+    return CA_OK;
+}
+
+/* Scratch for backward: gradients of one layer's activations, reused layer after layer. */
+typedef struct {
+    float *dres;  /* (N, C) gradient of the residual stream */
+    float *dx;    /* (N, C) gradient of a norm's output */
+    float *dmix;  /* (N, C) gradient of the conv gated output y */
+    float *dgate; /* (N, F) */
+    float *dup;   /* (N, F) */
+    float *dact;  /* (N, F) */
+    float *dz;    /* (N, 3C) */
+    float *dao;   /* (N, NH*HS) */
+    float *dq;    /* (N, NH*HS) */
+    float *dk;    /* (N, NKV*HS) */
+    float *dv;    /* (N, NKV*HS) */
+    float *dqraw; /* (N, NH*HS) */
+    float *dkraw; /* (N, NKV*HS) */
+    float *base;
+} backward_scratch;
+
+static ca_status scratch_alloc(const ca_lfm2_model *m, backward_scratch *s, int B, int T) {
+    const ca_lfm2_config *c = &m->cfg;
+    const size_t N = (size_t)B * T, C = c->hidden_size, F = c->ffn_dim;
+    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
+    const size_t sizes[] = {N * C, N * C, N * C, N * F, N * F, N * F, N * 3 * C, N * QD, N * QD, N * KD, N * KD, N * QD, N * KD};
+    float **slots[] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz,
+                       &s->dao, &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    s->base = m->be->alloc(total * sizeof(float));
+    if (!s->base) return ca_error(CA_ERR_NOMEM, "out of memory allocating backward scratch (%.1f MB)", total * 4.0 / 1e6);
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        *slots[i] = s->base + used;
+        used += (sizes[i] + 15) & ~(size_t)15;
+    }
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* forward                                                                                           */
+
+static ca_status check_tokens(const ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T) {
+    if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            int32_t id = ids[(size_t)b * T + t];
+            if (id < 0 || id >= m->cfg.vocab_size)
+                return ca_error(CA_ERR_INDEX, "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id,
+                                m->cfg.vocab_size);
+            if (mask && mask[(size_t)b * T + t] != 0 && mask[(size_t)b * T + t] != 1)
+                return ca_error(CA_ERR_VALUE, "attention_mask[%d, %d] = %d; expected 0 or 1", b, t,
+                                mask[(size_t)b * T + t]);
+        }
+    }
+    return CA_OK;
+}
+
+/* transformers zeroes padded positions before a conv block (apply_mask_to_padding_states), but only for
+ * batches of several multi-token sequences; doing the same keeps padded rows identical to it. */
+static int conv_masks_padding(const ca_lfm2_model *m, int B, int T) { return m->has_padding && B > 1 && T > 1; }
+
+static void zero_masked_rows(const ca_lfm2_model *m, float *x, size_t width, int N) {
+    for (int n = 0; n < N; n++)
+        if (!m->mask[n]) m->be->zero(x + (size_t)n * width, width);
+}
+
+static void layer_forward(ca_lfm2_model *m, int l, int B, int T) {
+    const ca_backend *be = m->be;
+    const ca_lfm2_config *c = &m->cfg;
+    const int N = B * T, C = c->hidden_size, F = c->ffn_dim, HS = c->head_dim;
+    const int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
+    const float eps = (float)c->norm_eps;
+    const ca_lfm2_layer *w = &m->layers[l];
+    ca_lfm2_layer_acts *a = &m->lacts[l];
+    const float *h = m->hs + (size_t)l * N * C;   /* (N, C) layer input */
+    float *hout = m->hs + (size_t)(l + 1) * N * C; /* (N, C) layer output */
+
+    be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps);
+    if (w->is_attention) {
+        be->linear_forward(a->q, a->x1, w->q_proj, NULL, N, C, NH * HS);
+        be->linear_forward(a->k, a->x1, w->k_proj, NULL, N, C, NKV * HS);
+        be->linear_forward(a->v, a->x1, w->v_proj, NULL, N, C, NKV * HS);
+        /* per-head RMSNorm over HS before RoPE (lfm2.md §2.5) */
+        be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
+        be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
+        be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
+        be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
+        be->attention_forward(a->ao, a->att, a->qr, a->kr, a->v, m->has_padding ? m->mask : NULL, B, T, T, NH, NKV,
+                              HS, 1, 0);
+        be->linear_forward(a->mid, a->ao, w->attn_out, NULL, N, NH * HS, C);
+    } else {
+        be->linear_forward(a->z, a->x1, w->in_proj, NULL, N, C, 3 * C);
+        if (conv_masks_padding(m, B, T)) zero_masked_rows(m, a->z, (size_t)3 * C, N);
+        be->shortconv_forward(a->y, a->u, a->c, a->z, w->conv, NULL, B, T, C, c->conv_L_cache);
+        be->linear_forward(a->mid, a->y, w->conv_out, NULL, N, C, C);
+    }
+    be->add_inplace(a->mid, h, (size_t)N * C);
+    be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
+    be->linear_forward(a->gate, a->x2, w->w1, NULL, N, C, F);
+    be->linear_forward(a->up, a->x2, w->w3, NULL, N, C, F);
+    be->swiglu_forward(a->act, a->gate, a->up, N, F);
+    be->linear_forward(hout, a->act, w->w2, NULL, N, F, C);
+    be->add_inplace(hout, a->mid, (size_t)N * C);
+}
+
+/* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
+static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T) {
+    CA_TRY(check_tokens(m, ids, mask, B, T));
+    CA_TRY(ensure_acts(m, B, T));
+    const ca_lfm2_config *c = &m->cfg;
+    const int N = B * T, C = c->hidden_size;
+    m->has_padding = 0;
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            size_t n = (size_t)b * T + t;
+            m->pos[n] = t; /* right padding: positions count from each sequence's start */
+            m->mask[n] = mask ? mask[n] : 1;
+            if (!m->mask[n]) m->has_padding = 1;
+        }
+    }
+    m->be->embedding_forward(m->hs, ids, m->embed_tokens, N, C);
+    for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(m, l, B, T);
+    m->be->rmsnorm_forward(m->xf, m->rstdf, m->hs + (size_t)c->num_hidden_layers * N * C, m->embedding_norm, N, C,
+                           (float)c->norm_eps);
+    return CA_OK;
+}
+
+ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                          int B, int T) {
+    CA_TRY(forward_body(m, ids, mask, B, T));
+    const ca_lfm2_config *c = &m->cfg;
+    const int N = B * T, C = c->hidden_size;
+    if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
+    if (hidden) memcpy(hidden, m->hs, (size_t)(c->num_hidden_layers + 1) * N * C * sizeof(float));
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* backward                                                                                          */
+
+/* The gradient slot of a parameter view, or NULL when parameter gradients are off. */
+static float *grad_of(const ca_lfm2_model *m, const float *param) {
+    return m->grads ? m->grads + (param - m->params) : NULL;
+}
+
+static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scratch *s) {
+    const ca_backend *be = m->be;
+    const ca_lfm2_config *c = &m->cfg;
+    const int N = B * T, C = c->hidden_size, F = c->ffn_dim, HS = c->head_dim;
+    const int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
+    const ca_lfm2_layer *w = &m->layers[l];
+    const ca_lfm2_layer_acts *a = &m->lacts[l];
+    const float *h = m->hs + (size_t)l * N * C;
+
+    /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward */
+    be->linear_backward(s->dact, grad_of(m, w->w2), NULL, s->dres, a->act, w->w2, N, F, C, 0);
+    be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
+    be->linear_backward(s->dx, grad_of(m, w->w1), NULL, s->dgate, a->x2, w->w1, N, C, F, 0);
+    be->linear_backward(s->dx, grad_of(m, w->w3), NULL, s->dup, a->x2, w->w3, N, C, F, 1);
+    be->rmsnorm_backward(s->dres, grad_of(m, w->ffn_norm), s->dx, a->mid, w->ffn_norm, a->rstd2, N, C);
+
+    /* mixer: mid = h + mixer(x1) */
+    if (w->is_attention) {
+        be->linear_backward(s->dao, grad_of(m, w->attn_out), NULL, s->dres, a->ao, w->attn_out, N, NH * HS, C, 0);
+        be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);
+        be->rope_backward(s->dq, s->dq, m->pos, N, NH, HS, (float)c->rope_theta);
+        be->rope_backward(s->dk, s->dk, m->pos, N, NKV, HS, (float)c->rope_theta);
+        be->zero(s->dqraw, (size_t)N * NH * HS);
+        be->zero(s->dkraw, (size_t)N * NKV * HS);
+        be->rmsnorm_backward(s->dqraw, grad_of(m, w->q_norm), s->dq, a->q, w->q_norm, a->qrstd, N * NH, HS);
+        be->rmsnorm_backward(s->dkraw, grad_of(m, w->k_norm), s->dk, a->k, w->k_norm, a->krstd, N * NKV, HS);
+        be->linear_backward(s->dx, grad_of(m, w->q_proj), NULL, s->dqraw, a->x1, w->q_proj, N, C, NH * HS, 0);
+        be->linear_backward(s->dx, grad_of(m, w->k_proj), NULL, s->dkraw, a->x1, w->k_proj, N, C, NKV * HS, 1);
+        be->linear_backward(s->dx, grad_of(m, w->v_proj), NULL, s->dv, a->x1, w->v_proj, N, C, NKV * HS, 1);
+    } else {
+        be->linear_backward(s->dmix, grad_of(m, w->conv_out), NULL, s->dres, a->y, w->conv_out, N, C, C, 0);
+        be->shortconv_backward(s->dz, grad_of(m, w->conv), s->dmix, a->z, a->u, a->c, w->conv, B, T, C,
+                               c->conv_L_cache);
+        if (conv_masks_padding(m, B, T)) zero_masked_rows(m, s->dz, (size_t)3 * C, N);
+        be->linear_backward(s->dx, grad_of(m, w->in_proj), NULL, s->dz, a->x1, w->in_proj, N, C, 3 * C, 0);
+    }
+    be->rmsnorm_backward(s->dres, grad_of(m, w->operator_norm), s->dx, h, w->operator_norm, a->rstd1, N, C);
+}
+
+ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                const int32_t *mask, int B, int T, int accumulate) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int N = B * T, C = c->hidden_size, V = c->vocab_size;
+    if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
+    int64_t count = 0;
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            int32_t y = labels[(size_t)b * T + t];
+            if (y != CA_IGNORE_INDEX && (y < 0 || y >= V))
+                return ca_error(CA_ERR_INDEX, "labels[%d, %d] = %d is neither -100 nor a token id in [0, %d)", b, t, y,
+                                V);
+        }
+    }
+    CA_TRY(forward_body(m, ids, mask, B, T));
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            int32_t y = t + 1 < T ? labels[(size_t)b * T + t + 1] : CA_IGNORE_INDEX;
+            m->targets[(size_t)b * T + t] = y;
+            count += y != CA_IGNORE_INDEX;
+        }
+    }
+    if (count == 0) return ca_error(CA_ERR_VALUE, "labels leave no token to predict (all -100 after the shift)");
+
+    if (!m->grads) {
+        m->grads = m->be->alloc(m->num_parameters * sizeof(float));
+        if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating gradients");
+    } else if (!accumulate) {
+        m->be->zero(m->grads, m->num_parameters);
+    }
+    backward_scratch s;
+    CA_TRY(scratch_alloc(m, &s, B, T));
+
+    m->be->linear_forward(m->logits, m->xf, m->lm_head, NULL, N, C, V);
+    *loss = m->be->crossentropy_forward(NULL, m->logits, m->targets, N, V) / (double)count;
+    m->be->crossentropy_backward(m->logits, m->logits, m->targets, (float)(1.0 / (double)count), N, V);
+    /* logits = xf · lm_headᵀ */
+    m->be->linear_backward(s.dx, grad_of(m, m->lm_head), NULL, m->logits, m->xf, m->lm_head, N, C, V, 0);
+    m->be->zero(s.dres, (size_t)N * C);
+    m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
+                            m->embedding_norm, m->rstdf, N, C);
+    for (int l = c->num_hidden_layers - 1; l >= 0; l--) layer_backward(m, l, B, T, &s);
+    m->be->embedding_backward(grad_of(m, m->embed_tokens), s.dres, ids, N, C);
+    m->be->free(s.base);
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* checkpoints                                                                                       */
+
+/* "model.x" → prefix + "x" (prefix NULL keeps the name). */
+static void checkpoint_name(char *out, size_t cap, const char *name, const char *prefix) {
+    if (prefix && strncmp(name, "model.", 6) == 0)
+        snprintf(out, cap, "%s%s", prefix, name + 6);
+    else
+        snprintf(out, cap, "%s", name);
+}
+
+ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, int num_paths, const char *prefix) {
+    if (num_paths <= 0) return ca_error(CA_ERR_VALUE, "no safetensors file given");
+    ca_safetensors *files = calloc((size_t)num_paths, sizeof *files);
+    if (!files) return ca_error(CA_ERR_NOMEM, "out of memory opening checkpoints");
+    ca_status st = CA_OK;
+    int opened = 0;
+    for (; opened < num_paths && st == CA_OK; opened++) st = ca_safetensors_open(&files[opened], paths[opened]);
+    if (st != CA_OK) opened--; /* the failed one closed itself */
+
+    /* every tensor of the checkpoint must be used once (unused ones mean a config/checkpoint mismatch) */
+    int total = 0;
+    for (int f = 0; f < opened; f++) total += files[f].num_tensors;
+    unsigned char *used = st == CA_OK ? calloc((size_t)total + 1, 1) : NULL;
+    if (st == CA_OK && !used) st = ca_error(CA_ERR_NOMEM, "out of memory loading checkpoints");
+
+    char name[CA_PARAM_NAME_MAX + 64];
+    for (int i = 0; st == CA_OK && i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        checkpoint_name(name, sizeof name, p->name, prefix);
+        const ca_st_tensor *found = NULL;
+        int found_file = -1, base = 0;
+        for (int f = 0; f < opened; f++) {
+            const ca_st_tensor *t = ca_safetensors_find(&files[f], name);
+            if (t) {
+                if (found) {
+                    st = ca_error(CA_ERR_FORMAT, "tensor '%s' appears in both %s and %s", name, files[found_file].path,
+                                  files[f].path);
+                    break;
+                }
+                found = t;
+                found_file = f;
+                used[base + (int)(t - files[f].tensors)] = 1;
+            }
+            base += files[f].num_tensors;
+        }
+        if (st != CA_OK) break;
+        if (!found) {
+            st = ca_error(CA_ERR_KEY, "checkpoint is missing tensor '%s'", name);
+            break;
+        }
+        int same = found->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = found->shape[d] == p->shape[d];
+        if (!same) {
+            char want[64], got[64];
+            int wn = snprintf(want, sizeof want, "[");
+            for (int d = 0; d < p->ndim; d++) wn += snprintf(want + wn, sizeof want - wn, d ? ", %lld" : "%lld", (long long)p->shape[d]);
+            snprintf(want + wn, sizeof want - wn, "]");
+            int gn = snprintf(got, sizeof got, "[");
+            for (int d = 0; d < found->ndim && gn < (int)sizeof got - 24; d++)
+                gn += snprintf(got + gn, sizeof got - gn, d ? ", %lld" : "%lld", (long long)found->shape[d]);
+            snprintf(got + gn, sizeof got - gn, "]");
+            st = ca_error(CA_ERR_SHAPE, "tensor '%s' has shape %s in %s but the config expects %s", name, got,
+                          files[found_file].path, want);
+            break;
+        }
+        st = ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
+    }
+    /* unknown tensors that belong to this model (its prefix, or lm_head) are an error; a tied lm_head is fine */
+    const char *own = prefix ? prefix : "model.";
+    for (int f = 0, base = 0; st == CA_OK && f < opened; base += files[f].num_tensors, f++) {
+        for (int j = 0; j < files[f].num_tensors; j++) {
+            const char *tn = files[f].tensors[j].name;
+            if (used[base + j]) continue;
+            if (strcmp(tn, "lm_head.weight") == 0 && m->cfg.tie_word_embeddings) continue;
+            if (strncmp(tn, own, strlen(own)) == 0 || strncmp(tn, "lm_head.", 8) == 0) {
+                st = ca_error(CA_ERR_KEY, "checkpoint %s has unexpected tensor '%s' (not part of this config)",
+                              files[f].path, tn);
+                break;
+            }
+        }
+    }
+    free(used);
+    for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
+    free(files);
+    return st;
+}
+
+ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, const char *prefix) {
+    ca_st_item *items = calloc((size_t)m->num_param_tensors, sizeof *items);
+    char(*names)[CA_PARAM_NAME_MAX + 64] = calloc((size_t)m->num_param_tensors, sizeof *names);
+    if (!items || !names) {
+        free(items);
+        free(names);
+        return ca_error(CA_ERR_NOMEM, "out of memory saving the checkpoint");
+    }
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        checkpoint_name(names[i], sizeof names[i], p->name, prefix);
+        items[i] = (ca_st_item){names[i], CA_DT_F32, p->ndim, p->shape, m->params + p->offset};
+    }
+    const char *metadata[] = {"format", "pt"};
+    ca_status st = ca_safetensors_write(path, items, m->num_param_tensors, metadata, 1);
+    free(items);
+    free(names);
+    return st;
+}
