@@ -406,7 +406,10 @@ ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const 
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
     if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
-    if (hidden) memcpy(hidden, m->hs, (size_t)(c->num_hidden_layers + 1) * N * C * sizeof(float));
+    if (hidden) { /* transformers' layout: embeddings, layers 0..L-2, then the final-normed last layer */
+        memcpy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
+        memcpy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
+    }
     return CA_OK;
 }
 

@@ -25,8 +25,9 @@ CONFIG_NAME = "config.json"
 class Lfm2Output:
     """What ``Lfm2Model.forward`` returns.
 
-    ``logits``: (B, T, V) float32. ``hidden_states``: when asked, a tuple of L+1 arrays (B, T, C): the
-    embeddings, then the output of each decoder layer (transformers' ``output_hidden_states`` layout).
+    ``logits``: (B, T, V) float32. ``hidden_states``: when asked, a tuple of L+1 arrays (B, T, C) in
+    transformers' ``output_hidden_states`` layout: the embeddings, the outputs of decoder layers 0..L-2,
+    and the final norm (``embedding_norm``) of the last layer's output.
     """
 
     logits: np.ndarray

@@ -109,7 +109,9 @@ void ca_lfm2_free(ca_lfm2_model *m);
 ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std);
 
 /* Forward over B right-padded sequences of T tokens. ids (B, T); mask (B, T) of 0/1 or NULL.
- * logits (B, T, V) and hidden (L+1, B, T, C) are optional outputs (NULL to skip). */
+ * logits (B, T, V) and hidden (L+1, B, T, C) are optional outputs (NULL to skip); hidden follows
+ * transformers' output_hidden_states: the embeddings, the outputs of layers 0..L-2, and the final norm of
+ * the last layer's output. */
 ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
                           int B, int T);
 
