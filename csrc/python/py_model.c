@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "captionaura/ca_model.h"
+#include "captionaura/ca_profile.h"
 
 typedef struct {
     PyObject_HEAD
@@ -231,6 +232,17 @@ static PyObject *Lfm2_save_safetensors(Lfm2Object *self, PyObject *args, PyObjec
     Py_RETURN_NONE;
 }
 
+static PyObject *Lfm2_set_profiling(Lfm2Object *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    self->model->be = on ? &ca_cpu_profiling_backend : &ca_cpu_backend;
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     if (!ready(self)) return NULL;
     size_t total = 0;
@@ -251,6 +263,8 @@ static PyMethodDef Lfm2_methods[] = {
      "load_safetensors(paths, prefix=None): reads every parameter from the given files."},
     {"save_safetensors", (PyCFunction)(void (*)(void))Lfm2_save_safetensors, METH_VARARGS | METH_KEYWORDS,
      "save_safetensors(path, prefix=None): writes every parameter as float32, atomically."},
+    {"set_profiling", (PyCFunction)Lfm2_set_profiling, METH_O,
+     "set_profiling(on): route compute through the timing backend (see profile_report)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -271,7 +285,56 @@ static PyTypeObject Lfm2Type = {
     .tp_getset = Lfm2_getset,
 };
 
+static PyObject *py_profile_report(PyObject *self, PyObject *unused) {
+    const ca_profile *p = ca_profile_get();
+    PyObject *ops = PyDict_New(), *gemms = PyList_New(0);
+    if (!ops || !gemms) goto fail;
+    for (int i = 0; i < CA_PROF_NUM_OPS; i++) {
+        PyObject *v = Py_BuildValue("{s:d,s:l}", "seconds", p->seconds[i], "calls", p->calls[i]);
+        if (!v || PyDict_SetItemString(ops, ca_prof_op_names[i], v) < 0) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    for (int i = 0; i < p->num_gemms; i++) {
+        const ca_prof_gemm *g = &p->gemms[i];
+        PyObject *v = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:l,s:d}", "trans_a", g->trans_a, "trans_b", g->trans_b,
+                                    "M", g->M, "N", g->N, "K", g->K, "calls", g->calls, "seconds", g->seconds);
+        if (!v || PyList_Append(gemms, v) < 0) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    return Py_BuildValue("{s:N,s:N}", "ops", ops, "gemms", gemms);
+fail:
+    Py_XDECREF(ops);
+    Py_XDECREF(gemms);
+    return NULL;
+}
+
+static PyObject *py_profile_reset(PyObject *self, PyObject *unused) {
+    ca_profile_reset();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sgemm_seconds(PyObject *self, PyObject *args) {
+    int ta, tb, M, N, K, reps;
+    if (!PyArg_ParseTuple(args, "ppiiii", &ta, &tb, &M, &N, &K, &reps)) return NULL;
+    double seconds = 0;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS st = ca_sgemm_seconds(&seconds, ta, tb, M, N, K, reps);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    return PyFloat_FromDouble(seconds);
+}
+
 PyMethodDef ca_py_model_methods[] = {
+    {"profile_report", py_profile_report, METH_NOARGS, "Per-op seconds and per-GEMM-shape seconds of profiled runs."},
+    {"profile_reset", py_profile_reset, METH_NOARGS, "Clear the profile counters."},
+    {"sgemm_seconds", py_sgemm_seconds, METH_VARARGS,
+     "sgemm_seconds(trans_a, trans_b, M, N, K, reps): best time of one raw cblas_sgemm of that shape."},
     {NULL, NULL, 0, NULL},
 };
 

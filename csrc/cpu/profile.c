@@ -1,0 +1,172 @@
+/* The profiling backend: forwards to the CPU ops, timing each call. Linear calls are split into the GEMMs
+ * they issue (forward: NT; backward: NN for dinp, TN for dweight) so each shape's time can be set against
+ * a raw sgemm of that shape. */
+#include <stdlib.h>
+#include <time.h>
+
+#include "captionaura/ca_blas.h"
+#include "captionaura/ca_profile.h"
+
+static ca_profile profile;
+
+const char *const ca_prof_op_names[CA_PROF_NUM_OPS] = {
+    "embedding", "rmsnorm", "linear", "shortconv", "rope", "attention", "swiglu", "crossentropy", "elementwise",
+};
+
+const ca_profile *ca_profile_get(void) { return &profile; }
+
+void ca_profile_reset(void) { profile = (ca_profile){0}; }
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void record_gemm(int ta, int tb, int M, int N, int K, double seconds) {
+    for (int i = 0; i < profile.num_gemms; i++) {
+        ca_prof_gemm *g = &profile.gemms[i];
+        if (g->trans_a == ta && g->trans_b == tb && g->M == M && g->N == N && g->K == K) {
+            g->calls++;
+            g->seconds += seconds;
+            return;
+        }
+    }
+    if (profile.num_gemms == CA_PROF_MAX_GEMMS) return;
+    profile.gemms[profile.num_gemms++] = (ca_prof_gemm){ta, tb, M, N, K, 1, seconds};
+}
+
+#define TIMED(op, call)                                                                            \
+    do {                                                                                           \
+        double t0_ = now();                                                                        \
+        call;                                                                                      \
+        profile.seconds[op] += now() - t0_;                                                        \
+        profile.calls[op]++;                                                                       \
+    } while (0)
+
+static void p_embedding_forward(float *o, const int32_t *i, const float *w, int N, int C) {
+    TIMED(CA_PROF_EMBEDDING, ca_cpu_embedding_forward(o, i, w, N, C));
+}
+static void p_embedding_backward(float *dw, const float *d, const int32_t *i, int N, int C) {
+    TIMED(CA_PROF_EMBEDDING, ca_cpu_embedding_backward(dw, d, i, N, C));
+}
+static void p_rmsnorm_forward(float *o, float *r, const float *x, const float *w, int N, int C, float eps) {
+    TIMED(CA_PROF_RMSNORM, ca_cpu_rmsnorm_forward(o, r, x, w, N, C, eps));
+}
+static void p_rmsnorm_backward(float *dx, float *dw, const float *d, const float *x, const float *w, const float *r,
+                               int N, int C) {
+    TIMED(CA_PROF_RMSNORM, ca_cpu_rmsnorm_backward(dx, dw, d, x, w, r, N, C));
+}
+static void p_linear_forward(float *o, const float *x, const float *w, const float *b, int N, int C, int OC) {
+    double t0 = now();
+    ca_cpu_linear_forward(o, x, w, b, N, C, OC);
+    double dt = now() - t0;
+    profile.seconds[CA_PROF_LINEAR] += dt;
+    profile.calls[CA_PROF_LINEAR]++;
+    record_gemm(0, 1, N, OC, C, dt);
+}
+static void p_linear_backward(float *dx, float *dw, float *db, const float *d, const float *x, const float *w, int N,
+                              int C, int OC, int acc) {
+    /* time the two GEMMs separately so each shape is attributed its own cost */
+    double t0 = now();
+    if (dx) ca_cpu_linear_backward(dx, NULL, NULL, d, x, w, N, C, OC, acc);
+    double t1 = now();
+    if (dw || db) ca_cpu_linear_backward(NULL, dw, db, d, x, w, N, C, OC, acc);
+    double t2 = now();
+    profile.seconds[CA_PROF_LINEAR] += t2 - t0;
+    profile.calls[CA_PROF_LINEAR]++;
+    if (dx) record_gemm(0, 0, N, C, OC, t1 - t0);
+    if (dw) record_gemm(1, 0, OC, C, N, t2 - t1);
+}
+static void p_shortconv_forward(float *y, float *u, float *c, const float *z, const float *w, const float *s, int B,
+                                int T, int C, int L) {
+    TIMED(CA_PROF_SHORTCONV, ca_cpu_shortconv_forward(y, u, c, z, w, s, B, T, C, L));
+}
+static void p_shortconv_backward(float *dz, float *dw, const float *dy, const float *z, const float *u, const float *c,
+                                 const float *w, int B, int T, int C, int L) {
+    TIMED(CA_PROF_SHORTCONV, ca_cpu_shortconv_backward(dz, dw, dy, z, u, c, w, B, T, C, L));
+}
+static void p_rope_forward(float *o, const float *x, const int32_t *p, int N, int NH, int HS, float th) {
+    TIMED(CA_PROF_ROPE, ca_cpu_rope_forward(o, x, p, N, NH, HS, th));
+}
+static void p_rope_backward(float *dx, const float *d, const int32_t *p, int N, int NH, int HS, float th) {
+    TIMED(CA_PROF_ROPE, ca_cpu_rope_backward(dx, d, p, N, NH, HS, th));
+}
+static void p_attention_forward(float *o, float *a, const float *q, const float *k, const float *v, const int32_t *km,
+                                int B, int Tq, int Tk, int NH, int NKV, int HS, int causal, int off) {
+    TIMED(CA_PROF_ATTENTION, ca_cpu_attention_forward(o, a, q, k, v, km, B, Tq, Tk, NH, NKV, HS, causal, off));
+}
+static void p_attention_backward(float *dq, float *dk, float *dv, const float *d, const float *q, const float *k,
+                                 const float *v, const float *a, int B, int Tq, int Tk, int NH, int NKV, int HS) {
+    TIMED(CA_PROF_ATTENTION, ca_cpu_attention_backward(dq, dk, dv, d, q, k, v, a, B, Tq, Tk, NH, NKV, HS));
+}
+static void p_swiglu_forward(float *o, const float *g, const float *u, int N, int F) {
+    TIMED(CA_PROF_SWIGLU, ca_cpu_swiglu_forward(o, g, u, N, F));
+}
+static void p_swiglu_backward(float *dg, float *du, const float *d, const float *g, const float *u, int N, int F) {
+    TIMED(CA_PROF_SWIGLU, ca_cpu_swiglu_backward(dg, du, d, g, u, N, F));
+}
+static double p_crossentropy_forward(float *l, const float *x, const int32_t *t, int N, int V) {
+    double r;
+    TIMED(CA_PROF_CROSSENTROPY, r = ca_cpu_crossentropy_forward(l, x, t, N, V));
+    return r;
+}
+static void p_crossentropy_backward(float *d, const float *x, const int32_t *t, float s, int N, int V) {
+    TIMED(CA_PROF_CROSSENTROPY, ca_cpu_crossentropy_backward(d, x, t, s, N, V));
+}
+static void p_add_inplace(float *y, const float *x, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_add_inplace(y, x, n)); }
+static void p_scale_inplace(float *y, float s, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_scale_inplace(y, s, n)); }
+static void p_zero(float *y, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_zero(y, n)); }
+
+static void *p_alloc(size_t bytes) { return ca_cpu_backend.alloc(bytes); }
+static void p_free(void *p) { ca_cpu_backend.free(p); }
+
+const ca_backend ca_cpu_profiling_backend = {
+    .name = "cpu-profiled",
+    .alloc = p_alloc,
+    .free = p_free,
+    .embedding_forward = p_embedding_forward,
+    .embedding_backward = p_embedding_backward,
+    .rmsnorm_forward = p_rmsnorm_forward,
+    .rmsnorm_backward = p_rmsnorm_backward,
+    .linear_forward = p_linear_forward,
+    .linear_backward = p_linear_backward,
+    .shortconv_forward = p_shortconv_forward,
+    .shortconv_backward = p_shortconv_backward,
+    .rope_forward = p_rope_forward,
+    .rope_backward = p_rope_backward,
+    .attention_forward = p_attention_forward,
+    .attention_backward = p_attention_backward,
+    .swiglu_forward = p_swiglu_forward,
+    .swiglu_backward = p_swiglu_backward,
+    .crossentropy_forward = p_crossentropy_forward,
+    .crossentropy_backward = p_crossentropy_backward,
+    .add_inplace = p_add_inplace,
+    .scale_inplace = p_scale_inplace,
+    .zero = p_zero,
+};
+
+ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps) {
+    if (M <= 0 || N <= 0 || K <= 0 || reps <= 0) return ca_error(CA_ERR_VALUE, "sgemm sizes must be positive");
+    float *a = ca_cpu_backend.alloc((size_t)M * K * sizeof(float));
+    float *b = ca_cpu_backend.alloc((size_t)K * N * sizeof(float));
+    float *c = ca_cpu_backend.alloc((size_t)M * N * sizeof(float));
+    if (!a || !b || !c) {
+        ca_cpu_backend.free(a), ca_cpu_backend.free(b), ca_cpu_backend.free(c);
+        return ca_error(CA_ERR_NOMEM, "out of memory for an sgemm of %d x %d x %d", M, N, K);
+    }
+    unsigned s = 12345u;
+    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((s = s * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    for (size_t i = 0; i < (size_t)K * N; i++) b[i] = (float)((s = s * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        ca_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                       1.0f, a, trans_a ? M : K, b, trans_b ? K : N, 1.0f, c, N);
+        double dt = now() - t0;
+        if (dt < best) best = dt;
+    }
+    ca_cpu_backend.free(a), ca_cpu_backend.free(b), ca_cpu_backend.free(c);
+    *seconds = best;
+    return CA_OK;
+}
