@@ -1,0 +1,133 @@
+"""LFM2 forward and forward+backward throughput: captionaura's C core vs PyTorch (transformers'
+Lfm2ForCausalLM, same config, same thread count) measured side by side in one run, and the share of the
+time spent in GEMMs set against raw cblas_sgemm on the same shapes, measured in the same run.
+
+    python benchmarks/bench_lfm2.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--no-torch] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import captionaura as ca
+from captionaura import _core
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHAPES = {
+    "tiny": {
+        "vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "block_auto_adjust_ff_dim": False,
+        "layer_types": ["conv", "full_attention", "conv", "full_attention"],
+    },
+    "350m": {
+        "vocab_size": 65536, "hidden_size": 1024, "intermediate_size": 6656, "num_hidden_layers": 16,
+        "num_attention_heads": 16, "num_key_value_heads": 8, "conv_L_cache": 3, "rope_theta": 1e6,
+        "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+        "tie_word_embeddings": True, "eos_token_id": 7,
+        "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv",
+                        "full_attention", "conv", "full_attention", "conv", "full_attention", "conv",
+                        "full_attention", "conv"],
+    },
+}
+
+
+def best_time(fn, steps: int) -> float:
+    fn()  # warm-up (allocates the activation arena)
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def ours(config: dict, batch: int, seq: int, steps: int) -> dict:
+    model = ca.Lfm2Model.from_config(config, seed=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, config["vocab_size"], (batch, seq)).astype(np.int32)
+    tokens = batch * seq
+    fwd = best_time(lambda: model.forward(ids), steps)
+    fwd_bwd = best_time(lambda: model.loss_and_grad(ids, ids), steps)
+
+    # one profiled forward+backward: time per GEMM shape, then raw sgemm on each shape
+    model._core.set_profiling(True)
+    _core.profile_reset()
+    model.loss_and_grad(ids, ids)
+    report = _core.profile_report()
+    model._core.set_profiling(False)
+    gemm_seconds = gemm_flops = raw_seconds = 0.0
+    for g in report["gemms"]:
+        flops = 2.0 * g["M"] * g["N"] * g["K"] * g["calls"]
+        raw = _core.sgemm_seconds(g["trans_a"], g["trans_b"], g["M"], g["N"], g["K"], 3) * g["calls"]
+        gemm_seconds += g["seconds"]
+        gemm_flops += flops
+        raw_seconds += raw
+    total = sum(op["seconds"] for op in report["ops"].values())
+    return {
+        "forward_tok_s": tokens / fwd,
+        "fwd_bwd_tok_s": tokens / fwd_bwd,
+        "gemm_share": gemm_seconds / total,
+        "gemm_gflops": gemm_flops / gemm_seconds / 1e9,
+        "sgemm_gflops": gemm_flops / raw_seconds / 1e9,
+        "gemm_vs_sgemm": raw_seconds / gemm_seconds,
+        "op_seconds": {k: v["seconds"] for k, v in report["ops"].items()},
+        "parameters": model.num_parameters(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--shapes", default="tiny,350m")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+
+    ca.set_num_threads(args.threads)
+    torch_fn = None
+    if not args.no_torch:
+        try:
+            from bench_lfm2_torch import torch_lfm2_throughput as torch_fn
+        except ImportError as err:
+            print(f"(PyTorch side skipped: {err}; `make bench` installs torch==2.13.0 and transformers)")
+
+    results = {}
+    for name in args.shapes.split(","):
+        config = SHAPES[name]
+        row = {"ours": ours(config, args.batch, args.seq, args.steps)}
+        if torch_fn is not None:
+            row["torch"] = torch_fn(config, batch=args.batch, seq=args.seq, threads=args.threads, steps=args.steps)
+        results[name] = row
+
+    print(f"\nLFM2 throughput, batch {args.batch} x {args.seq} tokens, {args.threads} thread(s), best of {args.steps}")
+    header = f"{'shape':<6} {'params':>11} {'pass':<9} {'captionaura tok/s':>18} {'torch tok/s':>12} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, row in results.items():
+        o, t = row["ours"], row.get("torch")
+        for label, key in (("forward", "forward_tok_s"), ("fwd+bwd", "fwd_bwd_tok_s")):
+            theirs = f"{t[key]:12.1f}" if t else f"{'-':>12}"
+            ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
+            print(f"{name:<6} {o['parameters']:>11,} {label:<9} {o[key]:18.1f} {theirs} {ratio}")
+    print("\nGEMMs inside forward+backward vs raw cblas_sgemm on the same shapes (same run)")
+    print(f"{'shape':<6} {'GEMM share':>10} {'GEMM GFLOP/s':>13} {'sgemm GFLOP/s':>14} {'efficiency':>10}")
+    for name, row in results.items():
+        o = row["ours"]
+        print(f"{name:<6} {o['gemm_share']:10.1%} {o['gemm_gflops']:13.1f} {o['sgemm_gflops']:14.1f} "
+              f"{o['gemm_vs_sgemm']:10.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
