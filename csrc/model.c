@@ -192,6 +192,10 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
             if (j + 1 < p->numel) w[j + 1] = (float)(std * radius * sin(angle));
         }
     }
+    /* transformers zeroes the padding_idx row of the embedding at init */
+    const ca_lfm2_config *c = &m->cfg;
+    if (c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size)
+        memset(m->embed_tokens + (size_t)c->pad_token_id * c->hidden_size, 0, (size_t)c->hidden_size * sizeof(float));
     return CA_OK;
 }
 
@@ -330,9 +334,9 @@ static ca_status check_tokens(const ca_lfm2_model *m, const int32_t *ids, const 
     return CA_OK;
 }
 
-/* transformers zeroes padded positions before a conv block (apply_mask_to_padding_states), but only for
- * batches of several multi-token sequences; doing the same keeps padded rows identical to it. */
-static int conv_masks_padding(const ca_lfm2_model *m, int B, int T) { return m->has_padding && B > 1 && T > 1; }
+/* transformers zeroes padded positions of a conv block's input when the mask has zeros and T > 1;
+ * doing the same keeps padded rows identical to it. */
+static int conv_masks_padding(const ca_lfm2_model *m, int B, int T) { return m->has_padding && T > 1; }
 
 static void zero_masked_rows(const ca_lfm2_model *m, float *x, size_t width, int N) {
     for (int n = 0; n < N; n++)
@@ -503,6 +507,10 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) layer_backward(m, l, B, T, &s);
+    /* nn.Embedding(padding_idx=pad_token_id): looking up the pad token contributes no gradient */
+    if (c->pad_token_id >= 0)
+        for (int n = 0; n < N; n++)
+            if (ids[n] == c->pad_token_id) m->be->zero(s.dres + (size_t)n * C, (size_t)C);
     m->be->embedding_backward(grad_of(m, m->embed_tokens), s.dres, ids, N, C);
     m->be->free(s.base);
     return CA_OK;
