@@ -8,12 +8,15 @@ void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
                            const float *restrict up,   /* (N, F) */
                            int N, int F) {
     if (N <= 0 || F <= 0) return;
-    size_t n = (size_t)N * F;
-#pragma omp parallel for simd schedule(static) if (n > CA_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float a = gate[i];
-        float sig = 1.0f / (1.0f + ca_expf(-a));
-        out[i] = a * sig * up[i];
+#pragma omp parallel for schedule(static) if ((size_t)N * F > CA_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *restrict g = gate + (size_t)n * F, *restrict u = up + (size_t)n * F;
+        float *restrict o = out + (size_t)n * F;
+#pragma omp simd
+        for (int i = 0; i < F; i++) {
+            float sig = 1.0f / (1.0f + ca_expf(-g[i]));
+            o[i] = g[i] * sig * u[i];
+        }
     }
 }
 
@@ -23,13 +26,17 @@ void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
                             const float *restrict dout, /* (N, F) */
                             const float *restrict gate, const float *restrict up, int N, int F) {
     if (N <= 0 || F <= 0) return;
-    size_t n = (size_t)N * F;
-#pragma omp parallel for simd schedule(static) if (n > CA_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float a = gate[i];
-        float sig = 1.0f / (1.0f + ca_expf(-a));
-        float g = dout[i];
-        dgate[i] = g * up[i] * sig * (1.0f + a * (1.0f - sig));
-        dup[i] = g * a * sig;
+#pragma omp parallel for schedule(static) if ((size_t)N * F > CA_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        size_t off = (size_t)n * F;
+        const float *restrict g = gate + off, *restrict u = up + off, *restrict dy = dout + off;
+        float *restrict dg = dgate + off, *restrict du = dup + off;
+#pragma omp simd
+        for (int i = 0; i < F; i++) {
+            float a = g[i];
+            float sig = 1.0f / (1.0f + ca_expf(-a));
+            dg[i] = dy[i] * u[i] * sig * (1.0f + a * (1.0f - sig));
+            du[i] = dy[i] * a * sig;
+        }
     }
 }
