@@ -476,6 +476,7 @@ CASES = [
     attention_case(B=3, Tq=6, Tk=6, NH=4, NKV=1, HS=8, seed=23, mask="empty-rows"),
     attention_case(B=2, Tq=3, Tk=8, NH=2, NKV=1, HS=16, seed=24, q_offset=5, mask="padding"),
     attention_case(B=2, Tq=20, Tk=25, NH=4, NKV=2, HS=16, seed=25, q_offset=5),  # threaded
+    attention_case(B=2, Tq=2, Tk=2100, NH=2, NKV=1, HS=8, seed=31, causal=False, mask="padding"),  # Tk > DP_KEEP
     swiglu_case(N=5, F=13, seed=26),
     swiglu_case(N=64, F=700, seed=27),  # threaded
     crossentropy_case(N=6, V=17, seed=28),
@@ -738,7 +739,7 @@ def test_against_torch_autograd():
     assert rel_err(dx, tx.grad.numpy()) < TOL and rel_err(dw, tw.grad.numpy()) < TOL
     # rope, as transformers builds it (rotate_half, fp32 inv_freq and angle)
     T, NH, HS, theta = 7, 3, 16, 1e6
-    pos = np.arange(3, 3 + T, dtype=I32)
+    pos = np.array([0, 3, 100, 4095, 20000, 32767, 32000], dtype=I32)  # large positions: fp32 angles matter
     inv_freq = 1.0 / (theta ** (torch.arange(0, HS, 2, dtype=torch.int64).float() / HS))
     freqs = torch.tensor(pos).float()[:, None] * inv_freq[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)

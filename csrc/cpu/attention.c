@@ -10,6 +10,8 @@
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
+#define DP_KEEP 2048 /* 8 KiB of stack per thread in the backward */
+
 static inline float dot_hs(const float *restrict a, const float *restrict b, int HS) {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -67,6 +69,7 @@ void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, H
                 float pj = p[j];
                 if (pj == 0.0f) continue;
                 const float *restrict vj = v + (((size_t)b * Tk + j) * NKV + g) * HS;
+#pragma omp simd
                 for (int d = 0; d < HS; d++) o[d] += pj * vj[d];
             }
         }
@@ -76,7 +79,8 @@ void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, H
 /* With dP = dO·vᵀ and D_t = Σ_j P_tj dP_tj (= dO_t·o_t), the softmax Jacobian gives dS = P ⊙ (dP − D), so
  *   dq_t = scale · Σ_j dS_tj k_j,   dk_j = scale · Σ_{h∈group, t} dS_tj q_t,   dv_j = Σ_{h∈group, t} P_tj dO_t.
  * One task per (batch, KV head) so the sums over a group's query heads stay inside one thread (no races,
- * no scratch); dP is recomputed in a second pass over the keys instead of being stored (no Tk buffer). Keys
+ * no heap scratch); dP of the first DP_KEEP keys is kept on the stack between the two passes over the keys,
+ * beyond that it is recomputed (so any Tk works without a heap buffer). Keys
  * with P = 0 (masked, or beyond the causal limit) contribute nothing and are skipped. */
 void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = */
                                float *restrict dk,         /* (B, Tk, NKV, HS) = */
@@ -91,6 +95,7 @@ void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = 
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * Tq * (Tk > 0 ? Tk : 1) * HS > CA_PAR_MIN)
     for (int bg = 0; bg < B * NKV; bg++) {
         int b = bg / NKV, g = bg % NKV;
+        float dpk[DP_KEEP]; /* dP of the first DP_KEEP keys of the current query; later keys are recomputed */
         for (int j = 0; j < Tk; j++) {
             size_t off = (((size_t)b * Tk + j) * NKV + g) * HS;
             for (int d = 0; d < HS; d++) dk[off + d] = 0.0f, dv[off + d] = 0.0f;
@@ -104,16 +109,24 @@ void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = 
                 float *restrict dqt = dq + qoff;
                 for (int d = 0; d < HS; d++) dqt[d] = 0.0f;
                 float D = 0.0f;
-                for (int j = 0; j < Tk; j++)
-                    if (p[j] != 0.0f) D += p[j] * dot_hs(dot, v + (((size_t)b * Tk + j) * NKV + g) * HS, HS);
+                for (int j = 0; j < Tk; j++) {
+                    float dp = 0.0f;
+                    if (p[j] != 0.0f) {
+                        dp = dot_hs(dot, v + (((size_t)b * Tk + j) * NKV + g) * HS, HS);
+                        D += p[j] * dp;
+                    }
+                    if (j < DP_KEEP) dpk[j] = dp;
+                }
                 for (int j = 0; j < Tk; j++) {
                     float pj = p[j];
                     if (pj == 0.0f) continue;
                     size_t kvoff = (((size_t)b * Tk + j) * NKV + g) * HS;
-                    float ds = pj * (dot_hs(dot, v + kvoff, HS) - D) * scale;
+                    float dp = j < DP_KEEP ? dpk[j] : dot_hs(dot, v + kvoff, HS);
+                    float ds = pj * (dp - D) * scale;
                     const float *restrict kj = k + kvoff;
                     float *restrict dkj = dk + kvoff;
                     float *restrict dvj = dv + kvoff;
+#pragma omp simd
                     for (int d = 0; d < HS; d++) {
                         dqt[d] += ds * kj[d];
                         dkj[d] += ds * qt[d];
