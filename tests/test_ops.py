@@ -460,7 +460,8 @@ CASES = [
     linear_case(N=1, C=37, OC=9, seed=7, bias=True),  # sgemv path
     linear_case(N=1, C=37, OC=9, seed=8, bias=False, accumulate=True),
     linear_case(N=9, C=20, OC=11, seed=9, bias=False),
-    linear_case(N=300, C=33, OC=130, seed=10, bias=True, accumulate=True),  # threaded dbias
+    linear_case(N=300, C=33, OC=130, seed=10, bias=True, accumulate=True),  # threaded dbias, split GEMMs
+    linear_case(N=1, C=600, OC=501, seed=32, bias=True, accumulate=True),  # split GEMVs
     shortconv_case(B=2, T=7, C=13, L=3, seed=11),
     shortconv_case(B=3, T=5, C=70, L=4, seed=12),  # two channel tiles, L=4
     shortconv_case(B=1, T=3, C=9, L=5, seed=13),  # T < L
@@ -648,7 +649,7 @@ def test_linear_skips_frozen_gradients():
     np.testing.assert_allclose(dinp, dout.astype(np.float64) @ W, rtol=0, atol=1e-5)
 
 
-def test_ops_release_results_deterministically():
+def test_reductions_are_deterministic():
     """Reductions split work by channel or fixed row ranges: repeated calls give identical bits."""
     case = CASES[1]  # threaded embedding backward
     rng = np.random.default_rng(47)
