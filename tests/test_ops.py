@@ -462,6 +462,8 @@ CASES = [
     linear_case(N=9, C=20, OC=11, seed=9, bias=False),
     linear_case(N=300, C=33, OC=130, seed=10, bias=True, accumulate=True),  # threaded dbias, split GEMMs
     linear_case(N=1, C=600, OC=501, seed=32, bias=True, accumulate=True),  # split GEMVs
+    linear_case(N=40, C=200, OC=300, seed=33, bias=False),  # GEMMs split by output columns
+    linear_case(N=64, C=300, OC=200, seed=34, bias=True),  # dW split by columns
     shortconv_case(B=2, T=7, C=13, L=3, seed=11),
     shortconv_case(B=3, T=5, C=70, L=4, seed=12),  # two channel tiles, L=4
     shortconv_case(B=1, T=3, C=9, L=5, seed=13),  # T < L
