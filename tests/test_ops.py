@@ -773,3 +773,51 @@ def test_against_torch_autograd():
     assert rel_err(out, to.detach().numpy()) < TOL
     for got, t in ((dq, tq), (dk, tk), (dv, tv)):
         assert rel_err(got, t.grad.numpy()) < TOL
+
+
+@pytest.mark.reference
+def test_shortconv_swiglu_crossentropy_against_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(51)
+    # shortconv exactly as transformers' Lfm2ShortConv slow path: chunk(3) as B, C, x; depthwise Conv1d with
+    # padding L-1, first T outputs kept
+    B, T, C, L = 2, 7, 12, 3
+    z = f32(rng.standard_normal((B, T, 3 * C)))
+    w = f32(rng.standard_normal((C, L)))
+    dy = f32(rng.standard_normal((B, T, C)))
+    tz, tw = torch.tensor(z, requires_grad=True), torch.tensor(w, requires_grad=True)
+    bg, cg, xv = tz.transpose(-1, -2).chunk(3, dim=-2)
+    conv = F.conv1d(bg * xv, tw[:, None, :], groups=C, padding=L - 1)[..., :T]
+    ty = (cg * conv).transpose(-1, -2)
+    ty.backward(torch.tensor(dy))
+    y, u, c = nans((B, T, C)), nans((B, T, C)), nans((B, T, C))
+    _core.shortconv_forward(y, u, c, z, w)
+    dz, dw = nans(z.shape), np.zeros_like(w)
+    _core.shortconv_backward(dz, dw, dy, z, u, c, w)
+    assert rel_err(y, ty.detach().numpy()) < TOL
+    assert rel_err(dz, tz.grad.numpy()) < TOL and rel_err(dw, tw.grad.numpy()) < TOL
+    # swiglu = F.silu(w1 x) * (w3 x)
+    g, up, d = (f32(rng.standard_normal((5, 33)) * 3) for _ in range(3))
+    tg, tu = torch.tensor(g, requires_grad=True), torch.tensor(up, requires_grad=True)
+    to = F.silu(tg) * tu
+    to.backward(torch.tensor(d))
+    out, dg, du = nans(g.shape), nans(g.shape), nans(g.shape)
+    _core.swiglu_forward(out, g, up)
+    _core.swiglu_backward(dg, du, d, g, up)
+    assert rel_err(out, to.detach().numpy()) < TOL
+    assert rel_err(dg, tg.grad.numpy()) < TOL and rel_err(du, tu.grad.numpy()) < TOL
+    # cross-entropy, mean over counted tokens with ignore_index -100
+    N, V = 8, 301
+    logits = f32(rng.standard_normal((N, V)) * 5)
+    targets = rng.integers(0, V, size=N).astype(I32)
+    targets[[1, 6]] = -100
+    tl = torch.tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(tl, torch.tensor(targets, dtype=torch.long), ignore_index=-100)
+    loss.backward()
+    count = int((targets != -100).sum())
+    total = _core.crossentropy_forward(None, logits, targets)
+    dl = nans(logits.shape)
+    _core.crossentropy_backward(dl, logits, targets, 1.0 / count)
+    assert math.isclose(total / count, loss.item(), rel_tol=1e-6)
+    assert rel_err(dl, tl.grad.numpy()) < TOL
