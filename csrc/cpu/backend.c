@@ -35,4 +35,11 @@ const ca_backend ca_cpu_backend = {
     .add_inplace = ca_cpu_add_inplace,
     .scale_inplace = ca_cpu_scale_inplace,
     .zero = ca_cpu_zero,
+    .lora_forward = ca_cpu_lora_forward,
+    .lora_backward = ca_cpu_lora_backward,
+    .lora_merge = ca_cpu_lora_merge,
+    .dropout_forward = ca_cpu_dropout_forward,
+    .dropout_backward = ca_cpu_dropout_backward,
+    .adamw_update = ca_cpu_adamw_update,
+    .sum_squares = ca_cpu_sum_squares,
 };

@@ -31,6 +31,15 @@ typedef struct ca_backend {
     void (*add_inplace)(float *, const float *, size_t);
     void (*scale_inplace)(float *, float, size_t);
     void (*zero)(float *, size_t);
+    void (*lora_forward)(float *, float *, const float *, const float *, const float *, float, int, int, int, int);
+    void (*lora_backward)(float *, float *, float *, float *, const float *, const float *, const float *,
+                          const float *, const float *, float, int, int, int, int);
+    void (*lora_merge)(float *, const float *, const float *, float, int, int, int);
+    void (*dropout_forward)(float *, const float *, size_t, float, uint64_t);
+    void (*dropout_backward)(float *, const float *, size_t, float, uint64_t);
+    void (*adamw_update)(float *, float *, float *, const float *, size_t, float, float, float, float, float, int,
+                         float);
+    double (*sum_squares)(const float *, size_t);
 } ca_backend;
 
 extern const ca_backend ca_cpu_backend;

@@ -23,6 +23,25 @@ typedef struct {
     size_t numel;
 } ca_param_info;
 
+/* The linear projections of a decoder layer: the places a LoRA adapter can sit. */
+typedef enum {
+    CA_PROJ_Q, CA_PROJ_K, CA_PROJ_V, CA_PROJ_ATTN_OUT, /* attention layers: self_attn.{q,k,v,out}_proj */
+    CA_PROJ_IN, CA_PROJ_CONV_OUT,                       /* conv layers: conv.{in,out}_proj */
+    CA_PROJ_W1, CA_PROJ_W3, CA_PROJ_W2,                 /* every layer: feed_forward.w{1,3,2} */
+    CA_NUM_PROJ
+} ca_lfm2_proj;
+
+/* One LoRA adapter: y = W·x + scaling · B(A·dropout(x)). A and B live in the model's flat LoRA buffer. */
+typedef struct {
+    int layer;
+    ca_lfm2_proj proj;
+    int r, in, out;
+    float scaling, dropout;
+    size_t a_offset;  /* A (r, in) = lora_A.weight, in floats into lora_params */
+    size_t b_offset;  /* B (out, r) = lora_B.weight */
+    float *h;         /* (N, r) activation A·x̃, in the arena */
+} ca_lora_adapter;
+
 /* Views of one decoder layer's weights (NULL where the layer kind has none). */
 typedef struct {
     int is_attention;
@@ -99,6 +118,22 @@ typedef struct ca_lfm2_model {
     int32_t *targets;          /* (N) shifted labels */
     int32_t *mask;             /* (N) attention mask (all ones when none was given) */
     int has_padding;           /* the current mask has zeros */
+    float *lora_xdrop;         /* (N, max in) dropped-out adapter input (forward scratch) */
+
+    /* which base tensors receive gradients (all, until LoRA freezes the base) */
+    unsigned char *trainable;  /* (num_param_tensors) */
+
+    /* LoRA: one flat buffer for every adapter's A and B, with a mirrored gradient buffer */
+    ca_lora_adapter *lora;     /* (num_lora) */
+    int num_lora;
+    int *lora_slot;            /* (num_hidden_layers * CA_NUM_PROJ) adapter index or -1 */
+    float *lora_params;        /* (lora_size) */
+    float *lora_grads;         /* (lora_size) */
+    size_t lora_size;
+    int lora_enabled;          /* 0 inside `with model.disable_lora()` */
+    int lora_freeze_A;         /* FFA-LoRA: A stays at its (shared-seed) init, only B trains */
+    uint64_t dropout_seed;     /* advanced every training step */
+    int training;              /* dropout active (inside loss_and_grad) */
 } ca_lfm2_model;
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
@@ -129,5 +164,20 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
 ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, const char *prefix);
 
 int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name);
+
+/* "self_attn.q_proj", "conv.in_proj", "feed_forward.w1", ... (the module path after "model.layers.N."). */
+const char *ca_lfm2_proj_name(ca_lfm2_proj proj);
+
+/* Adds LoRA adapters on the given (layer, projection) pairs, all of rank r (the pairs must exist in the
+ * layer's kind and be distinct). Replaces any previous adapters. A and B start at zero: see ca_lfm2_lora_init. */
+ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs, int n, int r, float scaling,
+                           float dropout);
+void ca_lfm2_lora_clear(ca_lfm2_model *m);
+/* PEFT's init: A ~ kaiming_uniform(a=sqrt(5)) = U(−1/sqrt(in), 1/sqrt(in)), or N(0, 1/r²) when gaussian; B = 0. */
+ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian);
+/* W += sign · scaling · B·A for every adapter (sign +1 merges, −1 unmerges). */
+ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign);
+/* Whether base tensor `index` of the parameter table receives gradients. */
+ca_status ca_lfm2_set_trainable(ca_lfm2_model *m, int index, int trainable);
 
 #endif
