@@ -32,10 +32,22 @@ typedef struct {
     ca_st_tensor *tensors;
     int num_tensors;
     char *path;           /* for error messages */
+    /* Added by the io area (appended, existing fields unchanged): the "__metadata__" string pairs,
+     * metadata[2*i] = key, metadata[2*i+1] = value, in file order. */
+    char **metadata;
+    int num_metadata;
 } ca_safetensors;
 
 size_t ca_dtype_size(ca_dtype dt);
 const char *ca_dtype_name(ca_dtype dt);
+/* "F32", "BF16", ... -> dtype; CA_ERR_VALUE for a name this core does not know. */
+ca_status ca_dtype_from_name(const char *name, ca_dtype *out);
+/* Product of the tensor's dims (validated not to overflow when the file was parsed). */
+size_t ca_st_tensor_numel(const ca_st_tensor *t);
+/* The tensor's raw bytes inside the mapped buffer (end − begin bytes, possibly unaligned). */
+const void *ca_safetensors_tensor_data(const ca_safetensors *st, const ca_st_tensor *t);
+/* Value of a "__metadata__" key, NULL when absent. */
+const char *ca_safetensors_metadata(const ca_safetensors *st, const char *key);
 
 /* Opens and validates: header length within the file, JSON well-formed, known dtypes, shape × dtype size ==
  * end − begin, offsets in range, no overlaps, no duplicate names. Errors name the tensor and the file. */
