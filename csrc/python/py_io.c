@@ -225,8 +225,8 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args, PyObject *k
             goto done;
         }
         /* A native-byte-order, C-contiguous, aligned array of the same type (copied only when needed). */
-        PyArray_Descr *descr = PyArray_DESCR((PyArrayObject *)value);
-        Py_INCREF(descr);
+        PyArray_Descr *descr = PyArray_DescrNewByteorder(PyArray_DESCR((PyArrayObject *)value), NPY_NATIVE);
+        if (!descr) goto done;
         PyObject *arr = PyArray_FromAny(value, descr, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_NOTSWAPPED, NULL);
         if (!arr) goto done;
         arrays[count] = arr;
