@@ -25,9 +25,27 @@ install: $(PY)
 system-deps:
 	@true
 
-# The C core's own tests, built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# The C core's own tests, built with AddressSanitizer + UndefinedBehaviorSanitizer. Every tests/c/test_*.c
+# is one program; it names the core sources it links in a comment line `CA_TEST_SOURCES: csrc/a.c ...`
+# (and optionally extra link flags in `CA_TEST_LIBS: ...`). A failed check or any sanitizer report fails.
+CC ?= cc
+C_TEST_DIR := tests/c/build
+C_TEST_FLAGS := -std=c11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Icsrc/include \
+	-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+C_TEST_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 c-tests:
-	@true
+	@mkdir -p $(C_TEST_DIR)
+	@set -e; for t in tests/c/test_*.c; do \
+	  [ -f "$$t" ] || continue; \
+	  name=$$(basename $$t .c); \
+	  srcs=$$(sed -n 's/^.*CA_TEST_SOURCES:\(.*\)$$/\1/p' $$t | head -n1); \
+	  libs=$$(sed -n 's/^.*CA_TEST_LIBS:\(.*\)$$/\1/p' $$t | head -n1); \
+	  echo "c-tests: building $$name ($$srcs)"; \
+	  $(CC) $(C_TEST_FLAGS) -o $(C_TEST_DIR)/$$name $$t $$srcs -lm $$libs; \
+	  echo "c-tests: running $$name"; \
+	  $(C_TEST_ENV) ./$(C_TEST_DIR)/$$name; \
+	done
 
 # A bounded fuzzing run of the safetensors and config parsers from the committed seed corpus.
 fuzz-smoke:
