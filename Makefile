@@ -53,6 +53,7 @@ c-tests:
 # A long run: make fuzz-smoke FUZZ_TIME=600 (or FUZZ_RUNS=1000000 for a fixed number of inputs).
 FUZZ_TIME ?= 30
 FUZZ_RUNS ?= -1
+FUZZ_EXTRA ?=
 FUZZ_DIR := fuzz/build
 FUZZ_TARGETS := safetensors config
 FUZZ_SOURCES := csrc/json.c csrc/safetensors.c csrc/config.c csrc/status.c
@@ -83,7 +84,7 @@ fuzz-smoke:
 	  work=$$(mktemp -d); cp fuzz/corpus/$$t/* $$work/; \
 	  echo "fuzz-smoke: fuzz_$$t for $(FUZZ_TIME) s"; \
 	  if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./$(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_TIME) \
-	      -runs=$(FUZZ_RUNS) -dict=fuzz/json.dict -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/ $$work \
+	      -runs=$(FUZZ_RUNS) -dict=fuzz/json.dict -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_EXTRA) $$work \
 	      > $(FUZZ_DIR)/fuzz_$$t.log 2>&1; then \
 	    tail -n 60 $(FUZZ_DIR)/fuzz_$$t.log; rm -rf $$work; \
 	    echo "fuzz-smoke: fuzz_$$t FAILED (crash input saved under $(FUZZ_DIR)/)"; exit 1; \

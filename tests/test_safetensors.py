@@ -396,3 +396,32 @@ def test_random_corruptions_never_crash(tmp_path, sample):
         except (ValueError, KeyError, NotImplementedError, OSError):
             outcomes["error"] += 1
     assert outcomes["error"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sharded checkpoints: model.safetensors.index.json
+
+
+def test_sharded_index(tmp_path):
+    index = {"metadata": {"total_size": 123},
+             "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                            "model.layers.0.ffn_norm.weight": "model-00002-of-00002.safetensors",
+                            "model.embedding_norm.weight": "model-00001-of-00002.safetensors"}}
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text(json.dumps(index))
+    assert _core.safetensors_index(str(path)) == index["weight_map"]
+    for bad_file in ["../evil.safetensors", "/abs.safetensors", "sub/x.safetensors", "", ".."]:
+        path.write_text(json.dumps({"weight_map": {"w": bad_file}}))
+        with pytest.raises(ValueError, match="'w'.*not a plain file name"):
+            _core.safetensors_index(str(path))
+    path.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(KeyError, match="weight_map"):
+        _core.safetensors_index(str(path))
+    path.write_text(json.dumps({"weight_map": {"w": 3}}))
+    with pytest.raises(ValueError, match=r"weight_map\['w'\] must be a file name string"):
+        _core.safetensors_index(str(path))
+    path.write_text('{"weight_map": {"w": "a", "w": "b"}}')
+    with pytest.raises(ValueError, match='duplicate key "w"'):
+        _core.safetensors_index(str(path))
+    with pytest.raises(OSError):
+        _core.safetensors_index(str(tmp_path / "missing.json"))

@@ -159,6 +159,27 @@ fail:
     return NULL;
 }
 
+static PyObject *py_safetensors_index(PyObject *self, PyObject *path_obj) {
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(path_obj, &bytes)) return NULL;
+    ca_st_index idx;
+    ca_status status;
+    const char *path = PyBytes_AS_STRING(bytes);
+    Py_BEGIN_ALLOW_THREADS
+    status = ca_safetensors_index_read(&idx, path);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(bytes);
+    if (status != CA_OK) return ca_py_raise(status);
+    PyObject *dict = PyDict_New();
+    for (int i = 0; dict && i < idx.num_names; i++) {
+        PyObject *file = PyUnicode_FromString(idx.files[idx.file_of[i]]);
+        if (!file || PyDict_SetItemString(dict, idx.names[i], file) < 0) Py_CLEAR(dict);
+        Py_XDECREF(file);
+    }
+    ca_safetensors_index_free(&idx);
+    return dict;
+}
+
 /* NumPy type -> stored dtype; uint16 has no default (it carries bf16 bits only with an explicit override). */
 static int dtype_of_numpy(int typenum, ca_dtype *out) {
     switch (typenum) {
@@ -411,6 +432,9 @@ PyMethodDef ca_py_io_methods[] = {
      "safetensors_header(path) -> list of (name, dtype, shape, begin, end) in file order; validates the file."},
     {"safetensors_metadata", py_safetensors_metadata, METH_O,
      "safetensors_metadata(path) -> dict of the header's __metadata__ strings."},
+    {"safetensors_index", py_safetensors_index, METH_O,
+     "safetensors_index(path) -> dict tensor name -> shard file name, from a model.safetensors.index.json "
+     "(shard names must be plain file names)."},
     {"safetensors_load", (PyCFunction)(void (*)(void))py_safetensors_load, METH_VARARGS | METH_KEYWORDS,
      "safetensors_load(path, names=None) -> dict name -> ndarray (F32/F16/BF16/F64 converted to float32, "
      "integer and bool tensors copied as is)."},

@@ -2,7 +2,7 @@
  * AddressSanitizer + UndefinedBehaviorSanitizer by `make c-tests`. Every parser input is copied into a
  * heap buffer of exactly its length, so a read one byte past the end is reported by ASan.
  *
- * CA_TEST_SOURCES: csrc/json.c csrc/safetensors.c csrc/config.c csrc/status.c
+ * CA_TEST_SOURCES: csrc/json.c csrc/safetensors.c csrc/safetensors_index.c csrc/config.c csrc/status.c
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -354,6 +354,36 @@ static void test_safetensors_roundtrip(const char *dir) {
     unlink(path);
 }
 
+static void test_index(void) {
+    const char *text = "{\"metadata\": {\"total_size\": 10}, \"weight_map\": {\"a\": \"s1.safetensors\","
+                       " \"b\": \"s2.safetensors\", \"c\": \"s1.safetensors\"}}";
+    size_t n = strlen(text);
+    char *buf = exact_copy(text, n);
+    ca_st_index idx;
+    CHECK(ca_safetensors_index_parse(&idx, buf, n, "idx.json") == CA_OK);
+    CHECK(idx.num_names == 3 && idx.num_files == 2);
+    CHECK(strcmp(ca_safetensors_index_file(&idx, "c"), "s1.safetensors") == 0);
+    CHECK(strcmp(ca_safetensors_index_file(&idx, "b"), "s2.safetensors") == 0);
+    CHECK(ca_safetensors_index_file(&idx, "zz") == NULL);
+    ca_safetensors_index_free(&idx);
+    for (size_t len = 0; len < n; len++) {
+        CHECK(ca_safetensors_index_parse(&idx, buf, len, "idx.json") != CA_OK);
+        ca_safetensors_index_free(&idx);
+    }
+    free(buf);
+    static const char *bad[] = {"[]", "{}", "{\"weight_map\": []}", "{\"weight_map\": {\"a\": 1}}",
+                                "{\"weight_map\": {\"a\": \"../x\"}}", "{\"weight_map\": {\"a\": \"\"}}",
+                                "{\"weight_map\": {\"a\": \"x\\u0000y\"}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        buf = exact_copy(bad[i], strlen(bad[i]));
+        CHECK(ca_safetensors_index_parse(&idx, buf, strlen(bad[i]), "idx.json") != CA_OK);
+        CHECK_MSG("idx.json: ");
+        ca_safetensors_index_free(&idx);
+        free(buf);
+    }
+    CHECK(ca_safetensors_index_read(&idx, "/nonexistent/idx.json") == CA_ERR_IO);
+}
+
 /* ---- config ----------------------------------------------------------------------------------------- */
 
 static const char *LFM2_350M_JSON =
@@ -456,6 +486,7 @@ int main(void) {
     test_json_invalid();
     test_safetensors_malformed();
     test_safetensors_roundtrip(dir);
+    test_index();
     test_config(dir);
     rmdir(dir);
     if (failures) {

@@ -73,4 +73,23 @@ typedef struct {
 ca_status ca_safetensors_write(const char *path, const ca_st_item *items, int num_items,
                                const char *const *metadata_kv, int num_metadata_pairs);
 
+/* ---- sharded checkpoints (io area addition) ----
+ * model.safetensors.index.json: {"metadata": {...}, "weight_map": {tensor name: shard file name}}.
+ * Shard names must be plain relative names inside the checkpoint folder (no '/', no "..", non-empty). */
+typedef struct {
+    char **names;        /* tensor names, in file order */
+    int *file_of;        /* index into files for each name */
+    int num_names;
+    char **files;        /* distinct shard file names, in order of first appearance */
+    int num_files;
+} ca_st_index;
+
+/* Parses an index JSON text of `len` bytes; `what` names it in messages (e.g. the path). */
+ca_status ca_safetensors_index_parse(ca_st_index *idx, const char *json, size_t len, const char *what);
+/* Reads and parses the index file at `path`. */
+ca_status ca_safetensors_index_read(ca_st_index *idx, const char *path);
+/* Shard file of a tensor (NULL when the index does not list it). */
+const char *ca_safetensors_index_file(const ca_st_index *idx, const char *name);
+void ca_safetensors_index_free(ca_st_index *idx);
+
 #endif
