@@ -27,7 +27,9 @@ system-deps:
 
 # The C core's own tests, built with AddressSanitizer + UndefinedBehaviorSanitizer. Every tests/c/test_*.c
 # is one program; it names the core sources it links in a comment line `CA_TEST_SOURCES: csrc/a.c ...`
-# (and optionally extra link flags in `CA_TEST_LIBS: ...`). A failed check or any sanitizer report fails.
+# and optionally extra compiler/linker arguments in `CA_TEST_LIBS: ...`, shell-expanded with $$PY set to
+# the venv's python (e.g. `CA_TEST_LIBS: -fopenmp -I$$($$PY -c "import scipy_openblas32 as s; print(s.get_include_dir())")`).
+# A failed check, a non-zero exit or any sanitizer report fails the target (and `make test`).
 CC ?= cc
 C_TEST_DIR := tests/c/build
 C_TEST_FLAGS := -std=c11 -g -O1 -Wall -Wextra -Wno-unused-parameter -Icsrc/include \
@@ -40,7 +42,7 @@ c-tests:
 	  [ -f "$$t" ] || continue; \
 	  name=$$(basename $$t .c); \
 	  srcs=$$(sed -n 's/^.*CA_TEST_SOURCES:\(.*\)$$/\1/p' $$t | head -n1); \
-	  libs=$$(sed -n 's/^.*CA_TEST_LIBS:\(.*\)$$/\1/p' $$t | head -n1); \
+	  libs=$$(PY=$(PY) eval echo "$$(sed -n 's/^.*CA_TEST_LIBS:\(.*\)$$/\1/p' $$t | head -n1)"); \
 	  echo "c-tests: building $$name ($$srcs)"; \
 	  $(CC) $(C_TEST_FLAGS) -o $(C_TEST_DIR)/$$name $$t $$srcs -lm $$libs; \
 	  echo "c-tests: running $$name"; \
@@ -56,7 +58,7 @@ FUZZ_RUNS ?= -1
 FUZZ_EXTRA ?=
 FUZZ_DIR := fuzz/build
 FUZZ_TARGETS := safetensors config
-FUZZ_SOURCES := csrc/json.c csrc/safetensors.c csrc/config.c csrc/status.c
+FUZZ_SOURCES := csrc/json.c csrc/safetensors.c csrc/safetensors_index.c csrc/config.c csrc/status.c
 FUZZ_FLAGS := -std=c11 -g -O1 -Icsrc/include -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer
 fuzz-smoke:

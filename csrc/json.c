@@ -392,6 +392,8 @@ static ca_status parse_value(parser *p, ca_json *v) {
 ca_status ca_json_parse(ca_json_doc *doc, const char *text, size_t len) {
     memset(doc, 0, sizeof *doc);
     if (!text && len) return ca_error(CA_ERR_VALUE, "ca_json_parse: NULL text");
+    if (len > CA_JSON_MAX_BYTES)
+        return ca_error(CA_ERR_FORMAT, "invalid JSON: %zu bytes exceeds the %zu-byte limit", len, CA_JSON_MAX_BYTES);
     parser p = {.s = (const unsigned char *)text, .n = len, .doc = doc};
     ca_status st = parse_value(&p, &doc->root);
     if (st == CA_OK) {

@@ -63,6 +63,9 @@ CONFIG = {
     "vl.json": json.dumps({"model_type": "lfm2-vl", "text_config": TINY, "vision_config": {"hidden_size": 768}}).encode(),
     "missing_key.json": b'{"hidden_size": 8, "num_hidden_layers": 1}',
     "bad_json.json": b'{"vocab_size": 10, "hidden_size": 8,, "x": "\\ud800"}',
+    "index.json": json.dumps({"metadata": {"total_size": 16}, "weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.embedding_norm.weight": "model-00002-of-00002.safetensors"}}).encode(),
 }
 
 for sub, files in (("safetensors", SAFETENSORS), ("config", CONFIG)):

@@ -17,6 +17,8 @@
 #include "captionaura/ca_status.h"
 
 #define CA_JSON_MAX_DEPTH 64
+/* Largest text accepted (the parsed form takes a small multiple of the text in memory). */
+#define CA_JSON_MAX_BYTES ((size_t)256 * 1024 * 1024)
 
 typedef enum {
     CA_JSON_NULL, CA_JSON_BOOL, CA_JSON_NUMBER, CA_JSON_STRING, CA_JSON_ARRAY, CA_JSON_OBJECT,
