@@ -190,6 +190,9 @@ static ca_status read_rope_theta(ca_lfm2_config *cfg, const ca_json *obj) {
         if (params->type != CA_JSON_OBJECT)
             return ca_error(CA_ERR_VALUE, "config.json key 'rope_parameters': expected an object, got %s",
                             ca_json_type_name(params->type));
+        /* transformers v5 may key the parameters by layer type; LFM2's RoPE is in its attention layers. */
+        const ca_json *per_type = get_present(params, "full_attention");
+        if (per_type && per_type->type == CA_JSON_OBJECT) params = per_type;
         const ca_json *type = get_present(params, "rope_type");
         if (type && (type->type != CA_JSON_STRING || strcmp(type->str, "default") != 0))
             return ca_error(CA_ERR_UNSUPPORTED, "config.json key 'rope_parameters.rope_type': only \"default\" RoPE is supported, got %s%.60s",

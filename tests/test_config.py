@@ -177,6 +177,8 @@ def test_rope_theta_layouts():
     assert resolve(dict(base, theta=2e5, rope_theta=5e5))["rope_theta"] == 2e5  # theta wins, as in transformers
     newer = dict(base, rope_parameters={"rope_theta": 250000.0, "rope_type": "default"})
     assert resolve(newer)["rope_theta"] == 250000.0
+    per_type = dict(base, rope_parameters={"full_attention": {"rope_theta": 3e5, "rope_type": "default"}})
+    assert resolve(per_type)["rope_theta"] == 3e5
     with pytest.raises(NotImplementedError, match="rope_type"):
         resolve(dict(base, rope_parameters={"rope_theta": 1e6, "rope_type": "yarn", "factor": 4.0}))
     with pytest.raises(ValueError, match="rope_parameters"):
