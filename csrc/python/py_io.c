@@ -225,7 +225,11 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args, PyObject *k
     PyObject **arrays = calloc((size_t)n + 1, sizeof *arrays);
     const char **meta_kv = calloc(2 * (size_t)nmeta + 1, sizeof *meta_kv);
     PyObject *result = NULL;
+    /* Owns every name and metadata string used while the GIL is released, so another thread mutating the
+     * dicts cannot free them under the writer. */
+    PyObject *keep = PyList_New(0);
     Py_ssize_t count = 0;
+    if (!keep) goto done;
     if (!items || !shapes || !arrays || !meta_kv) {
         PyErr_NoMemory();
         goto done;
@@ -239,7 +243,7 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args, PyObject *k
             goto done;
         }
         const char *name = PyUnicode_AsUTF8(key);
-        if (!name) goto done;
+        if (!name || PyList_Append(keep, key) < 0) goto done;
         if (!PyArray_Check(value)) {
             PyErr_Format(PyExc_TypeError, "tensor '%s' must be a numpy array, got %.100s", name,
                          Py_TYPE(value)->tp_name);
@@ -314,6 +318,7 @@ static PyObject *py_safetensors_save(PyObject *self, PyObject *args, PyObject *k
         meta_kv[2 * m] = PyUnicode_AsUTF8(key);
         meta_kv[2 * m + 1] = PyUnicode_AsUTF8(value);
         if (!meta_kv[2 * m] || !meta_kv[2 * m + 1]) goto done;
+        if (PyList_Append(keep, key) < 0 || PyList_Append(keep, value) < 0) goto done;
         m++;
     }
 
@@ -334,6 +339,7 @@ done:
     free(shapes);
     free(arrays);
     free(meta_kv);
+    Py_XDECREF(keep);
     Py_DECREF(path_bytes);
     return result;
 }
