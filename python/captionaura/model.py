@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from captionaura import _core
-from captionaura._io import read_json, write_json_atomic
+from captionaura._io import write_json_atomic
 from captionaura.config import Lfm2Config
 
 ArrayLike = np.ndarray | Sequence[int] | Sequence[Sequence[int]]
@@ -133,10 +133,7 @@ def weight_files(path: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        weight_map = read_json(index, "weights index").get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        shards = sorted(set(weight_map.values()))
+        shards = sorted(set(_core.safetensors_index(str(index)).values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shard(s) that do not exist: {', '.join(missing)}")
