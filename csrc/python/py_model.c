@@ -243,6 +243,117 @@ static PyObject *Lfm2_set_profiling(Lfm2Object *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ---- LoRA ---- */
+static PyObject *Lfm2_lora_add(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"layers", "projections", "r", "scaling", "dropout", NULL};
+    PyObject *layers_obj, *projs_obj;
+    int r;
+    float scaling, dropout = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOif|f", kwlist, &layers_obj, &projs_obj, &r, &scaling, &dropout))
+        return NULL;
+    if (!ready(self)) return NULL;
+    PyArrayObject *layers = ca_py_array(layers_obj, NPY_INT32, 1, 0, "layers");
+    if (!layers) return NULL;
+    npy_intp n = PyArray_DIM(layers, 0);
+    PyArrayObject *projs = ca_py_array_shape(projs_obj, NPY_INT32, 1, (npy_intp[]){n}, 0, "projections");
+    if (!projs) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_add(self->model, PyArray_DATA(layers), PyArray_DATA(projs), (int)n, r, scaling,
+                                           dropout));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_clear(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    CA_COMPUTE(self, ca_lfm2_lora_clear(self->model));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_init(Lfm2Object *self, PyObject *args) {
+    unsigned long long seed;
+    int gaussian;
+    if (!PyArg_ParseTuple(args, "Kp", &seed, &gaussian) || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_init(self->model, seed, gaussian));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_params(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
+}
+
+static PyObject *Lfm2_lora_grads(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
+}
+
+static PyObject *Lfm2_lora_table(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    const ca_lfm2_model *m = self->model;
+    PyObject *list = PyList_New(m->num_lora);
+    if (!list) return NULL;
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_lora_adapter *a = &m->lora[i];
+        PyObject *row = Py_BuildValue("(isiiinnff)", a->layer, ca_lfm2_proj_name(a->proj), a->r, a->in, a->out,
+                                      (Py_ssize_t)a->a_offset, (Py_ssize_t)a->b_offset, a->scaling, a->dropout);
+        if (!row) return Py_DECREF(list), NULL;
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static PyObject *Lfm2_set_lora_enabled(Lfm2Object *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_enabled = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_lora_freeze_A(Lfm2Object *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_freeze_A = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_dropout_seed(Lfm2Object *self, PyObject *arg) {
+    unsigned long long seed = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->dropout_seed = seed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_merge(Lfm2Object *self, PyObject *arg) {
+    double sign = PyFloat_AsDouble(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_merge(self->model, (float)sign));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_trainable(Lfm2Object *self, PyObject *args) {
+    int index, on;
+    if (!PyArg_ParseTuple(args, "ip", &index, &on) || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_set_trainable(self->model, index, on));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_trainable(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    PyObject *list = PyList_New(self->model->num_param_tensors);
+    for (int i = 0; list && i < self->model->num_param_tensors; i++)
+        PyList_SET_ITEM(list, i, PyBool_FromLong(self->model->trainable[i]));
+    return list;
+}
+
 static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     if (!ready(self)) return NULL;
     size_t total = 0;
@@ -263,6 +374,21 @@ static PyMethodDef Lfm2_methods[] = {
      "load_safetensors(paths, prefix=None): reads every parameter from the given files."},
     {"save_safetensors", (PyCFunction)(void (*)(void))Lfm2_save_safetensors, METH_VARARGS | METH_KEYWORDS,
      "save_safetensors(path, prefix=None): writes every parameter as float32, atomically."},
+    {"lora_add", (PyCFunction)(void (*)(void))Lfm2_lora_add, METH_VARARGS | METH_KEYWORDS,
+     "lora_add(layers, projections, r, scaling, dropout=0): adapters on (layer, projection) pairs (int32 arrays)."},
+    {"lora_clear", (PyCFunction)Lfm2_lora_clear, METH_NOARGS, "Remove every LoRA adapter."},
+    {"lora_init", (PyCFunction)Lfm2_lora_init, METH_VARARGS, "lora_init(seed, gaussian): PEFT's A init, B = 0."},
+    {"lora_params", (PyCFunction)Lfm2_lora_params, METH_NOARGS, "The flat LoRA buffer (a view), or None."},
+    {"lora_grads", (PyCFunction)Lfm2_lora_grads, METH_NOARGS, "The flat LoRA gradient buffer (a view), or None."},
+    {"lora_table", (PyCFunction)Lfm2_lora_table, METH_NOARGS,
+     "[(layer, projection, r, in, out, a_offset, b_offset, scaling, dropout)] of every adapter."},
+    {"set_lora_enabled", (PyCFunction)Lfm2_set_lora_enabled, METH_O, "Run with (True) or without (False) adapters."},
+    {"set_lora_freeze_A", (PyCFunction)Lfm2_set_lora_freeze_A, METH_O, "Keep A fixed (FFA-LoRA): no A gradients."},
+    {"set_dropout_seed", (PyCFunction)Lfm2_set_dropout_seed, METH_O, "Seed of the LoRA dropout masks."},
+    {"lora_merge", (PyCFunction)Lfm2_lora_merge, METH_O, "lora_merge(sign): W += sign*scaling*B@A for every adapter."},
+    {"set_trainable", (PyCFunction)Lfm2_set_trainable, METH_VARARGS,
+     "set_trainable(index, on): whether base tensor `index` (param_table order) gets gradients."},
+    {"trainable", (PyCFunction)Lfm2_trainable, METH_NOARGS, "Per base tensor: whether it gets gradients."},
     {"set_profiling", (PyCFunction)Lfm2_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see profile_report)."},
     {NULL, NULL, 0, NULL},
@@ -340,6 +466,13 @@ PyMethodDef ca_py_model_methods[] = {
 
 int ca_py_model_init(PyObject *module) {
     if (PyType_Ready(&Lfm2Type) < 0) return -1;
+    PyObject *names = PyTuple_New(CA_NUM_PROJ);
+    if (!names) return -1;
+    for (int i = 0; i < CA_NUM_PROJ; i++) PyTuple_SET_ITEM(names, i, PyUnicode_FromString(ca_lfm2_proj_name(i)));
+    if (PyModule_AddObject(module, "LFM2_PROJECTIONS", names) < 0) {
+        Py_DECREF(names);
+        return -1;
+    }
     Py_INCREF(&Lfm2Type);
     if (PyModule_AddObject(module, "Lfm2", (PyObject *)&Lfm2Type) < 0) {
         Py_DECREF(&Lfm2Type);

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from captionaura import _core
 from captionaura.config import Lfm2Config
+from captionaura.lora import LoraConfig
+from captionaura.optim import AdamW, AdamWConfig
 from captionaura.model import Lfm2Model, Lfm2Output
 
 __version__ = "0.1.0"
@@ -25,6 +27,9 @@ def cuda_available() -> bool:
 
 
 __all__ = [
+    "AdamW",
+    "AdamWConfig",
+    "LoraConfig",
     "Lfm2Config",
     "Lfm2Model",
     "Lfm2Output",

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from captionaura import _core
 from captionaura._io import write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.lora import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX, LoraConfig, peft_key,
+                              resolve_targets)
+from captionaura.optim import AdamW, AdamWConfig
 
 ArrayLike = np.ndarray | Sequence[int] | Sequence[Sequence[int]]
 
@@ -45,6 +49,9 @@ class Lfm2Model:
         self.config = config
         self._core = core
         self._table = core.param_table()
+        self.lora_config: LoraConfig | None = None
+        self.optimizer: AdamW | None = None
+        self._merged = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -119,6 +126,196 @@ class Lfm2Model:
     def num_parameters(self) -> int:
         """Parameter count (the tied lm_head counted once, as Hugging Face does)."""
         return int(self._core.num_parameters)
+
+    # -- LoRA -------------------------------------------------------------------------------------
+    def add_lora(self, config: LoraConfig, seed: int = 0) -> None:
+        """Put adapters on every projection ``config.target_modules`` matches and freeze the base model
+        (except ``modules_to_save``). Replaces existing adapters; A is initialised as PEFT does, B = 0."""
+        targets = resolve_targets(config, self.config.layer_types, _core.LFM2_PROJECTIONS)
+        layers = np.array([t[0] for t in targets], dtype=np.int32)
+        projections = np.array([t[1] for t in targets], dtype=np.int32)
+        self._core.lora_add(layers, projections, config.r, config.scaling, config.lora_dropout)
+        if config.init_lora_weights is False:  # PEFT's debugging init: both factors random
+            rng = np.random.default_rng(seed)
+            flat = self._core.lora_params()
+            flat[:] = rng.normal(0.0, 0.02, flat.size)
+        else:
+            self._core.lora_init(int(seed), config.init_lora_weights == "gaussian")
+        self._core.set_dropout_seed(int(seed))
+        save = self._modules_to_save(config)
+        for index, (name, *_rest) in enumerate(self._table):
+            self._core.set_trainable(index, name in save)
+        self.lora_config = config
+        self.optimizer = None
+        self._merged = False
+
+    def _modules_to_save(self, config: LoraConfig) -> set[str]:
+        """Base tensor names (…​.weight) of the modules listed in modules_to_save."""
+        names = set()
+        for wanted in config.modules_to_save or ():
+            found = [n for n, *_ in self._table
+                     if n[: -len(".weight")] == wanted or n[: -len(".weight")].endswith("." + wanted)]
+            if not found:
+                raise ValueError(f"modules_to_save entry {wanted!r} matches no module")
+            names.update(found)
+        return names
+
+    def _require_lora(self) -> LoraConfig:
+        if self.lora_config is None:
+            raise RuntimeError("this model has no LoRA adapters; call add_lora() or load_adapter() first")
+        return self.lora_config
+
+    def lora_modules(self) -> list[dict]:
+        """One entry per adapter: module path, r, in/out features, scaling and offsets in lora_vector()."""
+        return [{"module": f"model.layers.{layer}.{proj}", "r": r, "in_features": fin, "out_features": fout,
+                 "a_offset": a, "b_offset": b, "scaling": s, "dropout": d}
+                for layer, proj, r, fin, fout, a, b, s, d in self._core.lora_table()]
+
+    def _lora_views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for m in self.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            out[peft_key(m["module"], "lora_A")] = flat[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin)
+            out[peft_key(m["module"], "lora_B")] = flat[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r)
+        return out
+
+    def lora_parameters(self) -> dict[str, np.ndarray]:
+        """PEFT key → view of every lora_A [r, in] and lora_B [out, r]."""
+        self._require_lora()
+        return self._lora_views(self._core.lora_params())
+
+    def lora_gradients(self) -> dict[str, np.ndarray]:
+        self._require_lora()
+        return self._lora_views(self._core.lora_grads())
+
+    def lora_vector(self) -> np.ndarray:
+        """Every adapter's A and B in one flat float32 view: the federated update vector."""
+        self._require_lora()
+        return self._core.lora_params()
+
+    def set_lora_vector(self, vector: np.ndarray) -> None:
+        flat = self.lora_vector()
+        v = np.asarray(vector)
+        if v.shape != flat.shape:
+            raise ValueError(f"LoRA vector has shape {v.shape}, expected {flat.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("LoRA vector contains NaN or Inf")
+        flat[:] = v
+
+    @contextlib.contextmanager
+    def disable_lora(self) -> Iterator[None]:
+        """Inside the block the model computes with the base weights only."""
+        self._require_lora()
+        self._core.set_lora_enabled(False)
+        try:
+            yield
+        finally:
+            self._core.set_lora_enabled(not self._merged)
+
+    def merge_lora(self) -> None:
+        """Fold every adapter into its base weight (W += s·B·A); the adapters stay, inactive, for unmerge."""
+        self._require_lora()
+        if not self._merged:
+            self._core.lora_merge(1.0)
+            self._core.set_lora_enabled(False)
+            self._merged = True
+
+    def unmerge_lora(self) -> None:
+        self._require_lora()
+        if self._merged:
+            self._core.lora_merge(-1.0)
+            self._core.set_lora_enabled(True)
+            self._merged = False
+
+    def save_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Write PEFT's adapter_config.json and adapter_model.safetensors (each atomically)."""
+        config = self._require_lora()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.lora_parameters().items()}
+        params = self.parameters()
+        for name in sorted(self._modules_to_save(config)):
+            tensors[PEFT_PREFIX + name] = params[name]
+        _core.safetensors_save(str(path / ADAPTER_WEIGHTS_NAME), tensors, {"format": "pt"})
+        write_json_atomic(path / ADAPTER_CONFIG_NAME, config.to_dict())
+
+    def load_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Load a PEFT adapter folder strictly: every expected key present with its shape, nothing else."""
+        path = Path(path)
+        config = LoraConfig.from_pretrained(path)
+        self.add_lora(config)
+        expected = self.lora_parameters()
+        params = self.parameters()
+        saved = {PEFT_PREFIX + n: params[n] for n in self._modules_to_save(config)}
+        weights = path / ADAPTER_WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
+        header = {name: tuple(shape) for name, _, shape, *_ in _core.safetensors_header(str(weights))}
+        missing = sorted(set(expected) | set(saved) - set(header))
+        unexpected = sorted(set(header) - set(expected) - set(saved))
+        if missing or unexpected:
+            self.remove_lora()
+            raise KeyError(f"adapter {path} does not fit this model: missing {missing[:3]}"
+                           f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                           f"{'...' if len(unexpected) > 3 else ''}")
+        for name, view in {**expected, **saved}.items():
+            if header[name] != view.shape:
+                self.remove_lora()
+                raise ValueError(f"adapter tensor {name} has shape {header[name]}, expected {view.shape}")
+        for name, array in _core.safetensors_load(str(weights)).items():
+            target = expected.get(name, saved.get(name))
+            target[...] = array
+
+    def remove_lora(self) -> None:
+        """Drop the adapters (unmerging first if merged) and make every base tensor trainable again."""
+        if self.lora_config is not None and self._merged:
+            self.unmerge_lora()
+        self._core.lora_clear()
+        for index in range(len(self._table)):
+            self._core.set_trainable(index, True)
+        self.lora_config = None
+        self.optimizer = None
+        self._merged = False
+
+    def trainable_buffers(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(parameters, gradients) the optimiser updates: the LoRA buffer and modules_to_save, or every
+        base tensor when there are no adapters (full fine-tuning)."""
+        trainable = self._core.trainable()
+        if self.lora_config is None:
+            return [self._core.params()], [self._core.grads()]
+        params, grads = [self._core.lora_params()], [self._core.lora_grads()]
+        if any(trainable):
+            flat_p, flat_g = self._core.params(), self._core.grads()
+            for on, (_, _, offset, numel) in zip(trainable, self._table):
+                if on:
+                    params.append(flat_p[offset: offset + numel])
+                    grads.append(flat_g[offset: offset + numel])
+        return params, grads
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.size for p in self.trainable_buffers()[0])
+
+    def print_trainable_parameters(self) -> None:
+        """PEFT's one-line summary."""
+        trainable = self.num_trainable_parameters()
+        total = self.num_parameters() + (self.lora_vector().size if self.lora_config else 0)
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+
+    def set_optimizer(self, config: AdamWConfig) -> AdamW:
+        """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""
+        self.optimizer = AdamW(*self.trainable_buffers(), config=config)
+        return self.optimizer
+
+    def train_step(self, batch: Mapping[str, ArrayLike], lr: float | None = None) -> float:
+        """loss_and_grad on ``batch`` (input_ids, labels, optional attention_mask) and one optimiser step."""
+        if self._merged:
+            raise RuntimeError("unmerge_lora() before training")
+        if self.optimizer is None:
+            self.set_optimizer(AdamWConfig())
+        loss = self.loss_and_grad(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+        self.optimizer.step(lr)
+        return loss
 
     def __repr__(self) -> str:
         c = self.config
