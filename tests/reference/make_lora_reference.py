@@ -47,6 +47,8 @@ the LoraConfig's ``init_lora_weights`` therefore only shows up in adapter_config
 Semantics checked by this script (assertions; peft version in fixtures/lora/versions.json):
     * adapted Linear: y = W x + scaling * B (A x), scaling = lora_alpha / r, or lora_alpha / sqrt(r) with
       use_rslora (checked against a manual forward of every adapted module's delta weight).
+    * PEFT's init before the overwrite: B = 0; A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform a=sqrt(5)) for
+      init_lora_weights=True, A ~ N(0, (1/r)^2) for "gaussian" (std checked to 10%).
     * only LoRA parameters require grad (bias="none"); every base parameter has requires_grad False.
     * saved keys = in-memory names with the adapter name ("default.") removed; lora_A [r, in], lora_B [out, r].
     * target_modules as a list matches a module whose name equals an entry or ends with "." + entry, so
@@ -162,6 +164,7 @@ def build_case(case: str, spec: dict) -> dict:
     base_logits_fixture = ref["logits"]
 
     cfg = LoraConfig(**spec["config"])
+    torch.manual_seed(spec["seed"])  # PEFT's init uses the global RNG (only checked, then overwritten)
     pm = get_peft_model(model, cfg)
     pm.eval()
 
@@ -178,6 +181,20 @@ def build_case(case: str, spec: dict) -> dict:
             assert not p.requires_grad, n
     named = lora_params(pm)
     assert all("lora_A" in n or "lora_B" in n for n, _ in named)
+
+    # --- PEFT's own init (then overwritten): B = 0; A kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in))
+    #     for init_lora_weights=True, A ~ N(0, (1/r)^2) for "gaussian" ---
+    with torch.no_grad():
+        for n, p in named:
+            if ".lora_B." in n:
+                assert torch.count_nonzero(p) == 0, n
+            elif cfg.init_lora_weights is True:
+                assert float(p.abs().max()) <= 1.0 / np.sqrt(p.shape[1]) + 1e-7, n
+            else:
+                assert cfg.init_lora_weights == "gaussian"
+        if cfg.init_lora_weights == "gaussian":
+            a_all = torch.cat([p.flatten() for n, p in named if ".lora_A." in n])
+            assert abs(float(a_all.std()) - 1.0 / cfg.r) < 0.1 / cfg.r, float(a_all.std())
 
     # --- seeded non-zero LoRA weights (sorted names: independent of module registration order) ---
     g = torch.Generator().manual_seed(spec["seed"])
