@@ -251,7 +251,7 @@ class Lfm2Model:
         if not weights.is_file():
             raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
         header = {name: tuple(shape) for name, _, shape, *_ in _core.safetensors_header(str(weights))}
-        missing = sorted(set(expected) | set(saved) - set(header))
+        missing = sorted((set(expected) | set(saved)) - set(header))
         unexpected = sorted(set(header) - set(expected) - set(saved))
         if missing or unexpected:
             self.remove_lora()
