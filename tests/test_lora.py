@@ -56,16 +56,39 @@ def test_loss_and_lora_gradients_match_peft(case):
     assert model.num_trainable_parameters() == sum(v.size for v in expected.values())
 
 
+ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+
+
 @pytest.mark.parametrize("clip", [None, 0.05])
-def test_one_adamw_step_matches_torch(case, clip):
+def test_adamw_update_equals_torch_on_the_same_gradients(case, clip):
+    """The optimiser alone: torch's gradients in, torch's parameters out."""
     _, ref, model = case
-    model.set_optimizer(ca.AdamWConfig(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_grad_norm=clip))
+    params = model.lora_parameters()
+    grads = {k: ref["grad." + k].copy() for k in params}
+    opt = ca.AdamW([params[k] for k in params], [grads[k] for k in params], ca.AdamWConfig(**ADAMW, max_grad_norm=clip))
+    assert opt.step() == pytest.approx(float(ref["grad_norm"]), rel=1e-6)
+    prefix = "after_adamw." if clip is None else "after_clipped_adamw."
+    for key, value in params.items():
+        np.testing.assert_allclose(value, ref[prefix + key], atol=1e-6, rtol=0, err_msg=key)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_one_train_step_matches_torch(case, clip):
+    """Our gradients and our optimiser together. AdamW's first step moves each parameter by
+    lr·g/(|g|+eps): where the (clipped) gradient is near eps that map amplifies float32 gradient
+    differences ~lr/eps-fold, so those few ill-conditioned entries are compared only within lr."""
+    _, ref, model = case
+    model.set_optimizer(ca.AdamWConfig(**ADAMW, max_grad_norm=clip))
     model.train_step({"input_ids": ref["input_ids"], "labels": ref["labels"],
                       "attention_mask": ref["attention_mask"]})
-    assert model.optimizer.grad_norm() == pytest.approx(float(ref["grad_norm"]), rel=1e-4)
+    scale = 1.0 if clip is None else min(1.0, clip / (float(ref["grad_norm"]) + 1e-6))
     prefix = "after_adamw." if clip is None else "after_clipped_adamw."
     for key, value in model.lora_parameters().items():
-        np.testing.assert_allclose(value, ref[prefix + key], atol=1e-5, rtol=0, err_msg=key)
+        expected = ref[prefix + key]
+        conditioned = np.abs(ref["grad." + key]) * scale > 100 * ADAMW["eps"]
+        assert conditioned.mean() > 0.95
+        np.testing.assert_allclose(value[conditioned], expected[conditioned], atol=1e-5, rtol=0, err_msg=key)
+        assert np.abs(value - expected).max() <= ADAMW["lr"], key
 
 
 def test_merge_and_disable(case):
@@ -119,9 +142,10 @@ def test_merged_checkpoint_equals_peft_merge_and_unload(tmp_path):
 # ---- behaviour -----------------------------------------------------------------------------------------
 
 def tiny_model(seed: int = 0) -> ca.Lfm2Model:
+    # weights of a trained model's scale (std 0.3): LoRA adapts features, and a std-0.02 random base has none
     cfg = ca.Lfm2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=2, block_auto_adjust_ff_dim=False,
-                        layer_types=["conv", "full_attention", "conv"])
+                        layer_types=["conv", "full_attention", "conv"], initializer_range=0.3)
     return ca.Lfm2Model.from_config(cfg, seed=seed)
 
 
@@ -144,12 +168,14 @@ def test_new_adapter_is_a_no_op_and_freezes_the_base():
 def test_lora_learns_captions_with_prompt_masked():
     rng = np.random.default_rng(0)
     model = tiny_model()
-    model.add_lora(ca.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "in_proj", "w1", "w2", "w3"]))
+    model.add_lora(ca.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     model.set_optimizer(ca.AdamWConfig(lr=1e-2, weight_decay=0.0))
-    prompt_len, caption_len = 5, 6
-    ids = rng.integers(1, 64, size=(8, prompt_len + caption_len)).astype(np.int32)
+    # 8 "images": a shared prompt, one key token per image, and its 6-token caption
+    prompt = np.tile(np.array([1, 5, 9, 13], np.int32), (8, 1))
+    key = (20 + np.arange(8, dtype=np.int32))[:, None]
+    ids = np.concatenate([prompt, key, rng.integers(30, 64, size=(8, 6)).astype(np.int32)], axis=1)
     labels = ids.copy()
-    labels[:, :prompt_len] = -100  # only caption tokens count
+    labels[:, :5] = -100  # only caption tokens count
     losses = [model.train_step({"input_ids": ids, "labels": labels}) for _ in range(100)]
     assert losses[-1] < 0.05 < losses[0]
 
@@ -207,7 +233,7 @@ def test_dropout_gradient_matches_finite_differences():
 def test_ffa_lora_trains_only_b():
     model = tiny_model()
     model.add_lora(ca.LoraConfig(r=4, target_modules=["w1", "w2"]))
-    model._core.set_lora_freeze_A(True)
+    model.freeze_lora_A()
     ids = np.arange(1, 11, dtype=np.int32)[None]
     a_before = {k: v.copy() for k, v in model.lora_parameters().items() if "lora_A" in k}
     for _ in range(3):

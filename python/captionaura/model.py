@@ -52,6 +52,7 @@ class Lfm2Model:
         self.lora_config: LoraConfig | None = None
         self.optimizer: AdamW | None = None
         self._merged = False
+        self._lora_A_frozen = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -148,6 +149,14 @@ class Lfm2Model:
         self.lora_config = config
         self.optimizer = None
         self._merged = False
+        self._lora_A_frozen = False
+
+    def freeze_lora_A(self, frozen: bool = True) -> None:
+        """FFA-LoRA: keep every A at its (shared-seed) initialisation and train only B. Resets the optimiser."""
+        self._require_lora()
+        self._core.set_lora_freeze_A(bool(frozen))
+        self._lora_A_frozen = bool(frozen)
+        self.optimizer = None
 
     def _modules_to_save(self, config: LoraConfig) -> set[str]:
         """Base tensor names (…​.weight) of the modules listed in modules_to_save."""
@@ -276,6 +285,7 @@ class Lfm2Model:
         self.lora_config = None
         self.optimizer = None
         self._merged = False
+        self._lora_A_frozen = False
 
     def trainable_buffers(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(parameters, gradients) the optimiser updates: the LoRA buffer and modules_to_save, or every
@@ -283,7 +293,13 @@ class Lfm2Model:
         trainable = self._core.trainable()
         if self.lora_config is None:
             return [self._core.params()], [self._core.grads()]
-        params, grads = [self._core.lora_params()], [self._core.lora_grads()]
+        if self._lora_A_frozen:  # only the B slices: A must not even see weight decay
+            flat_p, flat_g = self._core.lora_params(), self._core.lora_grads()
+            spans = [(m["b_offset"], m["out_features"] * m["r"]) for m in self.lora_modules()]
+            params = [flat_p[o: o + n] for o, n in spans]
+            grads = [flat_g[o: o + n] for o, n in spans]
+        else:
+            params, grads = [self._core.lora_params()], [self._core.lora_grads()]
         if any(trainable):
             flat_p, flat_g = self._core.params(), self._core.grads()
             for on, (_, _, offset, numel) in zip(trainable, self._table):
