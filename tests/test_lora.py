@@ -83,12 +83,14 @@ def test_one_train_step_matches_torch(case, clip):
                       "attention_mask": ref["attention_mask"]})
     scale = 1.0 if clip is None else min(1.0, clip / (float(ref["grad_norm"]) + 1e-6))
     prefix = "after_adamw." if clip is None else "after_clipped_adamw."
+    compared = total = 0
     for key, value in model.lora_parameters().items():
         expected = ref[prefix + key]
-        conditioned = np.abs(ref["grad." + key]) * scale > 100 * ADAMW["eps"]
-        assert conditioned.mean() > 0.95
+        conditioned = np.abs(ref["grad." + key]) * scale > 10 * ADAMW["eps"]
+        compared, total = compared + conditioned.sum(), total + conditioned.size
         np.testing.assert_allclose(value[conditioned], expected[conditioned], atol=1e-5, rtol=0, err_msg=key)
         assert np.abs(value - expected).max() <= ADAMW["lr"], key
+    assert compared > 0.9 * total
 
 
 def test_merge_and_disable(case):
