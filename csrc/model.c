@@ -861,3 +861,208 @@ ca_status ca_lfm2_set_trainable(ca_lfm2_model *m, int index, int trainable) {
     m->trainable[index] = trainable != 0;
     return CA_OK;
 }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* decoding caches and the cached forward                                                            */
+
+ca_status ca_lfm2_cache_create(const ca_lfm2_model *m, int capacity, ca_lfm2_cache **out) {
+    *out = NULL;
+    if (capacity <= 0) return ca_error(CA_ERR_VALUE, "cache capacity must be positive, got %d", capacity);
+    const ca_lfm2_config *c = &m->cfg;
+    ca_lfm2_cache *cache = calloc(1, sizeof *cache);
+    if (!cache) return ca_error(CA_ERR_NOMEM, "out of memory allocating a decoding cache");
+    for (int l = 0; l < c->num_hidden_layers; l++) c->layer_is_attention[l] ? cache->num_attention++ : cache->num_conv++;
+    cache->be = m->be;
+    cache->capacity = capacity;
+    cache->kv_width = c->num_key_value_heads * c->head_dim;
+    cache->conv_rows = c->conv_L_cache - 1;
+    cache->conv_width = c->hidden_size;
+    const size_t kv = (size_t)cache->num_attention * capacity * cache->kv_width;
+    const size_t conv = (size_t)cache->num_conv * cache->conv_rows * cache->conv_width;
+    cache->k = kv ? m->be->alloc(kv * sizeof(float)) : NULL;
+    cache->v = kv ? m->be->alloc(kv * sizeof(float)) : NULL;
+    cache->conv = conv ? m->be->alloc(conv * sizeof(float)) : NULL;
+    if ((kv && (!cache->k || !cache->v)) || (conv && !cache->conv)) {
+        ca_lfm2_cache_free(cache);
+        return ca_error(CA_ERR_NOMEM, "out of memory for a decoding cache of %d positions (%.1f MB)", capacity,
+                        (2.0 * kv + conv) * 4 / 1e6);
+    }
+    *out = cache;
+    return CA_OK;
+}
+
+void ca_lfm2_cache_free(ca_lfm2_cache *cache) {
+    if (!cache) return;
+    cache->be->free(cache->k);
+    cache->be->free(cache->v);
+    cache->be->free(cache->conv);
+    free(cache);
+}
+
+void ca_lfm2_cache_reset(ca_lfm2_cache *cache) {
+    cache->length = 0;
+    if (cache->conv) /* a fresh sequence starts from zero conv state */
+        memset(cache->conv, 0, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width * sizeof(float));
+}
+
+ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
+    if (dst->capacity != src->capacity || dst->num_attention != src->num_attention || dst->num_conv != src->num_conv ||
+        dst->kv_width != src->kv_width || dst->conv_width != src->conv_width)
+        return ca_error(CA_ERR_VALUE, "caches of different models or capacities cannot be copied");
+    if (dst == src) return CA_OK;
+    /* only the filled prefix of each layer's keys and values matters */
+    const size_t row = (size_t)src->kv_width * sizeof(float), layer = (size_t)src->capacity * src->kv_width;
+    for (int a = 0; a < src->num_attention; a++) {
+        memcpy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
+        memcpy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
+    }
+    if (src->conv)
+        memcpy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
+    dst->length = src->length;
+    return CA_OK;
+}
+
+/* One attention layer for B cached sequences: append this chunk's keys and values to each cache, then let
+ * each row's queries attend to everything its sequence has seen (causal from position `past`). */
+static void cached_attention(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache *const *caches, const int32_t *lengths,
+                             int B, int T, float *att) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int NH = c->num_attention_heads, NKV = c->num_key_value_heads, HS = c->head_dim;
+    const size_t QD = (size_t)NH * HS, KD = (size_t)NKV * HS;
+    ca_lfm2_layer_acts *a = &m->lacts[l];
+    for (int b = 0; b < B; b++) {
+        ca_lfm2_cache *cache = caches[b];
+        const int len = lengths[b], past = cache->length;
+        float *ao = a->ao + (size_t)b * T * QD;
+        if (len == 0) continue;
+        float *K = cache->k + (size_t)ordinal * cache->capacity * KD, *V = cache->v + (size_t)ordinal * cache->capacity * KD;
+        memcpy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        memcpy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->attention_forward(ao, att, a->qr + (size_t)b * T * QD, K, V, NULL, 1, len, past + len, NH, NKV, HS, 1, past);
+        if (len < T) m->be->zero(ao + (size_t)len * QD, (size_t)(T - len) * QD);
+    }
+}
+
+/* One conv layer's gated convolution for B cached sequences, continuing from and then advancing each
+ * sequence's state: the new state is the last L−1 rows of [state; u]. */
+static void cached_shortconv(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache *const *caches, const int32_t *lengths,
+                             int B, int T) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int C = c->hidden_size, L = c->conv_L_cache, keep = L - 1;
+    ca_lfm2_layer_acts *a = &m->lacts[l];
+    for (int b = 0; b < B; b++) {
+        const int len = lengths[b];
+        const size_t off = (size_t)b * T * C;
+        if (len == 0) continue;
+        float *state = caches[b]->conv + (size_t)ordinal * keep * C;
+        m->be->shortconv_forward(a->y + off, a->u + off, a->c + off, a->z + 3 * off, m->layers[l].conv,
+                                 keep > 0 ? state : NULL, 1, len, C, L);
+        if (len < T) m->be->zero(a->y + off + (size_t)len * C, (size_t)(T - len) * C);
+        if (keep == 0) continue;
+        if (len >= keep) {
+            memcpy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
+        } else {
+            memmove(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
+            memcpy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
+        }
+    }
+}
+
+ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches, const int32_t *ids,
+                                 const float *embeds, const int32_t *lengths, int B, int T, float *logits,
+                                 int all_logits) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int C = c->hidden_size, V = c->vocab_size, F = c->ffn_dim, N = B * T;
+    const int NH = c->num_attention_heads, HS = c->head_dim;
+    const float eps = (float)c->norm_eps;
+    if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    int longest = 0;
+    for (int b = 0; b < B; b++) {
+        if (!caches[b]) return ca_error(CA_ERR_VALUE, "sequence %d has no cache", b);
+        if (lengths[b] < 0 || lengths[b] > T)
+            return ca_error(CA_ERR_VALUE, "lengths[%d] = %d is outside [0, %d]", b, lengths[b], T);
+        if (caches[b]->length + lengths[b] > caches[b]->capacity)
+            return ca_error(CA_ERR_VALUE, "sequence %d needs %d positions but its cache holds %d", b,
+                            caches[b]->length + lengths[b], caches[b]->capacity);
+        for (int j = 0; j < b; j++)
+            if (caches[j] == caches[b] && lengths[b] && lengths[j])
+                return ca_error(CA_ERR_VALUE, "sequences %d and %d share one cache", j, b);
+        for (int t = 0; t < lengths[b] && !embeds; t++) {
+            int32_t id = ids[(size_t)b * T + t];
+            if (id < 0 || id >= V)
+                return ca_error(CA_ERR_INDEX, "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id, V);
+        }
+        if (caches[b]->length + lengths[b] > longest) longest = caches[b]->length + lengths[b];
+    }
+    CA_TRY(ensure_acts(m, B, T));
+    float *att = m->be->alloc((size_t)NH * T * (longest > 0 ? longest : 1) * sizeof(float)); /* (NH, T, Tk) */
+    float *last = m->be->alloc((size_t)B * (2 * C + V) * sizeof(float)); /* rows (B, C), normed (B, C), (B, V) */
+    if (!att || !last) {
+        m->be->free(att), m->be->free(last);
+        return ca_error(CA_ERR_NOMEM, "out of memory for a decoding step");
+    }
+    int32_t *safe_ids = m->targets; /* (N): padded positions read token 0 instead of whatever they hold */
+    m->has_padding = 0;
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const size_t n = (size_t)b * T + t;
+            m->mask[n] = t < lengths[b];
+            m->pos[n] = caches[b]->length + t;
+            safe_ids[n] = (m->mask[n] && !embeds) ? ids[n] : 0;
+            m->has_padding |= !m->mask[n];
+        }
+    }
+    if (embeds) memcpy(m->hs, embeds, (size_t)N * C * sizeof(float));
+    else m->be->embedding_forward(m->hs, safe_ids, m->embed_tokens, N, C);
+
+    for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
+        const ca_lfm2_layer *w = &m->layers[l];
+        ca_lfm2_layer_acts *a = &m->lacts[l];
+        const float *h = m->hs + (size_t)l * N * C;
+        float *hout = m->hs + (size_t)(l + 1) * N * C;
+        m->be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps);
+        if (w->is_attention) {
+            const int NKV = c->num_key_value_heads;
+            proj_forward(m, l, CA_PROJ_Q, a->q, a->x1, N);
+            proj_forward(m, l, CA_PROJ_K, a->k, a->x1, N);
+            proj_forward(m, l, CA_PROJ_V, a->v, a->x1, N);
+            m->be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
+            m->be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
+            m->be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
+            m->be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
+            cached_attention(m, l, n_attn++, caches, lengths, B, T, att);
+            proj_forward(m, l, CA_PROJ_ATTN_OUT, a->mid, a->ao, N);
+        } else {
+            proj_forward(m, l, CA_PROJ_IN, a->z, a->x1, N);
+            if (m->has_padding) zero_masked_rows(m, a->z, (size_t)3 * C, N);
+            cached_shortconv(m, l, n_conv++, caches, lengths, B, T);
+            proj_forward(m, l, CA_PROJ_CONV_OUT, a->mid, a->y, N);
+        }
+        m->be->add_inplace(a->mid, h, (size_t)N * C);
+        m->be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
+        proj_forward(m, l, CA_PROJ_W1, a->gate, a->x2, N);
+        proj_forward(m, l, CA_PROJ_W3, a->up, a->x2, N);
+        m->be->swiglu_forward(a->act, a->gate, a->up, N, F);
+        proj_forward(m, l, CA_PROJ_W2, hout, a->act, N);
+        m->be->add_inplace(hout, a->mid, (size_t)N * C);
+    }
+    const float *top = m->hs + (size_t)c->num_hidden_layers * N * C;
+    if (all_logits) {
+        m->be->rmsnorm_forward(m->xf, m->rstdf, top, m->embedding_norm, N, C, eps);
+        m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, V);
+    } else { /* only each row's last real token reaches the (V × C) head */
+        float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
+        for (int b = 0; b < B; b++) {
+            const int t = lengths[b] > 0 ? lengths[b] - 1 : 0;
+            memcpy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
+        }
+        m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
+        m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
+        for (int b = 0; b < B; b++)
+            if (lengths[b] > 0) memcpy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
+    }
+    for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
+    m->be->free(att);
+    m->be->free(last);
+    return CA_OK;
+}

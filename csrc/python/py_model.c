@@ -354,6 +354,134 @@ static PyObject *Lfm2_trainable(Lfm2Object *self, PyObject *unused) {
     return list;
 }
 
+/* ---- decoding caches ---- */
+typedef struct {
+    PyObject_HEAD
+    Lfm2Object *owner; /* keeps the model (and its backend) alive */
+    ca_lfm2_cache *cache;
+} CacheObject;
+
+static PyTypeObject CacheType;
+
+static void Cache_dealloc(CacheObject *self) {
+    ca_lfm2_cache_free(self->cache);
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Lfm2_new_cache(Lfm2Object *self, PyObject *arg) {
+    long capacity = PyLong_AsLong(arg);
+    if ((capacity == -1 && PyErr_Occurred()) || !ready(self)) return NULL;
+    if (capacity <= 0 || capacity > INT32_MAX) return PyErr_Format(PyExc_ValueError, "cache capacity must be in [1, 2^31), got %ld", capacity);
+    CacheObject *obj = PyObject_New(CacheObject, &CacheType);
+    if (!obj) return NULL;
+    obj->cache = NULL;
+    Py_INCREF(self);
+    obj->owner = self;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS st = ca_lfm2_cache_create(self->model, (int)capacity, &obj->cache);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) {
+        Py_DECREF(obj);
+        return ca_py_raise(st);
+    }
+    return (PyObject *)obj;
+}
+
+static PyObject *Cache_reset(CacheObject *self, PyObject *unused) {
+    ca_lfm2_cache_reset(self->cache);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cache_copy_from(CacheObject *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &CacheType)) return PyErr_Format(PyExc_TypeError, "copy_from expects a Cache");
+    CacheObject *src = (CacheObject *)arg;
+    if (src->owner != self->owner) return PyErr_Format(PyExc_ValueError, "caches belong to different models");
+    ca_status st;
+    CA_COMPUTE(self->owner, st = ca_lfm2_cache_copy(self->cache, src->cache));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cache_get_length(CacheObject *self, void *closure) { return PyLong_FromLong(self->cache->length); }
+static PyObject *Cache_get_capacity(CacheObject *self, void *closure) { return PyLong_FromLong(self->cache->capacity); }
+
+static PyMethodDef Cache_methods[] = {
+    {"reset", (PyCFunction)Cache_reset, METH_NOARGS, "Forget the sequence (length 0, zero conv state)."},
+    {"copy_from", (PyCFunction)Cache_copy_from, METH_O, "Take another cache's contents (same model)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Cache_getset[] = {
+    {"length", (getter)Cache_get_length, NULL, "Positions consumed so far.", NULL},
+    {"capacity", (getter)Cache_get_capacity, NULL, "Positions it can hold.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "captionaura._core.Cache",
+    .tp_basicsize = sizeof(CacheObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The decoding state of one sequence (KV per attention layer, conv state per conv layer).",
+    .tp_dealloc = (destructor)Cache_dealloc,
+    .tp_methods = Cache_methods,
+    .tp_getset = Cache_getset,
+};
+
+static PyObject *Lfm2_forward_cached(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"caches", "input_ids", "lengths", "logits", "all_logits", "embeds", NULL};
+    PyObject *caches_obj, *ids_obj, *lengths_obj, *logits_obj, *embeds_obj = Py_None;
+    int all_logits = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|pO", kwlist, &caches_obj, &ids_obj, &lengths_obj, &logits_obj,
+                                     &all_logits, &embeds_obj))
+        return NULL;
+    if (!ready(self)) return NULL;
+    ca_lfm2_model *m = self->model;
+    PyArrayObject *ids = ca_py_array(ids_obj, NPY_INT32, 2, 0, "input_ids");
+    if (!ids) return NULL;
+    int B = (int)PyArray_DIM(ids, 0), T = (int)PyArray_DIM(ids, 1);
+    PyArrayObject *lengths = ca_py_array_shape(lengths_obj, NPY_INT32, 1, (npy_intp[]){B}, 0, "lengths");
+    if (!lengths) return NULL;
+    PyArrayObject *logits = all_logits
+        ? ca_py_array_shape(logits_obj, NPY_FLOAT32, 3, (npy_intp[]){B, T, m->cfg.vocab_size}, 1, "logits")
+        : ca_py_array_shape(logits_obj, NPY_FLOAT32, 2, (npy_intp[]){B, m->cfg.vocab_size}, 1, "logits");
+    if (!logits) return NULL;
+    const float *embeds = NULL;
+    if (embeds_obj != Py_None) {
+        PyArrayObject *e = ca_py_array_shape(embeds_obj, NPY_FLOAT32, 3, (npy_intp[]){B, T, m->cfg.hidden_size}, 0, "embeds");
+        if (!e) return NULL;
+        embeds = PyArray_DATA(e);
+    }
+    PyObject *seq = PySequence_Fast(caches_obj, "caches must be a sequence of Cache objects");
+    if (!seq) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != B) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "%d caches for a batch of %d sequences", (int)PySequence_Fast_GET_SIZE(seq), B);
+    }
+    ca_lfm2_cache **caches = PyMem_Calloc((size_t)B, sizeof *caches);
+    if (!caches) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (int b = 0; b < B; b++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, b);
+        if (!PyObject_TypeCheck(item, &CacheType) || ((CacheObject *)item)->owner != self) {
+            PyMem_Free(caches);
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_TypeError, "caches[%d] is not a Cache of this model", b);
+        }
+        caches[b] = ((CacheObject *)item)->cache;
+    }
+    const int32_t *ids_p = PyArray_DATA(ids), *len_p = PyArray_DATA(lengths);
+    float *logits_p = PyArray_DATA(logits);
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_forward_cached(m, caches, ids_p, embeds, len_p, B, T, logits_p, all_logits));
+    PyMem_Free(caches);
+    Py_DECREF(seq);
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     if (!ready(self)) return NULL;
     size_t total = 0;
@@ -374,6 +502,9 @@ static PyMethodDef Lfm2_methods[] = {
      "load_safetensors(paths, prefix=None): reads every parameter from the given files."},
     {"save_safetensors", (PyCFunction)(void (*)(void))Lfm2_save_safetensors, METH_VARARGS | METH_KEYWORDS,
      "save_safetensors(path, prefix=None): writes every parameter as float32, atomically."},
+    {"new_cache", (PyCFunction)Lfm2_new_cache, METH_O, "new_cache(capacity) -> Cache for one sequence."},
+    {"forward_cached", (PyCFunction)(void (*)(void))Lfm2_forward_cached, METH_VARARGS | METH_KEYWORDS,
+     "forward_cached(caches, input_ids (B,T), lengths (B), logits (B,V) or (B,T,V), all_logits=False, embeds=None)."},
     {"lora_add", (PyCFunction)(void (*)(void))Lfm2_lora_add, METH_VARARGS | METH_KEYWORDS,
      "lora_add(layers, projections, r, scaling, dropout=0): adapters on (layer, projection) pairs (int32 arrays)."},
     {"lora_clear", (PyCFunction)Lfm2_lora_clear, METH_NOARGS, "Remove every LoRA adapter."},
@@ -465,7 +596,7 @@ PyMethodDef ca_py_model_methods[] = {
 };
 
 int ca_py_model_init(PyObject *module) {
-    if (PyType_Ready(&Lfm2Type) < 0) return -1;
+    if (PyType_Ready(&Lfm2Type) < 0 || PyType_Ready(&CacheType) < 0) return -1;
     PyObject *names = PyTuple_New(CA_NUM_PROJ);
     if (!names) return -1;
     for (int i = 0; i < CA_NUM_PROJ; i++) PyTuple_SET_ITEM(names, i, PyUnicode_FromString(ca_lfm2_proj_name(i)));

@@ -165,6 +165,38 @@ ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, con
 
 int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name);
 
+/* ---- decoding ----------------------------------------------------------------------------------
+ * The state of one sequence between calls (lfm2.md §2.4, general chunked form): keys and values of every
+ * attention layer, and the last L−1 conv inputs u = B⊙x of every conv layer. Kept per sequence, separate
+ * from the activation arena, so beams and batched requests each own one. */
+typedef struct ca_lfm2_cache {
+    const ca_backend *be; /* owner of the buffers */
+    int capacity;      /* positions it can hold */
+    int length;        /* positions consumed so far (the next token's position) */
+    int num_attention, num_conv;
+    int kv_width;      /* NKV*HS */
+    int conv_rows, conv_width; /* L−1, C */
+    float *k;          /* (num_attention, capacity, NKV*HS) */
+    float *v;          /* (num_attention, capacity, NKV*HS) */
+    float *conv;       /* (num_conv, L−1, C) */
+} ca_lfm2_cache;
+
+ca_status ca_lfm2_cache_create(const ca_lfm2_model *m, int capacity, ca_lfm2_cache **out);
+void ca_lfm2_cache_free(ca_lfm2_cache *cache);
+void ca_lfm2_cache_reset(ca_lfm2_cache *cache);
+/* dst takes src's contents (both from the same model and of the same capacity): beam reordering. */
+ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src);
+
+/* Feeds T new tokens of each of B sequences through the model, reading and extending each sequence's
+ * cache: a whole prompt, a chunk of one, or one decoding step are the same call, and chunked prefill
+ * equals one prefill. ids (B, T), right-padded: lengths (B) says how many tokens of each row are real
+ * (0 leaves that sequence untouched). `embeds` (B, T, C), when non-NULL, replaces the token embeddings
+ * (LFM2-VL's image features); ids are then only checked where embeds is NULL. logits: (B, V) at each
+ * row's last real token (rows with length 0 are left untouched), or (B, T, V) with all_logits. */
+ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches, const int32_t *ids,
+                                 const float *embeds, const int32_t *lengths, int B, int T, float *logits,
+                                 int all_logits);
+
 /* "self_attn.q_proj", "conv.in_proj", "feed_forward.w1", ... (the module path after "model.layers.N."). */
 const char *ca_lfm2_proj_name(ca_lfm2_proj proj);
 
