@@ -6,6 +6,7 @@ from captionaura import _core
 from captionaura.config import Lfm2Config
 from captionaura.lora import LoraConfig
 from captionaura.optim import AdamW, AdamWConfig
+from captionaura.trainer import Trainer, TrainingConfig
 from captionaura.model import Lfm2Model, Lfm2Output
 
 __version__ = "0.1.0"
@@ -33,4 +34,6 @@ __all__ = [
     "Lfm2Config",
     "Lfm2Model",
     "Lfm2Output",
+    "Trainer",
+    "TrainingConfig",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__"]
