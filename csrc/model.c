@@ -515,9 +515,26 @@ static void layer_forward(ca_lfm2_model *m, int l, int B, int T) {
     be->add_inplace(hout, a->mid, (size_t)N * C);
 }
 
+static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *f, int N) {
+    if (!f || f->count == 0) return CA_OK;
+    if (f->count < 0 || !f->positions || !f->values) return ca_error(CA_ERR_VALUE, "malformed feature rows");
+    unsigned char *seen = calloc((size_t)N, 1);
+    if (!seen) return ca_error(CA_ERR_NOMEM, "out of memory checking feature positions");
+    ca_status st = CA_OK;
+    for (int p = 0; p < f->count && st == CA_OK; p++) {
+        int32_t n = f->positions[p];
+        if (n < 0 || n >= N) st = ca_error(CA_ERR_INDEX, "feature position %d is outside [0, %d)", n, N);
+        else if (seen[n]++) st = ca_error(CA_ERR_VALUE, "feature position %d is given twice", n);
+    }
+    free(seen);
+    return st;
+}
+
 /* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
-static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T) {
+static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T,
+                              const ca_lfm2_features *features) {
     CA_TRY(check_tokens(m, ids, mask, B, T));
+    CA_TRY(check_features(m, features, B * T));
     CA_TRY(ensure_acts(m, B, T));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
@@ -531,6 +548,8 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
         }
     }
     m->be->embedding_forward(m->hs, ids, m->embed_tokens, N, C);
+    if (features && features->count)
+        m->be->scatter_rows(m->hs, features->values, features->positions, features->count, C);
     for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(m, l, B, T);
     m->be->rmsnorm_forward(m->xf, m->rstdf, m->hs + (size_t)c->num_hidden_layers * N * C, m->embedding_norm, N, C,
                            (float)c->norm_eps);
@@ -539,7 +558,12 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
 
 ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
                           int B, int T) {
-    CA_TRY(forward_body(m, ids, mask, B, T));
+    return ca_lfm2_forward_ex(m, logits, hidden, ids, mask, B, T, NULL);
+}
+
+ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                             int B, int T, const ca_lfm2_features *features) {
+    CA_TRY(forward_body(m, ids, mask, B, T, features));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
     if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
@@ -595,6 +619,11 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
 
 ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
                                 const int32_t *mask, int B, int T, int accumulate) {
+    return ca_lfm2_loss_and_grad_ex(m, loss, ids, labels, mask, B, T, accumulate, NULL);
+}
+
+ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                   const int32_t *mask, int B, int T, int accumulate, ca_lfm2_features *features) {
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size, V = c->vocab_size;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
@@ -610,7 +639,7 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
     }
     m->dropout_seed++; /* a fresh dropout mask every step, the same in forward and backward */
     m->training = 1;
-    ca_status st = forward_body(m, ids, mask, B, T);
+    ca_status st = forward_body(m, ids, mask, B, T, features);
     m->training = 0;
     CA_TRY(st);
     for (int b = 0; b < B; b++) {
@@ -644,6 +673,11 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) layer_backward(m, l, B, T, &s);
+    /* the replaced embeddings took no part: their gradient goes to the features instead */
+    if (features && features->count) {
+        if (features->grad) m->be->gather_rows(features->grad, s.dres, features->positions, features->count, C);
+        for (int p = 0; p < features->count; p++) m->be->zero(s.dres + (size_t)features->positions[p] * C, (size_t)C);
+    }
     /* nn.Embedding(padding_idx=pad_token_id): looking up the pad token contributes no gradient */
     if (c->pad_token_id >= 0)
         for (int n = 0; n < N; n++)

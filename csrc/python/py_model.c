@@ -126,10 +126,34 @@ static int token_args(PyObject *ids_obj, PyObject *mask_obj, PyArrayObject **ids
     return 1;
 }
 
+/* Optional feature rows: positions (P) int32 flat indices, values (P, C), and for backward grad (P, C). */
+static int feature_args(const ca_lfm2_model *m, PyObject *pos_obj, PyObject *val_obj, PyObject *grad_obj,
+                        ca_lfm2_features *f) {
+    *f = (ca_lfm2_features){0};
+    if (pos_obj == Py_None && val_obj == Py_None) return 1;
+    PyArrayObject *pos = ca_py_array(pos_obj, NPY_INT32, 1, 0, "feature_positions");
+    if (!pos) return 0;
+    npy_intp P = PyArray_DIM(pos, 0);
+    PyArrayObject *val = ca_py_array_shape(val_obj, NPY_FLOAT32, 2, (npy_intp[]){P, m->cfg.hidden_size}, 0, "features");
+    if (!val) return 0;
+    if (grad_obj && grad_obj != Py_None) {
+        PyArrayObject *g = ca_py_array_shape(grad_obj, NPY_FLOAT32, 2, (npy_intp[]){P, m->cfg.hidden_size}, 1, "feature_grad");
+        if (!g) return 0;
+        f->grad = PyArray_DATA(g);
+    }
+    f->positions = PyArray_DATA(pos);
+    f->values = PyArray_DATA(val);
+    f->count = (int)P;
+    return 1;
+}
+
 static PyObject *Lfm2_forward(Lfm2Object *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"input_ids", "attention_mask", "logits", "hidden_states", NULL};
-    PyObject *ids_obj, *mask_obj = Py_None, *logits_obj = Py_None, *hidden_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO", kwlist, &ids_obj, &mask_obj, &logits_obj, &hidden_obj))
+    static char *kwlist[] = {"input_ids", "attention_mask", "logits", "hidden_states", "feature_positions", "features",
+                             NULL};
+    PyObject *ids_obj, *mask_obj = Py_None, *logits_obj = Py_None, *hidden_obj = Py_None, *pos_obj = Py_None,
+                       *val_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOO", kwlist, &ids_obj, &mask_obj, &logits_obj, &hidden_obj,
+                                     &pos_obj, &val_obj))
         return NULL;
     if (!ready(self)) return NULL;
     ca_lfm2_model *m = self->model;
@@ -149,18 +173,22 @@ static PyObject *Lfm2_forward(Lfm2Object *self, PyObject *args, PyObject *kwds) 
         if (!a) return NULL;
         hidden = PyArray_DATA(a);
     }
+    ca_lfm2_features features;
+    if (!feature_args(m, pos_obj, val_obj, NULL, &features)) return NULL;
     const int32_t *ids_p = PyArray_DATA(ids), *mask_p = mask ? PyArray_DATA(mask) : NULL;
     ca_status st;
-    CA_COMPUTE(self, st = ca_lfm2_forward(m, logits, hidden, ids_p, mask_p, B, T));
+    CA_COMPUTE(self, st = ca_lfm2_forward_ex(m, logits, hidden, ids_p, mask_p, B, T, &features));
     if (st != CA_OK) return ca_py_raise(st);
     Py_RETURN_NONE;
 }
 
 static PyObject *Lfm2_loss_and_grad(Lfm2Object *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"input_ids", "labels", "attention_mask", "accumulate", NULL};
-    PyObject *ids_obj, *labels_obj, *mask_obj = Py_None;
+    static char *kwlist[] = {"input_ids", "labels", "attention_mask", "accumulate", "feature_positions", "features",
+                             "feature_grad", NULL};
+    PyObject *ids_obj, *labels_obj, *mask_obj = Py_None, *pos_obj = Py_None, *val_obj = Py_None, *grad_obj = Py_None;
     int accumulate = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Op", kwlist, &ids_obj, &labels_obj, &mask_obj, &accumulate))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OpOOO", kwlist, &ids_obj, &labels_obj, &mask_obj, &accumulate,
+                                     &pos_obj, &val_obj, &grad_obj))
         return NULL;
     if (!ready(self)) return NULL;
     PyArrayObject *ids, *mask;
@@ -171,9 +199,12 @@ static PyObject *Lfm2_loss_and_grad(Lfm2Object *self, PyObject *args, PyObject *
     if (!labels) return NULL;
     const int32_t *ids_p = PyArray_DATA(ids), *labels_p = PyArray_DATA(labels);
     const int32_t *mask_p = mask ? PyArray_DATA(mask) : NULL;
+    ca_lfm2_features features;
+    if (!feature_args(self->model, pos_obj, val_obj, grad_obj, &features)) return NULL;
     double loss = 0.0;
     ca_status st;
-    CA_COMPUTE(self, st = ca_lfm2_loss_and_grad(self->model, &loss, ids_p, labels_p, mask_p, B, T, accumulate));
+    CA_COMPUTE(self, st = ca_lfm2_loss_and_grad_ex(self->model, &loss, ids_p, labels_p, mask_p, B, T, accumulate,
+                                                   &features));
     if (st != CA_OK) return ca_py_raise(st);
     return PyFloat_FromDouble(loss);
 }

@@ -84,30 +84,38 @@ class Lfm2Model:
 
     # -- compute --------------------------------------------------------------------------------
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None,
-                output_hidden_states: bool = False) -> Lfm2Output:
-        """Logits for a batch of right-padded sequences ``input_ids`` (B, T) (a 1-D sequence is a batch of one)."""
+                output_hidden_states: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None) \
+            -> Lfm2Output:
+        """Logits for a batch of right-padded sequences ``input_ids`` (B, T) (a 1-D sequence is a batch of one).
+
+        ``features``: ``(positions, rows)`` replacing the token embeddings at flat positions ``b*T + t`` by the
+        rows (P, hidden) — LFM2-VL's image features at its ``<image>`` tokens."""
         ids = _token_array(input_ids, "input_ids")
         mask = _mask_array(attention_mask, ids.shape)
+        positions, rows = _feature_arrays(features)
         B, T = ids.shape
         logits = np.empty((B, T, self.config.vocab_size), dtype=np.float32)
         hidden = None
         if output_hidden_states:
             hidden = np.empty((self.config.num_hidden_layers + 1, B, T, self.config.hidden_size), dtype=np.float32)
-        self._core.forward(ids, mask, logits, hidden)
+        self._core.forward(ids, mask, logits, hidden, positions, rows)
         return Lfm2Output(logits, tuple(hidden) if hidden is not None else None)
 
     __call__ = forward
 
     def loss_and_grad(self, input_ids: ArrayLike, labels: ArrayLike, attention_mask: ArrayLike | None = None,
-                      accumulate: bool = False) -> float:
+                      accumulate: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
+                      feature_grad: np.ndarray | None = None) -> float:
         """Causal-LM loss (labels shifted inside; -100 ignored; mean over counted tokens), filling
-        ``gradients()`` (overwritten, or added to with ``accumulate=True``)."""
+        ``gradients()`` (overwritten, or added to with ``accumulate=True``). With ``features`` (see
+        ``forward``), ``feature_grad`` (P, hidden) receives d loss / d rows."""
         ids = _token_array(input_ids, "input_ids")
         lab = _token_array(labels, "labels", allow_negative=True)
         if lab.shape != ids.shape:
             raise ValueError(f"labels has shape {lab.shape} but input_ids has shape {ids.shape}")
         mask = _mask_array(attention_mask, ids.shape)
-        return self._core.loss_and_grad(ids, lab, mask, accumulate)
+        positions, rows = _feature_arrays(features)
+        return self._core.loss_and_grad(ids, lab, mask, accumulate, positions, rows, feature_grad)
 
     # -- parameters -----------------------------------------------------------------------------
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -369,6 +377,13 @@ def _token_array(values: ArrayLike, what: str, allow_negative: bool = False) -> 
         bad = arr.min() if arr.min() < lo else arr.max()
         raise IndexError(f"{what} contains {int(bad)}, which is not a valid token id")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _feature_arrays(features: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if features is None:
+        return None, None
+    positions, rows = features
+    return (np.ascontiguousarray(positions, dtype=np.int32), np.ascontiguousarray(rows, dtype=np.float32))
 
 
 def _mask_array(mask: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray | None:

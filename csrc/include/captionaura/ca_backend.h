@@ -31,6 +31,8 @@ typedef struct ca_backend {
     void (*add_inplace)(float *, const float *, size_t);
     void (*scale_inplace)(float *, float, size_t);
     void (*zero)(float *, size_t);
+    void (*scatter_rows)(float *, const float *, const int32_t *, int, int);
+    void (*gather_rows)(float *, const float *, const int32_t *, int, int);
     void (*lora_forward)(float *, float *, const float *, const float *, const float *, float, int, int, int, int);
     void (*lora_backward)(float *, float *, float *, float *, const float *, const float *, const float *,
                           const float *, const float *, float, int, int, int, int);

@@ -150,6 +150,20 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std);
 ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
                           int B, int T);
 
+/* Rows that replace token embeddings (LFM2-VL's image features at the <image> positions). positions are
+ * flat indices b*T + t, distinct; backward writes d loss / d values into `grad` when it is non-NULL. */
+typedef struct {
+    const int32_t *positions; /* (P) */
+    const float *values;      /* (P, C) */
+    float *grad;              /* (P, C) or NULL */
+    int count;                /* P */
+} ca_lfm2_features;
+
+ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                             int B, int T, const ca_lfm2_features *features);
+ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                   const int32_t *mask, int B, int T, int accumulate, ca_lfm2_features *features);
+
 /* Causal-LM loss (labels shifted left by one inside, −100 ignored, mean over counted tokens) and the
  * gradient of every parameter into m->grads (overwritten, or added when `accumulate`). */
 ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,

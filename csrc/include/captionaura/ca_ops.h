@@ -135,6 +135,10 @@ void ca_cpu_crossentropy_backward(float *dlogits,         /* (N, V) = */
 void ca_cpu_add_inplace(float *y, const float *x, size_t n);     /* y += x */
 void ca_cpu_scale_inplace(float *y, float s, size_t n);          /* y *= s */
 void ca_cpu_zero(float *y, size_t n);                            /* y = 0  */
+/* dst[idx[p]] = src[p] (rows of C floats): image features into their <image> positions */
+void ca_cpu_scatter_rows(float *dst /* (N, C) */, const float *src /* (P, C) */, const int32_t *idx /* (P) */, int P, int C);
+/* dst[p] = src[idx[p]]: the gradient of those features */
+void ca_cpu_gather_rows(float *dst /* (P, C) */, const float *src /* (N, C) */, const int32_t *idx /* (P) */, int P, int C);
 
 /* ---- lora.c: the low-rank term of a LoRA-adapted linear, y = W·x + s·B(A·x̃)  (PEFT's lora.Linear) ---- */
 void ca_cpu_lora_forward(float *out,       /* (N, OC) += s·h·Bᵀ */
