@@ -64,6 +64,7 @@ class Simulation:
     at its shared-seed initialisation and trains and sends only B, which makes the average exact;
     ``"exact"`` forms ``Σ p_k B_k A_k`` per layer and re-factorises it to rank r (truncated SVD). Each
     round reports the relative error ``‖Σ p B A − B̄ Ā‖ / ‖Σ p B A‖`` per adapted module.
+    ``dropouts(round, client_ids) -> ids`` names clients lost mid-round (after key sharing, before sending).
     ``eval_fn(model, client) -> dict`` scores clients after aggregation (e.g. BLEU/CIDEr on their held-out
     captions). With ``output_dir`` a checkpoint is written atomically after every round and
     ``run(resume=True)`` continues from it, reproducing the uninterrupted run.
@@ -154,8 +155,10 @@ class Simulation:
         if self.secure_aggregation is not None:
             gone = set(self.dropouts(round_, ids)) if self.dropouts else set()
             inputs = {i: (updates[i][0] - g, int(updates[i][1])) for i in range(len(ids))}
+            # a client lost during local training never sends its masked input: the others' shares of its
+            # pairwise secrets let the server cancel its masks, so the sum is exactly the survivors'
             result = secagg_run_round(self.secure_aggregation, inputs,
-                                      drop_after_mask=[i for i, cid in enumerate(ids) if cid in gone],
+                                      drop_after_share=[i for i, cid in enumerate(ids) if cid in gone],
                                       context=f"round-{round_}".encode())
             survivors = [ids[i] for i in result.survivors]
             mean = g + result.mean  # the server only ever sees the masked sum of the deltas
