@@ -1,6 +1,382 @@
-/* Python glue for the ops area. */
+/* Python glue for the ops area: every CPU op, forward and backward, as _core.<op>_forward/_backward on
+ * preallocated NumPy arrays, outputs first like the C (used by tests/test_ops.py and, later, to compare the
+ * CUDA backend against the CPU one). Sizes come from the input arrays' shapes; every other array's shape is
+ * checked against them, dtypes are float32 (int32 for ids/positions/targets/masks), C-contiguous. Index
+ * arrays are range-checked here because the ops themselves never fail. The GIL is released around compute. */
 #include "py_common.h"
 
+#include <limits.h>
+
+#include "captionaura/ca_ops.h"
+
+#define F32 NPY_FLOAT32
+#define I32 NPY_INT32
+#define SHAPE(...) ((const npy_intp[]){__VA_ARGS__})
+#define FP(a) ((float *)PyArray_DATA(a))
+#define CFP(a) ((const float *)PyArray_DATA(a))
+#define IP(a) ((const int32_t *)PyArray_DATA(a))
+#define OFP(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
+#define OIP(a) ((a) ? (const int32_t *)PyArray_DATA(a) : NULL)
+
+/* An array whose shape defines the sizes: `ndim` dimensions, each in [1, INT_MAX]. */
+#define DRIVER(var, obj, type, nd, name)                                                                      \
+    PyArrayObject *var = ca_py_array(obj, type, nd, 0, name);                                                 \
+    if (!var || !dims_ok(var, name)) return NULL;
+/* An array whose shape must equal `shp`. */
+#define ARR(var, obj, type, nd, shp, w, name)                                                                 \
+    PyArrayObject *var = ca_py_array_shape(obj, type, nd, shp, w, name);                                      \
+    if (!var) return NULL;
+/* Same, or None (NULL). */
+#define OPT(var, obj, type, nd, shp, w, name)                                                                 \
+    PyArrayObject *var = NULL;                                                                                \
+    if ((obj) != Py_None) {                                                                                   \
+        var = ca_py_array_shape(obj, type, nd, shp, w, name);                                                 \
+        if (!var) return NULL;                                                                                \
+    }
+
+static int dims_ok(PyArrayObject *a, const char *what) {
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        npy_intp d = PyArray_DIM(a, i);
+        if (d < 1 || d > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s has size %zd in dimension %d, expected 1..%d", what, (Py_ssize_t)d,
+                         i, INT_MAX);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define DIM(a, i) ((int)PyArray_DIM(a, i))
+
+/* Every entry in [0, hi), or equal to `allowed` (pass 0 when none is allowed besides the range). */
+static int check_range(PyArrayObject *a, int hi, int has_allowed, int allowed, const char *what) {
+    const int32_t *p = IP(a);
+    npy_intp n = PyArray_SIZE(a);
+    for (npy_intp i = 0; i < n; i++) {
+        if ((p[i] < 0 || p[i] >= hi) && !(has_allowed && p[i] == allowed)) {
+            if (has_allowed)
+                PyErr_Format(PyExc_IndexError, "%s[%zd] = %d is outside [0, %d) and is not %d", what, (Py_ssize_t)i,
+                             p[i], hi, allowed);
+            else
+                PyErr_Format(PyExc_IndexError, "%s[%zd] = %d is outside [0, %d)", what, (Py_ssize_t)i, p[i], hi);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define NOGIL(call)                                                                                           \
+    do {                                                                                                      \
+        Py_BEGIN_ALLOW_THREADS call;                                                                          \
+        Py_END_ALLOW_THREADS                                                                                  \
+    } while (0)
+
+/* ---- embedding ---- */
+static PyObject *py_embedding_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_ids, *o_wte;
+    if (!PyArg_ParseTuple(args, "OOO:embedding_forward", &o_out, &o_ids, &o_wte)) return NULL;
+    DRIVER(wte, o_wte, F32, 2, "wte");
+    DRIVER(ids, o_ids, I32, 1, "ids");
+    int V = DIM(wte, 0), C = DIM(wte, 1), N = DIM(ids, 0);
+    ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
+    if (!check_range(ids, V, 0, 0, "ids")) return NULL;
+    NOGIL(ca_cpu_embedding_forward(FP(out), IP(ids), CFP(wte), N, C));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_embedding_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dwte, *o_dout, *o_ids;
+    if (!PyArg_ParseTuple(args, "OOO:embedding_backward", &o_dwte, &o_dout, &o_ids)) return NULL;
+    DRIVER(dwte, o_dwte, F32, 2, "dwte");
+    DRIVER(ids, o_ids, I32, 1, "ids");
+    int V = DIM(dwte, 0), C = DIM(dwte, 1), N = DIM(ids, 0);
+    if (!PyArray_ISWRITEABLE(dwte)) return PyErr_Format(PyExc_ValueError, "dwte must be writable");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, C), 0, "dout");
+    if (!check_range(ids, V, 0, 0, "ids")) return NULL;
+    NOGIL(ca_cpu_embedding_backward(FP(dwte), CFP(dout), IP(ids), N, C));
+    Py_RETURN_NONE;
+}
+
+/* ---- rmsnorm ---- */
+static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_rstd, *o_inp, *o_w;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOf:rmsnorm_forward", &o_out, &o_rstd, &o_inp, &o_w, &eps)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    int N = DIM(inp, 0), C = DIM(inp, 1);
+    ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
+    ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
+    ARR(rstd, o_rstd, F32, 1, SHAPE(N), 1, "rstd");
+    NOGIL(ca_cpu_rmsnorm_forward(FP(out), FP(rstd), CFP(inp), CFP(w), N, C, eps));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rmsnorm_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dw, *o_dout, *o_inp, *o_w, *o_rstd;
+    if (!PyArg_ParseTuple(args, "OOOOOO:rmsnorm_backward", &o_dinp, &o_dw, &o_dout, &o_inp, &o_w, &o_rstd))
+        return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    int N = DIM(inp, 0), C = DIM(inp, 1);
+    ARR(dinp, o_dinp, F32, 2, SHAPE(N, C), 1, "dinp");
+    OPT(dw, o_dw, F32, 1, SHAPE(C), 1, "dweight");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, C), 0, "dout");
+    ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
+    ARR(rstd, o_rstd, F32, 1, SHAPE(N), 0, "rstd");
+    NOGIL(ca_cpu_rmsnorm_backward(FP(dinp), OFP(dw), CFP(dout), CFP(inp), CFP(w), CFP(rstd), N, C));
+    Py_RETURN_NONE;
+}
+
+/* ---- linear ---- */
+static PyObject *py_linear_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_w, *o_b = Py_None;
+    if (!PyArg_ParseTuple(args, "OOO|O:linear_forward", &o_out, &o_inp, &o_w, &o_b)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(w, o_w, F32, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
+    if (DIM(w, 1) != C)
+        return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
+    OPT(b, o_b, F32, 1, SHAPE(OC), 0, "bias");
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    NOGIL(ca_cpu_linear_forward(FP(out), CFP(inp), CFP(w), OFP(b), N, C, OC));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dw, *o_db, *o_dout, *o_inp, *o_w;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOO|p:linear_backward", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w,
+                          &accumulate))
+        return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(w, o_w, F32, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
+    if (DIM(w, 1) != C)
+        return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
+    OPT(dinp, o_dinp, F32, 2, SHAPE(N, C), 1, "dinp");
+    OPT(dw, o_dw, F32, 2, SHAPE(OC, C), 1, "dweight");
+    OPT(db, o_db, F32, 1, SHAPE(OC), 1, "dbias");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, OC), 0, "dout");
+    NOGIL(ca_cpu_linear_backward(OFP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), N, C, OC, accumulate));
+    Py_RETURN_NONE;
+}
+
+/* ---- shortconv ---- */
+static PyObject *py_shortconv_forward(PyObject *self, PyObject *args) {
+    PyObject *o_y, *o_u, *o_c, *o_z, *o_w, *o_state = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOO|O:shortconv_forward", &o_y, &o_u, &o_c, &o_z, &o_w, &o_state)) return NULL;
+    DRIVER(w, o_w, F32, 2, "weight");
+    int C = DIM(w, 0), L = DIM(w, 1);
+    DRIVER(z, o_z, F32, 3, "z");
+    int B = DIM(z, 0), T = DIM(z, 1);
+    if ((long long)DIM(z, 2) != 3LL * C)
+        return PyErr_Format(PyExc_ValueError, "z has %d channels, expected 3*C = %lld", DIM(z, 2), 3LL * C);
+    ARR(y, o_y, F32, 3, SHAPE(B, T, C), 1, "y");
+    ARR(u, o_u, F32, 3, SHAPE(B, T, C), 1, "u");
+    ARR(c, o_c, F32, 3, SHAPE(B, T, C), 1, "c");
+    OPT(state, o_state, F32, 3, SHAPE(B, L - 1, C), 0, "state");
+    NOGIL(ca_cpu_shortconv_forward(FP(y), FP(u), FP(c), CFP(z), CFP(w), OFP(state), B, T, C, L));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_shortconv_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dz, *o_dw, *o_dy, *o_z, *o_u, *o_c, *o_w;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:shortconv_backward", &o_dz, &o_dw, &o_dy, &o_z, &o_u, &o_c, &o_w))
+        return NULL;
+    DRIVER(w, o_w, F32, 2, "weight");
+    int C = DIM(w, 0), L = DIM(w, 1);
+    DRIVER(z, o_z, F32, 3, "z");
+    int B = DIM(z, 0), T = DIM(z, 1);
+    if ((long long)DIM(z, 2) != 3LL * C)
+        return PyErr_Format(PyExc_ValueError, "z has %d channels, expected 3*C = %lld", DIM(z, 2), 3LL * C);
+    ARR(dz, o_dz, F32, 3, SHAPE(B, T, 3 * (npy_intp)C), 1, "dz");
+    OPT(dw, o_dw, F32, 2, SHAPE(C, L), 1, "dweight");
+    ARR(dy, o_dy, F32, 3, SHAPE(B, T, C), 0, "dy");
+    ARR(u, o_u, F32, 3, SHAPE(B, T, C), 0, "u");
+    ARR(c, o_c, F32, 3, SHAPE(B, T, C), 0, "c");
+    NOGIL(ca_cpu_shortconv_backward(FP(dz), OFP(dw), CFP(dy), CFP(z), CFP(u), CFP(c), CFP(w), B, T, C, L));
+    Py_RETURN_NONE;
+}
+
+/* ---- rope ---- */
+static PyObject *rope_common(PyObject *args, int backward) {
+    PyObject *o_out, *o_inp, *o_pos;
+    float theta;
+    if (!PyArg_ParseTuple(args, backward ? "OOOf:rope_backward" : "OOOf:rope_forward", &o_out, &o_inp, &o_pos,
+                          &theta))
+        return NULL;
+    const char *in_name = backward ? "dout" : "inp", *out_name = backward ? "dinp" : "out";
+    DRIVER(inp, o_inp, F32, 3, in_name);
+    int N = DIM(inp, 0), NH = DIM(inp, 1), HS = DIM(inp, 2);
+    if (HS % 2) return PyErr_Format(PyExc_ValueError, "%s head size %d must be even for NEOX RoPE", in_name, HS);
+    ARR(out, o_out, F32, 3, SHAPE(N, NH, HS), 1, out_name);
+    ARR(pos, o_pos, I32, 1, SHAPE(N), 0, "pos");
+    if (backward)
+        NOGIL(ca_cpu_rope_backward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
+    else
+        NOGIL(ca_cpu_rope_forward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
+    Py_RETURN_NONE;
+}
+static PyObject *py_rope_forward(PyObject *self, PyObject *args) { return rope_common(args, 0); }
+static PyObject *py_rope_backward(PyObject *self, PyObject *args) { return rope_common(args, 1); }
+
+/* ---- attention ---- */
+static PyObject *py_attention_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_att, *o_q, *o_k, *o_v, *o_mask = Py_None;
+    int causal = 1, q_offset = 0;
+    if (!PyArg_ParseTuple(args, "OOOOO|Opi:attention_forward", &o_out, &o_att, &o_q, &o_k, &o_v, &o_mask, &causal,
+                          &q_offset))
+        return NULL;
+    DRIVER(q, o_q, F32, 4, "q");
+    DRIVER(k, o_k, F32, 4, "k");
+    int B = DIM(q, 0), Tq = DIM(q, 1), NH = DIM(q, 2), HS = DIM(q, 3), Tk = DIM(k, 1), NKV = DIM(k, 2);
+    ARR(k2, o_k, F32, 4, SHAPE(B, Tk, NKV, HS), 0, "k");
+    (void)k2;
+    if (NH % NKV)
+        return PyErr_Format(PyExc_ValueError, "query heads (%d) must be a multiple of KV heads (%d)", NH, NKV);
+    ARR(v, o_v, F32, 4, SHAPE(B, Tk, NKV, HS), 0, "v");
+    OPT(mask, o_mask, I32, 2, SHAPE(B, Tk), 0, "key_mask");
+    ARR(out, o_out, F32, 4, SHAPE(B, Tq, NH, HS), 1, "out");
+    ARR(att, o_att, F32, 4, SHAPE(B, NH, Tq, Tk), 1, "att");
+    NOGIL(ca_cpu_attention_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), OIP(mask), B, Tq, Tk, NH, NKV, HS,
+                                   causal, q_offset));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_attention_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dq, *o_dk, *o_dv, *o_dout, *o_q, *o_k, *o_v, *o_att;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:attention_backward", &o_dq, &o_dk, &o_dv, &o_dout, &o_q, &o_k, &o_v,
+                          &o_att))
+        return NULL;
+    DRIVER(q, o_q, F32, 4, "q");
+    DRIVER(k, o_k, F32, 4, "k");
+    int B = DIM(q, 0), Tq = DIM(q, 1), NH = DIM(q, 2), HS = DIM(q, 3), Tk = DIM(k, 1), NKV = DIM(k, 2);
+    ARR(k2, o_k, F32, 4, SHAPE(B, Tk, NKV, HS), 0, "k");
+    (void)k2;
+    if (NH % NKV)
+        return PyErr_Format(PyExc_ValueError, "query heads (%d) must be a multiple of KV heads (%d)", NH, NKV);
+    ARR(v, o_v, F32, 4, SHAPE(B, Tk, NKV, HS), 0, "v");
+    ARR(att, o_att, F32, 4, SHAPE(B, NH, Tq, Tk), 0, "att");
+    ARR(dout, o_dout, F32, 4, SHAPE(B, Tq, NH, HS), 0, "dout");
+    ARR(dq, o_dq, F32, 4, SHAPE(B, Tq, NH, HS), 1, "dq");
+    ARR(dk, o_dk, F32, 4, SHAPE(B, Tk, NKV, HS), 1, "dk");
+    ARR(dv, o_dv, F32, 4, SHAPE(B, Tk, NKV, HS), 1, "dv");
+    NOGIL(ca_cpu_attention_backward(FP(dq), FP(dk), FP(dv), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), B, Tq, Tk,
+                                    NH, NKV, HS));
+    Py_RETURN_NONE;
+}
+
+/* ---- swiglu ---- */
+static PyObject *py_swiglu_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_gate, *o_up;
+    if (!PyArg_ParseTuple(args, "OOO:swiglu_forward", &o_out, &o_gate, &o_up)) return NULL;
+    DRIVER(gate, o_gate, F32, 2, "gate");
+    int N = DIM(gate, 0), F = DIM(gate, 1);
+    ARR(up, o_up, F32, 2, SHAPE(N, F), 0, "up");
+    ARR(out, o_out, F32, 2, SHAPE(N, F), 1, "out");
+    NOGIL(ca_cpu_swiglu_forward(FP(out), CFP(gate), CFP(up), N, F));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dgate, *o_dup, *o_dout, *o_gate, *o_up;
+    if (!PyArg_ParseTuple(args, "OOOOO:swiglu_backward", &o_dgate, &o_dup, &o_dout, &o_gate, &o_up)) return NULL;
+    DRIVER(gate, o_gate, F32, 2, "gate");
+    int N = DIM(gate, 0), F = DIM(gate, 1);
+    ARR(up, o_up, F32, 2, SHAPE(N, F), 0, "up");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, F), 0, "dout");
+    ARR(dgate, o_dgate, F32, 2, SHAPE(N, F), 1, "dgate");
+    ARR(dup, o_dup, F32, 2, SHAPE(N, F), 1, "dup");
+    NOGIL(ca_cpu_swiglu_backward(FP(dgate), FP(dup), CFP(dout), CFP(gate), CFP(up), N, F));
+    Py_RETURN_NONE;
+}
+
+/* ---- cross-entropy ---- */
+static PyObject *py_crossentropy_forward(PyObject *self, PyObject *args) {
+    PyObject *o_losses, *o_logits, *o_targets;
+    if (!PyArg_ParseTuple(args, "OOO:crossentropy_forward", &o_losses, &o_logits, &o_targets)) return NULL;
+    DRIVER(logits, o_logits, F32, 2, "logits");
+    int N = DIM(logits, 0), V = DIM(logits, 1);
+    ARR(targets, o_targets, I32, 1, SHAPE(N), 0, "targets");
+    OPT(losses, o_losses, F32, 1, SHAPE(N), 1, "losses");
+    if (!check_range(targets, V, 1, CA_IGNORE_INDEX, "targets")) return NULL;
+    double total;
+    NOGIL(total = ca_cpu_crossentropy_forward(OFP(losses), CFP(logits), IP(targets), N, V));
+    return PyFloat_FromDouble(total);
+}
+
+static PyObject *py_crossentropy_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dlogits, *o_logits, *o_targets;
+    float scale;
+    if (!PyArg_ParseTuple(args, "OOOf:crossentropy_backward", &o_dlogits, &o_logits, &o_targets, &scale))
+        return NULL;
+    DRIVER(logits, o_logits, F32, 2, "logits");
+    int N = DIM(logits, 0), V = DIM(logits, 1);
+    ARR(dlogits, o_dlogits, F32, 2, SHAPE(N, V), 1, "dlogits");
+    ARR(targets, o_targets, I32, 1, SHAPE(N), 0, "targets");
+    if (!check_range(targets, V, 1, CA_IGNORE_INDEX, "targets")) return NULL;
+    NOGIL(ca_cpu_crossentropy_backward(FP(dlogits), CFP(logits), IP(targets), scale, N, V));
+    Py_RETURN_NONE;
+}
+
+/* ---- elementwise (any shape; x must match y's shape) ---- */
+static PyObject *py_add_inplace(PyObject *self, PyObject *args) {
+    PyObject *o_y, *o_x;
+    if (!PyArg_ParseTuple(args, "OO:add_inplace", &o_y, &o_x)) return NULL;
+    PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
+    if (!y) return NULL;
+    ARR(x, o_x, F32, PyArray_NDIM(y), PyArray_DIMS(y), 0, "x");
+    NOGIL(ca_cpu_add_inplace(FP(y), CFP(x), (size_t)PyArray_SIZE(y)));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_scale_inplace(PyObject *self, PyObject *args) {
+    PyObject *o_y;
+    float s;
+    if (!PyArg_ParseTuple(args, "Of:scale_inplace", &o_y, &s)) return NULL;
+    PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
+    if (!y) return NULL;
+    NOGIL(ca_cpu_scale_inplace(FP(y), s, (size_t)PyArray_SIZE(y)));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_zero(PyObject *self, PyObject *args) {
+    PyObject *o_y;
+    if (!PyArg_ParseTuple(args, "O:zero", &o_y)) return NULL;
+    PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
+    if (!y) return NULL;
+    NOGIL(ca_cpu_zero(FP(y), (size_t)PyArray_SIZE(y)));
+    Py_RETURN_NONE;
+}
+
 PyMethodDef ca_py_ops_methods[] = {
+    {"embedding_forward", py_embedding_forward, METH_VARARGS, "embedding_forward(out (N,C), ids (N,) int32, wte (V,C))"},
+    {"embedding_backward", py_embedding_backward, METH_VARARGS, "embedding_backward(dwte (V,C) +=, dout (N,C), ids (N,))"},
+    {"rmsnorm_forward", py_rmsnorm_forward, METH_VARARGS, "rmsnorm_forward(out (N,C), rstd (N,), inp (N,C), weight (C,), eps)"},
+    {"rmsnorm_backward", py_rmsnorm_backward, METH_VARARGS,
+     "rmsnorm_backward(dinp (N,C) +=, dweight (C,) += or None, dout, inp, weight, rstd)"},
+    {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(out (N,OC), inp (N,C), weight (OC,C), bias (OC,) or None)"},
+    {"linear_backward", py_linear_backward, METH_VARARGS,
+     "linear_backward(dinp (N,C) or None, dweight (OC,C) += or None, dbias (OC,) += or None, dout (N,OC), inp, weight, "
+     "accumulate=False)"},
+    {"shortconv_forward", py_shortconv_forward, METH_VARARGS,
+     "shortconv_forward(y, u, c (B,T,C), z (B,T,3C), weight (C,L), state (B,L-1,C) or None)"},
+    {"shortconv_backward", py_shortconv_backward, METH_VARARGS,
+     "shortconv_backward(dz (B,T,3C), dweight (C,L) += or None, dy (B,T,C), z, u, c, weight)"},
+    {"rope_forward", py_rope_forward, METH_VARARGS, "rope_forward(out (N,NH,HS), inp (N,NH,HS), pos (N,) int32, theta); out may be inp"},
+    {"rope_backward", py_rope_backward, METH_VARARGS, "rope_backward(dinp (N,NH,HS), dout (N,NH,HS), pos (N,), theta)"},
+    {"attention_forward", py_attention_forward, METH_VARARGS,
+     "attention_forward(out (B,Tq,NH,HS), att (B,NH,Tq,Tk), q (B,Tq,NH,HS), k, v (B,Tk,NKV,HS), key_mask (B,Tk) int32 "
+     "or None, causal=True, q_offset=0)"},
+    {"attention_backward", py_attention_backward, METH_VARARGS,
+     "attention_backward(dq, dk, dv, dout (B,Tq,NH,HS), q, k, v, att (B,NH,Tq,Tk))"},
+    {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(out (N,F), gate (N,F), up (N,F))"},
+    {"swiglu_backward", py_swiglu_backward, METH_VARARGS, "swiglu_backward(dgate, dup, dout, gate, up)  all (N,F)"},
+    {"crossentropy_forward", py_crossentropy_forward, METH_VARARGS,
+     "crossentropy_forward(losses (N,) or None, logits (N,V), targets (N,) int32 with -100 ignored) -> sum of losses"},
+    {"crossentropy_backward", py_crossentropy_backward, METH_VARARGS,
+     "crossentropy_backward(dlogits (N,V), logits (N,V), targets (N,), scale); dlogits may be logits"},
+    {"add_inplace", py_add_inplace, METH_VARARGS, "add_inplace(y, x): y += x"},
+    {"scale_inplace", py_scale_inplace, METH_VARARGS, "scale_inplace(y, s): y *= s"},
+    {"zero", py_zero, METH_VARARGS, "zero(y): y = 0"},
     {NULL, NULL, 0, NULL},
 };

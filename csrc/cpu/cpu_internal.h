@@ -1,0 +1,59 @@
+/* Private helpers shared by the CPU op files (not part of the ops contract). */
+#ifndef CA_CPU_INTERNAL_H
+#define CA_CPU_INTERNAL_H
+
+/* The op files never read floating-point exception flags, so GCC may treat FP ops as non-trapping: without
+ * this, loops calling ca_expf below (clamp + rounding + polynomial) are left scalar ("control flow in loop"),
+ * 4–8x slower for swiglu and the softmaxes. Must come before any function definition in the file. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define CA_OMP_NT() omp_get_num_threads()
+#define CA_OMP_IT() omp_get_thread_num()
+#else
+#define CA_OMP_NT() 1
+#define CA_OMP_IT() 0
+#endif
+
+/* Below this many floats of work a parallel region costs more than it saves. */
+#define CA_PAR_MIN 32768
+
+/* The column slice [*c0, *c1) of a C-wide row owned by thread `it` of `nt`, cut at 16-float (cache line)
+ * boundaries so that threads never write the same line. Used for reductions over rows (dweight, dbias,
+ * dwte) that are parallelised over channels to stay race-free and deterministic. */
+static inline void ca_col_slice(int C, int it, int nt, int *c0, int *c1) {
+    long long blocks = (C + 15) / 16;
+    long long a = blocks * it / nt * 16, b = blocks * (it + 1) / nt * 16;
+    *c0 = (int)(a < C ? a : C);
+    *c1 = (int)(b < C ? b : C);
+}
+
+/* exp(x) in float, ~1 ulp, branch-free so that loops calling it vectorise (glibc's expf does not without
+ * -ffast-math). Cephes polynomial on r = x − n·ln2, |r| ≤ ln2/2, then scaled by 2^n through the exponent bits.
+ * Inputs are clamped to [-87.3, 88.3], so tiny results saturate at ~1e-38 instead of flushing to 0 and huge
+ * ones at ~2e38 instead of inf: softmax / sigmoid callers never depend on either. */
+static inline float ca_expf(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round-to-nearest via 1.5·2^23 */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+
+#endif
