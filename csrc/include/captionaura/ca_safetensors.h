@@ -32,10 +32,22 @@ typedef struct {
     ca_st_tensor *tensors;
     int num_tensors;
     char *path;           /* for error messages */
+    /* Added by the io area (appended, existing fields unchanged): the "__metadata__" string pairs,
+     * metadata[2*i] = key, metadata[2*i+1] = value, in file order. */
+    char **metadata;
+    int num_metadata;
 } ca_safetensors;
 
 size_t ca_dtype_size(ca_dtype dt);
 const char *ca_dtype_name(ca_dtype dt);
+/* "F32", "BF16", ... -> dtype; CA_ERR_VALUE for a name this core does not know. */
+ca_status ca_dtype_from_name(const char *name, ca_dtype *out);
+/* Product of the tensor's dims (validated not to overflow when the file was parsed). */
+size_t ca_st_tensor_numel(const ca_st_tensor *t);
+/* The tensor's raw bytes inside the mapped buffer (end − begin bytes, possibly unaligned). */
+const void *ca_safetensors_tensor_data(const ca_safetensors *st, const ca_st_tensor *t);
+/* Value of a "__metadata__" key, NULL when absent. */
+const char *ca_safetensors_metadata(const ca_safetensors *st, const char *key);
 
 /* Opens and validates: header length within the file, JSON well-formed, known dtypes, shape × dtype size ==
  * end − begin, offsets in range, no overlaps, no duplicate names. Errors name the tensor and the file. */
@@ -60,5 +72,24 @@ typedef struct {
  * rename over `path`: a crash never leaves a half-written file under the final name. */
 ca_status ca_safetensors_write(const char *path, const ca_st_item *items, int num_items,
                                const char *const *metadata_kv, int num_metadata_pairs);
+
+/* ---- sharded checkpoints (io area addition) ----
+ * model.safetensors.index.json: {"metadata": {...}, "weight_map": {tensor name: shard file name}}.
+ * Shard names must be plain relative names inside the checkpoint folder (no '/', no "..", non-empty). */
+typedef struct {
+    char **names;        /* tensor names, in file order */
+    int *file_of;        /* index into files for each name */
+    int num_names;
+    char **files;        /* distinct shard file names, in order of first appearance */
+    int num_files;
+} ca_st_index;
+
+/* Parses an index JSON text of `len` bytes; `what` names it in messages (e.g. the path). */
+ca_status ca_safetensors_index_parse(ca_st_index *idx, const char *json, size_t len, const char *what);
+/* Reads and parses the index file at `path`. */
+ca_status ca_safetensors_index_read(ca_st_index *idx, const char *path);
+/* Shard file of a tensor (NULL when the index does not list it). */
+const char *ca_safetensors_index_file(const ca_st_index *idx, const char *name);
+void ca_safetensors_index_free(ca_st_index *idx);
 
 #endif
