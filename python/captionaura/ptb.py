@@ -373,6 +373,7 @@ def _candidates(c: str) -> tuple[_Rule, ...]:
 # A run of ASCII letters followed by a space, newline or the end is always one WORD whatever the context,
 # unless it is an assimilation ("cannot", "gonna", ...): the common case is taken without trying every rule.
 _FAST = re.compile(r"[A-Za-z]+(?=[ \n]|\Z)")
+_SPACES = re.compile(f"{SPACE}+").match
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
 
 
@@ -391,8 +392,8 @@ def _lex_lines(text: str) -> list[list[str]]:
                 pos = m.end()
                 continue
         c = text[pos]
-        if c == " ":
-            pos += 1
+        if c == " ":  # only the SPACES rule starts with " "; it also eats following U+00A0, tabs, ...
+            pos = _SPACES(text, pos).end()
             continue
         best, best_len, best_text = None, 0, ""
         for rule in _candidates(c):
