@@ -33,30 +33,54 @@ PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB
 # character classes (BMP only, see the module docstring)
 
 
-def _ranges(pred: Callable[[str], bool]) -> str:
-    """A regex character-class body with every BMP code point satisfying pred."""
-    out, start, prev = [], None, None
-    for cp in range(0x10000):
-        if 0xD800 <= cp <= 0xDFFF:
-            ok = False
-        else:
-            ok = pred(chr(cp))
+def _ranges(flags: list[bool]) -> str:
+    """A regex character-class body with every BMP code point whose flag is set."""
+    out, start = [], None
+    for cp in range(0x10001):
+        ok = cp < 0x10000 and flags[cp]
         if ok and start is None:
             start = cp
-        if not ok and start is not None:
-            out.append((start, prev))
+        elif not ok and start is not None:
+            out.append((start, cp - 1))
             start = None
-        prev = cp
-    if start is not None:
-        out.append((start, 0xFFFF))
-    esc = lambda c: "\\u%04x" % c  # noqa: E731
+    esc = "\\u%04x".__mod__
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in out)
 
 
-_CAT = unicodedata.category
-_L = _ranges(lambda c: _CAT(c)[0] == "L")  # JFlex [:letter:] = Character.isLetter
-_D = _ranges(lambda c: _CAT(c) == "Nd")  # [:digit:] = Character.isDigit
-_UP = _ranges(lambda c: _CAT(c) == "Lu")  # [:uppercase:]
+# CoreNLP 3.4.1's scanner tables were generated with Java 8's Unicode 6.2: BMP letters and digits assigned
+# since then are untokenizable there (deleted), and two Mongolian letters were letters then (now Mn).
+# Python's unicodedata is newer; these ranges are the differences, checked against the jar's character map.
+_NOT_YET_ASSIGNED = [
+    (0x037F, 0x037F), (0x0528, 0x052F), (0x0560, 0x0560), (0x0588, 0x0588), (0x05EF, 0x05EF), (0x0860, 0x086A),
+    (0x0870, 0x0887), (0x0889, 0x088E), (0x08A1, 0x08A1), (0x08AD, 0x08C9), (0x0978, 0x0978), (0x0980, 0x0980),
+    (0x09FC, 0x09FC), (0x0AF9, 0x0AF9), (0x0C34, 0x0C34), (0x0C5A, 0x0C5A), (0x0C5D, 0x0C5D), (0x0C80, 0x0C80),
+    (0x0CDD, 0x0CDD), (0x0D04, 0x0D04), (0x0D54, 0x0D56), (0x0D5F, 0x0D5F), (0x0DE6, 0x0DEF), (0x0E86, 0x0E86),
+    (0x0E89, 0x0E89), (0x0E8C, 0x0E8C), (0x0E8E, 0x0E93), (0x0E98, 0x0E98), (0x0EA0, 0x0EA0), (0x0EA8, 0x0EA9),
+    (0x0EAC, 0x0EAC), (0x13F5, 0x13F5), (0x13F8, 0x13FD), (0x16F1, 0x16F8), (0x170D, 0x170D), (0x171F, 0x171F),
+    (0x1878, 0x1878), (0x191D, 0x191E), (0x19B0, 0x19C0), (0x19C8, 0x19C9), (0x1B4C, 0x1B4C), (0x1C80, 0x1C88),
+    (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF), (0x1CF2, 0x1CF3), (0x1CFA, 0x1CFA), (0x2C2F, 0x2C2F), (0x2C5F, 0x2C5F),
+    (0x312E, 0x312F), (0x31BB, 0x31BF), (0x4DB6, 0x4DBF), (0x9FCD, 0x9FFF), (0xA698, 0xA69D), (0xA78F, 0xA78F),
+    (0xA794, 0xA79F), (0xA7AB, 0xA7CA), (0xA7D0, 0xA7D1), (0xA7D3, 0xA7D3), (0xA7D5, 0xA7D9), (0xA7F2, 0xA7F7),
+    (0xA8FD, 0xA8FE), (0xA9E0, 0xA9E4), (0xA9E6, 0xA9EF), (0xA9F0, 0xA9F9), (0xA9FA, 0xA9FE), (0xAA7E, 0xAA7F),
+    (0xAB30, 0xAB5A), (0xAB5C, 0xAB69), (0xAB70, 0xABBF),
+]
+
+
+def _java_classes() -> tuple[str, str, str]:
+    """[:letter:], [:digit:] and [:uppercase:] of the lexer (Character.isLetter/isDigit/isUpperCase, Unicode 6.2)."""
+    cats = [unicodedata.category(chr(cp)) if not 0xD800 <= cp <= 0xDFFF else "Cs" for cp in range(0x10000)]
+    for lo, hi in _NOT_YET_ASSIGNED:
+        for cp in range(lo, hi + 1):
+            cats[cp] = "Cn"
+    cats[0x1885] = cats[0x1886] = "Lo"
+    return (
+        _ranges([c[0] == "L" for c in cats]),
+        _ranges([c == "Nd" for c in cats]),
+        _ranges([c == "Lu" for c in cats]),
+    )
+
+
+_L, _D, _UP = _java_classes()
 
 # LETTER adds soft hyphen, combining marks and a few other ranges to [:letter:]
 _LETTER_EXTRA = (
@@ -68,6 +92,8 @@ _LETTER_EXTRA = (
     "\u0A81-\u0A83\u0ABC-\u0ACF\u0B82\u0BBE-\u0BC2\u0BC6-\u0BC8\u0BCA-\u0BCD\u0C01-\u0C03\u0C3E-\u0C56\u0D3E-\u0D44"
     "\u0D46-\u0D48\u0E30-\u0E3A\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD"
 )
+
+_LETTER_FIRST = _L + _LETTER_EXTRA + "&"  # the characters a LETTER can start with
 
 # ---------------------------------------------------------------------------------------------------------
 # the lexer's macros, as Python regex fragments. (?i:...) marks the caseless string literals.
@@ -237,9 +263,9 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     (r"&(?i:md|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", None, _const("--"), "&\u0096\u0097\u2013\u2014\u2015"),
     (SPAMP, None, _const("&"), "&"),
     (r"&(?i:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#[0-9]+);", None, _keep, "&"),
-    (WORD, REDAUX, _act_soft, None),
+    (WORD, REDAUX, _act_soft, _LETTER_FIRST),
     (SWORD, SREDAUX, _act_soft, "A-Za-z\u00AD"),
-    (WORD, None, _act_soft, None),
+    (WORD, None, _act_soft, _LETTER_FIRST),
     # APOWORD, one entry per alternative
     (rf"{APOS}(?i:n){APOS}?", None, _keep, "'\u0092\u2019&"),
     (rf"[lLdDjJ]{APOS}", None, _keep, "lLdDjJ"),
@@ -248,7 +274,7 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     (rf"[A-HJ-XZn]{APOSETC}{PLAINL}{{2}}{PLAINL}*", None, _keep, "A-HJ-XZn"),
     (rf"{APOS}[2-9]0(?i:s)", None, _keep, "'\u0092\u2019&"),
     (rf"{APOS}(?i:till?)", None, _keep, "'\u0092\u2019&"),
-    (rf"{PLAINL}{PLAINL}*[aeiouyAEIOUY]{APOSETC}[aeiouA-Z]{PLAINL}*", None, _keep, None),
+    (rf"{PLAINL}{PLAINL}*[aeiouyAEIOUY]{APOSETC}[aeiouA-Z]{PLAINL}*", None, _keep, _L),
     (rf"{APOS}(?i:cause)", None, _keep, "'\u0092\u2019&"),
     (r"(?i:cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", None, _keep, "cC'nNeEsSlL"),
     (rf"(?i:o){APOSETC}(?i:o)", None, _keep, "oO"),
@@ -260,7 +286,7 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     ),
     (
         r"(?:(?:[^ \t\n\f\r\"`'<>|.!?(){},-_$]+\.)+(?i:com|net|org|edu))(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
-        None, _keep, None,
+        None, _keep, r"^ \t\n\f\r\"`'<>|.!?(){},-_$",
     ),
     (
         r"(?:&(?i:lt);|<)?[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0{}]*@(?:[^ \t\n\f\r\"<>|(){}.\u00A0]+\.)*"
@@ -289,20 +315,20 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     (rf"{ACRO_SPECIAL}\.", rf"{SPACENL}+(?:{_ACRONYM_NEXT}|{SGML}){SPACENL}", _acronym_sentence_end, "cCsSkKeEjJnNuU"),
     (ABBREV3, rf"{SPACENL}?{DIGIT}", _keep, "cCfFpPnNaAbBoO"),
     (r"(?:(?i:pt)[eyEY]|(?i:co))\.", rf"{SPACE}(?i:ltd|lim)", _keep, "pPcC"),
-    (ABBREV1, SENTEND, _abbrev_then_period, None),
-    (ABBREV1, r"[\s\S][\s\S]", _keep, None),
-    (ABBREV1, None, _abbrev_then_period, None),
-    (rf"{ABBREV4}\.", None, _keep, None),
-    (ABBREV4, SPACE, _keep, None),
+    (ABBREV1, SENTEND, _abbrev_then_period, "A-Za-z"),
+    (ABBREV1, r"[\s\S][\s\S]", _keep, "A-Za-z"),
+    (ABBREV1, None, _abbrev_then_period, "A-Za-z"),
+    (rf"{ABBREV4}\.", None, _keep, "A-Za-z"),
+    (ABBREV4, SPACE, _keep, "A-Za-z"),
     (ACRO_MAIN, SPACENL, _keep, "A-Za-z"),
     (ACRO_SPECIAL, SPACENL, _keep, "cCsSkKeEjJnNuU"),
     (rf"{APOS}[0-9][0-9]", SPACENL, _keep, "'\u0092\u2019&"),
     (
         rf"(?:{LETTER}|{DIGIT})+(?:\.(?:{LETTER}|{DIGIT})+)*\.(?i:bat|bmp|class|cgi|cpp|c|dll|docx|doc|exe|gif|gz|h|html|htm"
         r"|jar|java|jpeg|jpg|mov|mp3|pdf|php|pl|png|ppt|ps|py|sql|tar|txt|wav|xml|x|zip)",
-        rf"{SPACENL}|[.?!,]", _keep, None,
+        rf"{SPACENL}|[.?!,]", _keep, _LETTER_FIRST + _D,
     ),
-    (rf"{WORD}\.", INSENTP, _act_soft, None),
+    (rf"{WORD}\.", INSENTP, _act_soft, _LETTER_FIRST),
     (r"(?:\([0-9]{2,3}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{2,4}[\- \u00A0])?[0-9]{2,4}[\- \u00A0])[0-9]{3,4}[\- \u00A0]?[0-9]{3,5}",
      None, _phone, "(+0-9"),
     (r"(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}", None, _phone, "+0-9"),
@@ -330,8 +356,8 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     (r"/", None, _keep, "/"),
     (rf"{HTHING}\.", INSENTP, _act_soft, "A-Za-z0-9"),
     (HTHING, None, _act_soft, "A-Za-z0-9"),
-    (rf"{THING}\.", INSENTP, _keep, None),
-    (THING, None, _keep, None),
+    (rf"{THING}\.", INSENTP, _keep, _L + _D),
+    (THING, None, _keep, _L + _D),
     (rf"{THINGA}\.", INSENTP, lambda t: (_AMP.sub("&", t), len(t)), "A-Z"),
     (THINGA, None, lambda t: (_AMP.sub("&", t), len(t)), "A-Z"),
     (r"'", r"[A-Za-z][^ \t\n\r\u00A0]", _quotes(True), "'"),
@@ -361,20 +387,45 @@ class _Rule:
         self.first = re.compile(f"[{first}]") if first is not None else None
 
 
-_COMPILED = [_Rule(*r) for r in _RULES]
+@lru_cache(maxsize=1)
+def _compiled() -> tuple[_Rule, ...]:
+    """The compiled rules (compiled on first use: it takes a few tenths of a second)."""
+    return tuple(_Rule(*r) for r in _RULES)
 
 
 @lru_cache(maxsize=None)
 def _candidates(c: str) -> tuple[_Rule, ...]:
     """The rules that can start with character c (each rule's first-character class is a superset)."""
-    return tuple(r for r in _COMPILED if r.first is None or r.first.match(c))
+    return tuple(r for r in _compiled() if r.first is None or r.first.match(c))
 
 
-# A run of ASCII letters followed by a space, newline or the end is always one WORD whatever the context,
+# A run of ASCII letters followed by a space, a newline or the end is always one WORD whatever the context,
 # unless it is an assimilation ("cannot", "gonna", ...): the common case is taken without trying every rule.
-_FAST = re.compile(r"[A-Za-z]+(?=[ \n]|\Z)")
+# The same holds before "," or "." that end a word (", " / ". " / "." at the end), unless the letters with the
+# period form an abbreviation or acronym (then the abbreviation rules decide).
+_FAST = re.compile(r"[A-Za-z]+(?=[ \n]|\Z|[.,](?:[ \n]|\Z))")
+_ABBREV_LIKE = re.compile(rf"(?:{ABBREV1}|{ABBREV4}\.|{ABBREV3}|(?:(?i:pt)[eyEY]|(?i:co))\.)")
 _SPACES = re.compile(f"{SPACE}+").match
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
+
+
+def _java_lower(tok: str) -> str:
+    """Java's toLowerCase for a token holding a capital sigma.
+
+    Java writes the final form only when no cased letter follows anywhere in the word (it scans to the word
+    boundary), Python only looks at the next letter: "ΣΑΣ-LRB" is "σασ-lrb" in Java.
+    """
+    out = []
+    for i, ch in enumerate(tok):
+        if ch == "\u03a3":  # the word ends at a space (U+00A0 inside multi-word tokens)
+            start = max((j + 1 for j in range(i) if tok[j].isspace()), default=0)
+            end = next((j for j in range(i + 1, len(tok)) if tok[j].isspace()), len(tok))
+            before = any(c.lower() != c.upper() for c in tok[start:i])
+            after = any(c.lower() != c.upper() for c in tok[i + 1 : end])
+            out.append("\u03c2" if before and not after else "\u03c3")
+        else:
+            out.append(ch.lower())
+    return "".join(out)
 
 
 def _lex_lines(text: str) -> list[list[str]]:
@@ -386,10 +437,13 @@ def _lex_lines(text: str) -> list[list[str]]:
     while pos < n:
         m = fast(text, pos)
         if m is not None:
+            end = m.end()
             word = m.group().lower()
-            if word not in _ASSIMILATIONS:
+            if word not in _ASSIMILATIONS and (
+                end == n or text[end] != "." or not _ABBREV_LIKE.fullmatch(text, pos, end + 1)
+            ):
                 cur.append(word)
-                pos = m.end()
+                pos = end
                 continue
         c = text[pos]
         if c == " ":  # only the SPACES rule starts with " "; it also eats following U+00A0, tabs, ...
@@ -415,7 +469,7 @@ def _lex_lines(text: str) -> list[list[str]]:
             cur = []
             lines.append(cur)
         else:
-            cur.append(tok.lower())
+            cur.append(tok.lower() if "\u03a3" not in tok else _java_lower(tok))
     return lines
 
 
