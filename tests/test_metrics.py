@@ -20,6 +20,8 @@ import pytest
 
 import captionaura.metrics as cm
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 coco_bleu = pytest.importorskip("pycocoevalcap.bleu.bleu")
 coco_cider = pytest.importorskip("pycocoevalcap.cider.cider")
 coco_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
@@ -228,3 +230,68 @@ def test_metric_selection():
     ev = cm.evaluate(gts, {k: v[0] for k, v in res.items()}, metrics=("ROUGE_L",), tokenize="none")
     assert set(ev.scores) == {"ROUGE_L"}
     assert all(set(v) == {"ROUGE_L"} for v in ev.per_image.values())
+
+
+# ---- end to end: raw captions through the toolkit's pipeline (Java PTBTokenizer, then the scorers) ----
+
+needs_java = pytest.mark.skipif(
+    __import__("shutil").which("java") is None,
+    reason="java is not installed: the toolkit's PTBTokenizer cannot run (make system-deps installs it)",
+)
+
+
+def raw_set(seed: int, n_images: int):
+    from test_ptb_tokenizer import make_caption
+
+    rng = random.Random(seed)
+    refs = {i: [make_caption(rng) or "a" for _ in range(rng.randint(1, 7))] for i in range(n_images)}
+    cands = {i: make_caption(rng) for i in range(n_images)}
+    return refs, cands
+
+
+@needs_java
+def test_evaluate_ptb_equals_toolkit_pipeline():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    refs, cands = raw_set(5, 200)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in rs] for i, rs in refs.items()})
+    res = tok.tokenize({i: [{"caption": c}] for i, c in cands.items()})
+    b, b_img, c, c_img, r, r_img = toolkit(gts, res)
+    ev = cm.evaluate(refs, cands)  # tokenize="ptb" by default
+    expected = {f"Bleu_{k + 1}": b[k] for k in range(4)} | {"CIDEr": c, "ROUGE_L": r}
+    for name, value in expected.items():
+        assert ev.scores[name] == pytest.approx(value, rel=REL, abs=0), name
+    for i, img in enumerate(gts):
+        assert ev.per_image[img]["CIDEr"] == pytest.approx(c_img[i], rel=REL, abs=0)
+        assert ev.per_image[img]["Bleu_2"] == pytest.approx(b_img[1][i], rel=REL, abs=0)
+        assert ev.per_image[img]["ROUGE_L"] == pytest.approx(r_img[i], rel=REL, abs=0)
+
+
+def test_cli_evaluate_writes_scores(tmp_path):
+    ann = {
+        "images": [{"id": 1}, {"id": 2}, {"id": 3}],
+        "annotations": [
+            {"image_id": 1, "id": 1, "caption": "A man riding a horse on the beach."},
+            {"image_id": 1, "id": 2, "caption": "A person rides a brown horse."},
+            {"image_id": 2, "id": 3, "caption": "Two dogs playing in the snow!"},
+            {"image_id": 3, "id": 4, "caption": "A red bus on a street."},
+        ],
+    }
+    res = [{"image_id": 1, "caption": "a man riding a horse"}, {"image_id": 2, "caption": "two dogs in the snow"}]
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    out = tmp_path / "scores.json"
+    cmd = [sys.executable, "-m", "captionaura", "evaluate", "--refs", str(tmp_path / "ann.json"),
+           "--results", str(tmp_path / "res.json"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    direct = cm.evaluate({1: [a["caption"] for a in ann["annotations"][:2]], 2: [ann["annotations"][2]["caption"]]},
+                         {1: res[0]["caption"], 2: res[1]["caption"]})
+    assert data["scores"] == direct.scores
+    assert [p["image_id"] for p in data["per_image"]] == [1, 2]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    # every annotated image must have a result with --images all: a clear error naming image 3
+    proc = subprocess.run(cmd[:-2] + ["--images", "all"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "image 3" in proc.stderr
