@@ -85,7 +85,6 @@ class Lfm2Config:
             "block_ff_dim", "tie_embedding", "theta", "rope_parameters", "full_attn_idxs", "num_heads",
             "block_norm_eps", "model_type", "architectures", "torch_dtype", "dtype", "transformers_version",
         }
-        multiplier = r["block_ffn_dim_multiplier"] if r["has_block_ffn_dim_multiplier"] else None
         return cls(
             vocab_size=int(r["vocab_size"]),
             hidden_size=int(r["hidden_size"]),
@@ -99,9 +98,9 @@ class Lfm2Config:
             conv_bias=bool(r["conv_bias"]),
             conv_L_cache=int(r["conv_L_cache"]),
             block_multiple_of=int(r["block_multiple_of"]),
-            block_ffn_dim_multiplier=multiplier,
+            block_ffn_dim_multiplier=r["block_ffn_dim_multiplier"],
             block_auto_adjust_ff_dim=bool(r["block_auto_adjust_ff_dim"]),
-            layer_types=[LAYER_ATTENTION if a else LAYER_CONV for a in r["layer_is_attention"][:n]],
+            layer_types=list(r["layer_types"]),
             head_dim=int(r["head_dim"]),
             tie_word_embeddings=bool(r["tie_word_embeddings"]),
             pad_token_id=_optional_id(r["pad_token_id"]),
@@ -133,5 +132,5 @@ class Lfm2Config:
         return out
 
 
-def _optional_id(value: int) -> int | None:
-    return None if value < 0 else int(value)
+def _optional_id(value: int | None) -> int | None:
+    return None if value is None or value < 0 else int(value)
