@@ -80,8 +80,8 @@ void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, H
  *   dq_t = scale · Σ_j dS_tj k_j,   dk_j = scale · Σ_{h∈group, t} dS_tj q_t,   dv_j = Σ_{h∈group, t} P_tj dO_t.
  * One task per (batch, KV head) so the sums over a group's query heads stay inside one thread (no races,
  * no heap scratch); dP of the first DP_KEEP keys is kept on the stack between the two passes over the keys,
- * beyond that it is recomputed (so any Tk works without a heap buffer). Keys
- * with P = 0 (masked, or beyond the causal limit) contribute nothing and are skipped. */
+ * beyond that it is recomputed (so any Tk works without a heap buffer). Keys with P = 0 (masked, or beyond
+ * the causal limit) contribute nothing and are skipped. */
 void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = */
                                float *restrict dk,         /* (B, Tk, NKV, HS) = */
                                float *restrict dv,         /* (B, Tk, NKV, HS) = */

@@ -19,6 +19,9 @@ static int split_threads(double work) {
 #ifdef _OPENMP
     if (work < GEMM_SPLIT_MIN || omp_in_parallel()) return 1;
     int nt = omp_get_max_threads();
+    /* OpenBLAS keeps a fixed table of per-caller buffers (2·NUM_THREADS of its build, 64 or more for the
+     * scipy-openblas wheels): stay well inside it */
+    if (nt > 32) nt = 32;
     if (nt > 1 && ca_openblas_get_num_threads() == 1) return nt;
 #endif
     (void)work;
