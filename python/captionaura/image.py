@@ -102,9 +102,10 @@ def _open(data: bytes, what: str, max_pixels: int | None) -> "Image.Image":
     return img
 
 
-# Modes Pillow can convert to RGB (everything else, e.g. "I;16B" stacks or "F" HDR data, is refused).
-_SUPPORTED_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
-                    "HSV", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+# Modes whose Pillow conversion to RGB is meaningful. Refused: "F" (float) and "I" (int32) data, which Pillow
+# clips to 0..255 without scaling, and "LAB"/"HSV", which it cannot convert to RGB.
+_SUPPORTED_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                    "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def _from_pil(img: "Image.Image", what: str, max_pixels: int | None) -> np.ndarray:

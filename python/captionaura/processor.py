@@ -342,7 +342,10 @@ class Tokenizer:
         self.add_bos_token = bool(self.config.get("add_bos_token", False))
         self.add_eos_token = bool(self.config.get("add_eos_token", False))
         self.padding_side = str(self.config.get("padding_side", "right"))
-        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
+        # transformers skips this cleanup for BPE models (it would delete real spaces) unless forced.
+        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False)) and (
+            type(tokenizer.model).__name__ != "BPE"
+            or bool(self.config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")))
         extra = self.config.get("extra_special_tokens") or {}
         self.extra_special_tokens = {k: _token_content(v) for k, v in extra.items()} if isinstance(extra, dict) \
             else {}

@@ -27,15 +27,16 @@ Output, under ``tests/reference/fixtures/lfm2vl_processor/``:
   generated corpus, with LFM2's special tokens at their real ids 0..500), ``tokenizer_config.json``,
   ``chat_template.jinja`` (LFM2-VL's template verbatim), ``processor_config.json`` (nested ``image_processor``,
   the current hub layout). ``lfm2vl_450m``: no thumbnail, tolerance 2.0; ``lfm2vl_1_6b``: thumbnail,
-  tolerance 1.5; ``lfm2vl_legacy_450m``: the older remote-code layout (flat ``processor_config.json`` + SigLIP2
-  ``preprocessor_config.json``) for config-reading tests only (transformers 5.23 cannot load it as LFM2-VL).
+  tolerance 1.5; ``lfm2vl_legacy_450m``: only the two config files of the older remote-code layout (flat
+  ``processor_config.json`` + SigLIP2 ``preprocessor_config.json``) for config-reading tests (transformers 5.23
+  cannot load that layout as an LFM2-VL processor).
 * ``<config>/reference.npz``: per case ``<case>.input_ids`` / ``.attention_mask`` (int64, (B, T)),
   ``.pixel_attention_mask`` (int32), ``.spatial_shapes`` (int64), ``.pixel_shape`` (the full ``pixel_values``
   shape) and the pixel values in a lossless compact form: the valid (unpadded) patch rows of ``pixel_values``
   as u = x*127.5 + 127.5 in uint8, which is exact because mean = std = 0.5 (the script asserts
   ``(u - 127.5) / 127.5 == pixel_values`` bit for bit in float32, and that padded rows are exactly 0);
   ``.pixel_sha256`` = one SHA-256 per tile of its u rows (C-order bytes), ``.pixel_sample_rows`` /
-  ``.pixel_sample_u8`` = every 37th valid row (and each tile's first and last) in full, ``.text`` (the prompt transformers tokenised, for chat cases the rendered
+  ``.pixel_sample_u8`` = every 61st valid row (and each tile's first and last) in full, ``.text`` (the prompt transformers tokenised, for chat cases the rendered
   template) and ``.expanded`` (the decoded input ids, for readable diffs).
 * ``cases.json``: the case list (image specs for ``lfm2vl_images.ImageSpec``, prompts, messages).
 * ``<config>/text_reference.json``: tokenizer encodings / decodings and chat-template renderings.
@@ -182,8 +183,9 @@ def write_folder(name: str, tok, image_cfg: dict | None) -> Path:
     return folder
 
 
-def write_legacy_folder(tok) -> None:
-    folder = write_folder("lfm2vl_legacy_450m", tok, None)
+def write_legacy_folder() -> None:
+    folder = OUT / "lfm2vl_legacy_450m"  # image-processor config files only
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "processor_config.json").write_text(json.dumps({
         "auto_map": {"AutoProcessor": "processing_lfm2_vl.Lfm2VlProcessor"},
         "do_image_splitting": True, "downsample_factor": 2, "encoder_patch_size": 16, "max_image_tokens": 256,
@@ -220,6 +222,9 @@ CASES = [
     {"name": "big_2000x1500", "images": [S(2000, 1500, seed=8)], "text": Q + "<image>Big." + A},
     {"name": "tolerance_700x560", "images": [S(700, 560, seed=9)], "text": Q + "<image>" + A},
     {"name": "halves_80x400", "images": [S(80, 400, seed=10)], "text": Q + "<image>" + A},
+    {"name": "halves_400x272", "images": [S(400, 272, seed=15)], "text": Q + "<image>" + A},
+    {"name": "tie_900x720", "images": [S(900, 720, seed=16)], "text": Q + "<image>" + A},
+    {"name": "tie_1250x1000", "images": [S(1250, 1000, seed=17)], "text": Q + "<image>" + A},
     {"name": "odd_333x517", "images": [S(333, 517, seed=11)], "text": Q + "<image>" + A},
     {"name": "multi_three", "images": [S(40, 30, seed=12), S(1500, 400, seed=13), S(512, 512, seed=14)],
      "text": Q + "<image>First, <image> second and <image> third." + A},
@@ -295,7 +300,7 @@ def reference_image(spec: dict, tmp: Path):
     return load_image(make_pil(s))
 
 
-SAMPLE_STRIDE = 37
+SAMPLE_STRIDE = 61
 
 
 def tile_digest(rows_u8: np.ndarray) -> str:
@@ -352,7 +357,7 @@ def main() -> None:
     cases_out = {"cases": CASES, "chat_cases": CHAT_CASES, "text_strings": TEXT_STRINGS,
                  "template_cases": TEMPLATE_CASES}
     (OUT / "cases.json").write_text(json.dumps(cases_out, indent=1, ensure_ascii=False) + "\n")
-    write_legacy_folder(tok)
+    write_legacy_folder()
     for name, cfg in CONFIGS.items():
         folder = write_folder(name, tok, cfg)
         proc = AutoProcessor.from_pretrained(str(folder))
