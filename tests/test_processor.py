@@ -33,7 +33,7 @@ from captionaura.processor import (
 REF = Path(__file__).parent / "reference"
 FIX = REF / "fixtures" / "lfm2vl_processor"
 sys.path.insert(0, str(REF))
-from lfm2vl_images import ImageSpec, make_input, make_png_bytes  # noqa: E402
+from lfm2vl_images import ImageSpec, make_input, make_pil, make_png_bytes  # noqa: E402
 
 CONFIGS = ["lfm2vl_450m", "lfm2vl_1_6b"]
 CASES = json.loads((FIX / "cases.json").read_text(encoding="utf-8"))
@@ -102,6 +102,22 @@ def test_matches_transformers(setup, case):
         _check_pixels(out, ref, name)
     else:
         assert out.pixel_values is None
+
+
+@pytest.mark.parametrize("case", CASES["convert_rgb_cases"], ids=[c["name"] for c in CASES["convert_rgb_cases"]])
+def test_do_convert_rgb_composites_alpha_like_transformers(setup, case):
+    import dataclasses
+
+    _, proc, ref = setup
+    name = case["name"]
+    cfg = dataclasses.replace(proc.image_config, do_convert_rgb=True)
+    proc_rgb = Lfm2VlProcessor(cfg, proc.tokenizer, proc.chat_template)
+    out = proc_rgb(images=[make_pil(ImageSpec(**s)) for s in case["images"]], text=case["text"])
+    np.testing.assert_array_equal(out.input_ids, ref[f"{name}.input_ids"])
+    _check_pixels(out, ref, name)
+    if "A" in name.upper().split("_")[-1]:  # with alpha: compositing differs from dropping it
+        plain = proc(images=[make_pil(ImageSpec(**s)) for s in case["images"]], text=case["text"])
+        assert not np.array_equal(plain.pixel_values, out.pixel_values)
 
 
 def test_chat_rendering_matches_transformers(setup):
@@ -340,6 +356,8 @@ def test_marker_count_mismatch(proc450):
         proc450(text="<image> without images")
     with pytest.raises(ValueError, match="text"):
         proc450(images=[img])
+    with pytest.raises(ValueError, match=r"\[1, 0\] <image> marker.*\[0, 1\] image"):
+        proc450(images=[[], [img]], text=["<image>", "none"])
     with pytest.raises(ValueError, match="'image', 'path' or 'url'"):
         proc450(messages=[{"role": "user", "content": [{"type": "image"}]}])
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from captionaura import _core
 from captionaura.config import Lfm2Config
+from captionaura.image import ImageLoadError, load_image
 from captionaura.model import Lfm2Model, Lfm2Output
+from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,10 @@ __all__ = [
     "Lfm2Config",
     "Lfm2Model",
     "Lfm2Output",
+    "ImageProcessorConfig",
+    "ImageLoadError",
+    "Lfm2VlProcessor",
+    "ProcessorOutput",
+    "Tokenizer",
+    "load_image",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__"]

@@ -40,11 +40,15 @@ class ImageLoadError(ValueError):
     mode, array dtype or shape."""
 
 
-def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               composite_alpha: bool = False) -> np.ndarray:
     """Decode `image` into an upright (H, W, 3) uint8 RGB array.
 
     Accepts a file path, the encoded bytes of a file, a Pillow image, or an (H, W, 3) uint8 array (used as
-    is). Pillow inputs get their EXIF orientation applied and are converted with ``convert("RGB")``.
+    is). Pillow inputs get their EXIF orientation applied and are converted with ``convert("RGB")`` (alpha
+    dropped), as ``transformers.image_utils.load_image`` does. ``composite_alpha=True`` (only for Pillow image
+    objects) instead composites images with an alpha band or a transparency entry onto white, as transformers'
+    ``convert_to_rgb`` does when an image processor has ``do_convert_rgb=True``.
     ``max_pixels`` (None: no limit) rejects images whose width x height exceeds it before decoding them.
     """
     if isinstance(image, np.ndarray):
@@ -57,7 +61,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _from_pil(_open(bytes(image), "image bytes", max_pixels), "image bytes", max_pixels)
     if isinstance(image, Image.Image):
-        return _from_pil(image, "Pillow image", max_pixels)
+        return _from_pil(image, "Pillow image", max_pixels, composite_alpha)
     raise TypeError(
         "an image must be a path, encoded bytes, a PIL.Image.Image or an (H, W, 3) uint8 numpy array, "
         f"got {type(image).__name__}")
@@ -108,13 +112,18 @@ _SUPPORTED_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGB
                     "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def _from_pil(img: "Image.Image", what: str, max_pixels: int | None) -> np.ndarray:
+def _from_pil(img: "Image.Image", what: str, max_pixels: int | None, composite_alpha: bool = False) -> np.ndarray:
     _check_size(img.size[0], img.size[1], what, max_pixels)
     if img.mode not in _SUPPORTED_MODES:
         raise ImageLoadError(f"{what}: unsupported image mode {img.mode!r}")
     try:
         img = ImageOps.exif_transpose(img)
-        rgb = img.convert("RGB")
+        if composite_alpha and ("A" in img.getbands() or img.info.get("transparency") is not None):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            rgb = Image.alpha_composite(white, rgba).convert("RGB")
+        else:
+            rgb = img.convert("RGB")
     except (OSError, ValueError) as err:
         raise ImageLoadError(f"{what}: cannot convert mode {img.mode!r} to RGB ({err})") from None
     arr = np.asarray(rgb, dtype=np.uint8)

@@ -20,6 +20,20 @@ Text: every ``<image>`` becomes ``<|image_start|>`` + (multi-tile: ``<|img_row_R
 tokens_per_tile for each tile in row-major order, R = tile row (1..gh), C = tile column (1..gw), then, with a
 thumbnail, ``<|img_thumbnail|>`` + ``<image>`` x tokens of the smart-resize size; single: ``<image>`` x those
 tokens) + ``<|image_end|>``, and the text is tokenised without special tokens (the chat template writes BOS).
+transformers 5.23 labels tiles correctly (rows = grid height); older versions fed rows = grid width
+(transposed labels on non-square grids), which this module does not reproduce.
+
+Deliberate differences from transformers' ``Lfm2VlProcessor`` (everything else is identical, see
+tests/test_processor.py):
+
+* Pillow images get their EXIF orientation applied (transformers applies it only when it loads a file) and
+  non-RGB Pillow images are converted the way ``transformers.image_utils.load_image`` converts them (with the
+  checkpoints' ``do_convert_rgb`` unset, transformers' processor raises on them). With ``do_convert_rgb=True``
+  alpha is composited onto white exactly as transformers does.
+* Files and bytes are decoded with Pillow; transformers decodes paths with ``torchvision.io.decode_image``
+  (same pixels for PNG; JPEG decoders could differ by library version).
+* ``<image>`` markers without images, images without text, and marker/image count mismatches all raise
+  ``ValueError`` (transformers tokenises markers in a text-only call as plain tokens).
 """
 
 from __future__ import annotations
@@ -76,6 +90,10 @@ class ImageProcessorConfig:
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     resample: int = RESAMPLE_BILINEAR
     do_pad: bool = True
+    #: True: Pillow images with alpha are composited onto white (transformers' ``convert_to_rgb``); None/False:
+    #: alpha is dropped as ``transformers.image_utils.load_image`` does (with None, transformers' processor
+    #: itself fails on non-RGB Pillow images, so that is the loading path that works)
+    do_convert_rgb: bool | None = None
     #: the file's ``max_num_patches`` (informational: transformers pads to ``padded_num_patches`` instead)
     max_num_patches: int | None = None
     #: keys of the source file this class does not model
@@ -123,7 +141,7 @@ class ImageProcessorConfig:
         if not isinstance(data, dict):
             raise TypeError(f"image processor config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in names and v is not None}
+        kwargs = {k: v for k, v in data.items() if k in names and (v is not None or k == "do_convert_rgb")}
         extra = {k: v for k, v in data.items() if k not in names}
         return cls(**kwargs, extra=extra)
 
@@ -638,8 +656,12 @@ class Lfm2VlProcessor:
             flat: list[Any] = []
             for item in images:
                 flat.extend(item if isinstance(item, (list, tuple)) else [item])
-            return [load_image(im, max_pixels=self.max_pixels) for im in flat]
-        return [load_image(images, max_pixels=self.max_pixels)]
+            return [self._load(im) for im in flat]
+        return [self._load(images)]
+
+    def _load(self, image: ImageInput) -> np.ndarray:
+        return load_image(image, max_pixels=self.max_pixels,
+                          composite_alpha=self.image_config.do_convert_rgb is True)
 
     def image_placeholder(self, layout: ImageLayout) -> str:
         """The expanded text of one ``<image>``."""
@@ -690,8 +712,15 @@ class Lfm2VlProcessor:
         texts = [text] if isinstance(text, str) else list(text)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("text must be a string or a list of strings")
-        arrays = self.load_images(images) if images is not None else []
         markers = [t.count(self.image_token) for t in texts]
+        if isinstance(images, (list, tuple)) and len(images) == len(texts) and len(texts) > 1 \
+                and all(isinstance(item, (list, tuple)) for item in images):
+            per_text = [len(item) for item in images]  # images nested per prompt: check each prompt
+            if per_text != markers:
+                raise ValueError(
+                    f"the prompts have {markers} {self.image_token} marker(s) but {per_text} image(s) per text "
+                    "were given; each image needs exactly one marker")
+        arrays = self.load_images(images) if images is not None else []
         if sum(markers) != len(arrays):
             raise ValueError(
                 f"the prompt has {sum(markers)} {self.image_token} marker(s) ({markers} per text) but "

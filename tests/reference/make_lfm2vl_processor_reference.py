@@ -241,6 +241,13 @@ CASES = [
     {"name": "text_only", "images": [], "text": Q + "Hello, how are you?" + A},
 ]
 
+# Run with do_convert_rgb=True and the raw Pillow image (no load_image): alpha composited onto white.
+CONVERT_RGB_CASES = [
+    {"name": "convert_rgb_rgba", "images": [S(64, 48, "RGBA", seed=30)], "text": Q + "<image>" + A},
+    {"name": "convert_rgb_la", "images": [S(64, 48, "LA", seed=31)], "text": Q + "<image>" + A},
+    {"name": "convert_rgb_cmyk", "images": [S(64, 48, "CMYK", seed=32)], "text": Q + "<image>" + A},
+]
+
 CHAT_CASES = [
     {"name": "chat_one_image", "images": [S(300, 200, seed=40)],
      "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]},
@@ -354,7 +361,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    cases_out = {"cases": CASES, "chat_cases": CHAT_CASES, "text_strings": TEXT_STRINGS,
+    cases_out = {"cases": CASES, "chat_cases": CHAT_CASES, "convert_rgb_cases": CONVERT_RGB_CASES, "text_strings": TEXT_STRINGS,
                  "template_cases": TEMPLATE_CASES}
     (OUT / "cases.json").write_text(json.dumps(cases_out, indent=1, ensure_ascii=False) + "\n")
     write_legacy_folder()
@@ -392,6 +399,11 @@ def main() -> None:
                 direct = proc(images=images, text=rendered, return_tensors="np")
                 assert np.array_equal(np.asarray(enc["input_ids"]), np.asarray(direct["input_ids"]))
                 store(out, case["name"], enc, rendered, proc.tokenizer)
+            # do_convert_rgb=True on Pillow images handed over directly: transformers composites alpha onto white
+            for case in CONVERT_RGB_CASES:
+                images = [make_pil(ImageSpec(**s)) for s in case["images"]]
+                enc = proc(images=images, text=case["text"], return_tensors="np", do_convert_rgb=True)
+                store(out, case["name"], enc, case["text"], proc.tokenizer)
         np.savez_compressed(folder / "reference.npz", **out)
 
         # tokenizer + chat template (the AutoTokenizer of the folder, as transformers loads it)
