@@ -153,6 +153,21 @@ def test_array_and_path_inputs(tmp_path):
         _check_pixels(out, ref, "wide_tiled_1500x400")
 
 
+def test_save_pretrained_round_trip(tmp_path):
+    small = Lfm2VlProcessor.from_pretrained(FIX / "lfm2vl_450m")
+    small.save_pretrained(tmp_path / "small")
+    assert Lfm2VlProcessor.from_pretrained(tmp_path / "small").image_config == small.image_config
+    proc = Lfm2VlProcessor.from_pretrained(FIX / "lfm2vl_1_6b")
+    proc.save_pretrained(tmp_path)
+    again = Lfm2VlProcessor.from_pretrained(tmp_path)
+    assert again.image_config == proc.image_config
+    ref = np.load(FIX / "lfm2vl_1_6b" / "reference.npz")
+    case = next(c for c in CASES["cases"] if c["name"] == "multi_three")
+    out = _run_case(again, case)
+    np.testing.assert_array_equal(out.input_ids, ref["multi_three.input_ids"])
+    _check_pixels(out, ref, "multi_three")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from captionaura._io import read_json
+from captionaura._io import read_json, write_json_atomic
 from captionaura.image import DEFAULT_MAX_PIXELS, ImageInput, load_image, resize_bilinear_aa
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
@@ -165,7 +165,8 @@ class ImageProcessorConfig:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"image_processor_type": "Lfm2VlImageProcessor"}
+        out: dict[str, Any] = {"image_processor_type": self.extra.get("image_processor_type",
+                                                                      "Lfm2VlImageProcessor")}
         for f in dataclasses.fields(self):
             if f.name != "extra":
                 value = getattr(self, f.name)
@@ -390,6 +391,16 @@ class Tokenizer:
         if (path / CHAT_TEMPLATE_NAME).is_file():
             template = (path / CHAT_TEMPLATE_NAME).read_text(encoding="utf-8")
         return cls(tok, config, template)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and (if any) ``chat_template.jinja``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(path / TOKENIZER_NAME))
+        config = {k: v for k, v in self.config.items() if k != "chat_template"}
+        write_json_atomic(path / TOKENIZER_CONFIG_NAME, config)
+        if self.chat_template is not None:
+            (path / CHAT_TEMPLATE_NAME).write_text(self.chat_template, encoding="utf-8")
 
     # -- vocabulary -----------------------------------------------------------------------------------------
     @property
@@ -646,6 +657,17 @@ class Lfm2VlProcessor:
         use_special = proc.get("use_image_special_tokens", True)
         return cls(image_config, tokenizer, chat_template=template,
                    use_image_special_tokens=True if use_special is None else use_special, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write the tokenizer files, the chat template and a ``processor_config.json`` with the image settings
+        nested under ``image_processor`` (the layout transformers 5 writes and reads)."""
+        path = Path(path)
+        self.tokenizer.save_pretrained(path)
+        if self.chat_template is not None:
+            (path / CHAT_TEMPLATE_NAME).write_text(self.chat_template, encoding="utf-8")
+        write_json_atomic(path / PROCESSOR_CONFIG_NAME, {
+            "image_processor": self.image_config.to_dict(), "processor_class": "Lfm2VlProcessor",
+            "use_image_special_tokens": self.use_image_special_tokens})
 
     # -- pieces -------------------------------------------------------------------------------------------
     def load_images(self, images: ImageInput | Sequence[ImageInput]) -> list[np.ndarray]:
