@@ -35,18 +35,27 @@ FIX = REF / "fixtures" / "lfm2vl_processor"
 sys.path.insert(0, str(REF))
 from lfm2vl_images import ImageSpec, make_input, make_pil, make_png_bytes  # noqa: E402
 
-CONFIGS = ["lfm2vl_450m", "lfm2vl_1_6b"]
+CONFIGS = ["lfm2vl_450m", "lfm2vl_1_6b"]  # real-checkpoint settings: every case
 CASES = json.loads((FIX / "cases.json").read_text(encoding="utf-8"))
 IMAGE_CASES = CASES["cases"] + CASES["chat_cases"]
+# synthetic config (splitting off, 32..128 tokens), run by transformers with use_image_special_tokens=False
+NOSPLIT = [c for c in IMAGE_CASES if c["name"] in set(CASES["nosplit_cases"])]
+_PROCS: dict[str, tuple] = {}
+
+
+def _load(config: str):
+    if config not in _PROCS:
+        folder = FIX / config
+        _PROCS[config] = (Lfm2VlProcessor.from_pretrained(folder), np.load(folder / "reference.npz"))
+    return _PROCS[config]
 
 
 @pytest.fixture(scope="module", params=CONFIGS)
 def setup(request):
-    folder = FIX / request.param
-    return request.param, Lfm2VlProcessor.from_pretrained(folder), np.load(folder / "reference.npz")
+    return (request.param,) + _load(request.param)
 
 
-def _run_case(proc: Lfm2VlProcessor, case: dict):
+def _run_case(proc: Lfm2VlProcessor, case: dict, **kwargs):
     images = [make_input(ImageSpec(**s)) for s in case["images"]]
     if "messages" in case:
         messages = json.loads(json.dumps(case["messages"]))
@@ -56,8 +65,8 @@ def _run_case(proc: Lfm2VlProcessor, case: dict):
                 for item in m["content"]:
                     if item["type"] == "image":
                         item["image"] = next(it)
-        return proc(messages=messages, add_generation_prompt=True)
-    return proc(images=images or None, text=case["text"], padding=isinstance(case["text"], list))
+        return proc(messages=messages, add_generation_prompt=True, **kwargs)
+    return proc(images=images or None, text=case["text"], padding=isinstance(case["text"], list), **kwargs)
 
 
 def _check_pixels(out, ref, name: str) -> None:
@@ -87,11 +96,15 @@ def _check_pixels(out, ref, name: str) -> None:
     assert not bad, f"tiles {bad} differ from transformers' pixel_values"
 
 
-@pytest.mark.parametrize("case", IMAGE_CASES, ids=[c["name"] for c in IMAGE_CASES])
-def test_matches_transformers(setup, case):
-    _, proc, ref = setup
+PAIRS = [(cfg, c) for cfg in CONFIGS for c in IMAGE_CASES] + [("lfm2vl_nosplit", c) for c in NOSPLIT]
+
+
+@pytest.mark.parametrize("config,case", PAIRS, ids=[f"{cfg}-{c['name']}" for cfg, c in PAIRS])
+def test_matches_transformers(config, case):
+    proc, ref = _load(config)
     name = case["name"]
-    out = _run_case(proc, case)
+    kwargs = {"use_image_special_tokens": False} if config == "lfm2vl_nosplit" else {}
+    out = _run_case(proc, case, **kwargs)
     want = ref[f"{name}.input_ids"]
     if not np.array_equal(out.input_ids, want):
         ours = [proc.tokenizer.decode(row) for row in out.input_ids]
@@ -186,6 +199,16 @@ def test_config_read_from_checkpoint(name):
     assert list(cfg.image_mean) == want["image_mean"] and list(cfg.image_std) == want["image_std"]
     # transformers pads to max(max_image_tokens * f^2, (tile / p)^2) = 1024 for both checkpoints
     assert cfg.padded_num_patches == 1024 and cfg.tokens_per_tile == 256
+
+
+def test_use_image_special_tokens_from_file_is_ignored_like_transformers():
+    # the nosplit folder's processor_config.json says false; transformers 5.23 keeps True (checked by the
+    # fixture script), and so does captionaura
+    assert json.loads((FIX / "lfm2vl_nosplit" / "processor_config.json").read_text())["use_image_special_tokens"] \
+        is False
+    assert _load("lfm2vl_nosplit")[0].use_image_special_tokens is True
+    cfg = _load("lfm2vl_nosplit")[0].image_config
+    assert not cfg.do_image_splitting and cfg.padded_num_patches == 512
 
 
 def test_config_checkpoint_differences():

@@ -654,9 +654,10 @@ class Lfm2VlProcessor:
         proc = read_json(path / PROCESSOR_CONFIG_NAME, "processor config") \
             if (path / PROCESSOR_CONFIG_NAME).is_file() else {}
         template = tokenizer.chat_template or proc.get("chat_template")
-        use_special = proc.get("use_image_special_tokens", True)
-        return cls(image_config, tokenizer, chat_template=template,
-                   use_image_special_tokens=True if use_special is None else use_special, **kwargs)
+        # processor_config.json's use_image_special_tokens is NOT read: transformers 5.23 discards it (it is not
+        # an explicit argument of Lfm2VlProcessor.__init__), so the default True applies unless passed here or
+        # per call.
+        return cls(image_config, tokenizer, chat_template=template, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write the tokenizer files, the chat template and a ``processor_config.json`` with the image settings
@@ -685,12 +686,12 @@ class Lfm2VlProcessor:
         return load_image(image, max_pixels=self.max_pixels,
                           composite_alpha=self.image_config.do_convert_rgb is True)
 
-    def image_placeholder(self, layout: ImageLayout) -> str:
+    def image_placeholder(self, layout: ImageLayout, use_image_special_tokens: bool | None = None) -> str:
         """The expanded text of one ``<image>``."""
         cfg = self.image_config
         p, f = cfg.encoder_patch_size, cfg.downsample_factor
         n_image = math.ceil((layout.resized_height // p) / f) * math.ceil((layout.resized_width // p) / f)
-        special = self.use_image_special_tokens
+        special = self.use_image_special_tokens if use_image_special_tokens is None else use_image_special_tokens
         parts = [self.image_start_token] if special else []
         if layout.is_tiled:
             per_tile = self.image_token * cfg.tokens_per_tile
@@ -718,10 +719,12 @@ class Lfm2VlProcessor:
     # -- main entry ---------------------------------------------------------------------------------------
     def __call__(self, images: ImageInput | Sequence[ImageInput] | None = None,
                  text: str | Sequence[str] | None = None, messages: Sequence[dict[str, Any]] | None = None,
-                 add_generation_prompt: bool = True, padding: bool = False) -> ProcessorOutput:
+                 add_generation_prompt: bool = True, padding: bool = False,
+                 use_image_special_tokens: bool | None = None) -> ProcessorOutput:
         """Process a prompt (``text``: a string or a batch of strings with ``<image>`` markers, images in
         marker order across the batch) or a chat (``messages``: images taken from the ``image`` / ``path`` /
-        ``url`` fields of ``{"type": "image"}`` content items unless `images` is given)."""
+        ``url`` fields of ``{"type": "image"}`` content items unless `images` is given).
+        ``use_image_special_tokens`` overrides the processor's setting for this call."""
         if messages is not None:
             if text is not None:
                 raise ValueError("pass either text or messages, not both")
@@ -749,20 +752,19 @@ class Lfm2VlProcessor:
                 f"{len(arrays)} image(s) were given; each image needs exactly one marker")
         features = preprocess_images(arrays, self.image_config) if arrays else None
         if features is not None:
-            replacements = iter([self.image_placeholder(layout) for layout in features.layouts])
+            replacements = iter([self.image_placeholder(layout, use_image_special_tokens)
+                                 for layout in features.layouts])
             texts = [_replace_markers(t, self.image_token, replacements) for t in texts]
         enc = self.tokenizer(texts, add_special_tokens=False, padding=padding)
         n_tokens = int((enc["input_ids"] == self.image_token_id).sum())
         if features is not None:
-            expected = sum(self._image_token_count(layout) for layout in features.layouts)
+            expected = sum(self.image_placeholder(layout, use_image_special_tokens).count(self.image_token)
+                           for layout in features.layouts)
             if n_tokens != expected:  # pragma: no cover - would mean the tokenizer splits <image>
                 raise ValueError(f"tokenised prompt has {n_tokens} image tokens, expected {expected}")
             return ProcessorOutput(enc["input_ids"], enc["attention_mask"], features.pixel_values,
                                    features.pixel_attention_mask, features.spatial_shapes)
         return ProcessorOutput(enc["input_ids"], enc["attention_mask"])
-
-    def _image_token_count(self, layout: ImageLayout) -> int:
-        return self.image_placeholder(layout).count(self.image_token)
 
 
 def _replace_markers(text: str, marker: str, replacements: Iterator[str]) -> str:

@@ -27,7 +27,9 @@ Output, under ``tests/reference/fixtures/lfm2vl_processor/``:
   generated corpus, with LFM2's special tokens at their real ids 0..500), ``tokenizer_config.json``,
   ``chat_template.jinja`` (LFM2-VL's template verbatim), ``processor_config.json`` (nested ``image_processor``,
   the current hub layout). ``lfm2vl_450m``: no thumbnail, tolerance 2.0; ``lfm2vl_1_6b``: thumbnail,
-  tolerance 1.5; ``lfm2vl_legacy_450m``: only the two config files of the older remote-code layout (flat
+  tolerance 1.5; ``lfm2vl_nosplit`` (synthetic: ``do_image_splitting`` off, 32..128 image tokens,
+  ``use_image_special_tokens`` false in the file, which transformers 5.23 ignores, so the cases pass
+  ``use_image_special_tokens=False`` at call time; a subset of the cases); ``lfm2vl_legacy_450m``: only the two config files of the older remote-code layout (flat
   ``processor_config.json`` + SigLIP2 ``preprocessor_config.json``) for config-reading tests (transformers 5.23
   cannot load that layout as an LFM2-VL processor).
 * ``<config>/reference.npz``: per case ``<case>.input_ids`` / ``.attention_mask`` (int64, (B, T)),
@@ -167,7 +169,14 @@ def image_processor_config(use_thumbnail: bool, tolerance: float, type_name: str
 CONFIGS = {
     "lfm2vl_450m": image_processor_config(False, 2.0, "Lfm2VlImageProcessorFast"),
     "lfm2vl_1_6b": image_processor_config(True, 1.5, "Lfm2VlImageProcessor"),
+    # not a real checkpoint: splitting off, smaller token budget, no image special tokens
+    "lfm2vl_nosplit": {**image_processor_config(True, 2.0, "Lfm2VlImageProcessor"), "do_image_splitting": False,
+                       "min_image_tokens": 32, "max_image_tokens": 128, "max_num_patches": 512},
 }
+USE_IMAGE_SPECIAL_TOKENS = {"lfm2vl_nosplit": False}
+#: the cases run for the (synthetic) nosplit config; the real-checkpoint configs run all cases
+NOSPLIT_CASES = {"tiny_40x30", "square_512", "wide_1000x200", "wide_tiled_1500x400", "big_2000x1500",
+                 "multi_three", "batch_two", "chat_system_two_images"}
 
 
 def write_folder(name: str, tok, image_cfg: dict | None) -> Path:
@@ -178,7 +187,7 @@ def write_folder(name: str, tok, image_cfg: dict | None) -> Path:
     (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     if image_cfg is not None:
         proc = {"image_processor": image_cfg, "processor_class": "Lfm2VlProcessor",
-                "use_image_special_tokens": True}
+                "use_image_special_tokens": USE_IMAGE_SPECIAL_TOKENS.get(name, True)}
         (folder / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
     return folder
 
@@ -361,7 +370,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    cases_out = {"cases": CASES, "chat_cases": CHAT_CASES, "convert_rgb_cases": CONVERT_RGB_CASES, "text_strings": TEXT_STRINGS,
+    cases_out = {"nosplit_cases": sorted(NOSPLIT_CASES), "cases": CASES, "chat_cases": CHAT_CASES, "convert_rgb_cases": CONVERT_RGB_CASES, "text_strings": TEXT_STRINGS,
                  "template_cases": TEMPLATE_CASES}
     (OUT / "cases.json").write_text(json.dumps(cases_out, indent=1, ensure_ascii=False) + "\n")
     write_legacy_folder()
@@ -371,10 +380,17 @@ def main() -> None:
         ip = proc.image_processor
         assert type(ip).__name__ == "Lfm2VlImageProcessor", type(ip)
         assert ip.use_thumbnail == cfg["use_thumbnail"] and ip.max_pixels_tolerance == cfg["max_pixels_tolerance"]
+        # transformers 5.23 drops processor_config.json's use_image_special_tokens (not an explicit __init__
+        # argument of Lfm2VlProcessor, so validate_init_kwargs discards it): the class default True stays.
+        assert proc.use_image_special_tokens is True
+        call_kwargs = {"use_image_special_tokens": USE_IMAGE_SPECIAL_TOKENS[name]} \
+            if name in USE_IMAGE_SPECIAL_TOKENS else {}
         out: dict[str, np.ndarray] = {}
         with tempfile.TemporaryDirectory() as tmpdir:
             tmp = Path(tmpdir)
             for case in CASES:
+                if name in USE_IMAGE_SPECIAL_TOKENS and case["name"] not in NOSPLIT_CASES:
+                    continue
                 images = [reference_image(s, tmp) for s in case["images"]] or None
                 text = case["text"]
                 kwargs = {}
@@ -382,9 +398,11 @@ def main() -> None:
                     it = iter(images)
                     images = [[next(it) for _ in range(t.count("<image>"))] for t in text]
                     kwargs = {"padding": True}
-                enc = proc(images=images, text=text, return_tensors="np", **kwargs)
+                enc = proc(images=images, text=text, return_tensors="np", **kwargs, **call_kwargs)
                 store(out, case["name"], enc, text, proc.tokenizer)
             for case in CHAT_CASES:
+                if name in USE_IMAGE_SPECIAL_TOKENS and case["name"] not in NOSPLIT_CASES:
+                    continue
                 msgs = json.loads(json.dumps(case["messages"]))
                 images = [reference_image(s, tmp) for s in case["images"]]
                 it = iter(images)
@@ -395,12 +413,14 @@ def main() -> None:
                                 item["image"] = next(it)
                 rendered = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
                 enc = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                               return_tensors="np")
-                direct = proc(images=images, text=rendered, return_tensors="np")
+                                               return_tensors="np", **call_kwargs)
+                direct = proc(images=images, text=rendered, return_tensors="np", **call_kwargs)
                 assert np.array_equal(np.asarray(enc["input_ids"]), np.asarray(direct["input_ids"]))
                 store(out, case["name"], enc, rendered, proc.tokenizer)
             # do_convert_rgb=True on Pillow images handed over directly: transformers composites alpha onto white
             for case in CONVERT_RGB_CASES:
+                if name in USE_IMAGE_SPECIAL_TOKENS:
+                    continue
                 images = [make_pil(ImageSpec(**s)) for s in case["images"]]
                 enc = proc(images=images, text=case["text"], return_tensors="np", do_convert_rgb=True)
                 store(out, case["name"], enc, case["text"], proc.tokenizer)
