@@ -637,10 +637,14 @@ class Lfm2VlProcessor:
         self.chat_template = chat_template or tokenizer.chat_template
         self.use_image_special_tokens = bool(use_image_special_tokens)
         self.max_pixels = max_pixels
-        cfg = tokenizer.config
-        self.image_token = _token_content(cfg.get("image_token")) or self.image_token
-        self.image_start_token = _token_content(cfg.get("image_start_token")) or self.image_start_token
-        self.image_end_token = _token_content(cfg.get("image_end_token")) or self.image_end_token
+        # Like transformers: the tokenizer's image_token / image_start_token / image_end_token attributes (top-level
+        # tokenizer_config keys or extra_special_tokens), else the defaults; the thumbnail token is never renamed
+        # (the checkpoints' key is "image_thumbnail", which transformers does not read for it).
+        names = {**tokenizer.extra_special_tokens,
+                 **{k: _token_content(v) for k, v in tokenizer.config.items() if k.startswith("image_")}}
+        self.image_token = names.get("image_token") or self.image_token
+        self.image_start_token = names.get("image_start_token") or self.image_start_token
+        self.image_end_token = names.get("image_end_token") or self.image_end_token
         self.image_token_id = tokenizer.token_to_id(self.image_token)
 
     @classmethod
