@@ -23,7 +23,8 @@ install: $(PY)
 # Debian packages some tests need (Java for the COCO PTB tokenizer jar, clang for libFuzzer).
 # Without root or apt the affected tests skip and say why.
 system-deps:
-	@true
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
+		|| echo "warning: Java not installed; PTB-parity tests will skip"
 
 # The C core's own tests, built with AddressSanitizer + UndefinedBehaviorSanitizer. Every tests/c/test_*.c
 # is one program; it names the core sources it links in a comment line `CA_TEST_SOURCES: csrc/a.c ...`

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from captionaura import _core
 from captionaura.config import Lfm2Config
+from captionaura.image import ImageLoadError, load_image
 from captionaura.lora import LoraConfig
 from captionaura.optim import AdamW, AdamWConfig
 from captionaura.trainer import Trainer, TrainingConfig
 from captionaura.model import Lfm2Model, Lfm2Output
+from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,10 @@ __all__ = [
     "Lfm2Output",
     "Trainer",
     "TrainingConfig",
+    "ImageProcessorConfig",
+    "ImageLoadError",
+    "Lfm2VlProcessor",
+    "ProcessorOutput",
+    "Tokenizer",
+    "load_image",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__"]

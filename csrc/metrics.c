@@ -1,0 +1,534 @@
+/* COCO caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) equal to pycocoevalcap 1.2; see ca_metrics.h and
+ * shared/reference/cocoeval.md sections 3-5.
+ *
+ * Layout of one call:
+ *   1. tokens   : every caption is split (str.split() rules for BLEU/CIDEr, str.split(" ") for ROUGE-L) and
+ *                 each distinct token is interned to a uint32 id (open-addressing table over the bytes).
+ *   2. n-grams  : every 1..4-gram of token ids is packed exactly into 128 bits and interned to a gram id,
+ *                 so each caption becomes a list of (gram id, count) in first-occurrence order (the order the
+ *                 toolkit's dicts iterate in, which keeps float summation orders identical).
+ *   3. scorers  : per image, work with "epoch-stamped" scratch arrays indexed by gram id (no clearing, no
+ *                 per-image hash tables). Counts are exact integers; scores are float64.
+ * Captions are numbered: candidates 0..n-1, then references n..n+n_refs-1. */
+#include "captionaura/ca_metrics.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLEU_N 4
+#define CIDER_N 4
+#define CIDER_SIGMA 6.0
+#define BLEU_TINY 1e-15  /* added to numerators "so that if guess is 0 still return 0" */
+#define BLEU_SMALL 1e-9  /* added to denominators to avoid division by zero */
+#define ROUGE_BETA 1.2
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* small helpers                                                                                          */
+
+static void *grow(void *ptr, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return ptr;
+    size_t n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    void *p = realloc(ptr, n * elem);
+    if (!p) return NULL;
+    *cap = n;
+    return p;
+}
+
+static inline uint64_t mix64(uint64_t x) { /* splitmix64 finaliser: a cheap full-avalanche 64-bit mix */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static inline uint64_t hash_bytes(const unsigned char *p, size_t n) { /* FNV-1a, then mixed */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return mix64(h ^ n);
+}
+
+/* Byte length of the Python whitespace character at p (the set str.split() splits on), or 0. */
+static inline size_t py_space_len(const unsigned char *p, const unsigned char *end) {
+    unsigned c = p[0];
+    if (c < 0x80) return (c == 0x20 || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f)) ? 1 : 0;
+    if (c == 0xC2) return (p + 1 < end && (p[1] == 0x85 || p[1] == 0xA0)) ? 2 : 0; /* U+0085, U+00A0 */
+    if (p + 2 >= end) return 0;
+    if (c == 0xE1) return (p[1] == 0x9A && p[2] == 0x80) ? 3 : 0; /* U+1680 */
+    if (c == 0xE2) {
+        if (p[1] == 0x80 && ((p[2] >= 0x80 && p[2] <= 0x8A) || p[2] == 0xA8 || p[2] == 0xA9 || p[2] == 0xAF))
+            return 3; /* U+2000..U+200A, U+2028, U+2029, U+202F */
+        return (p[1] == 0x81 && p[2] == 0x9F) ? 3 : 0; /* U+205F */
+    }
+    if (c == 0xE3) return (p[1] == 0x80 && p[2] == 0x80) ? 3 : 0; /* U+3000 */
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* interning of tokens (byte strings) and n-grams (up to 4 token ids)                                     */
+
+typedef struct {
+    /* tokens: slot -> id + 1 (0 = empty); per id its bytes and hash */
+    uint32_t *tok_slots;
+    size_t tok_mask;
+    const char **tok_ptr;
+    uint32_t *tok_len;
+    uint64_t *tok_hash;
+    size_t n_tok, tok_cap, tok_cap2, tok_cap3;
+    /* n-grams: slot -> id + 1; per id its packed key (2 x uint64), order (1..4) and scratch columns */
+    uint32_t *ng_slots;
+    size_t ng_mask;
+    uint64_t *ng_key;
+    uint8_t *ng_order;
+    uint64_t *ng_stamp; /* epoch stamps for the per-caption / per-image scratch columns below */
+    uint32_t *ng_slot;  /* scratch: position in the current list, or a max count */
+    double *ng_val;     /* scratch: a tf-idf value of the current reference */
+    uint32_t *ng_df;    /* CIDEr document frequency */
+    size_t n_ng, ng_cap[7];
+    uint64_t epoch;
+} interner;
+
+static void interner_free(interner *t) {
+    free(t->tok_slots); free(t->tok_ptr); free(t->tok_len); free(t->tok_hash);
+    free(t->ng_slots); free(t->ng_key); free(t->ng_order); free(t->ng_stamp); free(t->ng_slot);
+    free(t->ng_val); free(t->ng_df);
+}
+
+/* Returns the id of token bytes [p, p+n), inserting it when new; UINT32_MAX on allocation failure. */
+static uint32_t intern_token(interner *t, const char *p, size_t n) {
+    uint64_t h = hash_bytes((const unsigned char *)p, n);
+    if ((t->n_tok + 1) * 2 > t->tok_mask + 1) { /* keep load <= 1/2 */
+        size_t new_size = t->tok_mask ? (t->tok_mask + 1) * 2 : 1024;
+        uint32_t *s = calloc(new_size, sizeof *s);
+        if (!s) return UINT32_MAX;
+        for (size_t id = 0; id < t->n_tok; id++) {
+            size_t j = t->tok_hash[id] & (new_size - 1);
+            while (s[j]) j = (j + 1) & (new_size - 1);
+            s[j] = (uint32_t)id + 1;
+        }
+        free(t->tok_slots);
+        t->tok_slots = s;
+        t->tok_mask = new_size - 1;
+    }
+    size_t j = h & t->tok_mask;
+    for (uint32_t e; (e = t->tok_slots[j]) != 0; j = (j + 1) & t->tok_mask) {
+        uint32_t id = e - 1;
+        if (t->tok_hash[id] == h && t->tok_len[id] == n && memcmp(t->tok_ptr[id], p, n) == 0) return id;
+    }
+    if (t->n_tok >= UINT32_MAX - 2) return UINT32_MAX;
+    size_t need = t->n_tok + 1;
+    void *a = grow(t->tok_ptr, &t->tok_cap, need, sizeof *t->tok_ptr);
+    if (!a) return UINT32_MAX;
+    t->tok_ptr = a;
+    a = grow(t->tok_len, &t->tok_cap2, need, sizeof *t->tok_len);
+    if (!a) return UINT32_MAX;
+    t->tok_len = a;
+    a = grow(t->tok_hash, &t->tok_cap3, need, sizeof *t->tok_hash);
+    if (!a) return UINT32_MAX;
+    t->tok_hash = a;
+    uint32_t id = (uint32_t)t->n_tok++;
+    t->tok_ptr[id] = p;
+    t->tok_len[id] = (uint32_t)n;
+    t->tok_hash[id] = h;
+    t->tok_slots[j] = id + 1;
+    return id;
+}
+
+static inline uint64_t ngram_hash(uint64_t a, uint64_t b) { return mix64(a ^ mix64(b + 0x9e3779b97f4a7c15ULL)); }
+
+/* Returns the gram id of the k-gram starting at w (k in 1..4), inserting it when new; UINT32_MAX on failure.
+ * The key is exact: ids + 1 packed as four 32-bit lanes, 0 for the lanes beyond k. */
+static uint32_t intern_ngram(interner *t, const uint32_t *w, int k) {
+    uint64_t lane[4] = {0, 0, 0, 0};
+    for (int i = 0; i < k; i++) lane[i] = (uint64_t)w[i] + 1;
+    uint64_t a = lane[0] | lane[1] << 32, b = lane[2] | lane[3] << 32;
+    uint64_t h = ngram_hash(a, b);
+    if ((t->n_ng + 1) * 2 > t->ng_mask + 1) {
+        size_t new_size = t->ng_mask ? (t->ng_mask + 1) * 2 : 4096;
+        uint32_t *s = calloc(new_size, sizeof *s);
+        if (!s) return UINT32_MAX;
+        for (size_t id = 0; id < t->n_ng; id++) {
+            size_t j = ngram_hash(t->ng_key[2 * id], t->ng_key[2 * id + 1]) & (new_size - 1);
+            while (s[j]) j = (j + 1) & (new_size - 1);
+            s[j] = (uint32_t)id + 1;
+        }
+        free(t->ng_slots);
+        t->ng_slots = s;
+        t->ng_mask = new_size - 1;
+    }
+    size_t j = h & t->ng_mask;
+    for (uint32_t e; (e = t->ng_slots[j]) != 0; j = (j + 1) & t->ng_mask) {
+        uint32_t id = e - 1;
+        if (t->ng_key[2 * id] == a && t->ng_key[2 * id + 1] == b) return id;
+    }
+    if (t->n_ng >= UINT32_MAX - 2) return UINT32_MAX;
+    size_t need = t->n_ng + 1;
+    void *p;
+    if (!(p = grow(t->ng_key, &t->ng_cap[0], 2 * need, sizeof *t->ng_key))) return UINT32_MAX;
+    t->ng_key = p;
+    if (!(p = grow(t->ng_order, &t->ng_cap[1], need, sizeof *t->ng_order))) return UINT32_MAX;
+    t->ng_order = p;
+    if (!(p = grow(t->ng_stamp, &t->ng_cap[2], need, sizeof *t->ng_stamp))) return UINT32_MAX;
+    t->ng_stamp = p;
+    if (!(p = grow(t->ng_slot, &t->ng_cap[3], need, sizeof *t->ng_slot))) return UINT32_MAX;
+    t->ng_slot = p;
+    uint32_t id = (uint32_t)t->n_ng++;
+    t->ng_key[2 * id] = a;
+    t->ng_key[2 * id + 1] = b;
+    t->ng_order[id] = (uint8_t)k;
+    t->ng_stamp[id] = 0;
+    t->ng_slots[j] = id + 1;
+    return id;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* per-caption token and n-gram lists                                                                     */
+
+typedef struct {
+    uint32_t *data;
+    size_t len, cap;
+} u32_vec;
+
+static inline int u32_push(u32_vec *v, uint32_t x) {
+    if (v->len == v->cap) {
+        void *p = grow(v->data, &v->cap, v->len + 1, sizeof *v->data);
+        if (!p) return -1;
+        v->data = p;
+    }
+    v->data[v->len++] = x;
+    return 0;
+}
+
+/* Appends the token ids of `text` split like Python's str.split() (runs of Unicode whitespace). */
+static ca_status split_whitespace(interner *t, ca_text text, u32_vec *out) {
+    const unsigned char *p = (const unsigned char *)text.ptr, *end = p + text.len;
+    while (p < end) {
+        size_t s;
+        while (p < end && (s = py_space_len(p, end)) != 0) p += s;
+        if (p >= end) break;
+        const unsigned char *start = p;
+        while (p < end && py_space_len(p, end) == 0) p++;
+        uint32_t id = intern_token(t, (const char *)start, (size_t)(p - start));
+        if (id == UINT32_MAX || u32_push(out, id)) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (tokens)");
+    }
+    return CA_OK;
+}
+
+/* Appends the token ids of `text` split like Python's str.split(" "): every field between single ASCII
+ * spaces is a token, empty ones included ("" -> [""]). */
+static ca_status split_space(interner *t, ca_text text, u32_vec *out) {
+    const char *p = text.ptr, *end = p + text.len;
+    for (;;) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        const char *stop = sp ? sp : end;
+        uint32_t id = intern_token(t, p, (size_t)(stop - p));
+        if (id == UINT32_MAX || u32_push(out, id)) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (tokens)");
+        if (!sp) break;
+        p = sp + 1;
+    }
+    return CA_OK;
+}
+
+/* Appends the (gram id, count) list of one caption's 1..4-grams, in the order the toolkit's precook()
+ * inserts them into its dict: all unigrams left to right, then bigrams, ... */
+static ca_status count_ngrams(interner *t, const uint32_t *w, size_t len, u32_vec *gid, u32_vec *cnt) {
+    uint64_t epoch = ++t->epoch;
+    size_t base = gid->len;
+    for (int k = 1; k <= BLEU_N; k++) {
+        for (size_t i = 0; i + (size_t)k <= len; i++) {
+            uint32_t g = intern_ngram(t, w + i, k);
+            if (g == UINT32_MAX) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
+            if (t->ng_stamp[g] != epoch) {
+                t->ng_stamp[g] = epoch;
+                t->ng_slot[g] = (uint32_t)(gid->len - base);
+                if (u32_push(gid, g) || u32_push(cnt, 1)) return ca_error(CA_ERR_NOMEM, "metrics: out of memory");
+            } else {
+                cnt->data[base + t->ng_slot[g]] += 1;
+            }
+        }
+    }
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* the scorers                                                                                            */
+
+typedef struct {
+    int64_t n_img, n_cap;
+    const int64_t *ref_off;
+    size_t *ws_start; /* [n_cap + 1] into ws.data: token ids of str.split() */
+    size_t *ng_start; /* [n_cap + 1] into gid/cnt */
+    size_t *sp_start; /* [n_cap + 1] into sp.data: token ids of str.split(" ") */
+    u32_vec ws, gid, cnt, sp;
+} corpus;
+
+/* BLEU with the toolkit's BleuScorer.compute_score(option="closest"):
+ *   p_k = (correct_k + tiny) / (guess_k + small), BLEU-k = (prod_{i<=k} p_i)^(1/k) * BP,
+ *   BP = exp(1 - 1/ratio) if ratio = (testlen + tiny)/(reflen + small) < 1 else 1,
+ * per image and on counts summed over images. The products are evaluated in the same order as the
+ * toolkit so results agree to the last bit where libm does. */
+static void bleu_from_counts(const double correct[BLEU_N], const double guess[BLEU_N], double testlen,
+                             double reflen, double out[BLEU_N]) {
+    double bleu = 1.0;
+    for (int k = 0; k < BLEU_N; k++) {
+        bleu *= (correct[k] + BLEU_TINY) / (guess[k] + BLEU_SMALL);
+        out[k] = pow(bleu, 1.0 / (k + 1));
+    }
+    double ratio = (testlen + BLEU_TINY) / (reflen + BLEU_SMALL);
+    if (ratio < 1) {
+        for (int k = 0; k < BLEU_N; k++) out[k] *= exp(1 - 1 / ratio);
+    }
+}
+
+static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
+    const int64_t n = c->n_img;
+    double tot_correct[BLEU_N] = {0}, tot_guess[BLEU_N] = {0}, tot_test = 0, tot_ref = 0;
+    for (int64_t i = 0; i < n; i++) {
+        /* max count of each n-gram over the references (clipping bound), stamped for this image */
+        uint64_t epoch = ++t->epoch;
+        double testlen = (double)(c->ws_start[i + 1] - c->ws_start[i]);
+        double reflen = 0, best_diff = INFINITY;
+        for (int64_t r = c->n_img + c->ref_off[i]; r < c->n_img + c->ref_off[i + 1]; r++) {
+            double len = (double)(c->ws_start[r + 1] - c->ws_start[r]);
+            /* "closest": min over (|len - testlen|, len), so a tie goes to the shorter reference */
+            double diff = fabs(len - testlen);
+            if (diff < best_diff || (diff == best_diff && len < reflen)) best_diff = diff, reflen = len;
+            for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
+                uint32_t g = c->gid.data[e], k = c->cnt.data[e];
+                if (t->ng_stamp[g] != epoch) t->ng_stamp[g] = epoch, t->ng_slot[g] = k;
+                else if (k > t->ng_slot[g]) t->ng_slot[g] = k;
+            }
+        }
+        double correct[BLEU_N] = {0}, guess[BLEU_N];
+        for (size_t e = c->ng_start[i]; e < c->ng_start[i + 1]; e++) {
+            uint32_t g = c->gid.data[e], k = c->cnt.data[e];
+            uint32_t bound = t->ng_stamp[g] == epoch ? t->ng_slot[g] : 0;
+            correct[t->ng_order[g] - 1] += (double)(k < bound ? k : bound);
+        }
+        for (int k = 0; k < BLEU_N; k++) {
+            guess[k] = testlen - k > 0 ? testlen - k : 0;
+            tot_correct[k] += correct[k];
+            tot_guess[k] += guess[k];
+        }
+        tot_test += testlen;
+        tot_ref += reflen;
+        if (out->bleu_per_image) {
+            double b[BLEU_N];
+            bleu_from_counts(correct, guess, testlen, reflen, b);
+            for (int k = 0; k < BLEU_N; k++) out->bleu_per_image[k * n + i] = b[k];
+        }
+    }
+    bleu_from_counts(tot_correct, tot_guess, tot_test, tot_ref, out->bleu);
+    memcpy(out->bleu_correct, tot_correct, sizeof tot_correct);
+    memcpy(out->bleu_guess, tot_guess, sizeof tot_guess);
+    out->bleu_testlen = tot_test;
+    out->bleu_reflen = tot_ref;
+}
+
+/* CIDEr-D as CiderScorer (n = 4, sigma = 6):
+ *   df(g) = number of images whose reference set contains g; w(g) = log N - log(max(1, df(g)));
+ *   v_n(x)[g] = tf_x(g) * w(g) for the n-grams of caption x; len(x) = number of bigrams of x;
+ *   sim_n(c, r) = sum_g min(v_n(c)[g], v_n(r)[g]) * v_n(r)[g] / (|v_n(c)| |v_n(r)|)   (no division if a norm is 0)
+ *                 * e^(-(len(c) - len(r))^2 / (2 sigma^2));
+ *   CIDEr(c) = 10 * mean_n( sum_j sim_n(c, r_j) ) / m;   corpus = mean over images. */
+static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *out) {
+    const int64_t n = c->n_img;
+    void *p;
+    if (!(p = grow(t->ng_df, &t->ng_cap[4], t->n_ng, sizeof *t->ng_df))) goto nomem;
+    t->ng_df = p;
+    if (!(p = grow(t->ng_val, &t->ng_cap[5], t->n_ng, sizeof *t->ng_val))) goto nomem;
+    t->ng_val = p;
+    memset(t->ng_df, 0, t->n_ng * sizeof *t->ng_df);
+
+    /* document frequency: each image adds 1 for every distinct n-gram of its references */
+    uint32_t max_df = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t epoch = ++t->epoch;
+        for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
+            for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
+                uint32_t g = c->gid.data[e];
+                if (t->ng_stamp[g] != epoch) {
+                    t->ng_stamp[g] = epoch;
+                    if (++t->ng_df[g] > max_df) max_df = t->ng_df[g];
+                }
+            }
+        }
+    }
+    if (max_df == 0) /* the toolkit fails here too: max() of its empty document-frequency dict */
+        return ca_error(CA_ERR_VALUE, "CIDEr: every reference caption is empty, the document frequency is undefined");
+
+    /* idf per gram; log N is the toolkit's ref_len */
+    const double log_n = log((double)n);
+    double *idf = malloc(t->n_ng * sizeof *idf);
+    double *norm = malloc((size_t)c->n_cap * CIDER_N * sizeof *norm);
+    if (!idf || !norm) {
+        free(idf); free(norm);
+        goto nomem;
+    }
+    for (size_t g = 0; g < t->n_ng; g++) idf[g] = log_n - log(t->ng_df[g] > 1 ? (double)t->ng_df[g] : 1.0);
+
+    /* L2 norm of each caption's tf-idf vector per order (sum of squares first, then sqrt) */
+    for (int64_t x = 0; x < c->n_cap; x++) {
+        double s[CIDER_N] = {0};
+        for (size_t e = c->ng_start[x]; e < c->ng_start[x + 1]; e++) {
+            uint32_t g = c->gid.data[e];
+            double v = (double)c->cnt.data[e] * idf[g];
+            s[t->ng_order[g] - 1] += v * v;
+        }
+        for (int k = 0; k < CIDER_N; k++) norm[x * CIDER_N + k] = sqrt(s[k]);
+    }
+
+    double total = 0;
+    const double two_sigma2 = 2 * (CIDER_SIGMA * CIDER_SIGMA);
+    for (int64_t i = 0; i < n; i++) {
+        double score[CIDER_N] = {0};
+        size_t lc = c->ws_start[i + 1] - c->ws_start[i];
+        double len_c = lc > 0 ? (double)(lc - 1) : 0; /* number of bigrams */
+        const double *nc = norm + i * CIDER_N;
+        for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
+            uint64_t epoch = ++t->epoch;
+            for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
+                uint32_t g = c->gid.data[e];
+                t->ng_stamp[g] = epoch;
+                t->ng_val[g] = (double)c->cnt.data[e] * idf[g];
+            }
+            size_t lr = c->ws_start[r + 1] - c->ws_start[r];
+            double len_r = lr > 0 ? (double)(lr - 1) : 0;
+            const double *nr = norm + r * CIDER_N;
+            double val[CIDER_N] = {0};
+            for (size_t e = c->ng_start[i]; e < c->ng_start[i + 1]; e++) {
+                uint32_t g = c->gid.data[e];
+                if (t->ng_stamp[g] != epoch) continue; /* v_r[g] = 0: the term is 0 */
+                double vc = (double)c->cnt.data[e] * idf[g], vr = t->ng_val[g];
+                val[t->ng_order[g] - 1] += (vc < vr ? vc : vr) * vr;
+            }
+            double delta = len_c - len_r;
+            double penalty = pow(M_E, -(delta * delta) / two_sigma2); /* the toolkit's np.e ** x */
+            for (int k = 0; k < CIDER_N; k++) {
+                if (nc[k] != 0 && nr[k] != 0) val[k] /= nc[k] * nr[k];
+                score[k] += val[k] * penalty;
+            }
+        }
+        double m = (double)(c->ref_off[i + 1] - c->ref_off[i]);
+        double s = ((score[0] + score[1]) + score[2]) + score[3];
+        double img = s / CIDER_N / m * 10.0;
+        if (out->cider_per_image) out->cider_per_image[i] = img;
+        total += img;
+    }
+    out->cider = total / (double)n;
+    free(idf);
+    free(norm);
+    return CA_OK;
+nomem:
+    return ca_error(CA_ERR_NOMEM, "metrics: out of memory (CIDEr)");
+}
+
+/* Length of the longest common subsequence of a and b (classic DP, one rolling row over b). */
+static uint32_t lcs_length(const uint32_t *a, size_t na, const uint32_t *b, size_t nb, uint32_t *row) {
+    memset(row, 0, (nb + 1) * sizeof *row);
+    for (size_t i = 0; i < na; i++) {
+        uint32_t diag = 0; /* row[j] of the previous i, before it was overwritten */
+        for (size_t j = 1; j <= nb; j++) {
+            uint32_t up = row[j];
+            row[j] = a[i] == b[j - 1] ? diag + 1 : (up > row[j - 1] ? up : row[j - 1]);
+            diag = up;
+        }
+    }
+    return row[nb];
+}
+
+/* ROUGE-L as Rouge.calc_score: P = max_j LCS(c, r_j)/|c|, R = max_j LCS(c, r_j)/|r_j| (maximised separately),
+ * score = (1 + beta^2) P R / (R + beta^2 P) if P and R are non-zero, else 0; corpus = mean over images. */
+static ca_status score_rouge(const corpus *c, ca_caption_scores *out) {
+    const int64_t n = c->n_img;
+    size_t max_len = 0;
+    for (int64_t i = 0; i < n; i++) {
+        size_t l = c->sp_start[i + 1] - c->sp_start[i];
+        if (l > max_len) max_len = l;
+    }
+    uint32_t *row = malloc((max_len + 1) * sizeof *row);
+    if (!row) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (ROUGE-L)");
+    const double beta2 = ROUGE_BETA * ROUGE_BETA;
+    double total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t *cand = c->sp.data + c->sp_start[i];
+        size_t lc = c->sp_start[i + 1] - c->sp_start[i];
+        double p_max = 0, r_max = 0;
+        for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
+            const uint32_t *ref = c->sp.data + c->sp_start[r];
+            size_t lr = c->sp_start[r + 1] - c->sp_start[r];
+            double lcs = (double)lcs_length(ref, lr, cand, lc, row);
+            double prec = lcs / (double)lc, rec = lcs / (double)lr;
+            if (prec > p_max) p_max = prec;
+            if (rec > r_max) r_max = rec;
+        }
+        double score = 0;
+        if (p_max != 0 && r_max != 0) score = ((1 + beta2) * p_max * r_max) / (r_max + beta2 * p_max);
+        if (out->rouge_per_image) out->rouge_per_image[i] = score;
+        total += score;
+    }
+    out->rouge_l = total / (double)n;
+    free(row);
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+
+ca_status ca_caption_metrics(int64_t n_images, const ca_text *cands, const int64_t *ref_offsets, const ca_text *refs,
+                             unsigned metrics, ca_caption_scores *out) {
+    if (n_images <= 0) return ca_error(CA_ERR_VALUE, "metrics: no images to score");
+    if (!cands || !ref_offsets || !refs || !out) return ca_error(CA_ERR_VALUE, "metrics: NULL argument");
+    if (metrics & ~(unsigned)CA_METRIC_ALL) return ca_error(CA_ERR_VALUE, "metrics: unknown metric mask %u", metrics);
+    if (ref_offsets[0] != 0) return ca_error(CA_ERR_VALUE, "metrics: ref_offsets[0] must be 0");
+    for (int64_t i = 0; i < n_images; i++) {
+        if (ref_offsets[i + 1] <= ref_offsets[i])
+            return ca_error(CA_ERR_VALUE, "metrics: image %lld has no reference caption", (long long)i);
+    }
+
+    ca_status st = CA_OK;
+    interner t = {0};
+    corpus c = {0};
+    c.n_img = n_images;
+    c.n_cap = n_images + ref_offsets[n_images];
+    c.ref_off = ref_offsets;
+    const int need_ngrams = (metrics & (CA_METRIC_BLEU | CA_METRIC_CIDER)) != 0;
+    const int need_space = (metrics & CA_METRIC_ROUGE_L) != 0;
+    c.ws_start = calloc((size_t)c.n_cap + 1, sizeof *c.ws_start);
+    c.ng_start = calloc((size_t)c.n_cap + 1, sizeof *c.ng_start);
+    c.sp_start = calloc((size_t)c.n_cap + 1, sizeof *c.sp_start);
+    if (!c.ws_start || !c.ng_start || !c.sp_start) {
+        st = ca_error(CA_ERR_NOMEM, "metrics: out of memory");
+        goto done;
+    }
+
+    for (int64_t x = 0; x < c.n_cap; x++) {
+        ca_text text = x < n_images ? cands[x] : refs[x - n_images];
+        if (!text.ptr && text.len) {
+            st = ca_error(CA_ERR_VALUE, "metrics: caption %lld has a NULL buffer", (long long)x);
+            goto done;
+        }
+        if (!text.ptr) text.ptr = "";
+        if (need_ngrams) {
+            size_t w0 = c.ws.len;
+            if ((st = split_whitespace(&t, text, &c.ws)) != CA_OK) goto done;
+            if ((st = count_ngrams(&t, c.ws.data + w0, c.ws.len - w0, &c.gid, &c.cnt)) != CA_OK) goto done;
+        }
+        if (need_space && (st = split_space(&t, text, &c.sp)) != CA_OK) goto done;
+        c.ws_start[x + 1] = c.ws.len;
+        c.ng_start[x + 1] = c.gid.len;
+        c.sp_start[x + 1] = c.sp.len;
+    }
+
+    if (metrics & CA_METRIC_BLEU) score_bleu(&t, &c, out);
+    if ((metrics & CA_METRIC_CIDER) && (st = score_cider(&t, &c, out)) != CA_OK) goto done;
+    if ((metrics & CA_METRIC_ROUGE_L) && (st = score_rouge(&c, out)) != CA_OK) goto done;
+
+done:
+    free(c.ws_start); free(c.ng_start); free(c.sp_start);
+    free(c.ws.data); free(c.gid.data); free(c.cnt.data); free(c.sp.data);
+    interner_free(&t);
+    return st;
+}

@@ -1,0 +1,95 @@
+"""The ``captionaura`` command line: one function per subcommand, registered in :func:`build_parser`.
+
+    captionaura evaluate --refs annotations.json --results results.json [--out scores.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Sequence
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write `obj` as JSON to `path` through a temporary file in the same folder and ``os.replace``, so readers
+    never see a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a COCO results file against a COCO caption annotation file (BLEU-1..4, CIDEr-D, ROUGE-L)."""
+    import captionaura.metrics as cm
+
+    refs = cm.load_references(args.refs)
+    results = cm.load_results(args.results)
+    if args.images == "results":
+        # the toolkit's example: evaluate the images that have a result
+        missing = [img for img in results if img not in refs]
+        if missing:
+            raise KeyError(f"result for image {missing[0]!r} has no reference caption in {args.refs}")
+        refs = {img: refs[img] for img in results}
+    result = cm.evaluate(refs, results, metrics=args.metrics, tokenize=args.tokenize)
+
+    width = max(len(k) for k in result.scores)
+    for name, value in result.scores.items():
+        print(f"{name:<{width}}  {value:.6f}")
+    print(f"({len(result.per_image)} images)")
+    if args.out:
+        payload = {
+            "scores": result.scores,
+            "per_image": [{"image_id": img, **vals} for img, vals in result.per_image.items()],
+        }
+        write_json_atomic(args.out, payload)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captionaura", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__)
+    ev.add_argument("--refs", required=True, help="COCO caption annotation JSON ({'annotations': [...]})")
+    ev.add_argument("--results", required=True, help="results JSON: [{'image_id': .., 'caption': ..}, ...]")
+    ev.add_argument("--out", help="write scores and per-image values to this JSON file (atomically)")
+    ev.add_argument("--tokenize", choices=("ptb", "none"), default="ptb",
+                    help="ptb: the toolkit's PTB tokenizer on raw captions (default); none: already tokenised")
+    ev.add_argument("--metrics", nargs="+", choices=("Bleu", "CIDEr", "ROUGE_L"), default=["Bleu", "CIDEr", "ROUGE_L"])
+    ev.add_argument("--images", choices=("results", "all"), default="results",
+                    help="results: score the images that have a result (default); all: every annotated image "
+                    "must have exactly one result")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``captionaura`` script and ``python -m captionaura``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"captionaura {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""captionaura.ptb against the real toolkit tokenizer: pycocoevalcap's PTBTokenizer, which runs the
+stanford-corenlp-3.4.1 jar shipped in the package with Java.
+
+Captions are generated from fragments covering what caption data contains (unicode letters, hashtags,
+@handles, emoji inside and outside the BMP, brackets, clitics, quotes, punctuation runs, numbers, fractions,
+U+00A0, abbreviations, URLs, smileys), glued with and without spaces and with random capitalisation, so the
+lexer's longest-match and look-ahead rules (including across captions of one batch) are exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import pytest
+
+from captionaura import ptb
+
+N_CAPTIONS = 12_000
+
+WORDS = (
+    "a an the man woman dog cat dogs people group of on in at with and is are sitting standing riding "
+    "large small red white black-and-white t-shirt hot-dog ski b-52 and/or ft/s 24/7 colour grey "
+    "café naïve Straße über Ångström façade jalapeño piñata résumé ΣΑΣ Ελλάδα москва 東京 日本語 "
+    "cannot gonna gotta wanna lemme gimme o'clock rock'n'roll y'all ma'am don't can't won't isn't "
+    "it's man's boss's kids' they're we've I'll he'd 'tis 'twas C++ c# "
+    "Mr. Mrs. Dr. St. Mt. Ft. vs. etc. e.g. i.e. U.S. u.s. a.m. p.m. Inc. Corp. Jan. Calif. Wash. wash. "
+    "No. 5 fig. 3 ca. 1900 Pty. Ltd. Co. Ltd "
+    "3.5 1,000 10:30 2-3 1/2 2 1/2 12/25/2020 50% $5 US$ 5 €5 £5 ¢5 ¥5 ½ ¼ ⅔ ² 555 1234 (650) 555-1234 "
+    "#sunset #love2020 #café #23 @john_doe @Ab @1a # @ "
+    "http://x.com/a?b=c www.example.org/path foo.com mail@example.com photo.jpg file.txt "
+    ":) :-( ;) =D ^_^ (--) =_- <3 <b> </i> <br/> "
+    "( ) [ ] { } -LRB- \" ' ` '' `` “ ” ‘ ’ « » ‹ › „ "
+    ". , ; : ! ? !!! ?! ... .. .... … -- --- - – — & &amp; &lt; &quot; &nbsp; * / + = < > ~ ^ | \\ _ © ° ±"
+).split(" ")
+EMOJI = ["😀", "🔥", "👍", "👍🏽", "🇺🇸", "❤️", "☀", "★", "✓", "☺️", "x\u200dy", "\u00a9", "\ufe0f"]
+SPACES = [" "] * 12 + ["", "  ", "\u00a0", "\t", " \u00a0"]
+
+
+def make_caption(rng: random.Random) -> str:
+    n = rng.randint(0, 14)
+    parts = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.1:
+            w = rng.choice(EMOJI)
+        elif r < 0.15:
+            w = str(rng.randint(0, 99999)) if rng.random() < 0.5 else f"{rng.randint(0, 99)}.{rng.randint(0, 99)}"
+        else:
+            w = rng.choice(WORDS)
+        c = rng.random()
+        if c < 0.15:
+            w = w.capitalize()
+        elif c < 0.2:
+            w = w.upper()
+        parts.append(w)
+        parts.append(rng.choice(SPACES))
+    s = "".join(parts)
+    if rng.random() < 0.3:
+        s = s.rstrip() + rng.choice([".", "!", "?", "...", " .", "!!", ":)"])
+    if rng.random() < 0.05:
+        s = s.replace(" ", "\n", 1)  # the toolkit replaces "\n" inside a caption with a space
+    return s
+
+
+def java_tokenize(captions: list[str]) -> list[str]:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
+    return [out[i][0] for i in range(len(captions))]
+
+
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None,
+    reason="java is not installed: the toolkit's PTBTokenizer (stanford-corenlp-3.4.1.jar) cannot run "
+    "(make system-deps installs default-jre-headless)",
+)
+
+
+@needs_java
+def test_generated_captions_equal_java_ptbtokenizer():
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(1234)
+    captions = [make_caption(rng) for _ in range(N_CAPTIONS)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+def test_worked_examples_and_batch_context_equal_java():
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    captions = [
+        "A man's dog (brown) is running -- on the beach...",
+        '"Hello," she said; it\'s 3.5 ft/s!',
+        "#sunset #love2020 @john_doe 😀🔥 ❤️ ★ café",
+        "A sign that says Wash.",
+        "the letter b.",
+        "A dog",
+        "the letter b.",
+        "Two dogs",
+        "Person at desk :)",
+        "2 1/2 cups",
+        "etc.",
+        "the letter b.",
+        "Person at desk :)",
+    ]
+    assert ptb.tokenize_batch(captions) == java_tokenize(captions)
+
+
+def test_worked_examples_from_the_spec():
+    # cocoeval.md section 2.4, tokenised as one batch (no Java needed)
+    cases = {
+        "A man's dog (brown) is running -- on the beach...": "a man 's dog -lrb- brown -rrb- is running on the beach",
+        "Two people don't like the colour grey & black-and-white photos": "two people do n't like the colour grey & black-and-white photos",
+        "A cat!!! Wow?!": "a cat !!! wow ?!",
+        "#sunset #love2020 @john_doe 😀🔥 ❤️ ★ café": "#sunset #love 2020 @john_doe ❤ ★ café",
+        "He is gonna eat a hot-dog, and I wanna go.": "he is gon na eat a hot-dog and i wan na go",
+        "You cannot park here.": "you can not park here",
+        "The kids' toys, the boss's desk": "the kids toys the boss 's desk",
+        "“Nice” photo of a ‘cat’": "nice photo of a cat",
+        "Cost is €5 or £5 or ¢5": "cost is $ 5 or # 5 or cents 5",
+        "it can't go [fast] {slow} 50% $5 ½": "it ca n't go -lsb- fast -rsb- -lcb- slow -rcb- 50 % $ 5 1/2",
+        "2 1/2 cups": "2\u00a01/2 cups",
+        "US$ 5 and A.T.&T. and AT&T": "us$ 5 and a.t. & t. and at&t",
+    }
+    assert ptb.tokenize_batch(list(cases)) == list(cases.values())
+    # batch context: the next caption decides whether "b." keeps its period, and a final ":)" loses its ":"
+    assert ptb.tokenize_batch(["The letter b.", "A dog"]) == ["the letter b", "a dog"]
+    assert ptb.tokenize_batch(["The letter b."]) == ["the letter b."]
+    assert ptb.tokenize_batch(["Person at desk :)", "x"])[0] == "person at desk :-rrb-"
+    assert ptb.tokenize_batch(["Person at desk :)"]) == ["person at desk -rrb-"]
