@@ -302,3 +302,17 @@ def test_peft_features_we_do_not_implement_are_refused():
         ca.LoraConfig(r=2, target_modules=["w1"], bias="all")
     with pytest.raises(NotImplementedError):
         ca.LoraConfig.from_dict({"peft_type": "LORA", "r": 2, "target_modules": ["w1"], "use_dora": True})
+
+
+def test_cli_merge_writes_a_plain_checkpoint(tmp_path):
+    from captionaura.cli import main
+
+    folder = REFERENCE / "lora" / "untied_rslora_regex"
+    assert main(["merge", "--base", str(REFERENCE / "lfm2" / "untied"), "--adapter", str(folder / "adapter"),
+                 "--out", str(tmp_path)]) == 0
+    merged = ca.Lfm2Model.from_pretrained(tmp_path)
+    theirs = ca.Lfm2Model.from_pretrained(folder / "merged")
+    for name, value in theirs.parameters().items():
+        np.testing.assert_allclose(merged.parameters()[name], value, atol=1e-6, rtol=0, err_msg=name)
+    assert main(["merge", "--base", str(REFERENCE / "lfm2" / "mixed"), "--adapter", str(folder / "adapter"),
+                 "--out", str(tmp_path / "x")]) == 2  # an adapter for another model: a clean error
