@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from typing import Sequence
 
 from captionaura._io import write_json_atomic

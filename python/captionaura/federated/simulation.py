@@ -27,7 +27,7 @@ from captionaura.federated.secagg import SecAggConfig, run_round as secagg_run_r
 from captionaura.federated.strategies import FedAvg, FedProx, Strategy, proximal_term
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
-from captionaura.optim import AdamW, AdamWConfig
+from captionaura.optim import AdamWConfig
 from captionaura.trainer import Example, collate
 
 LORA_AGGREGATION = ("naive", "ffa", "exact")
