@@ -70,6 +70,16 @@ static inline size_t py_space_len(const unsigned char *p, const unsigned char *e
 /* ------------------------------------------------------------------------------------------------------ */
 /* interning of tokens (byte strings) and n-grams (up to 4 token ids)                                     */
 
+/* Per-caption n-gram lists store (gram id, count | order << 28): the order travels with the entry so the
+ * scorers do not touch a per-gram array for it. */
+#define LIST_ORDER_SHIFT 28
+#define LIST_COUNT_MASK 0x0FFFFFFFu
+
+typedef struct {
+    uint32_t stamp; /* epoch of the caption or image that last wrote aux */
+    uint32_t aux;
+} gram_mark;
+
 typedef struct {
     /* tokens: slot -> id + 1 (0 = empty); per id its bytes and hash */
     uint32_t *tok_slots;
@@ -78,23 +88,24 @@ typedef struct {
     uint32_t *tok_len;
     uint64_t *tok_hash;
     size_t n_tok, tok_cap, tok_cap2, tok_cap3;
-    /* n-grams: slot -> id + 1; per id its packed key (2 x uint64), order (1..4) and scratch columns */
-    uint32_t *ng_slots;
+    /* n-grams: open-addressing slots (key, id); per id its key, order (1..4) and scratch columns */
+    struct ngram_slot_ *ng_slots;
     size_t ng_mask;
     uint64_t *ng_key;
-    uint8_t *ng_order;
-    uint64_t *ng_stamp; /* epoch stamps for the per-caption / per-image scratch columns below */
-    uint32_t *ng_slot;  /* scratch: position in the current list, or a max count */
+    gram_mark *ng_mark; /* scratch per gram: epoch stamp + position in the current list or a max count */
     double *ng_val;     /* scratch: a tf-idf value of the current reference */
     uint32_t *ng_df;    /* CIDEr document frequency */
     size_t n_ng, ng_cap[7];
-    uint64_t epoch;
+    uint32_t epoch;
+    uint64_t *scratch; /* keys, hashes and previous-order ids of the caption being counted */
+    size_t scratch_cap;
+    uint32_t *unigram; /* token id -> gram id of its unigram (UINT32_MAX: not yet interned) */
 } interner;
 
 static void interner_free(interner *t) {
     free(t->tok_slots); free(t->tok_ptr); free(t->tok_len); free(t->tok_hash);
-    free(t->ng_slots); free(t->ng_key); free(t->ng_order); free(t->ng_stamp); free(t->ng_slot);
-    free(t->ng_val); free(t->ng_df);
+    free(t->ng_slots); free(t->ng_key); free(t->ng_mark);
+    free(t->ng_val); free(t->ng_df); free(t->scratch); free(t->unigram);
 }
 
 /* Returns the id of token bytes [p, p+n), inserting it when new; UINT32_MAX on allocation failure. */
@@ -137,50 +148,71 @@ static uint32_t intern_token(interner *t, const char *p, size_t n) {
     return id;
 }
 
-static inline uint64_t ngram_hash(uint64_t a, uint64_t b) { return mix64(a ^ mix64(b + 0x9e3779b97f4a7c15ULL)); }
+/* N-gram keys are chained: the key of a k-gram is (gram id of its first k-1 tokens) << 32 | last token id,
+ * and a unigram's prefix is the marker UNIGRAM_PREFIX. Keys are exact and fit 64 bits whatever the
+ * vocabulary, so a table slot holds the whole key next to the id: one (prefetched) cache line per lookup. */
+#define UNIGRAM_PREFIX 0xFFFFFFFFULL
 
-/* Returns the gram id of the k-gram starting at w (k in 1..4), inserting it when new; UINT32_MAX on failure.
- * The key is exact: ids + 1 packed as four 32-bit lanes, 0 for the lanes beyond k. */
-static uint32_t intern_ngram(interner *t, const uint32_t *w, int k) {
-    uint64_t lane[4] = {0, 0, 0, 0};
-    for (int i = 0; i < k; i++) lane[i] = (uint64_t)w[i] + 1;
-    uint64_t a = lane[0] | lane[1] << 32, b = lane[2] | lane[3] << 32;
-    uint64_t h = ngram_hash(a, b);
-    if ((t->n_ng + 1) * 2 > t->ng_mask + 1) {
-        size_t new_size = t->ng_mask ? (t->ng_mask + 1) * 2 : 4096;
-        uint32_t *s = calloc(new_size, sizeof *s);
-        if (!s) return UINT32_MAX;
-        for (size_t id = 0; id < t->n_ng; id++) {
-            size_t j = ngram_hash(t->ng_key[2 * id], t->ng_key[2 * id + 1]) & (new_size - 1);
-            while (s[j]) j = (j + 1) & (new_size - 1);
-            s[j] = (uint32_t)id + 1;
-        }
-        free(t->ng_slots);
-        t->ng_slots = s;
-        t->ng_mask = new_size - 1;
+typedef struct ngram_slot_ {
+    uint64_t key;
+    uint32_t id1; /* id + 1, 0 = empty */
+    uint32_t pad;
+} ngram_slot;
+
+static int ngram_table_resize(interner *t, size_t size) {
+    ngram_slot *s = calloc(size, sizeof *s);
+    if (!s) return -1;
+    for (size_t id = 0; id < t->n_ng; id++) {
+        size_t j = mix64(t->ng_key[id]) & (size - 1);
+        while (s[j].id1) j = (j + 1) & (size - 1);
+        s[j].key = t->ng_key[id];
+        s[j].id1 = (uint32_t)id + 1;
     }
+    free(t->ng_slots);
+    t->ng_slots = s;
+    t->ng_mask = size - 1;
+    return 0;
+}
+
+/* Sizes the per-gram columns for up to `n` distinct n-grams so the counting pass never reallocates them.
+ * The slot table starts for ~n/16 distinct n-grams (typical of caption sets) and grows: sizing it for the
+ * worst case makes it too large for the caches. */
+static int ngram_reserve(interner *t, size_t n) {
+    size_t size = 4096;
+    while (size < n / 8) size *= 2;
+    if (size > t->ng_mask + 1 && ngram_table_resize(t, size)) return -1;
+    void *p;
+    if (!(p = grow(t->ng_key, &t->ng_cap[0], n, sizeof *t->ng_key))) return -1;
+    t->ng_key = p;
+    if (!(p = grow(t->ng_mark, &t->ng_cap[1], n, sizeof *t->ng_mark))) return -1;
+    t->ng_mark = p;
+    return 0;
+}
+
+/* Returns the gram id of `key` (hash h, order k), inserting it when new; UINT32_MAX on failure.
+ * Linear probing at load <= 1/2. */
+static uint32_t intern_ngram(interner *t, uint64_t key, uint64_t h, int k) {
     size_t j = h & t->ng_mask;
-    for (uint32_t e; (e = t->ng_slots[j]) != 0; j = (j + 1) & t->ng_mask) {
-        uint32_t id = e - 1;
-        if (t->ng_key[2 * id] == a && t->ng_key[2 * id + 1] == b) return id;
+    for (ngram_slot *e; (e = &t->ng_slots[j])->id1 != 0; j = (j + 1) & t->ng_mask) {
+        if (e->key == key) return e->id1 - 1;
     }
     if (t->n_ng >= UINT32_MAX - 2) return UINT32_MAX;
+    if ((t->n_ng + 1) * 2 > t->ng_mask + 1) {
+        if (ngram_table_resize(t, (t->ng_mask + 1) * 2)) return UINT32_MAX;
+        j = h & t->ng_mask;
+        while (t->ng_slots[j].id1) j = (j + 1) & t->ng_mask;
+    }
     size_t need = t->n_ng + 1;
     void *p;
-    if (!(p = grow(t->ng_key, &t->ng_cap[0], 2 * need, sizeof *t->ng_key))) return UINT32_MAX;
+    if (!(p = grow(t->ng_key, &t->ng_cap[0], need, sizeof *t->ng_key))) return UINT32_MAX;
     t->ng_key = p;
-    if (!(p = grow(t->ng_order, &t->ng_cap[1], need, sizeof *t->ng_order))) return UINT32_MAX;
-    t->ng_order = p;
-    if (!(p = grow(t->ng_stamp, &t->ng_cap[2], need, sizeof *t->ng_stamp))) return UINT32_MAX;
-    t->ng_stamp = p;
-    if (!(p = grow(t->ng_slot, &t->ng_cap[3], need, sizeof *t->ng_slot))) return UINT32_MAX;
-    t->ng_slot = p;
+    if (!(p = grow(t->ng_mark, &t->ng_cap[1], need, sizeof *t->ng_mark))) return UINT32_MAX;
+    t->ng_mark = p;
     uint32_t id = (uint32_t)t->n_ng++;
-    t->ng_key[2 * id] = a;
-    t->ng_key[2 * id + 1] = b;
-    t->ng_order[id] = (uint8_t)k;
-    t->ng_stamp[id] = 0;
-    t->ng_slots[j] = id + 1;
+    t->ng_key[id] = key;
+    t->ng_mark[id].stamp = 0;
+    t->ng_slots[j].key = key;
+    t->ng_slots[j].id1 = id + 1;
     return id;
 }
 
@@ -233,20 +265,48 @@ static ca_status split_space(interner *t, ca_text text, u32_vec *out) {
 }
 
 /* Appends the (gram id, count) list of one caption's 1..4-grams, in the order the toolkit's precook()
- * inserts them into its dict: all unigrams left to right, then bigrams, ... */
+ * inserts them into its dict: all unigrams left to right, then bigrams, ... Each order is done in two
+ * passes over the caption: keys + prefetch of their slots, then the lookups, so the cache misses overlap. */
 static ca_status count_ngrams(interner *t, const uint32_t *w, size_t len, u32_vec *gid, u32_vec *cnt) {
-    uint64_t epoch = ++t->epoch;
+    uint32_t epoch = ++t->epoch;
     size_t base = gid->len;
-    for (int k = 1; k <= BLEU_N; k++) {
-        for (size_t i = 0; i + (size_t)k <= len; i++) {
-            uint32_t g = intern_ngram(t, w + i, k);
-            if (g == UINT32_MAX) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
-            if (t->ng_stamp[g] != epoch) {
-                t->ng_stamp[g] = epoch;
-                t->ng_slot[g] = (uint32_t)(gid->len - base);
-                if (u32_push(gid, g) || u32_push(cnt, 1)) return ca_error(CA_ERR_NOMEM, "metrics: out of memory");
+    if (len >= LIST_COUNT_MASK) return ca_error(CA_ERR_VALUE, "metrics: a caption has too many tokens (%zu)", len);
+    if (t->scratch_cap < 3 * len) {
+        void *p = grow(t->scratch, &t->scratch_cap, 3 * len, sizeof *t->scratch);
+        if (!p) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
+        t->scratch = p;
+    }
+    uint64_t *keys = t->scratch, *hashes = t->scratch + len, *prev = t->scratch + 2 * len; /* prev: (k-1)-gram ids */
+    for (int k = 1; k <= BLEU_N && (size_t)k <= len; k++) {
+        size_t n = len - (size_t)k + 1;
+        if (k > 1) {
+            for (size_t i = 0; i < n; i++) {
+                keys[i] = prev[i] << 32 | w[i + (size_t)k - 1];
+                hashes[i] = mix64(keys[i]);
+                __builtin_prefetch(&t->ng_slots[hashes[i] & t->ng_mask]);
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            uint32_t g;
+            if (k == 1) { /* unigrams: a direct map from the token id, interned once */
+                g = t->unigram[w[i]];
+                if (g == UINT32_MAX) {
+                    uint64_t key = UNIGRAM_PREFIX << 32 | w[i];
+                    g = t->unigram[w[i]] = intern_ngram(t, key, mix64(key), 1);
+                }
             } else {
-                cnt->data[base + t->ng_slot[g]] += 1;
+                g = intern_ngram(t, keys[i], hashes[i], k);
+            }
+            if (g == UINT32_MAX) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
+            prev[i] = g;
+            gram_mark *mk = &t->ng_mark[g];
+            if (mk->stamp != epoch) {
+                mk->stamp = epoch;
+                mk->aux = (uint32_t)(gid->len - base);
+                if (u32_push(gid, g) || u32_push(cnt, 1u | (uint32_t)k << LIST_ORDER_SHIFT))
+                    return ca_error(CA_ERR_NOMEM, "metrics: out of memory");
+            } else {
+                cnt->data[base + mk->aux] += 1;
             }
         }
     }
@@ -288,7 +348,7 @@ static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
     double tot_correct[BLEU_N] = {0}, tot_guess[BLEU_N] = {0}, tot_test = 0, tot_ref = 0;
     for (int64_t i = 0; i < n; i++) {
         /* max count of each n-gram over the references (clipping bound), stamped for this image */
-        uint64_t epoch = ++t->epoch;
+        uint32_t epoch = ++t->epoch;
         double testlen = (double)(c->ws_start[i + 1] - c->ws_start[i]);
         double reflen = 0, best_diff = INFINITY;
         for (int64_t r = c->n_img + c->ref_off[i]; r < c->n_img + c->ref_off[i + 1]; r++) {
@@ -297,16 +357,18 @@ static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
             double diff = fabs(len - testlen);
             if (diff < best_diff || (diff == best_diff && len < reflen)) best_diff = diff, reflen = len;
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
-                uint32_t g = c->gid.data[e], k = c->cnt.data[e];
-                if (t->ng_stamp[g] != epoch) t->ng_stamp[g] = epoch, t->ng_slot[g] = k;
-                else if (k > t->ng_slot[g]) t->ng_slot[g] = k;
+                uint32_t k = c->cnt.data[e] & LIST_COUNT_MASK;
+                gram_mark *mk = &t->ng_mark[c->gid.data[e]];
+                if (mk->stamp != epoch) mk->stamp = epoch, mk->aux = k;
+                else if (k > mk->aux) mk->aux = k;
             }
         }
         double correct[BLEU_N] = {0}, guess[BLEU_N];
         for (size_t e = c->ng_start[i]; e < c->ng_start[i + 1]; e++) {
-            uint32_t g = c->gid.data[e], k = c->cnt.data[e];
-            uint32_t bound = t->ng_stamp[g] == epoch ? t->ng_slot[g] : 0;
-            correct[t->ng_order[g] - 1] += (double)(k < bound ? k : bound);
+            uint32_t k = c->cnt.data[e] & LIST_COUNT_MASK, order = c->cnt.data[e] >> LIST_ORDER_SHIFT;
+            const gram_mark *mk = &t->ng_mark[c->gid.data[e]];
+            uint32_t bound = mk->stamp == epoch ? mk->aux : 0;
+            correct[order - 1] += (double)(k < bound ? k : bound);
         }
         for (int k = 0; k < BLEU_N; k++) {
             guess[k] = testlen - k > 0 ? testlen - k : 0;
@@ -346,12 +408,12 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
     /* document frequency: each image adds 1 for every distinct n-gram of its references */
     uint32_t max_df = 0;
     for (int64_t i = 0; i < n; i++) {
-        uint64_t epoch = ++t->epoch;
+        uint32_t epoch = ++t->epoch;
         for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
                 uint32_t g = c->gid.data[e];
-                if (t->ng_stamp[g] != epoch) {
-                    t->ng_stamp[g] = epoch;
+                if (t->ng_mark[g].stamp != epoch) {
+                    t->ng_mark[g].stamp = epoch;
                     if (++t->ng_df[g] > max_df) max_df = t->ng_df[g];
                 }
             }
@@ -375,8 +437,8 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
         double s[CIDER_N] = {0};
         for (size_t e = c->ng_start[x]; e < c->ng_start[x + 1]; e++) {
             uint32_t g = c->gid.data[e];
-            double v = (double)c->cnt.data[e] * idf[g];
-            s[t->ng_order[g] - 1] += v * v;
+            double v = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g];
+            s[(c->cnt.data[e] >> LIST_ORDER_SHIFT) - 1] += v * v;
         }
         for (int k = 0; k < CIDER_N; k++) norm[x * CIDER_N + k] = sqrt(s[k]);
     }
@@ -389,11 +451,11 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
         double len_c = lc > 0 ? (double)(lc - 1) : 0; /* number of bigrams */
         const double *nc = norm + i * CIDER_N;
         for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
-            uint64_t epoch = ++t->epoch;
+            uint32_t epoch = ++t->epoch;
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
                 uint32_t g = c->gid.data[e];
-                t->ng_stamp[g] = epoch;
-                t->ng_val[g] = (double)c->cnt.data[e] * idf[g];
+                t->ng_mark[g].stamp = epoch;
+                t->ng_val[g] = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g];
             }
             size_t lr = c->ws_start[r + 1] - c->ws_start[r];
             double len_r = lr > 0 ? (double)(lr - 1) : 0;
@@ -401,9 +463,9 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
             double val[CIDER_N] = {0};
             for (size_t e = c->ng_start[i]; e < c->ng_start[i + 1]; e++) {
                 uint32_t g = c->gid.data[e];
-                if (t->ng_stamp[g] != epoch) continue; /* v_r[g] = 0: the term is 0 */
-                double vc = (double)c->cnt.data[e] * idf[g], vr = t->ng_val[g];
-                val[t->ng_order[g] - 1] += (vc < vr ? vc : vr) * vr;
+                if (t->ng_mark[g].stamp != epoch) continue; /* v_r[g] = 0: the term is 0 */
+                double vc = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g], vr = t->ng_val[g];
+                val[(c->cnt.data[e] >> LIST_ORDER_SHIFT) - 1] += (vc < vr ? vc : vr) * vr;
             }
             double delta = len_c - len_r;
             double penalty = pow(M_E, -(delta * delta) / two_sigma2); /* the toolkit's np.e ** x */
@@ -483,6 +545,8 @@ ca_status ca_caption_metrics(int64_t n_images, const ca_text *cands, const int64
     if (!cands || !ref_offsets || !refs || !out) return ca_error(CA_ERR_VALUE, "metrics: NULL argument");
     if (metrics & ~(unsigned)CA_METRIC_ALL) return ca_error(CA_ERR_VALUE, "metrics: unknown metric mask %u", metrics);
     if (ref_offsets[0] != 0) return ca_error(CA_ERR_VALUE, "metrics: ref_offsets[0] must be 0");
+    if (n_images + ref_offsets[n_images] > 1000000000) /* keeps the 32-bit epoch counters from wrapping */
+        return ca_error(CA_ERR_VALUE, "metrics: more than 10^9 captions in one call");
     for (int64_t i = 0; i < n_images; i++) {
         if (ref_offsets[i + 1] <= ref_offsets[i])
             return ca_error(CA_ERR_VALUE, "metrics: image %lld has no reference caption", (long long)i);
@@ -511,15 +575,29 @@ ca_status ca_caption_metrics(int64_t n_images, const ca_text *cands, const int64
             goto done;
         }
         if (!text.ptr) text.ptr = "";
-        if (need_ngrams) {
-            size_t w0 = c.ws.len;
-            if ((st = split_whitespace(&t, text, &c.ws)) != CA_OK) goto done;
-            if ((st = count_ngrams(&t, c.ws.data + w0, c.ws.len - w0, &c.gid, &c.cnt)) != CA_OK) goto done;
-        }
+        if (need_ngrams && (st = split_whitespace(&t, text, &c.ws)) != CA_OK) goto done;
         if (need_space && (st = split_space(&t, text, &c.sp)) != CA_OK) goto done;
         c.ws_start[x + 1] = c.ws.len;
-        c.ng_start[x + 1] = c.gid.len;
         c.sp_start[x + 1] = c.sp.len;
+    }
+    if (need_ngrams) {
+        /* at most 4 n-grams per token: reserve once, then count caption by caption */
+        size_t bound = BLEU_N * c.ws.len + 1;
+        void *p1 = grow(c.gid.data, &c.gid.cap, bound, sizeof *c.gid.data);
+        if (p1) c.gid.data = p1;
+        void *p2 = grow(c.cnt.data, &c.cnt.cap, bound, sizeof *c.cnt.data);
+        if (p2) c.cnt.data = p2;
+        t.unigram = malloc((t.n_tok + 1) * sizeof *t.unigram);
+        if (!p1 || !p2 || !t.unigram || ngram_reserve(&t, bound)) {
+            st = ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
+            goto done;
+        }
+        memset(t.unigram, 0xFF, (t.n_tok + 1) * sizeof *t.unigram);
+        for (int64_t x = 0; x < c.n_cap; x++) {
+            const uint32_t *w = c.ws.data + c.ws_start[x];
+            if ((st = count_ngrams(&t, w, c.ws_start[x + 1] - c.ws_start[x], &c.gid, &c.cnt)) != CA_OK) goto done;
+            c.ng_start[x + 1] = c.gid.len;
+        }
     }
 
     if (metrics & CA_METRIC_BLEU) score_bleu(&t, &c, out);
