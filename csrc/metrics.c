@@ -234,13 +234,21 @@ static inline int u32_push(u32_vec *v, uint32_t x) {
     return 0;
 }
 
-/* Appends the token ids of `text` split like Python's str.split() (runs of Unicode whitespace). */
-static ca_status split_whitespace(interner *t, ca_text text, u32_vec *out) {
+/* Appends the token ids of `text` split like Python's str.split() (runs of Unicode whitespace). Sets
+ * *single_spaced when every separator is exactly one ASCII space between two tokens (then str.split(" ")
+ * gives the same tokens). */
+static ca_status split_whitespace(interner *t, ca_text text, u32_vec *out, int *single_spaced) {
     const unsigned char *p = (const unsigned char *)text.ptr, *end = p + text.len;
+    *single_spaced = text.len > 0;
     while (p < end) {
         size_t s;
+        const unsigned char *sep = p;
         while (p < end && (s = py_space_len(p, end)) != 0) p += s;
-        if (p >= end) break;
+        if (p != sep && (p - sep != 1 || *sep != ' ' || sep == (const unsigned char *)text.ptr)) *single_spaced = 0;
+        if (p >= end) {
+            if (p != sep) *single_spaced = 0;
+            break;
+        }
         const unsigned char *start = p;
         while (p < end && py_space_len(p, end) == 0) p++;
         uint32_t id = intern_token(t, (const char *)start, (size_t)(p - start));
@@ -264,58 +272,6 @@ static ca_status split_space(interner *t, ca_text text, u32_vec *out) {
     return CA_OK;
 }
 
-/* Appends the (gram id, count) list of one caption's 1..4-grams, in the order the toolkit's precook()
- * inserts them into its dict: all unigrams left to right, then bigrams, ... Each order is done in two
- * passes over the caption: keys + prefetch of their slots, then the lookups, so the cache misses overlap. */
-static ca_status count_ngrams(interner *t, const uint32_t *w, size_t len, u32_vec *gid, u32_vec *cnt) {
-    uint32_t epoch = ++t->epoch;
-    size_t base = gid->len;
-    if (len >= LIST_COUNT_MASK) return ca_error(CA_ERR_VALUE, "metrics: a caption has too many tokens (%zu)", len);
-    if (t->scratch_cap < 3 * len) {
-        void *p = grow(t->scratch, &t->scratch_cap, 3 * len, sizeof *t->scratch);
-        if (!p) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
-        t->scratch = p;
-    }
-    uint64_t *keys = t->scratch, *hashes = t->scratch + len, *prev = t->scratch + 2 * len; /* prev: (k-1)-gram ids */
-    for (int k = 1; k <= BLEU_N && (size_t)k <= len; k++) {
-        size_t n = len - (size_t)k + 1;
-        if (k > 1) {
-            for (size_t i = 0; i < n; i++) {
-                keys[i] = prev[i] << 32 | w[i + (size_t)k - 1];
-                hashes[i] = mix64(keys[i]);
-                __builtin_prefetch(&t->ng_slots[hashes[i] & t->ng_mask]);
-            }
-        }
-        for (size_t i = 0; i < n; i++) {
-            uint32_t g;
-            if (k == 1) { /* unigrams: a direct map from the token id, interned once */
-                g = t->unigram[w[i]];
-                if (g == UINT32_MAX) {
-                    uint64_t key = UNIGRAM_PREFIX << 32 | w[i];
-                    g = t->unigram[w[i]] = intern_ngram(t, key, mix64(key), 1);
-                }
-            } else {
-                g = intern_ngram(t, keys[i], hashes[i], k);
-            }
-            if (g == UINT32_MAX) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
-            prev[i] = g;
-            gram_mark *mk = &t->ng_mark[g];
-            if (mk->stamp != epoch) {
-                mk->stamp = epoch;
-                mk->aux = (uint32_t)(gid->len - base);
-                if (u32_push(gid, g) || u32_push(cnt, 1u | (uint32_t)k << LIST_ORDER_SHIFT))
-                    return ca_error(CA_ERR_NOMEM, "metrics: out of memory");
-            } else {
-                cnt->data[base + mk->aux] += 1;
-            }
-        }
-    }
-    return CA_OK;
-}
-
-/* ------------------------------------------------------------------------------------------------------ */
-/* the scorers                                                                                            */
-
 typedef struct {
     int64_t n_img, n_cap;
     const int64_t *ref_off;
@@ -324,6 +280,134 @@ typedef struct {
     size_t *sp_start; /* [n_cap + 1] into sp.data: token ids of str.split(" ") */
     u32_vec ws, gid, cnt, sp;
 } corpus;
+
+/* Builds every caption's (gram id, count | order << 28) list, in the order the toolkit's precook() inserts
+ * n-grams into its dict: all unigrams left to right, then bigrams, ...
+ *
+ * The work runs order by order over the whole corpus rather than caption by caption: the k-gram at token
+ * position p is keyed by the (k-1)-gram id at p (kept in pos_gid, updated in place) and the k-th token, so
+ * all k-grams of the corpus are independent lookups. They go through the table in chunks: keys, hashes and
+ * slot prefetches for a chunk first, then the lookups, then the per-gram marks are prefetched before the
+ * per-caption de-duplication. This overlaps the cache misses of a table far larger than the caches.
+ * Each caption writes into its own region of gid/cnt (sized for its distinct n-grams at most), compacted at
+ * the end. */
+#define NGRAM_CHUNK 64
+
+static ca_status count_all_ngrams(interner *t, corpus *c) {
+    const int64_t n_cap = c->n_cap;
+    const uint32_t *w = c->ws.data;
+    size_t n_pos = c->ws.len;
+    size_t *region = malloc(((size_t)n_cap + 1) * sizeof *region); /* start of each caption's region */
+    size_t *fill = calloc((size_t)n_cap, sizeof *fill);             /* entries written so far */
+    uint32_t *pos_gid = malloc((n_pos + 1) * sizeof *pos_gid);
+    ca_status st = CA_OK;
+    if (!region || !fill || !pos_gid) goto nomem;
+    region[0] = 0;
+    for (int64_t x = 0; x < n_cap; x++) {
+        size_t len = c->ws_start[x + 1] - c->ws_start[x], r = 0;
+        if (len >= LIST_COUNT_MASK) {
+            st = ca_error(CA_ERR_VALUE, "metrics: a caption has too many tokens (%zu)", len);
+            goto out;
+        }
+        for (size_t k = 1; k <= BLEU_N && k <= len; k++) r += len - k + 1;
+        region[x + 1] = region[x] + r;
+    }
+    void *p;
+    if (!(p = grow(c->gid.data, &c->gid.cap, region[n_cap] + 1, sizeof *c->gid.data))) goto nomem;
+    c->gid.data = p;
+    if (!(p = grow(c->cnt.data, &c->cnt.cap, region[n_cap] + 1, sizeof *c->cnt.data))) goto nomem;
+    c->cnt.data = p;
+    if (!(t->unigram = malloc((t->n_tok + 1) * sizeof *t->unigram)) || ngram_reserve(t, region[n_cap] + 1)) goto nomem;
+    memset(t->unigram, 0xFF, (t->n_tok + 1) * sizeof *t->unigram);
+
+    for (int k = 1; k <= BLEU_N; k++) {
+        uint64_t keys[NGRAM_CHUNK], hashes[NGRAM_CHUNK];
+        uint32_t gids[NGRAM_CHUNK];
+        size_t where[NGRAM_CHUNK];  /* token position of each chunk item */
+        int64_t owner[NGRAM_CHUNK]; /* caption of each chunk item */
+        int m = 0;
+        int64_t cur = -1; /* caption whose de-duplication epoch is current */
+        uint32_t epoch = 0;
+        for (int64_t x = 0; x <= n_cap; x++) {
+            size_t lo = x < n_cap ? c->ws_start[x] : 0, hi = x < n_cap ? c->ws_start[x + 1] : 0;
+            size_t n_items = hi - lo >= (size_t)k ? hi - lo - (size_t)k + 1 : 0;
+            for (size_t i = 0; i <= n_items; i++) {
+                int last = x == n_cap;
+                if (i < n_items) { /* queue the k-gram at position lo + i */
+                    size_t pos = lo + i;
+                    if (k == 1) {
+                        keys[m] = UNIGRAM_PREFIX << 32 | w[pos];
+                    } else {
+                        keys[m] = (uint64_t)pos_gid[pos] << 32 | w[pos + (size_t)k - 1];
+                    }
+                    hashes[m] = mix64(keys[m]);
+                    if (k > 1) __builtin_prefetch(&t->ng_slots[hashes[m] & t->ng_mask]);
+                    where[m] = pos;
+                    owner[m] = x;
+                    m++;
+                }
+                if (m == NGRAM_CHUNK || (last && m > 0)) {
+                    for (int j = 0; j < m; j++) { /* lookups */
+                        uint32_t g;
+                        if (k == 1) {
+                            uint32_t tok = w[where[j]];
+                            g = t->unigram[tok];
+                            if (g == UINT32_MAX) g = t->unigram[tok] = intern_ngram(t, keys[j], hashes[j], 1);
+                        } else {
+                            g = intern_ngram(t, keys[j], hashes[j], k);
+                        }
+                        if (g == UINT32_MAX) goto nomem;
+                        gids[j] = g;
+                        pos_gid[where[j]] = g;
+                        __builtin_prefetch(&t->ng_mark[g]);
+                    }
+                    for (int j = 0; j < m; j++) { /* per-caption de-duplication and counts */
+                        int64_t cx = owner[j];
+                        if (cx != cur) {
+                            cur = cx;
+                            epoch = ++t->epoch;
+                        }
+                        gram_mark *mk = &t->ng_mark[gids[j]];
+                        if (mk->stamp != epoch) {
+                            mk->stamp = epoch;
+                            mk->aux = (uint32_t)fill[cx];
+                            size_t e = region[cx] + fill[cx]++;
+                            c->gid.data[e] = gids[j];
+                            c->cnt.data[e] = 1u | (uint32_t)k << LIST_ORDER_SHIFT;
+                        } else {
+                            c->cnt.data[region[cx] + mk->aux] += 1;
+                        }
+                    }
+                    m = 0;
+                }
+                if (last) break;
+            }
+        }
+    }
+
+    /* compact the regions into consecutive lists */
+    size_t out_pos = 0;
+    c->ng_start[0] = 0;
+    for (int64_t x = 0; x < n_cap; x++) {
+        memmove(c->gid.data + out_pos, c->gid.data + region[x], fill[x] * sizeof *c->gid.data);
+        memmove(c->cnt.data + out_pos, c->cnt.data + region[x], fill[x] * sizeof *c->cnt.data);
+        out_pos += fill[x];
+        c->ng_start[x + 1] = out_pos;
+    }
+    c->gid.len = c->cnt.len = out_pos;
+    goto out;
+nomem:
+    st = ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
+out:
+    free(region);
+    free(fill);
+    free(pos_gid);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* the scorers                                                                                            */
+
 
 /* BLEU with the toolkit's BleuScorer.compute_score(option="closest"):
  *   p_k = (correct_k + tiny) / (guess_k + small), BLEU-k = (prod_{i<=k} p_i)^(1/k) * BP,
@@ -575,30 +659,25 @@ ca_status ca_caption_metrics(int64_t n_images, const ca_text *cands, const int64
             goto done;
         }
         if (!text.ptr) text.ptr = "";
-        if (need_ngrams && (st = split_whitespace(&t, text, &c.ws)) != CA_OK) goto done;
-        if (need_space && (st = split_space(&t, text, &c.sp)) != CA_OK) goto done;
+        int single_spaced = 0;
+        size_t w0 = c.ws.len;
+        if (need_ngrams && (st = split_whitespace(&t, text, &c.ws, &single_spaced)) != CA_OK) goto done;
+        if (need_space) {
+            if (single_spaced) { /* the usual tokenised caption: the same tokens, no second hashing pass */
+                for (size_t i = w0; i < c.ws.len; i++) {
+                    if (u32_push(&c.sp, c.ws.data[i])) {
+                        st = ca_error(CA_ERR_NOMEM, "metrics: out of memory (tokens)");
+                        goto done;
+                    }
+                }
+            } else if ((st = split_space(&t, text, &c.sp)) != CA_OK) {
+                goto done;
+            }
+        }
         c.ws_start[x + 1] = c.ws.len;
         c.sp_start[x + 1] = c.sp.len;
     }
-    if (need_ngrams) {
-        /* at most 4 n-grams per token: reserve once, then count caption by caption */
-        size_t bound = BLEU_N * c.ws.len + 1;
-        void *p1 = grow(c.gid.data, &c.gid.cap, bound, sizeof *c.gid.data);
-        if (p1) c.gid.data = p1;
-        void *p2 = grow(c.cnt.data, &c.cnt.cap, bound, sizeof *c.cnt.data);
-        if (p2) c.cnt.data = p2;
-        t.unigram = malloc((t.n_tok + 1) * sizeof *t.unigram);
-        if (!p1 || !p2 || !t.unigram || ngram_reserve(&t, bound)) {
-            st = ca_error(CA_ERR_NOMEM, "metrics: out of memory (n-grams)");
-            goto done;
-        }
-        memset(t.unigram, 0xFF, (t.n_tok + 1) * sizeof *t.unigram);
-        for (int64_t x = 0; x < c.n_cap; x++) {
-            const uint32_t *w = c.ws.data + c.ws_start[x];
-            if ((st = count_ngrams(&t, w, c.ws_start[x + 1] - c.ws_start[x], &c.gid, &c.cnt)) != CA_OK) goto done;
-            c.ng_start[x + 1] = c.gid.len;
-        }
-    }
+    if (need_ngrams && (st = count_all_ngrams(&t, &c)) != CA_OK) goto done;
 
     if (metrics & CA_METRIC_BLEU) score_bleu(&t, &c, out);
     if ((metrics & CA_METRIC_CIDER) && (st = score_cider(&t, &c, out)) != CA_OK) goto done;
