@@ -22,6 +22,7 @@
 #define BLEU_TINY 1e-15  /* added to numerators "so that if guess is 0 still return 0" */
 #define BLEU_SMALL 1e-9  /* added to denominators to avoid division by zero */
 #define ROUGE_BETA 1.2
+#define NP_E 2.718281828459045 /* numpy.e, the base of the toolkit's Gaussian length penalty */
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* small helpers                                                                                          */
@@ -552,7 +553,7 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
                 val[(c->cnt.data[e] >> LIST_ORDER_SHIFT) - 1] += (vc < vr ? vc : vr) * vr;
             }
             double delta = len_c - len_r;
-            double penalty = pow(M_E, -(delta * delta) / two_sigma2); /* the toolkit's np.e ** x */
+            double penalty = pow(NP_E, -(delta * delta) / two_sigma2); /* the toolkit computes np.e ** x */
             for (int k = 0; k < CIDER_N; k++) {
                 if (nc[k] != 0 && nr[k] != 0) val[k] /= nc[k] * nr[k];
                 score[k] += val[k] * penalty;
