@@ -405,6 +405,8 @@ def _candidates(c: str) -> tuple[_Rule, ...]:
 # period form an abbreviation or acronym (then the abbreviation rules decide).
 _FAST = re.compile(r"[A-Za-z]+(?=[ \n]|\Z|[.,](?:[ \n]|\Z))")
 _ABBREV_LIKE = re.compile(rf"(?:{ABBREV1}|{ABBREV4}\.|{ABBREV3}|(?:(?i:pt)[eyEY]|(?i:co))\.)")
+# (not when a tab, U+00A0, ... follows the last space: the SPACES rule would take it with that space)
+_FAST_RUN = re.compile(r"(?:[A-Za-z]+ )+(?![\t\u00A0\u2000-\u200A\u3000])").match
 _SPACES = re.compile(f"{SPACE}+").match
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
 
@@ -412,14 +414,19 @@ _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna
 def _java_lower(tok: str) -> str:
     """Java's toLowerCase for a token holding a capital sigma.
 
-    Java writes the final form only when no cased letter follows anywhere in the word (it scans to the word
-    boundary), Python only looks at the next letter: "ΣΑΣ-LRB" is "σασ-lrb" in Java.
+    Java writes the final form only when no cased letter follows anywhere in the word, where words come from
+    its BreakIterator (dashes, ".", "'" and '"' do not break a word); Python only looks at the next
+    character: "ΣΑΣ-LRB" is "σασ-lrb" in Java, "ΣΑΣ’X" is "σας’x".
     """
+
+    def in_word(c: str) -> bool:
+        return c.isalnum() or c in "-.'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Mn", "Mc", "Me")
+
     out = []
     for i, ch in enumerate(tok):
-        if ch == "\u03a3":  # the word ends at a space (U+00A0 inside multi-word tokens)
-            start = max((j + 1 for j in range(i) if tok[j].isspace()), default=0)
-            end = next((j for j in range(i + 1, len(tok)) if tok[j].isspace()), len(tok))
+        if ch == "\u03a3":
+            start = max((j + 1 for j in range(i) if not in_word(tok[j])), default=0)
+            end = next((j for j in range(i + 1, len(tok)) if not in_word(tok[j])), len(tok))
             before = any(c.lower() != c.upper() for c in tok[start:i])
             after = any(c.lower() != c.upper() for c in tok[i + 1 : end])
             out.append("\u03c2" if before and not after else "\u03c3")
@@ -434,7 +441,16 @@ def _lex_lines(text: str) -> list[list[str]]:
     cur = lines[0]
     pos, n = 0, len(text)
     fast = _FAST.match
+    run = _FAST_RUN
     while pos < n:
+        m = run(text, pos)
+        if m is not None:  # several plain words, each followed by one space: one WORD each
+            words = m.group().lower().split(" ")
+            words.pop()  # the empty field after the last space
+            if _ASSIMILATIONS.isdisjoint(words):
+                cur.extend(words)
+                pos = m.end()
+                continue
         m = fast(text, pos)
         if m is not None:
             end = m.end()
