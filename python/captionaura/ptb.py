@@ -465,6 +465,15 @@ def _lex_lines(text: str) -> list[list[str]]:
         if c == " ":  # only the SPACES rule starts with " "; it also eats following U+00A0, tabs, ...
             pos = _SPACES(text, pos).end()
             continue
+        if c == "\n":  # only NEWLINE starts with "\n"
+            cur = []
+            lines.append(cur)
+            pos += 1
+            continue
+        if c == "." and (pos + 1 == n or text[pos + 1] == "\n"):  # a lone period before the line end
+            cur.append(".")
+            pos += 1
+            continue
         best, best_len, best_text = None, 0, ""
         for rule in _candidates(c):
             m = rule.rx.match(text, pos)
@@ -508,9 +517,11 @@ def tokenize_batch(captions: Sequence[str]) -> list[str]:
     out = []
     for i in range(len(captions)):
         toks = lines[i] if i < len(lines) else []
-        # the wrapper: line.rstrip().split(" "), then drop PUNCTUATIONS
-        line = " ".join(toks).rstrip()
-        out.append(" ".join(w for w in line.split(" ") if w not in PUNCTUATIONS))
+        # the wrapper: line.rstrip().split(" "), then drop PUNCTUATIONS. Tokens hold no " " (the lexer turns
+        # inner spaces into U+00A0), so unless the last token ends in whitespace the tokens are the fields.
+        if toks and toks[-1][-1].isspace():
+            toks = " ".join(toks).rstrip().split(" ")
+        out.append(" ".join([w for w in toks if w not in PUNCTUATIONS]))
     return out
 
 
