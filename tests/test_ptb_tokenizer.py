@@ -64,6 +64,38 @@ def make_caption(rng: random.Random) -> str:
     return s
 
 
+GLUE = list("()[]{}<>\"'`.,;:!?-_/\\*&%$#@+=~^|") + [
+    "\u00ad", "\u2019", "\u2018", "\u201c", "\u201d", "\u00ab", "\u00bb", "\u2026", "\u2013", "\u2014",
+    "\u0085", "\x7f", "\u200b", "\ufeff", "&apos;", "&#39;", "n't", "'s", "'re", "'ll", "'d", "'m", "'ve",
+    "'em", "'n'", "'90s",
+]
+
+
+def random_char(rng: random.Random) -> str:
+    lo, hi = rng.choice([(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x6FF), (0x2000, 0x2BFF), (0x3000, 0x30FF),
+                         (0x4E00, 0x4E50), (0x1F300, 0x1F6FF), (0xFF00, 0xFFEF)])
+    return chr(rng.randint(lo, hi))
+
+
+def make_glued_caption(rng: random.Random) -> str:
+    """Adversarial captions: words, punctuation, symbols and random characters glued with few spaces."""
+    parts = []
+    for _ in range(rng.randint(0, 12)):
+        r = rng.random()
+        if r < 0.5:
+            parts.append(rng.choice(WORDS))
+        elif r < 0.75:
+            parts.append(rng.choice(GLUE))
+        elif r < 0.85:
+            parts.append(random_char(rng))
+        else:
+            parts.append(str(rng.randint(0, 9999)))
+        parts.append(rng.choice(["", " ", " ", "  "]))
+    s = "".join(parts)
+    c = rng.random()
+    return s.upper() if c < 0.1 else (s.capitalize() if c < 0.3 else s)
+
+
 def java_tokenize(captions: list[str]) -> list[str]:
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -83,6 +115,31 @@ def test_generated_captions_equal_java_ptbtokenizer():
     pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
     rng = random.Random(1234)
     captions = [make_caption(rng) for _ in range(N_CAPTIONS)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+def test_glued_captions_equal_java_ptbtokenizer():
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(99)
+    captions = [make_glued_caption(rng) for _ in range(3000)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_many_more_captions_equal_java(seed):
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(seed)
+    captions = [make_caption(rng) for _ in range(40_000)] + [make_glued_caption(rng) for _ in range(20_000)]
+    rng.shuffle(captions)
     expected = java_tokenize(captions)
     ours = ptb.tokenize_batch(captions)
     bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
