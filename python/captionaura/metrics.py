@@ -232,8 +232,9 @@ def evaluate(
 def load_references(path: str) -> dict[Hashable, list[str]]:
     """Read a COCO caption annotation file (``{"annotations": [{"image_id", "caption"}, ...], ...}``).
 
-    Returns image id -> list of reference captions, in file order. Images listed under ``"images"`` without
-    any caption are not included (the evaluated set is the set of images with a result).
+    Returns image id -> list of reference captions (annotation order within an image). Images come in the
+    order of the ``"images"`` list when there is one (the order in which the toolkit, through pycocotools,
+    tokenises and scores them), else in order of first annotation; images without any caption are left out.
     """
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
@@ -247,6 +248,11 @@ def load_references(path: str) -> dict[Hashable, list[str]]:
         if not isinstance(cap, str):
             raise TypeError(f"{path}: caption of annotation {n} (image {img!r}) must be str, got {type(cap).__name__}")
         refs.setdefault(img, []).append(cap)
+    images = data.get("images")
+    if isinstance(images, list):
+        order = [im["id"] for im in images if isinstance(im, dict) and "id" in im and im["id"] in refs]
+        if len(order) == len(refs):
+            refs = {img: refs[img] for img in order}
     return refs
 
 
