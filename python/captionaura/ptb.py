@@ -249,10 +249,10 @@ def _skip(t: str):
     return None, len(t)
 
 
-# (main regex, trailing context regex or None, action, first-character class or None for "any").
+# (main regex, trailing context regex or None, action, first-character class or None for "any"[, longest]).
 # The order is the rule order of PTBLexer.flex 3.4.1; a rule whose regex is an alternation of different
 # lengths is given as several entries with the same action (JFlex takes the longest, Python's re the first).
-_RULES: list[tuple[str, str | None, Action, str | None]] = [
+_RULES: list[tuple] = [
     (r"(?i:c)\+\+", None, _keep, "cC"),
     (r"(?i:c|f)#", None, _keep, "cCfF"),
     (r"(?i:cannot)", None, _push(3), "cC"),
@@ -279,19 +279,19 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
     (r"(?i:cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", None, _keep, "cC'nNeEsSlL"),
     (rf"(?i:o){APOSETC}(?i:o)", None, _keep, "oO"),
     (rf"(?i:y){APOS}", rf"{PLAINL}", _keep, "yY"),
-    (r"(?i:https?)://[^ \t\n\f\r\"<>|(){}]+[^ \t\n\f\r\"<>|.!?(){},-]", None, _keep, "hH"),
+    (r"(?i:https?)://[^ \t\n\f\r\"<>|(){}]+[^ \t\n\f\r\"<>|.!?(){},-]", None, _keep, "hH", True),
     (
         r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4})(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
-        None, _keep, "wW",
+        None, _keep, "wW", True,
     ),
     (
         r"(?:(?:[^ \t\n\f\r\"`'<>|.!?(){},-_$]+\.)+(?i:com|net|org|edu))(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
-        None, _keep, r"^ \t\n\f\r\"`'<>|.!?(){},-_$",
+        None, _keep, r"^ \t\n\f\r\"`'<>|.!?(){},-_$", True,
     ),
     (
         r"(?:&(?i:lt);|<)?[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0{}]*@(?:[^ \t\n\f\r\"<>|(){}.\u00A0]+\.)*"
         r"[^ \t\n\f\r\"<>|(){}.\u00A0]+(?:&(?i:gt);|>)?",
-        None, _keep, "&<a-zA-Z0-9",
+        None, _keep, "&<a-zA-Z0-9", True,
     ),
     (r"@[a-zA-Z_][a-zA-Z_0-9]*", None, _keep, "@"),
     (rf"#{LETTER}+", None, _keep, "#"),
@@ -377,14 +377,21 @@ _RULES: list[tuple[str, str | None, Action, str | None]] = [
 
 
 class _Rule:
-    __slots__ = ("rx", "has_ctx", "action", "first")
+    __slots__ = ("rx", "has_ctx", "action", "first", "longest")
 
-    def __init__(self, main: str, ctx: str | None, action: Action, first: str | None):
+    def __init__(self, main: str, ctx: str | None, action: Action, first: str | None, longest: bool = False):
         pattern = f"(?:{main})" if ctx is None else f"(?:{main})(?=({ctx}))"
         self.rx = re.compile(pattern)
         self.has_ctx = ctx is not None
         self.action = action
         self.first = re.compile(f"[{first}]") if first is not None else None
+        # URL and e-mail rules: Python's backtracking returns the first match, JFlex the longest; these
+        # patterns have both (a domain segment may swallow "/path"), so longer ends are tried explicitly
+        self.longest = longest
+
+
+# URL and e-mail tokens never contain these, so the longest match ends before the next one
+_URL_STOP = re.compile(r"[ \t\n\f\r\"<>|]")
 
 
 @lru_cache(maxsize=1)
@@ -420,6 +427,8 @@ def _java_lower(tok: str) -> str:
     """
 
     def in_word(c: str) -> bool:
+        if "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff":  # each ideograph is a word of its own
+            return False
         return c.isalnum() or c in "-.'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Mn", "Mc", "Me")
 
     out = []
@@ -480,6 +489,13 @@ def _lex_lines(text: str) -> list[list[str]]:
             if m is None:
                 continue
             total = (m.end(1) if rule.has_ctx else m.end()) - pos
+            if rule.longest:
+                stop = _URL_STOP.search(text, m.end())
+                for end in range(stop.start() if stop else n, m.end(), -1):
+                    if rule.rx.fullmatch(text, pos, end):
+                        m = rule.rx.fullmatch(text, pos, end)
+                        total = end - pos
+                        break
             if total > best_len:
                 best, best_len = rule, total
                 best_text = m.group()
