@@ -4,8 +4,9 @@
  * Layout of one call:
  *   1. tokens   : every caption is split (str.split() rules for BLEU/CIDEr, str.split(" ") for ROUGE-L) and
  *                 each distinct token is interned to a uint32 id (open-addressing table over the bytes).
- *   2. n-grams  : every 1..4-gram of token ids is packed exactly into 128 bits and interned to a gram id,
- *                 so each caption becomes a list of (gram id, count) in first-occurrence order (the order the
+ *   2. n-grams  : every 1..4-gram is interned to a gram id through an exact 64-bit key (id of its first
+ *                 k-1 tokens, last token id), order by order over the whole corpus with prefetching; each
+ *                 caption becomes a list of (gram id, count) in first-occurrence order (the order the
  *                 toolkit's dicts iterate in, which keeps float summation orders identical).
  *   3. scorers  : per image, work with "epoch-stamped" scratch arrays indexed by gram id (no clearing, no
  *                 per-image hash tables). Counts are exact integers; scores are float64.
@@ -89,7 +90,7 @@ typedef struct {
     uint32_t *tok_len;
     uint64_t *tok_hash;
     size_t n_tok, tok_cap, tok_cap2, tok_cap3;
-    /* n-grams: open-addressing slots (key, id); per id its key, order (1..4) and scratch columns */
+    /* n-grams: open-addressing slots (key, id); per id its key and scratch columns */
     struct ngram_slot_ *ng_slots;
     size_t ng_mask;
     uint64_t *ng_key;
@@ -97,16 +98,14 @@ typedef struct {
     double *ng_val;     /* scratch: a tf-idf value of the current reference */
     uint32_t *ng_df;    /* CIDEr document frequency */
     size_t n_ng, ng_cap[7];
-    uint32_t epoch;
-    uint64_t *scratch; /* keys, hashes and previous-order ids of the caption being counted */
-    size_t scratch_cap;
+    uint32_t epoch;     /* bumped for every caption, image or reference that stamps ng_mark */
     uint32_t *unigram; /* token id -> gram id of its unigram (UINT32_MAX: not yet interned) */
 } interner;
 
 static void interner_free(interner *t) {
     free(t->tok_slots); free(t->tok_ptr); free(t->tok_len); free(t->tok_hash);
     free(t->ng_slots); free(t->ng_key); free(t->ng_mark);
-    free(t->ng_val); free(t->ng_df); free(t->scratch); free(t->unigram);
+    free(t->ng_val); free(t->ng_df); free(t->unigram);
 }
 
 /* Returns the id of token bytes [p, p+n), inserting it when new; UINT32_MAX on allocation failure. */
