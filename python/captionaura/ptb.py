@@ -423,14 +423,14 @@ def _java_lower(tok: str) -> str:
     """Java's toLowerCase for a token holding a capital sigma.
 
     Java writes the final form only when no cased letter follows anywhere in the word, where words come from
-    its BreakIterator (dashes, ".", "'" and '"' do not break a word); Python only looks at the next
-    character: "ΣΑΣ-LRB" is "σασ-lrb" in Java, "ΣΑΣ’X" is "σας’x".
+    its BreakIterator (letters joined by dashes, ".", "'" and '"'; digits and ideographs break a word);
+    Python only looks at the next character: "ΣΑΣ-LRB" is "σασ-lrb" in Java, "ΣΑΣ’X" and "ΣΑΣ5X" end in "ς".
     """
 
     def in_word(c: str) -> bool:
         if "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff":  # each ideograph is a word of its own
             return False
-        return c.isalnum() or c in "-.'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Mn", "Mc", "Me")
+        return c.isalpha() or c in "-.'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Mn", "Mc", "Me")
 
     out = []
     for i, ch in enumerate(tok):
