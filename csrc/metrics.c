@@ -109,8 +109,14 @@ static void interner_free(interner *t) {
 }
 
 /* Returns the id of token bytes [p, p+n), inserting it when new; UINT32_MAX on allocation failure. */
-static uint32_t intern_token(interner *t, const char *p, size_t n) {
-    uint64_t h = hash_bytes((const unsigned char *)p, n);
+static uint32_t intern_token_h(interner *t, const char *p, size_t n, uint64_t h);
+
+static inline uint32_t intern_token(interner *t, const char *p, size_t n) {
+    return intern_token_h(t, p, n, hash_bytes((const unsigned char *)p, n));
+}
+
+/* The same with the hash of the bytes, hash_bytes(p, n), already computed. */
+static uint32_t intern_token_h(interner *t, const char *p, size_t n, uint64_t h) {
     if ((t->n_tok + 1) * 2 > t->tok_mask + 1) { /* keep load <= 1/2 */
         size_t new_size = t->tok_mask ? (t->tok_mask + 1) * 2 : 1024;
         uint32_t *s = calloc(new_size, sizeof *s);
@@ -250,8 +256,10 @@ static ca_status split_whitespace(interner *t, ca_text text, u32_vec *out, int *
             break;
         }
         const unsigned char *start = p;
-        while (p < end && py_space_len(p, end) == 0) p++;
-        uint32_t id = intern_token(t, (const char *)start, (size_t)(p - start));
+        uint64_t h = 0xcbf29ce484222325ULL; /* hash_bytes, computed while scanning */
+        while (p < end && ((*p > 0x20 && *p < 0x80) || py_space_len(p, end) == 0)) h = (h ^ *p++) * 0x100000001b3ULL;
+        size_t n = (size_t)(p - start);
+        uint32_t id = intern_token_h(t, (const char *)start, n, mix64(h ^ n));
         if (id == UINT32_MAX || u32_push(out, id)) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (tokens)");
     }
     return CA_OK;
@@ -427,7 +435,9 @@ static void bleu_from_counts(const double correct[BLEU_N], const double guess[BL
     }
 }
 
-static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
+/* `df`, when not NULL, also receives CIDEr's document frequencies (the distinct n-grams of each image's
+ * references are exactly the ones stamped here); *max_df their maximum. */
+static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out, uint32_t *df, uint32_t *max_df) {
     const int64_t n = c->n_img;
     double tot_correct[BLEU_N] = {0}, tot_guess[BLEU_N] = {0}, tot_test = 0, tot_ref = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -441,10 +451,14 @@ static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
             double diff = fabs(len - testlen);
             if (diff < best_diff || (diff == best_diff && len < reflen)) best_diff = diff, reflen = len;
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
-                uint32_t k = c->cnt.data[e] & LIST_COUNT_MASK;
-                gram_mark *mk = &t->ng_mark[c->gid.data[e]];
-                if (mk->stamp != epoch) mk->stamp = epoch, mk->aux = k;
-                else if (k > mk->aux) mk->aux = k;
+                uint32_t k = c->cnt.data[e] & LIST_COUNT_MASK, g = c->gid.data[e];
+                gram_mark *mk = &t->ng_mark[g];
+                if (mk->stamp != epoch) {
+                    mk->stamp = epoch, mk->aux = k;
+                    if (df && ++df[g] > *max_df) *max_df = df[g];
+                } else if (k > mk->aux) {
+                    mk->aux = k;
+                }
             }
         }
         double correct[BLEU_N] = {0}, guess[BLEU_N];
@@ -480,18 +494,14 @@ static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out) {
  *   sim_n(c, r) = sum_g min(v_n(c)[g], v_n(r)[g]) * v_n(r)[g] / (|v_n(c)| |v_n(r)|)   (no division if a norm is 0)
  *                 * e^(-(len(c) - len(r))^2 / (2 sigma^2));
  *   CIDEr(c) = 10 * mean_n( sum_j sim_n(c, r_j) ) / m;   corpus = mean over images. */
-static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *out) {
+static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *out, int df_done, uint32_t max_df) {
     const int64_t n = c->n_img;
     void *p;
-    if (!(p = grow(t->ng_df, &t->ng_cap[4], t->n_ng, sizeof *t->ng_df))) goto nomem;
-    t->ng_df = p;
     if (!(p = grow(t->ng_val, &t->ng_cap[5], t->n_ng, sizeof *t->ng_val))) goto nomem;
     t->ng_val = p;
-    memset(t->ng_df, 0, t->n_ng * sizeof *t->ng_df);
 
     /* document frequency: each image adds 1 for every distinct n-gram of its references */
-    uint32_t max_df = 0;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n && !df_done; i++) {
         uint32_t epoch = ++t->epoch;
         for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
@@ -679,8 +689,16 @@ ca_status ca_caption_metrics(int64_t n_images, const ca_text *cands, const int64
     }
     if (need_ngrams && (st = count_all_ngrams(&t, &c)) != CA_OK) goto done;
 
-    if (metrics & CA_METRIC_BLEU) score_bleu(&t, &c, out);
-    if ((metrics & CA_METRIC_CIDER) && (st = score_cider(&t, &c, out)) != CA_OK) goto done;
+    uint32_t max_df = 0;
+    if (metrics & CA_METRIC_CIDER) { /* document frequencies, filled by the BLEU pass or by score_cider */
+        if (!(t.ng_df = calloc(t.n_ng + 1, sizeof *t.ng_df))) {
+            st = ca_error(CA_ERR_NOMEM, "metrics: out of memory (CIDEr)");
+            goto done;
+        }
+    }
+    if (metrics & CA_METRIC_BLEU) score_bleu(&t, &c, out, t.ng_df, &max_df);
+    if ((metrics & CA_METRIC_CIDER) && (st = score_cider(&t, &c, out, (metrics & CA_METRIC_BLEU) != 0, max_df)) != CA_OK)
+        goto done;
     if ((metrics & CA_METRIC_ROUGE_L) && (st = score_rouge(&c, out)) != CA_OK) goto done;
 
 done:
