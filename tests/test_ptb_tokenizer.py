@@ -189,3 +189,18 @@ def test_worked_examples_from_the_spec():
     assert ptb.tokenize_batch(["The letter b."]) == ["the letter b."]
     assert ptb.tokenize_batch(["Person at desk :)", "x"])[0] == "person at desk :-rrb-"
     assert ptb.tokenize_batch(["Person at desk :)"]) == ["person at desk -rrb-"]
+
+
+@needs_java
+def test_greek_final_sigma_equals_java():
+    # Java lower-cases a capital sigma to the final form by word-boundary rules that differ from Python's
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(5)
+    pieces = ["ΣΑΣ", "ΟΔΟΣ", "Σ", "ΑΣ", "x", "X", "3", "-", "'", ".", "’", "ﾖ", "丙", "LRB", "555", "e.g.", "A.B",
+              '"', "_", "é", "Ω", "σ", "ς"]
+    word = lambda: "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))  # noqa: E731
+    captions = [f"{word()} {word()}" for _ in range(2000)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"

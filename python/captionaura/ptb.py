@@ -423,25 +423,38 @@ def _java_lower(tok: str) -> str:
     """Java's toLowerCase for a token holding a capital sigma.
 
     Java writes the final form only when no cased letter follows anywhere in the word, where words come from
-    its BreakIterator (letters joined by dashes, ".", "'" and '"'; digits and ideographs break a word);
-    Python only looks at the next character: "ΣΑΣ-LRB" is "σασ-lrb" in Java, "ΣΑΣ’X" and "ΣΑΣ5X" end in "ς".
+    its BreakIterator: runs of letters and digits, joined across a dash, "_", ".", "'" or '"' only between two
+    letters; ideographs are words of their own. Python only looks at the next character: "ΣΑΣ-LRB" is
+    "σασ-lrb" and "ΣΑΣ3E.G" is "σασ3e.g" in Java, while "ΣΑΣ555-1234RED" and "ΣΑΣ’X" end in "ς".
     """
 
-    def in_word(c: str) -> bool:
-        if "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff":  # each ideograph is a word of its own
+    def alnum(c: str) -> bool:
+        if "\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff":
             return False
-        return c.isalpha() or c in "-.'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Mn", "Mc", "Me")
+        return c.isalnum() or unicodedata.category(c) in ("Mn", "Mc", "Me")
+
+    def joins(j: int) -> bool:  # tok[j] is a mid-word character between two letters
+        c = tok[j]
+        mid = c in ".'\"\u00ad\u2027" or unicodedata.category(c) in ("Pd", "Pc")
+        return mid and 0 < j < len(tok) - 1 and tok[j - 1].isalpha() and tok[j + 1].isalpha()
+
+    def cased(c: str) -> bool:
+        return c.lower() != c.upper()
 
     out = []
     for i, ch in enumerate(tok):
-        if ch == "\u03a3":
-            start = max((j + 1 for j in range(i) if not in_word(tok[j])), default=0)
-            end = next((j for j in range(i + 1, len(tok)) if not in_word(tok[j])), len(tok))
-            before = any(c.lower() != c.upper() for c in tok[start:i])
-            after = any(c.lower() != c.upper() for c in tok[i + 1 : end])
-            out.append("\u03c2" if before and not after else "\u03c3")
-        else:
+        if ch != "\u03a3":
             out.append(ch.lower())
+            continue
+        start = i
+        while start > 0 and (alnum(tok[start - 1]) or joins(start - 1)):
+            start -= 1
+        end = i + 1
+        while end < len(tok) and (alnum(tok[end]) or joins(end)):
+            end += 1
+        before = any(cased(c) for c in tok[start:i])
+        after = any(cased(c) for c in tok[i + 1 : end])
+        out.append("\u03c2" if before and not after else "\u03c3")
     return "".join(out)
 
 
