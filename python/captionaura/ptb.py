@@ -145,7 +145,8 @@ ABTITLE = (
     r"|msgr|sfc))"
 )
 ABCOMP2 = r"(?:(?i:invt|elec|natl)|(?i:m)[ft](?i:g)|(?i:dept))"
-ABBREV4 = rf"(?:{ABTITLE}|(?i:vs|alex|wm|jos|cie|a\.k\.a|cf|treas|ph)|{ACRO}|{ABCOMP2})"
+# (ACRO first: "a.k.a.U.S." must be one acronym, and JFlex takes the longest alternative)
+ABBREV4 = rf"(?:{ACRO}|{ABTITLE}|(?i:vs|alex|wm|jos|cie|a\.k\.a|cf|treas|ph)|{ABCOMP2})"
 ABBREV3 = r"(?i:ca|figs?|prop|nos?|art|bldg|pp|op)\."
 INSENTP = r"[,;:\u3001]"
 MISCSYMBOL = (
@@ -250,7 +251,12 @@ def _skip(t: str):
     return None, len(t)
 
 
-# (main regex, trailing context regex or None, action, first-character class or None for "any"[, longest]).
+# What the tokens of some rules cannot contain (see _Rule.longest)
+_URL_STOP = re.compile(r"[ \t\n\f\r\"<>|]")
+_WORD_STOP = re.compile(r"[ \t\n\f\r\u00A0]")
+_SGML_STOP = re.compile(r"[\r\n]")
+
+# (main regex, trailing context regex or None, action, first-character class or None for "any"[, stop]).
 # The order is the rule order of PTBLexer.flex 3.4.1; a rule whose regex is an alternation of different
 # lengths is given as several entries with the same action (JFlex takes the longest, Python's re the first).
 _RULES: list[tuple] = [
@@ -260,7 +266,7 @@ _RULES: list[tuple] = [
     (r"'(?i:twas)", None, _push(3), "'"),
     (r"'(?i:tis)", None, _push(2), "'"),
     (r"(?i:gonna|gotta|lemme|gimme|wanna)", None, _push(2), "gGlLwW"),
-    (SGML, None, _nbsp, "<"),
+    (SGML, None, _nbsp, "<", _SGML_STOP),
     (r"&(?i:md|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", None, _const("--"), "&\u0096\u0097\u2013\u2014\u2015"),
     (SPAMP, None, _const("&"), "&"),
     (r"&(?i:ht|tl|ur|lr|qc|ql|qr|odq|cdq|#[0-9]+);", None, _keep, "&"),
@@ -280,19 +286,19 @@ _RULES: list[tuple] = [
     (r"(?i:cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", None, _keep, "cC'nNeEsSlL"),
     (rf"(?i:o){APOSETC}(?i:o)", None, _keep, "oO"),
     (rf"(?i:y){APOS}", rf"{PLAINL}", _keep, "yY"),
-    (r"(?i:https?)://[^ \t\n\f\r\"<>|(){}]+[^ \t\n\f\r\"<>|.!?(){},-]", None, _keep, "hH", True),
+    (r"(?i:https?)://[^ \t\n\f\r\"<>|(){}]+[^ \t\n\f\r\"<>|.!?(){},-]", None, _keep, "hH", _URL_STOP),
     (
         r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4})(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
-        None, _keep, "wW", True,
+        None, _keep, "wW", _URL_STOP,
     ),
     (
         r"(?:(?:[^ \t\n\f\r\"`'<>|.!?(){},-_$]+\.)+(?i:com|net|org|edu))(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
-        None, _keep, r"^ \t\n\f\r\"`'<>|.!?(){},-_$", True,
+        None, _keep, r"^ \t\n\f\r\"`'<>|.!?(){},-_$", _URL_STOP,
     ),
     (
         r"(?:&(?i:lt);|<)?[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0{}]*@(?:[^ \t\n\f\r\"<>|(){}.\u00A0]+\.)*"
         r"[^ \t\n\f\r\"<>|(){}.\u00A0]+(?:&(?i:gt);|>)?",
-        None, _keep, "&<a-zA-Z0-9", True,
+        None, _keep, "&<a-zA-Z0-9", _URL_STOP,
     ),
     (r"@[a-zA-Z_][a-zA-Z_0-9]*", None, _keep, "@"),
     (rf"#{LETTER}+", None, _keep, "#"),
@@ -319,7 +325,7 @@ _RULES: list[tuple] = [
     (ABBREV1, SENTEND, _abbrev_then_period, "A-Za-z"),
     (ABBREV1, r"[\s\S][\s\S]", _keep, "A-Za-z"),
     (ABBREV1, None, _abbrev_then_period, "A-Za-z"),
-    (rf"{ABBREV4}\.", None, _keep, "A-Za-z"),
+    (rf"{ABBREV4}\.", None, _keep, "A-Za-z", _WORD_STOP),
     (ABBREV4, SPACE, _keep, "A-Za-z"),
     (ACRO_MAIN, SPACENL, _keep, "A-Za-z"),
     (ACRO_SPECIAL, SPACENL, _keep, "cCsSkKeEjJnNuU"),
@@ -356,9 +362,9 @@ _RULES: list[tuple] = [
     (r"=", None, _keep, "="),
     (r"/", None, _keep, "/"),
     (rf"{HTHING}\.", INSENTP, _act_soft, "A-Za-z0-9"),
-    (HTHING, None, _act_soft, "A-Za-z0-9"),
+    (HTHING, None, _act_soft, "A-Za-z0-9", _WORD_STOP),
     (rf"{THING}\.", INSENTP, _keep, _L + _D),
-    (THING, None, _keep, _L + _D),
+    (THING, None, _keep, _L + _D, _WORD_STOP),
     (rf"{THINGA}\.", INSENTP, lambda t: (_AMP.sub("&", t), len(t)), "A-Z"),
     (THINGA, None, lambda t: (_AMP.sub("&", t), len(t)), "A-Z"),
     (r"'", r"[A-Za-z][^ \t\n\r\u00A0]", _quotes(True), "'"),
@@ -380,19 +386,16 @@ _RULES: list[tuple] = [
 class _Rule:
     __slots__ = ("rx", "has_ctx", "action", "first", "longest")
 
-    def __init__(self, main: str, ctx: str | None, action: Action, first: str | None, longest: bool = False):
+    def __init__(self, main: str, ctx: str | None, action: Action, first: str | None, longest: re.Pattern | None = None):
         pattern = f"(?:{main})" if ctx is None else f"(?:{main})(?=({ctx}))"
         self.rx = re.compile(pattern)
         self.has_ctx = ctx is not None
         self.action = action
         self.first = re.compile(f"[{first}]") if first is not None else None
-        # URL and e-mail rules: Python's backtracking returns the first match, JFlex the longest; these
-        # patterns have both (a domain segment may swallow "/path"), so longer ends are tried explicitly
+        # Python's backtracking returns the first match, JFlex the longest. For rules whose alternations can
+        # make these differ (a URL domain segment swallowing "/path", "a.k.a" vs the acronym "a.k.a.U.S"),
+        # longer ends are tried explicitly, up to the first character the token cannot contain (`longest`).
         self.longest = longest
-
-
-# URL and e-mail tokens never contain these, so the longest match ends before the next one
-_URL_STOP = re.compile(r"[ \t\n\f\r\"<>|]")
 
 
 @lru_cache(maxsize=1)
@@ -503,8 +506,8 @@ def _lex_lines(text: str) -> list[list[str]]:
             if m is None:
                 continue
             total = (m.end(1) if rule.has_ctx else m.end()) - pos
-            if rule.longest:
-                stop = _URL_STOP.search(text, m.end())
+            if rule.longest is not None:
+                stop = rule.longest.search(text, m.end())
                 for end in range(stop.start() if stop else n, m.end(), -1):
                     if rule.rx.fullmatch(text, pos, end):
                         m = rule.rx.fullmatch(text, pos, end)
