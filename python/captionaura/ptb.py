@@ -14,6 +14,13 @@ character classes here are therefore restricted to the BMP.
 
 The public entry point is :func:`tokenize_batch` (one toolkit call); :func:`tokenize` wraps it for dicts shaped
 like the toolkit's ``PTBTokenizer.tokenize`` input.
+
+Verification: tests/test_ptb_tokenizer.py compares the output with the real jar (through pycocoevalcap's own
+wrapper) on ~21,000 generated captions in the default run and ~240,000 more in the slow suite. Known limits:
+Python's ``re`` returns the first match of an alternation where JFlex takes the longest; the rules where this
+was seen to matter are ordered or searched for their longest match explicitly, others could remain. Java 17
+lower-cases with Unicode 13 and Python 3.11 with Unicode 14 (characters whose case mapping changed between
+the two would differ).
 """
 
 from __future__ import annotations
