@@ -181,7 +181,7 @@ static int ngram_table_resize(interner *t, size_t size) {
 }
 
 /* Sizes the per-gram columns for up to `n` distinct n-grams so the counting pass never reallocates them.
- * The slot table starts for ~n/16 distinct n-grams (typical of caption sets) and grows: sizing it for the
+ * The slot table starts with n/8 slots (caption sets have ~n/8 distinct n-grams) and grows: sizing it for the
  * worst case makes it too large for the caches. */
 static int ngram_reserve(interner *t, size_t n) {
     size_t size = 4096;
@@ -196,14 +196,14 @@ static int ngram_reserve(interner *t, size_t n) {
 }
 
 /* Returns the gram id of `key` (hash h, order k), inserting it when new; UINT32_MAX on failure.
- * Linear probing at load <= 1/2. */
+ * Linear probing at load <= 3/4. */
 static uint32_t intern_ngram(interner *t, uint64_t key, uint64_t h, int k) {
     size_t j = h & t->ng_mask;
     for (ngram_slot *e; (e = &t->ng_slots[j])->id1 != 0; j = (j + 1) & t->ng_mask) {
         if (e->key == key) return e->id1 - 1;
     }
     if (t->n_ng >= UINT32_MAX - 2) return UINT32_MAX;
-    if ((t->n_ng + 1) * 2 > t->ng_mask + 1) {
+    if ((t->n_ng + 1) * 4 > (t->ng_mask + 1) * 3) { /* load <= 3/4 keeps the table small */
         if (ngram_table_resize(t, (t->ng_mask + 1) * 2)) return UINT32_MAX;
         j = h & t->ng_mask;
         while (t->ng_slots[j].id1) j = (j + 1) & t->ng_mask;
