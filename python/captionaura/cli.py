@@ -23,7 +23,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         missing = [img for img in results if img not in refs]
         if missing:
             raise KeyError(f"result for image {missing[0]!r} has no reference caption in {args.refs}")
-        refs = {img: refs[img] for img in results}
+        refs = {img: caps for img, caps in refs.items() if img in results}  # annotation-file order, as the toolkit
     result = cm.evaluate(refs, results, metrics=args.metrics, tokenize=args.tokenize)
 
     width = max(len(k) for k in result.scores)
