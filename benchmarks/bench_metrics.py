@@ -165,7 +165,7 @@ def main() -> None:
     else:
         print("java not found: end-to-end comparison with the toolkit's Java tokenizer skipped")
 
-    print(f"scores (equal to the toolkit within 1e-9 relative): "
+    print("scores (equal to the toolkit within 1e-9 relative): "
           + ", ".join(f"{k} {v:.4f}" for k, v in ev.scores.items()) + "\n")
     w = max(len(r[0]) for r in rows)
     print(f"| {'what':<{w}} | pycocoevalcap (s) | captionaura (s) | speed-up |")

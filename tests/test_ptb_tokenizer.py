@@ -9,7 +9,6 @@ lexer's longest-match and look-ahead rules (including across captions of one bat
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 

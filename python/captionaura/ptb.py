@@ -26,7 +26,6 @@ the two would differ).
 from __future__ import annotations
 
 import re
-import sys
 import unicodedata
 from functools import lru_cache
 from typing import Callable, Hashable, Mapping, Sequence

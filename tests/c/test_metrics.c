@@ -1,5 +1,9 @@
 /* C-level checks of ca_caption_metrics: hand-computed values of the toolkit's quirks and argument errors.
- * Built with the sanitizers by the c-tests target; returns non-zero on failure. */
+ * Built with the sanitizers by the c-tests target; returns non-zero on failure.
+ *
+ * CA_TEST_SOURCES: csrc/metrics.c csrc/status.c
+ * CA_TEST_LIBS: -fopenmp
+ */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
