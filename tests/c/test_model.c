@@ -2,9 +2,9 @@
  * random model with conv and attention layers runs forward and backward on a right-padded batch, saves and
  * reloads its checkpoint, and rejects bad token ids and labels with a status instead of crashing.
  *
- * CA_TEST_SOURCES: csrc/*.c csrc/cpu/*.c
  * CA_TEST_LIBS: -fopenmp -DCA_BLAS_SCIPY_PREFIX=1 -I$($PY -c "import scipy_openblas32 as s; print(s.get_include_dir())") -L$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())") -lscipy_openblas -Wl,-rpath,$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
  */
+// CA_TEST_SOURCES: csrc/*.c csrc/cpu/*.c
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>

@@ -2,9 +2,9 @@
  * forward against a double-precision loop written here, every backward that has non-trivial indexing
  * (shortconv, attention) against central finite differences of its own forward. Exits nonzero on failure.
  *
- * CA_TEST_SOURCES: csrc/cpu/*.c csrc/threads.c csrc/status.c
  * CA_TEST_LIBS: -fopenmp -DCA_BLAS_SCIPY_PREFIX=1 -I$($PY -c "import scipy_openblas32 as s; print(s.get_include_dir())") -L$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())") -lscipy_openblas -Wl,-rpath,$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
  */
+// CA_TEST_SOURCES: csrc/cpu/*.c csrc/threads.c csrc/status.c
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
