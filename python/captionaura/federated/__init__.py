@@ -1,0 +1,42 @@
+"""captionaura.federated: the federated core on flat float32 update vectors.
+
+- strategies (Flower names, parameters and math, C kernels): FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad,
+  FedAvgM, FedMedian, FedTrimmedAvg, Krum/MultiKrum, Bulyan; streaming rounds via `begin_round`;
+- update validation (`UpdateRejected`, `Rejection`, `NoValidUpdatesError`);
+- differential privacy (`DPConfig`, `DifferentialPrivacy` wrapper, client-side clipping/local noise) and an
+  RDP accountant (`RDPAccountant`);
+- secure aggregation (SecAgg+-style, `captionaura.federated.secagg`).
+"""
+
+from __future__ import annotations
+
+from captionaura.federated._vectors import (
+    NoValidUpdatesError,
+    Rejection,
+    UpdateRejected,
+    WeightedAccumulator,
+)
+from captionaura.federated.strategies import (
+    AggregateResult,
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    RoundAggregator,
+    Strategy,
+    pairwise_sq_distances,
+    proximal_term,
+)
+
+__all__ = [
+    "AggregateResult", "Bulyan", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
+    "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum", "NoValidUpdatesError", "Rejection", "RoundAggregator",
+    "Strategy", "UpdateRejected", "WeightedAccumulator", "pairwise_sq_distances", "proximal_term",
+]
