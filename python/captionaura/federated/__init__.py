@@ -16,6 +16,14 @@ from captionaura.federated._vectors import (
     UpdateRejected,
     WeightedAccumulator,
 )
+from captionaura.federated.accountant import RDPAccountant, compute_rdp, rdp_to_dp
+from captionaura.federated.dp import (
+    DifferentialPrivacy,
+    DPConfig,
+    add_gaussian_noise,
+    clip_update,
+    local_dp_update,
+)
 from captionaura.federated.strategies import (
     AggregateResult,
     Bulyan,
@@ -36,6 +44,8 @@ from captionaura.federated.strategies import (
 )
 
 __all__ = [
+    "DPConfig", "DifferentialPrivacy", "RDPAccountant", "add_gaussian_noise", "clip_update", "compute_rdp",
+    "local_dp_update", "rdp_to_dp",
     "AggregateResult", "Bulyan", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum", "NoValidUpdatesError", "Rejection", "RoundAggregator",
     "Strategy", "UpdateRejected", "WeightedAccumulator", "pairwise_sq_distances", "proximal_term",
