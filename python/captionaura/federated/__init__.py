@@ -24,6 +24,14 @@ from captionaura.federated.dp import (
     clip_update,
     local_dp_update,
 )
+from captionaura.federated.secagg import (
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    SecAggResult,
+    SecAggServer,
+    run_round as secagg_run_round,
+)
 from captionaura.federated.strategies import (
     AggregateResult,
     Bulyan,
@@ -46,6 +54,7 @@ from captionaura.federated.strategies import (
 __all__ = [
     "DPConfig", "DifferentialPrivacy", "RDPAccountant", "add_gaussian_noise", "clip_update", "compute_rdp",
     "local_dp_update", "rdp_to_dp",
+    "SecAggClient", "SecAggConfig", "SecAggError", "SecAggResult", "SecAggServer", "secagg_run_round",
     "AggregateResult", "Bulyan", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum", "NoValidUpdatesError", "Rejection", "RoundAggregator",
     "Strategy", "UpdateRejected", "WeightedAccumulator", "pairwise_sq_distances", "proximal_term",
