@@ -263,7 +263,19 @@ static PyObject *py_secagg_dequantize(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_stream_triad(PyObject *self, PyObject *args) {
+    PyObject *oa, *ob, *oc;
+    double s;
+    if (!PyArg_ParseTuple(args, "OOOd:stream_triad", &oa, &ob, &oc, &s)) return NULL;
+    VEC(a, oa, F64, 1, "a");
+    VECN(b, ob, F64, LEN(a), 0, "b");
+    VECN(c, oc, F64, LEN(a), 0, "c");
+    NOGIL(ca_fed_stream_triad(DATA(a, double), DATA(b, const double), DATA(c, const double), s, LEN(a)));
+    Py_RETURN_NONE;
+}
+
 PyMethodDef ca_py_fed_methods[] = {
+    {"fed_stream_triad", py_stream_triad, METH_VARARGS, "fed_stream_triad(a, b, c, s): a = b + s*c (STREAM)."},
     {"fed_first_nonfinite", py_first_nonfinite, METH_O, "Index of the first NaN/Inf of a float32 vector, or -1."},
     {"fed_l2norm", py_l2norm, METH_VARARGS, "fed_l2norm(x, ref|None) -> ||x - ref||_2 (float64 accumulation)."},
     {"fed_acc_add", py_acc_add, METH_VARARGS, "fed_acc_add(sum_f64, x, w): sum += w*x."},

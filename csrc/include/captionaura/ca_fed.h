@@ -101,6 +101,10 @@ void ca_fed_clip(float *out,        /* (n) */
 /* out += noise (float64 noise drawn by the caller, e.g. N(0, σ²) with σ = z·C/m). */
 void ca_fed_add_noise(float *out, const double *noise, size_t n);
 
+/* STREAM triad a = b + s·c (24 bytes per element, OpenMP like the kernels above): benchmarks report the
+ * aggregation bandwidth as a fraction of it, measured in the same run. */
+void ca_fed_stream_triad(double *a, const double *b, const double *c, double s, size_t n);
+
 /* ---- secure aggregation mask arithmetic (secagg.c), all modulo 2^bits, 1 ≤ bits ≤ 32 ----
  * Quantisation with clipping range c and Q levels: step Δ = 2c/(Q−1),
  *   q = ⌊(clip(s·x, −c, c) + c)/Δ + u⌋,  u ∈ [0,1) from `rnd` (stochastic, unbiased) or u = 1/2 (nearest)
