@@ -103,10 +103,11 @@ ca_status ca_fed_acc_mean(float *out, const ca_fed_acc *acc) {
         return ca_error(CA_ERR_VALUE, "weighted mean: total weight is %g (no client or all weights zero)",
                         acc->weight);
     const double *restrict s = acc->sum;
-    double inv = 1.0 / acc->weight;
+    double w = acc->weight;
     size_t n = acc->n;
+    /* a true division (not ·1/w): the float64 mean is then correctly rounded before the float32 rounding */
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = (float)(s[i] * inv);
+    for (size_t i = 0; i < n; i++) out[i] = (float)(s[i] / w);
     return CA_OK;
 }
 
@@ -125,12 +126,12 @@ ca_status ca_fed_fedopt_step(float *x, float *m, float *v, const ca_fed_acc *acc
     if (kind != CA_FEDOPT_ADAM && kind != CA_FEDOPT_YOGI && kind != CA_FEDOPT_ADAGRAD)
         return ca_error(CA_ERR_VALUE, "FedOpt: unknown kind %d", (int)kind);
     const double *restrict s = acc->sum;
-    double inv = 1.0 / acc->weight;
+    double w = acc->weight;
     size_t n = acc->n;
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         /* Flower rounds x̄ to float32 before forming Δ; we do the same so the state matches to the ulp. */
-        float mean = (float)(s[i] * inv);
+        float mean = (float)(s[i] / w);
         double d = (double)mean - (double)x[i];
         double mi = beta1 * (double)m[i] + (1.0 - beta1) * d;
         double d2 = d * d, vi = (double)v[i];
@@ -150,11 +151,11 @@ ca_status ca_fed_fedavgm_step(float *x, float *v, const ca_fed_acc *acc, double 
     if (!(acc->weight > 0.0)) return ca_error(CA_ERR_VALUE, "FedAvgM: total weight is %g", acc->weight);
     if (momentum != 0.0 && !v) return ca_error(CA_ERR_VALUE, "FedAvgM: momentum buffer required");
     const double *restrict s = acc->sum;
-    double inv = 1.0 / acc->weight;
+    double w = acc->weight;
     size_t n = acc->n;
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) {
-        float mean = (float)(s[i] * inv);
+        float mean = (float)(s[i] / w);
         float g = (float)((double)x[i] - (double)mean); /* pseudo-gradient x_t − x̄ (float32 like Flower) */
         if (momentum != 0.0) {
             v[i] = first_round ? g : (float)(momentum * (double)v[i] + (double)g);
