@@ -326,3 +326,26 @@ def test_proximal_term_value_and_gradient():
     fp = proximal_term((w + h * u).astype(np.float32), wt, mu)
     fm = proximal_term((w - h * u).astype(np.float32), wt, mu)
     assert (fp - fm) / (2 * h) == pytest.approx(float(np.dot(mu * d, u)), rel=1e-2)
+
+
+def test_batched_accumulation_is_bit_identical_to_one_by_one():
+    rng = np.random.default_rng(21)
+    n = 100_003
+    ups = clients(rng, 37, n)
+    one = WeightedAccumulator(n)
+    for x, w in ups:
+        one.add(x, w)
+    many = WeightedAccumulator(n)
+    many.add_many([x for x, _ in ups[:20]], [w for _, w in ups[:20]])
+    many.add_many([x for x, _ in ups[20:]], [w for _, w in ups[20:]])
+    np.testing.assert_array_equal(one.sum, many.sum)
+    assert one.weight == many.weight and one.count == many.count == 37
+    cur = np.zeros(n, np.float32)
+    rnd = FedAvg().begin_round(cur, batch=5)
+    for i, (x, w) in enumerate(ups):
+        rnd.add(x, w, i)
+    np.testing.assert_array_equal(rnd.finish().parameters, one.mean())
+    bad = ups[3][0].copy(); bad[9] = np.inf
+    with pytest.raises(ValueError, match="index 9"):
+        many.add_many([ups[0][0], bad], [1, 1])
+    assert many.count == 37                                   # untouched by the rejected batch

@@ -40,6 +40,25 @@ static ca_fed_acc wrap_acc(PyArrayObject *sum, double weight) {
     return acc;
 }
 
+/* A sequence of K equal-length float32 vectors → a malloc'ed pointer table; `seq` keeps them alive. */
+static const float **vector_table(PyObject *seq, size_t n_expected, int K) {
+    const float **xs = PyMem_Malloc((size_t)(K ? K : 1) * sizeof *xs);
+    if (!xs) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int k = 0; k < K; k++) {
+        PyArrayObject *a = ca_py_array_shape(PySequence_Fast_GET_ITEM(seq, k), F32, 1, SHAPE1(n_expected), 0,
+                                             "client vector");
+        if (!a) {
+            PyMem_Free(xs);
+            return NULL;
+        }
+        xs[k] = DATA(a, const float);
+    }
+    return xs;
+}
+
 static PyObject *py_first_nonfinite(PyObject *self, PyObject *arg) {
     VEC(x, arg, F32, 0, "x");
     size_t r;
@@ -65,6 +84,26 @@ static PyObject *py_acc_add(PyObject *self, PyObject *args) {
     VECN(x, ox, F32, LEN(sum), 0, "x");
     ca_fed_acc acc = wrap_acc(sum, 0.0);
     NOGIL(ca_fed_acc_add(&acc, DATA(x, const float), w));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_acc_add_many(PyObject *self, PyObject *args) {
+    PyObject *osum, *olist, *ow;
+    if (!PyArg_ParseTuple(args, "OOO:acc_add_many", &osum, &olist, &ow)) return NULL;
+    VEC(sum, osum, F64, 1, "sum");
+    PyObject *seq = PySequence_Fast(olist, "vectors must be a sequence of arrays");
+    if (!seq) return NULL;
+    int G = (int)PySequence_Fast_GET_SIZE(seq);
+    PyArrayObject *w = ca_py_array_shape(ow, F64, 1, SHAPE1(G), 0, "weights");
+    const float **xs = w ? vector_table(seq, LEN(sum), G) : NULL;
+    if (!xs) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    ca_fed_acc acc = wrap_acc(sum, 0.0);
+    NOGIL(ca_fed_acc_add_many(&acc, xs, DATA(w, const double), G));
+    PyMem_Free(xs);
+    Py_DECREF(seq);
     Py_RETURN_NONE;
 }
 
@@ -128,25 +167,6 @@ static PyObject *py_proximal(PyObject *self, PyObject *args) {
     double r;
     NOGIL(r = ca_fed_proximal(ODATA(g, float), DATA(w, const float), DATA(wt, const float), n, mu));
     return PyFloat_FromDouble(r);
-}
-
-/* A sequence of K equal-length float32 vectors → a malloc'ed pointer table; `seq` keeps them alive. */
-static const float **vector_table(PyObject *seq, size_t n_expected, int K) {
-    const float **xs = PyMem_Malloc((size_t)(K ? K : 1) * sizeof *xs);
-    if (!xs) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (int k = 0; k < K; k++) {
-        PyArrayObject *a = ca_py_array_shape(PySequence_Fast_GET_ITEM(seq, k), F32, 1, SHAPE1(n_expected), 0,
-                                             "client vector");
-        if (!a) {
-            PyMem_Free(xs);
-            return NULL;
-        }
-        xs[k] = DATA(a, const float);
-    }
-    return xs;
 }
 
 static PyObject *py_coordinate_rule(PyObject *self, PyObject *args) {
@@ -279,6 +299,8 @@ PyMethodDef ca_py_fed_methods[] = {
     {"fed_first_nonfinite", py_first_nonfinite, METH_O, "Index of the first NaN/Inf of a float32 vector, or -1."},
     {"fed_l2norm", py_l2norm, METH_VARARGS, "fed_l2norm(x, ref|None) -> ||x - ref||_2 (float64 accumulation)."},
     {"fed_acc_add", py_acc_add, METH_VARARGS, "fed_acc_add(sum_f64, x, w): sum += w*x."},
+    {"fed_acc_add_many", py_acc_add_many, METH_VARARGS,
+     "fed_acc_add_many(sum_f64, vectors, weights_f64): sum += sum_k w_k*x_k in one pass."},
     {"fed_acc_mean", py_acc_mean, METH_VARARGS, "fed_acc_mean(out, sum_f64, weight): out = sum/weight."},
     {"fed_fedopt_step", py_fedopt_step, METH_VARARGS,
      "fed_fedopt_step(x, m, v, sum, weight, kind, eta, beta1, beta2, tau): FedAdam(0)/FedYogi(1)/FedAdagrad(2)."},

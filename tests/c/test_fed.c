@@ -48,6 +48,16 @@ static void test_acc(size_t n, int K) {
     }
     float *out = malloc(n * sizeof(float));
     CHECK(ca_fed_acc_mean(out, &acc) == CA_OK);
+    {   /* the batched add gives the same bits as K single adds */
+        ca_fed_acc acc2;
+        double *ws = malloc(K * sizeof(double));
+        for (int k = 0; k < K; k++) ws[k] = 1 + k;
+        CHECK(ca_fed_acc_init(&acc2, n) == CA_OK);
+        ca_fed_acc_add_many(&acc2, (const float *const *)xs, ws, K);
+        CHECK(memcmp(acc2.sum, acc.sum, n * sizeof(double)) == 0 && acc2.weight == acc.weight);
+        ca_fed_acc_free(&acc2);
+        free(ws);
+    }
     int ok = 1;
     for (size_t i = 0; i < n; i++) ok &= out[i] == (float)(ref[i] / W);
     CHECK(ok);

@@ -40,6 +40,10 @@ void ca_fed_acc_free(ca_fed_acc *acc);                /* safe on a zeroed or fre
 void ca_fed_acc_reset(ca_fed_acc *acc);
 /* sum += w·x (w ≥ 0 and finite, x finite: the caller validated). */
 void ca_fed_acc_add(ca_fed_acc *acc, const float *x /* (n) */, double w);
+/* sum += Σ_{k<G} w_k·x_k in one pass over the accumulator (for vectors already in memory); bit-identical to
+ * G calls of ca_fed_acc_add in the same order. */
+void ca_fed_acc_add_many(ca_fed_acc *acc, const float *const *xs /* G pointers to (n) */,
+                         const double *ws /* (G) */, int G);
 /* out = sum / weight, the weighted mean p_k = n_k/Σn_j of federated.md §A2; CA_ERR_VALUE when Σw == 0. */
 ca_status ca_fed_acc_mean(float *out /* (n) */, const ca_fed_acc *acc);
 /* out = sum (no division), e.g. the secure-aggregation path or a caller that divides later. */

@@ -89,6 +89,18 @@ class WeightedAccumulator:
         self.weight += w
         self.count += 1
 
+    def add_many(self, vectors: list[np.ndarray], weights: list[float], clients: list | None = None) -> None:
+        """Validate every vector, then add them in one pass over the accumulator (4 + 16/G bytes of memory
+        traffic per client and coordinate instead of 20); the same result as `add` one by one. Raises
+        UpdateRejected, before touching the accumulator, on the first bad vector."""
+        ids = clients if clients is not None else ["?"] * len(vectors)
+        vs = [check_vector(x, self.size, c) for x, c in zip(vectors, ids)]
+        ws = [check_weight(w, c) for w, c in zip(weights, ids)]
+        if vs:
+            _core.fed_acc_add_many(self.sum, vs, np.asarray(ws, dtype=np.float64))
+            self.weight += float(sum(ws))
+            self.count += len(vs)
+
     def mean(self, out: np.ndarray | None = None) -> np.ndarray:
         """Σ w_k x_k / Σ w_k rounded to float32 (FedAvg, federated.md §A2)."""
         if out is None:

@@ -121,9 +121,10 @@ def adaptive_noise_params(noise_multiplier: float, num_sampled: int,
 class _DPRound(RoundAggregator):
     """Clips each reply against the current vector before it reaches the wrapped strategy's round."""
 
-    def __init__(self, dp: DifferentialPrivacy, current: np.ndarray, server_round: int | None) -> None:
+    def __init__(self, dp: DifferentialPrivacy, current: np.ndarray, server_round: int | None,
+                 batch: int = 1) -> None:
         self.dp = dp
-        self.inner = dp.strategy.begin_round(current, server_round)
+        self.inner = dp.strategy.begin_round(current, server_round, batch)
         self.current = self.inner.current
         self.clip_norm = dp.clipping_norm
         self.unclipped = 0
@@ -165,8 +166,8 @@ class DifferentialPrivacy(Strategy):
         self.last_epsilon: float | None = None
         self.streaming = True
 
-    def begin_round(self, current: np.ndarray, server_round: int | None = None) -> RoundAggregator:
-        return _DPRound(self, current, server_round)
+    def begin_round(self, current: np.ndarray, server_round: int | None = None, batch: int = 1) -> RoundAggregator:
+        return _DPRound(self, current, server_round, batch)
 
     def _finish_round(self, res: AggregateResult, rnd: _DPRound) -> AggregateResult:
         cfg = self.config
