@@ -5,7 +5,8 @@
 - update validation (`UpdateRejected`, `Rejection`, `NoValidUpdatesError`);
 - differential privacy (`DPConfig`, `DifferentialPrivacy` wrapper, client-side clipping/local noise) and an
   RDP accountant (`RDPAccountant`);
-- secure aggregation (SecAgg+-style, `captionaura.federated.secagg`).
+- secure aggregation (SecAgg+-style, `captionaura.federated.secagg`);
+- provisioning of per-site startup kits (`provision`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from captionaura.federated.dp import (
     clip_update,
     local_dp_update,
 )
+from captionaura.federated.provision import ProvisionResult, provision
 from captionaura.federated.secagg import (
     SecAggClient,
     SecAggConfig,
@@ -54,6 +56,7 @@ from captionaura.federated.strategies import (
 __all__ = [
     "DPConfig", "DifferentialPrivacy", "RDPAccountant", "add_gaussian_noise", "clip_update", "compute_rdp",
     "local_dp_update", "rdp_to_dp",
+    "ProvisionResult", "provision",
     "SecAggClient", "SecAggConfig", "SecAggError", "SecAggResult", "SecAggServer", "secagg_run_round",
     "AggregateResult", "Bulyan", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "MultiKrum", "NoValidUpdatesError", "Rejection", "RoundAggregator",
