@@ -16,6 +16,10 @@ Each round, for clients u, v (neighbours in the communication graph: complete = 
                removes every survivor's self mask and the pairwise masks the survivors share with dropped
                clients, and is left with Σ_{u∈S} q_u.
 
+Threat model: honest-but-curious server and clients (the server routes every message). The consistency-check
+round with signatures of the malicious-server variant of SecAgg is not implemented; a client does refuse to
+reveal both secrets of one peer and to unmask below the threshold.
+
 The stages are pure-ish methods on `SecAggClient` / `SecAggServer` so a simulation or a Flower ServerApp can
 drive them over any transport; `run_round` drives them in-process. The per-coordinate integer arithmetic
 (quantise, add/subtract keystreams mod 2^bits, dequantise) is C (csrc/secagg.c).
@@ -394,8 +398,8 @@ class SecAggServer:
             if _raw(sk.public_key()) != self.keys[u][1]:
                 raise SecAggError(f"reconstructed key of client {u} does not match its public key")
             for v in self.graph[u]:
-                if v not in S or u not in self.shared.get(v, {}):
-                    continue                      # v never masked with u
+                if v not in S or v not in self.shared[u]:
+                    continue                      # u's shares never reached v: v did not mask with u
                 k = _pairwise_key(sk, self.keys[v][1], self.context)
                 # survivor v added +PRG if v < u else −PRG: undo it
                 _core.secagg_add_mod(total, keystream_u32(k, n1), -1 if v < u else 1, bits)
