@@ -202,3 +202,26 @@ def test_accountant_matches_dp_accounting(q, z, steps):
     full = RDPAccountant(tuple(TF_ORDERS))
     full.step(z, q, steps)
     assert full.get_epsilon(1e-5) <= ours.get_epsilon(1e-5) + 1e-12
+
+
+def test_client_side_clipping_is_verified_by_the_server():
+    rng = np.random.default_rng(8)
+    n = 500
+    cur = rng.standard_normal(n).astype(np.float32)
+    ok = clip_update((cur + rng.standard_normal(n)).astype(np.float32), cur, 1.0)[0]
+    unclipped = (cur + rng.standard_normal(n)).astype(np.float32)              # norm ~ 22 > 1
+    dp = DifferentialPrivacy(FedAvg(), DPConfig(noise_multiplier=0.0, clipping_norm=1.0, clipping="client"))
+    res = dp.aggregate_detailed(cur, [(ok, 1), (unclipped, 1)])
+    assert res.accepted == [0]
+    assert "exceeds the clipping norm" in res.rejected[0].reason
+    np.testing.assert_array_equal(res.parameters, ok)                          # not re-clipped, not changed
+
+
+def test_noise_follows_the_actual_number_of_accepted_replies():
+    n = 100_000
+    rng = np.random.default_rng(9)
+    ups = [((0.001 * rng.standard_normal(n)).astype(np.float32), 1) for _ in range(4)]
+    dp = DifferentialPrivacy(FedAvg(), DPConfig(noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=10),
+                             seed=3)
+    res = dp.aggregate_detailed(np.zeros(n, np.float32), ups)
+    assert res.metrics["noise_std"] == pytest.approx(1.0 / 4)     # 4 replies of 10 sampled: C/4, not C/10

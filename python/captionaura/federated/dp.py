@@ -24,6 +24,7 @@ add the model noise with the C actually used for clipping this round.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -31,9 +32,11 @@ from typing import Literal
 import numpy as np
 
 from captionaura import _core
-from captionaura.federated._vectors import as_vector
+from captionaura.federated._vectors import Rejection, as_vector
 from captionaura.federated.accountant import RDPAccountant
 from captionaura.federated.strategies import AggregateResult, RoundAggregator, Strategy
+
+log = logging.getLogger("captionaura.federated")
 
 
 @dataclass
@@ -44,6 +47,9 @@ class DPConfig:
     clipping_norm: C, or the initial C when `adaptive` (Flower's initial_clipping_norm default is 0.1).
     num_sampled_clients: m; None = the number of accepted updates in the round.
     mode: "central" (server adds noise to the aggregate) or "local" (each client noises its own update).
+    clipping: in central mode, "server" clips every reply, "client" expects clients to have clipped (Flower's
+        ClientSideFixedClipping) and rejects a reply whose update norm exceeds C (a client that did not clip
+        would otherwise break the noise calibration).
     population: total number of clients, for the accountant's sampling rate q = m/population (None: q = 1).
     """
 
@@ -51,6 +57,7 @@ class DPConfig:
     clipping_norm: float = 1.0
     num_sampled_clients: int | None = None
     mode: Literal["central", "local"] = "central"
+    clipping: Literal["server", "client"] = "server"
     adaptive: bool = False
     target_unclipped_quantile: float = 0.5
     clip_norm_lr: float = 0.2
@@ -66,6 +73,10 @@ class DPConfig:
             raise ValueError("clipping_norm must be > 0")
         if self.mode not in ("central", "local"):
             raise ValueError(f"mode must be 'central' or 'local', got {self.mode!r}")
+        if self.clipping not in ("server", "client"):
+            raise ValueError(f"clipping must be 'server' or 'client', got {self.clipping!r}")
+        if self.adaptive and self.clipping == "client":
+            raise ValueError("adaptive clipping here is server-side; use clipping='server'")
         if not 0 <= self.target_unclipped_quantile <= 1:
             raise ValueError("target_unclipped_quantile must be in [0, 1]")
         if self.clip_norm_lr <= 0:
@@ -135,9 +146,18 @@ class _DPRound(RoundAggregator):
         if arr.size == self.current.size and arr.dtype.kind in "fiu":
             v = as_vector(arr)
             if _core.fed_first_nonfinite(v) < 0:        # invalid vectors go through unclipped to be rejected
-                if self.dp.config.mode == "central":
+                cfg = self.dp.config
+                if cfg.mode == "central" and cfg.clipping == "server":
                     v, norm = clip_update(v, self.current, self.clip_norm)
                     self.unclipped += int(norm <= self.clip_norm)
+                elif cfg.mode == "central":
+                    norm = _core.fed_l2norm(v, self.current)
+                    if norm > self.clip_norm * (1 + 1e-5):
+                        rej = Rejection(cid, f"update norm {norm:.6g} exceeds the clipping norm {self.clip_norm:.6g}"
+                                             " (client-side clipping expected)")
+                        log.warning("update from client %s rejected: %s", cid, rej.reason)
+                        self.inner.rejected.append(rej)
+                        return rej
                 x = v
         w = 1.0 if self.dp.config.uniform_weights else num_examples
         return self.inner.add(x, w, cid)
@@ -145,6 +165,14 @@ class _DPRound(RoundAggregator):
     @property
     def num_accepted(self) -> int:
         return self.inner.num_accepted
+
+    @property
+    def accepted(self) -> list:  # type: ignore[override]
+        return self.inner.accepted
+
+    @property
+    def rejected(self) -> list:  # type: ignore[override]
+        return self.inner.rejected
 
     def finish(self) -> AggregateResult:
         res = self.inner.finish()
@@ -171,7 +199,9 @@ class DifferentialPrivacy(Strategy):
 
     def _finish_round(self, res: AggregateResult, rnd: _DPRound) -> AggregateResult:
         cfg = self.config
-        m = int(cfg.num_sampled_clients or len(res.accepted))
+        # σ = z·C/m assumes the mean of m clipped updates; with fewer accepted replies a client moves the
+        # mean by up to C/accepted, so the noise follows the smaller denominator (never weaker than stated)
+        m = min(int(cfg.num_sampled_clients or len(res.accepted)), len(res.accepted))
         z = cfg.noise_multiplier
         metrics: dict[str, float] = {"clipping_norm": rnd.clip_norm}
         if cfg.mode == "central":
