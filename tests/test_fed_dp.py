@@ -225,3 +225,18 @@ def test_noise_follows_the_actual_number_of_accepted_replies():
                              seed=3)
     res = dp.aggregate_detailed(np.zeros(n, np.float32), ups)
     assert res.metrics["noise_std"] == pytest.approx(1.0 / 4)     # 4 replies of 10 sampled: C/4, not C/10
+
+
+@pytest.mark.skipif(flwr_dp is None, reason="flwr not installed")
+def test_flower_adaptive_rule_moves_the_wrong_way_ours_does_not():
+    # Backs the claim in dp.py's docstring: Flower counts *clipped* updates (norm_bit = scaling < 1) and
+    # applies C *= exp(-lr * (fraction - target)), so when every update is clipped C shrinks further.
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, FedAvg as FlwrFedAvg
+    theirs = DifferentialPrivacyServerSideAdaptiveClipping(FlwrFedAvg(), noise_multiplier=0.0, num_sampled_clients=4,
+                                                           initial_clipping_norm=0.1)
+    assert flwr_dp.adaptive_clip_inputs_inplace([np.ones(4, np.float32)], 0.1) is True   # norm 2 > 0.1: "bit" set
+    theirs._geometric_update(1.0)                  # all four updates were clipped
+    assert theirs.clipping_norm < 0.1
+    ours = DifferentialPrivacy(FedAvg(), DPConfig(noise_multiplier=0.0, clipping_norm=0.1, adaptive=True))
+    ours.aggregate(np.zeros(4, np.float32), [(np.ones(4, np.float32), 1)] * 4)
+    assert ours.clipping_norm > 0.1
