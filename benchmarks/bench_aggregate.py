@@ -7,7 +7,7 @@ run; then the cost of secure aggregation per client and on the server.
     .venv/bin/python benchmarks/bench_aggregate.py --quick    # K ∈ {8,32}, M ∈ {1e5,1e6}
 
 "GB/s" counts 20 bytes per client and coordinate for the streaming path (read x: 4, read and write the
-float64 sum: 16; the validation read of x is not counted). Triad: 24 bytes per element (STREAM convention, no
+float64 sum: 16; validation is fused into the same read of x). Triad: 24 bytes per element (STREAM convention, no
 write-allocate), measured with the same OpenMP threads. While the accumulator fits in the last-level cache
 (M <= ~1e6 with a 32 MB L3) the 16 accumulator bytes never reach DRAM and the figure can exceed the triad. Client vectors beyond
 a 1.5 GB budget are reused cyclically (each is still far larger than the last-level cache when M ≥ 1e6; at
@@ -186,7 +186,7 @@ def main() -> None:
             print(f"{K:>4} {M:>9.0e} | {1e3 * r['stream_s']:>9.1f} {r['gbs']:>6.1f} {r['pct_triad']:>5.0f}% "
                   f"{1e3 * r['batch_s']:>8.1f} | {1e3 * r['numpy_s']:>9.1f} {r['numpy_s'] / best:>5.1f} | "
                   f"{fls} | {r['maxdiff']:>8.1e}", flush=True)
-    print("stream = validate + add one vector at a time (peak memory: one vector + the float64 accumulator);")
+    print("stream = validate and add fused, one vector at a time (peak memory: one vector + the float64 accumulator);")
     print("batch = FedAvg().begin_round(batch=16): validate each, add 16 vectors per accumulator pass;")
     print("GB/s = 20 bytes per client and coordinate (x read, float64 sum read + written) / stream time;")
     print("%triad = that against the triad above (>100% while the accumulator stays in cache, M <= ~1e6);")

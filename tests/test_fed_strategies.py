@@ -349,3 +349,25 @@ def test_batched_accumulation_is_bit_identical_to_one_by_one():
     with pytest.raises(ValueError, match="index 9"):
         many.add_many([ups[0][0], bad], [1, 1])
     assert many.count == 37                                   # untouched by the rejected batch
+
+
+@pytest.mark.parametrize("bad_at", [0, 5000, 99_999, 250_001])
+def test_fused_validation_rolls_back_across_threads(bad_at):
+    rng = np.random.default_rng(bad_at)
+    n = 250_002
+    acc = WeightedAccumulator(n)
+    good = [rng.standard_normal(n).astype(np.float32) * 1e3 for _ in range(3)]
+    for g in good:
+        acc.add(g, 7)
+    before = acc.sum.copy()
+    bad = rng.standard_normal(n).astype(np.float32)
+    bad[bad_at] = np.nan
+    bad[min(n - 1, bad_at + 70_000)] = np.inf       # a second bad value, possibly in another thread's range
+    with pytest.raises(ValueError, match=f"index {bad_at}\\b"):
+        acc.add(bad, 5, client="mallory")
+    assert acc.weight == 21 and acc.count == 3
+    assert np.all(np.abs(acc.sum - before) <= np.spacing(np.abs(before)))   # within one float64 ulp
+    ref = WeightedAccumulator(n)
+    for g in good:
+        ref.add(g, 7)
+    np.testing.assert_array_equal(acc.mean(), ref.mean())

@@ -107,6 +107,18 @@ static PyObject *py_acc_add_many(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_acc_add_checked(PyObject *self, PyObject *args) {
+    PyObject *osum, *ox;
+    double w;
+    if (!PyArg_ParseTuple(args, "OOd:acc_add_checked", &osum, &ox, &w)) return NULL;
+    VEC(sum, osum, F64, 1, "sum");
+    VECN(x, ox, F32, LEN(sum), 0, "x");
+    ca_fed_acc acc = wrap_acc(sum, 0.0);
+    size_t r;
+    NOGIL(r = ca_fed_acc_add_checked(&acc, DATA(x, const float), w));
+    return PyLong_FromSsize_t(r == LEN(sum) ? -1 : (Py_ssize_t)r);
+}
+
 static PyObject *py_acc_mean(PyObject *self, PyObject *args) {
     PyObject *oout, *osum;
     double weight;
@@ -301,6 +313,8 @@ PyMethodDef ca_py_fed_methods[] = {
     {"fed_acc_add", py_acc_add, METH_VARARGS, "fed_acc_add(sum_f64, x, w): sum += w*x."},
     {"fed_acc_add_many", py_acc_add_many, METH_VARARGS,
      "fed_acc_add_many(sum_f64, vectors, weights_f64): sum += sum_k w_k*x_k in one pass."},
+    {"fed_acc_add_checked", py_acc_add_checked, METH_VARARGS,
+     "fed_acc_add_checked(sum_f64, x, w) -> -1 after sum += w*x, or the first NaN/Inf index (sum unchanged)."},
     {"fed_acc_mean", py_acc_mean, METH_VARARGS, "fed_acc_mean(out, sum_f64, weight): out = sum/weight."},
     {"fed_fedopt_step", py_fedopt_step, METH_VARARGS,
      "fed_fedopt_step(x, m, v, sum, weight, kind, eta, beta1, beta2, tau): FedAdam(0)/FedYogi(1)/FedAdagrad(2)."},

@@ -62,6 +62,22 @@ static void test_acc(size_t n, int K) {
     for (size_t i = 0; i < n; i++) ok &= out[i] == (float)(ref[i] / W);
     CHECK(ok);
     CHECK(ca_fed_first_nonfinite(xs[0], n) == n);
+    {   /* fused validate-and-add: a bad vector leaves the accumulator (nearly) as it was */
+        double *snap = malloc(n * sizeof(double));
+        memcpy(snap, acc.sum, n * sizeof(double));
+        double w0 = acc.weight;
+        float saved = xs[0][n - 1];
+        xs[0][n - 1] = INFINITY;
+        CHECK(ca_fed_acc_add_checked(&acc, xs[0], 3.0) == n - 1);
+        int same = acc.weight == w0;
+        for (size_t i = 0; i < n; i++) same &= fabs(acc.sum[i] - snap[i]) <= 4e-16 * fabs(snap[i]) + 1e-300;
+        CHECK(same);
+        xs[0][n - 1] = saved;
+        CHECK(ca_fed_acc_add_checked(&acc, xs[0], 0.0) == n); /* finite: added (weight 0 keeps ref valid) */
+        CHECK(acc.count == K + 1);
+        acc.count = K;
+        free(snap);
+    }
     xs[0][n - 1] = NAN;
     CHECK(ca_fed_first_nonfinite(xs[0], n) == n - 1);
     xs[0][n / 2] = -INFINITY;

@@ -40,6 +40,10 @@ void ca_fed_acc_free(ca_fed_acc *acc);                /* safe on a zeroed or fre
 void ca_fed_acc_reset(ca_fed_acc *acc);
 /* sum += w·x (w ≥ 0 and finite, x finite: the caller validated). */
 void ca_fed_acc_add(ca_fed_acc *acc, const float *x /* (n) */, double w);
+/* Validate and add in one read of x: returns n and adds w·x when x is finite; otherwise returns the index of
+ * the first NaN/Inf and leaves the accumulator as it was (to within one float64 ulp per coordinate in the
+ * blocks added before the bad value was seen; weight and count untouched). */
+size_t ca_fed_acc_add_checked(ca_fed_acc *acc, const float *x /* (n) */, double w);
 /* sum += Σ_{k<G} w_k·x_k in one pass over the accumulator (for vectors already in memory); bit-identical to
  * G calls of ca_fed_acc_add in the same order. */
 void ca_fed_acc_add_many(ca_fed_acc *acc, const float *const *xs /* G pointers to (n) */,

@@ -82,10 +82,18 @@ class WeightedAccumulator:
         self.count = 0
 
     def add(self, x: np.ndarray, weight: float = 1.0, client: int | str = "?") -> None:
-        """Validate then add w·x; raises UpdateRejected (the accumulator is untouched) on a bad update."""
-        v = check_vector(x, self.size, client)
+        """Validate then add w·x in one read of x (C); raises UpdateRejected on a bad update, leaving the
+        accumulator as it was (weight, count exactly; the float64 sum to within one ulp)."""
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise UpdateRejected(Rejection(client, f"dtype {arr.dtype} is not numeric"))
+        if arr.size != self.size:
+            raise UpdateRejected(Rejection(client, f"wrong length: {arr.size} values, expected {self.size}"))
         w = check_weight(weight, client)
-        _core.fed_acc_add(self.sum, v, w)
+        v = as_vector(arr)
+        bad = _core.fed_acc_add_checked(self.sum, v, w)
+        if bad >= 0:
+            raise UpdateRejected(Rejection(client, f"non-finite value {v[bad]} at index {bad}"))
         self.weight += w
         self.count += 1
 
