@@ -178,3 +178,6 @@ def test_overflow_guard_on_server():
     assert cfg.max_clients == 2
     with pytest.raises(SecAggError, match="overflow"):
         run_round(cfg, make_inputs(3, 10))
+    small = SecAggConfig(threshold=2, quantization_levels=16, bits=10, max_weight=400, stochastic_rounding=False)
+    with pytest.raises(SecAggError, match="weight sum"):
+        run_round(small, {u: (np.zeros(4, np.float32), 1) for u in range(3)})

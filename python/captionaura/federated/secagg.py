@@ -351,6 +351,9 @@ class SecAggServer:
         if len(self.survivors) > self.config.max_clients:
             raise SecAggError(f"{len(self.survivors)} clients would overflow modulo 2^{self.config.bits} "
                               f"with {self.config.quantization_levels} levels (max {self.config.max_clients})")
+        if len(self.survivors) * self.config.max_weight >= 1 << self.config.bits:
+            raise SecAggError(f"{len(self.survivors)} clients x max_weight {self.config.max_weight} would overflow "
+                              f"the weight sum modulo 2^{self.config.bits}")
         acc = np.zeros(self.vector_size + 1, np.uint32)
         for u in self.survivors:
             y = np.asarray(masked[u])
