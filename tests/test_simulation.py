@@ -8,7 +8,7 @@ import pytest
 
 import captionaura as ca
 from captionaura import federated as fl
-from captionaura.federated.simulation import FederatedClient, Simulation
+from captionaura.federated import FederatedClient, Simulation
 
 
 def base_model() -> ca.Lfm2Model:
