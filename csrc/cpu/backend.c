@@ -35,4 +35,12 @@ const ca_backend ca_cpu_backend = {
     .add_inplace = ca_cpu_add_inplace,
     .scale_inplace = ca_cpu_scale_inplace,
     .zero = ca_cpu_zero,
+    .layernorm_forward = ca_cpu_layernorm_forward,
+    .layernorm_backward = ca_cpu_layernorm_backward,
+    .gelu_forward = ca_cpu_gelu_forward,
+    .gelu_backward = ca_cpu_gelu_backward,
+    .posresize_forward = ca_cpu_posresize_forward,
+    .posresize_backward = ca_cpu_posresize_backward,
+    .unshuffle_forward = ca_cpu_unshuffle_forward,
+    .unshuffle_backward = ca_cpu_unshuffle_backward,
 };

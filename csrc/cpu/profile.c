@@ -144,6 +144,15 @@ const ca_backend ca_cpu_profiling_backend = {
     .add_inplace = p_add_inplace,
     .scale_inplace = p_scale_inplace,
     .zero = p_zero,
+    /* vision ops: not timed (the profile categories are the text model's) */
+    .layernorm_forward = ca_cpu_layernorm_forward,
+    .layernorm_backward = ca_cpu_layernorm_backward,
+    .gelu_forward = ca_cpu_gelu_forward,
+    .gelu_backward = ca_cpu_gelu_backward,
+    .posresize_forward = ca_cpu_posresize_forward,
+    .posresize_backward = ca_cpu_posresize_backward,
+    .unshuffle_forward = ca_cpu_unshuffle_forward,
+    .unshuffle_backward = ca_cpu_unshuffle_backward,
 };
 
 ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps) {

@@ -31,6 +31,15 @@ typedef struct ca_backend {
     void (*add_inplace)(float *, const float *, size_t);
     void (*scale_inplace)(float *, float, size_t);
     void (*zero)(float *, size_t);
+    /* vision ops (see ca_ops.h, "Vision ops") */
+    void (*layernorm_forward)(float *, float *, float *, const float *, const float *, const float *, int, int, float);
+    void (*layernorm_backward)(float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int);
+    void (*gelu_forward)(float *, const float *, size_t, int);
+    void (*gelu_backward)(float *, const float *, const float *, size_t, int);
+    void (*posresize_forward)(float *, const float *, int, int, int, int, int);
+    void (*posresize_backward)(float *, const float *, int, int, int, int, int);
+    void (*unshuffle_forward)(float *, const float *, int, int, int, int);
+    void (*unshuffle_backward)(float *, const float *, int, int, int, int);
 } ca_backend;
 
 extern const ca_backend ca_cpu_backend;
