@@ -664,14 +664,19 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
 static int is_truncated_layer(const ca_vision_config *c, const char *name) {
     const char *pre = VISION_PREFIX "encoder.layers.";
     size_t n = strlen(pre);
-    if (strncmp(name, pre, n) != 0) return 0;
+    if (strncmp(name, pre, n) != 0) {
+        pre = "model.vision_tower.encoder.layers.";
+        n = strlen(pre);
+        if (strncmp(name, pre, n) != 0) return 0;
+    }
     char *end;
     long idx = strtol(name + n, &end, 10);
     return end != name + n && *end == '.' && idx >= c->num_layers_run && idx < c->num_hidden_layers;
 }
 
 static int is_unused_head(const ca_vision_config *c, const char *name) {
-    return c->vision_use_head && strncmp(name, VISION_PREFIX "head.", strlen(VISION_PREFIX "head.")) == 0;
+    return c->vision_use_head && (strncmp(name, VISION_PREFIX "head.", strlen(VISION_PREFIX "head.")) == 0 ||
+                                  strncmp(name, "model.vision_tower.head.", 24) == 0);
 }
 
 ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *paths, int num_paths) {
@@ -691,17 +696,27 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
         const ca_param_info *p = &m->param_info[i];
         const ca_st_tensor *found = NULL;
         int found_file = -1;
+        /* hub checkpoints name the tower model.vision_tower.vision_model.*; transformers >= 5 saves it without
+         * the vision_model. level (its Siglip2VisionModel prefix change): accept either, never both */
+        char alt[CA_PARAM_NAME_MAX];
+        const size_t vp = strlen(VISION_PREFIX);
+        int has_alt = strncmp(p->name, VISION_PREFIX, vp) == 0;
+        if (has_alt) snprintf(alt, sizeof alt, "model.vision_tower.%s", p->name + vp);
         for (int f = 0, base = 0; f < opened; base += files[f].num_tensors, f++) {
-            const ca_st_tensor *t = ca_safetensors_find(&files[f], p->name);
-            if (!t) continue;
-            if (found) {
-                st = ca_error(CA_ERR_FORMAT, "tensor '%s' appears in both %s and %s", p->name, files[found_file].path,
-                              files[f].path);
-                break;
+            for (int form = 0; form < 1 + has_alt; form++) {
+                const ca_st_tensor *t = ca_safetensors_find(&files[f], form ? alt : p->name);
+                if (!t) continue;
+                if (found) {
+                    st = ca_error(CA_ERR_FORMAT, "tensor '%s' appears twice (%s and %s, with or without 'vision_model.')",
+                                  p->name, files[found_file].path, files[f].path);
+                    break;
+                }
+                found = t;
+                found_file = f;
+                used[base + (int)(t - files[f].tensors)] = 1;
             }
-            found = t;
-            found_file = f;
-            used[base + (int)(t - files[f].tensors)] = 1;
+            if (st != CA_OK) break;
+            continue;
         }
         if (st != CA_OK) break;
         if (!found) {

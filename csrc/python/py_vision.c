@@ -291,7 +291,22 @@ static PyTypeObject VisionType = {
     .tp_getset = Vision_getset,
 };
 
+static PyObject *py_vision_config_resolve(PyObject *self, PyObject *arg) {
+    Py_ssize_t len;
+    const char *json = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (!json) return NULL;
+    ca_vision_config c;
+    ca_status st = ca_vision_config_from_json(&c, json, (size_t)len);
+    if (st != CA_OK) return ca_py_raise(st);
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i}", "num_layers_run", c.num_layers_run, "hidden_size", c.hidden_size,
+                         "text_hidden_size", c.text_hidden_size, "downsample_factor", c.downsample_factor, "patch_dim",
+                         c.num_channels * c.patch_size * c.patch_size, "projector_use_layernorm",
+                         c.projector_use_layernorm);
+}
+
 PyMethodDef ca_py_vision_methods[] = {
+    {"vision_config_resolve", py_vision_config_resolve, METH_O,
+     "vision_config_resolve(lfm2_vl_config_json) -> resolved vision sizes (validates; raises naming the key)."},
     {NULL, NULL, 0, NULL},
 };
 
