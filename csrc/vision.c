@@ -491,8 +491,7 @@ static void layer_forward(ca_vision_model *m, int l) {
     for (int t = 0; t < m->num_tiles; t++) { /* bidirectional attention within each tile's valid patches */
         size_t off = m->tile_off[t] * D;
         int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
-        be->attention_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, NULL, 1, S, S,
-                              NH, NH, HS, 0, 0);
+        be->mha_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH, HS);
     }
     be->linear_forward(a->mid, a->ao, w->o_w, w->o_b, N, D, D);
     be->add_inplace(a->mid, h, (size_t)N * D);
@@ -527,6 +526,7 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
         A += (size_t)NH * h * w * h * w;
     }
     const size_t N = (size_t)N64, M = (size_t)M64;
+    m->att_floats = A;
     CA_TRY(ensure_acts(m, N, M, A, train ? L : 1));
 
     /* embeddings: patch_embedding over the packed valid patches, plus the per-tile resized position table */
@@ -576,6 +576,7 @@ typedef struct {
     float *dpn;  /* (M, U) d projector-LN output */
     float *dpa;  /* (M, PH) */
     float *dp1;  /* (M, PH) */
+    float *dS;   /* Σ_t NH·S_t² attention-score gradients (mha_backward workspace) */
     float *base;
 } vision_scratch;
 
@@ -596,8 +597,9 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
     }
     vision_scratch s;
     const size_t sizes[] = {(size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D,
-                            (size_t)N * F, (size_t)N * F, (size_t)M * U, (size_t)M * U, (size_t)M * PH, (size_t)M * PH};
-    float **slots[] = {&s.dres, &s.dx, &s.dao, &s.dq, &s.dk, &s.dv, &s.dact, &s.dh1, &s.du, &s.dpn, &s.dpa, &s.dp1};
+                            (size_t)N * F, (size_t)N * F, (size_t)M * U, (size_t)M * U, (size_t)M * PH, (size_t)M * PH,
+                            m->att_floats};
+    float **slots[] = {&s.dres, &s.dx, &s.dao, &s.dq, &s.dk, &s.dv, &s.dact, &s.dh1, &s.du, &s.dpn, &s.dpa, &s.dp1, &s.dS};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
     s.base = be->alloc(total * sizeof(float));
@@ -639,8 +641,8 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         for (int t = 0; t < T; t++) {
             size_t off = m->tile_off[t] * D;
             int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
-            be->attention_backward(s.dq + off, s.dk + off, s.dv + off, s.dao + off, a->q + off, a->k + off, a->v + off,
-                                   a->att + m->tile_att[t], 1, S, S, NH, NH, HS);
+            be->mha_backward(s.dq + off, s.dk + off, s.dv + off, s.dS + m->tile_att[t], s.dao + off, a->q + off,
+                             a->k + off, a->v + off, a->att + m->tile_att[t], S, NH, HS);
         }
         be->linear_backward(s.dx, grad_of(m, w->q_w), grad_of(m, w->q_b), s.dq, a->x1, w->q_w, N, D, D, 0);
         be->linear_backward(s.dx, grad_of(m, w->k_w), grad_of(m, w->k_b), s.dk, a->x1, w->k_w, N, D, D, 1);

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from captionaura import _core
-from test_ops import FD_COORDS, FD_EPS, FD_TOL, TOL, Case, f32, nans, prefilled, rel_err
+from test_ops import FD_COORDS, FD_EPS, FD_TOL, TOL, Case, attention_ref, f32, nans, prefilled, rel_err
 
 F32 = np.float32
 
@@ -189,7 +189,45 @@ def unshuffle_case(H, W, C, f, seed):
                 c_fwd, c_bwd)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# mha: bidirectional multi-head self-attention of one sequence (the float64 reference of test_ops.py)
+
+
+def mha_case(T, NH, HS, seed, spread=1.0):
+    rng = np.random.default_rng(seed)
+    vis = np.ones((1, T, T), dtype=bool)
+
+    def ref_fwd(x, k):
+        o = attention_ref(x["q"][None], x["k"][None], x["v"][None], vis)[0]
+        return o.transpose(0, 2, 1, 3)[0]
+
+    def ref_bwd(x, k, dout):
+        o, p, qh, kh, vh = attention_ref(x["q"][None], x["k"][None], x["v"][None], vis)
+        do = dout[None].transpose(0, 2, 1, 3)
+        dp = do @ vh.transpose(0, 1, 3, 2)
+        ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True)) / math.sqrt(HS)
+        tr = lambda a: a.transpose(0, 2, 1, 3)[0]  # noqa: E731
+        return {"q": tr(ds @ kh), "k": tr(ds.transpose(0, 1, 3, 2) @ qh), "v": tr(p.transpose(0, 1, 3, 2) @ do)}
+
+    def c_fwd(x, k):
+        out, att = nans((T, NH, HS)), nans((NH, T, T))
+        _core.mha_forward(out, att, x["q"], x["k"], x["v"])
+        return out, att
+
+    def c_bwd(x, k, dout, att):
+        dq, dk, dv = nans((T, NH, HS)), nans((T, NH, HS)), nans((T, NH, HS))
+        _core.mha_backward(dq, dk, dv, nans((NH, T, T)), dout, x["q"], x["k"], x["v"], att)
+        return {"q": dq, "k": dk, "v": dv}
+
+    inputs = {n: rng.standard_normal((T, NH, HS)) * spread for n in ("q", "k", "v")}
+    return Case(f"mha T{T} NH{NH} HS{HS}", inputs, {}, ref_fwd, ref_bwd, c_fwd, c_bwd)
+
+
 CASES = [
+    mha_case(T=1, NH=2, HS=8, seed=21),
+    mha_case(T=7, NH=3, HS=16, seed=22),
+    mha_case(T=40, NH=4, HS=12, seed=23, spread=2.0),  # peaked softmax
+    mha_case(T=150, NH=2, HS=64, seed=24),  # threaded
     layernorm_case(N=5, C=13, seed=1),
     layernorm_case(N=300, C=130, seed=2, eps=1e-5),  # threaded, channel slices for dw/db
     layernorm_case(N=6, C=16, seed=3, skip_params=True),

@@ -43,4 +43,6 @@ const ca_backend ca_cpu_backend = {
     .posresize_backward = ca_cpu_posresize_backward,
     .unshuffle_forward = ca_cpu_unshuffle_forward,
     .unshuffle_backward = ca_cpu_unshuffle_backward,
+    .mha_forward = ca_cpu_mha_forward,
+    .mha_backward = ca_cpu_mha_backward,
 };

@@ -153,6 +153,8 @@ const ca_backend ca_cpu_profiling_backend = {
     .posresize_backward = ca_cpu_posresize_backward,
     .unshuffle_forward = ca_cpu_unshuffle_forward,
     .unshuffle_backward = ca_cpu_unshuffle_backward,
+    .mha_forward = ca_cpu_mha_forward,
+    .mha_backward = ca_cpu_mha_backward,
 };
 
 ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps) {

@@ -432,6 +432,39 @@ static PyObject *py_posresize_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* q, k, v (T, NH, HS); att (NH, T, T) */
+static PyObject *py_mha_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_att, *o_q, *o_k, *o_v;
+    if (!PyArg_ParseTuple(args, "OOOOO:mha_forward", &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
+    DRIVER(q, o_q, F32, 3, "q");
+    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
+    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
+    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
+    ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
+    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
+    NOGIL(ca_cpu_mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_mha_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dq, *o_dk, *o_dv, *o_scratch, *o_dout, *o_q, *o_k, *o_v, *o_att;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:mha_backward", &o_dq, &o_dk, &o_dv, &o_scratch, &o_dout, &o_q, &o_k, &o_v,
+                          &o_att))
+        return NULL;
+    DRIVER(q, o_q, F32, 3, "q");
+    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
+    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
+    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
+    ARR(dout, o_dout, F32, 3, SHAPE(T, NH, HS), 0, "dout");
+    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 0, "att");
+    ARR(scratch, o_scratch, F32, 3, SHAPE(NH, T, T), 1, "scratch");
+    ARR(dq, o_dq, F32, 3, SHAPE(T, NH, HS), 1, "dq");
+    ARR(dk, o_dk, F32, 3, SHAPE(T, NH, HS), 1, "dk");
+    ARR(dv, o_dv, F32, 3, SHAPE(T, NH, HS), 1, "dv");
+    NOGIL(ca_cpu_mha_backward(FP(dq), FP(dk), FP(dv), FP(scratch), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), T, NH, HS));
+    Py_RETURN_NONE;
+}
+
 /* inp (H, W, C) grid; out (H/f, W/f, f*f*C) */
 static PyObject *py_unshuffle_forward(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_inp;
@@ -499,6 +532,9 @@ PyMethodDef ca_py_ops_methods[] = {
     {"posresize_forward", py_posresize_forward, METH_VARARGS,
      "posresize_forward(out (Ho,Wo,C), table (Hi,Wi,C)): antialiased bilinear resize"},
     {"posresize_backward", py_posresize_backward, METH_VARARGS, "posresize_backward(dtable (Hi,Wi,C) +=, dout (Ho,Wo,C))"},
+    {"mha_forward", py_mha_forward, METH_VARARGS, "mha_forward(out (T,NH,HS), att (NH,T,T), q, k, v (T,NH,HS))"},
+    {"mha_backward", py_mha_backward, METH_VARARGS,
+     "mha_backward(dq, dk, dv (T,NH,HS) =, scratch (NH,T,T), dout, q, k, v (T,NH,HS), att (NH,T,T))"},
     {"unshuffle_forward", py_unshuffle_forward, METH_VARARGS, "unshuffle_forward(out (H/f,W/f,f*f*C), inp (H,W,C), f)"},
     {"unshuffle_backward", py_unshuffle_backward, METH_VARARGS, "unshuffle_backward(dinp (H,W,C) =, dout (H/f,W/f,f*f*C), f)"},
     {NULL, NULL, 0, NULL},

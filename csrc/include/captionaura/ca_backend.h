@@ -40,6 +40,8 @@ typedef struct ca_backend {
     void (*posresize_backward)(float *, const float *, int, int, int, int, int);
     void (*unshuffle_forward)(float *, const float *, int, int, int, int);
     void (*unshuffle_backward)(float *, const float *, int, int, int, int);
+    void (*mha_forward)(float *, float *, const float *, const float *, const float *, int, int, int);
+    void (*mha_backward)(float *, float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int);
 } ca_backend;
 
 extern const ca_backend ca_cpu_backend;

@@ -139,8 +139,8 @@ void ca_cpu_zero(float *y, size_t n);                            /* y = 0  */
 /* ================================================================================================
  * Vision ops (LFM2-VL SigLIP2 tower and projector, lfm2.md §4.3–4.6). The patch embedding is the linear op
  * above with bias over pre-extracted patch vectors (N, 16·16·3) in (py, px, c) order, exactly the
- * nn.Linear transformers' Siglip2VisionEmbeddings applies; the encoder attention is attention.c with
- * causal = 0, run per tile on its valid patches only (equivalent to masking the padded keys).
+ * nn.Linear transformers' Siglip2VisionEmbeddings applies; the encoder attention is mha.c (GEMM-based,
+ * every key visible), run per tile on its valid patches only (equivalent to masking the padded keys).
  * ================================================================================================ */
 
 /* ---- layernorm.c: y = (x − mean)·rstd·w + b,  rstd = 1/sqrt(var_biased + eps) ---- */
@@ -179,6 +179,23 @@ void ca_cpu_posresize_forward(float *out,         /* (Ho, Wo, C) */
 void ca_cpu_posresize_backward(float *dtable,     /* (Hi, Wi, C) += */
                                const float *dout, /* (Ho, Wo, C) */
                                int Hi, int Wi, int Ho, int Wo, int C);
+
+/* ---- mha.c: bidirectional multi-head self-attention of one sequence (no mask, NKV = NH), per-head sgemm:
+ *   o_h = softmax(q_h·k_hᵀ/sqrt(HS))·v_h,  heads = contiguous HS-slices of each row ---- */
+void ca_cpu_mha_forward(float *out,     /* (T, NH, HS) */
+                        float *att,     /* (NH, T, T) cache: probabilities */
+                        const float *q, /* (T, NH, HS) */
+                        const float *k, /* (T, NH, HS) */
+                        const float *v, /* (T, NH, HS) */
+                        int T, int NH, int HS);
+void ca_cpu_mha_backward(float *dq,         /* (T, NH, HS) = */
+                         float *dk,         /* (T, NH, HS) = */
+                         float *dv,         /* (T, NH, HS) = */
+                         float *scratch,    /* (NH, T, T) workspace */
+                         const float *dout, /* (T, NH, HS) */
+                         const float *q, const float *k, const float *v,
+                         const float *att,  /* (NH, T, T) */
+                         int T, int NH, int HS);
 
 /* ---- unshuffle.c: pixel unshuffle by f (H, W divisible by f):
  *   out[i·(W/f) + j] = concat_{dy<f} concat_{dx<f} inp[(f·i+dy)·W + f·j+dx]   (f=2: TL, TR, BL, BR) ---- */

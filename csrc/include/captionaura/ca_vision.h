@@ -100,6 +100,7 @@ typedef struct ca_vision_model {
     size_t *tile_off;          /* (num_tiles + 1) first packed patch of each tile; tile_off[T] = N */
     size_t *tile_att;          /* (num_tiles) offset of each tile's probabilities in a layer's att */
     size_t *tile_tok;          /* (num_tiles + 1) first output token of each tile; tile_tok[T] = M */
+    size_t att_floats;         /* Σ_t NH·S_t²: one layer's attention probabilities */
     int tiles_cap;
     int have_train_acts;       /* the last forward kept every layer's activations (backward possible) */
 
