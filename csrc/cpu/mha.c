@@ -10,6 +10,28 @@
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
+/* Query rows per block: a block's scores (QB x T floats, 512 KB at T = 1024) stay in L2 between the score GEMM,
+ * the softmax and the P·v GEMM, instead of streaming the whole (T, T) matrix through memory three times. */
+#define QB 128
+
+static void softmax_rows(float *restrict P, int rows, int T) {
+    for (int t = 0; t < rows; t++) {
+        float *restrict p = P + (size_t)t * T;
+        float mx = p[0];
+        for (int j = 1; j < T; j++) mx = p[j] > mx ? p[j] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < T; j++) {
+            float e = ca_expf(p[j] - mx);
+            p[j] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < T; j++) p[j] *= inv;
+    }
+}
+
 void ca_cpu_mha_forward(float *restrict out,     /* (T, NH, HS) */
                         float *restrict att,     /* (NH, T, T) probabilities */
                         const float *restrict q, /* (T, NH, HS) */
@@ -17,37 +39,26 @@ void ca_cpu_mha_forward(float *restrict out,     /* (T, NH, HS) */
                         const float *restrict v, /* (T, NH, HS) */
                         int T, int NH, int HS) {
     if (T <= 0 || NH <= 0 || HS <= 0) return;
-    const int ld = NH * HS;
+    const int ld = NH * HS, nb = (T + QB - 1) / QB;
     const float scale = 1.0f / sqrtf((float)HS);
+    /* one task per (head, block of query rows): it owns those rows of att and out */
 #pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN)
-    for (int h = 0; h < NH; h++) {
-        float *P = att + (size_t)h * T * T;
-        /* S (T, T) = scale · q_h (T, HS) · k_hᵀ (HS, T) */
-        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q + h * HS, ld, k + h * HS, ld, 0.0f,
-                       P, T);
-        for (int t = 0; t < T; t++) {
-            float *restrict p = P + (size_t)t * T;
-            float mx = p[0];
-            for (int j = 1; j < T; j++) mx = p[j] > mx ? p[j] : mx;
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < T; j++) {
-                float e = ca_expf(p[j] - mx);
-                p[j] = e;
-                sum += e;
-            }
-            float inv = 1.0f / sum;
-#pragma omp simd
-            for (int j = 0; j < T; j++) p[j] *= inv;
-        }
-        /* o_h (T, HS) = P (T, T) · v_h (T, HS) */
-        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, P, T, v + h * HS, ld, 0.0f,
-                       out + h * HS, ld);
+    for (int task = 0; task < NH * nb; task++) {
+        int h = task / nb, t0 = (task % nb) * QB, rows = T - t0 < QB ? T - t0 : QB;
+        float *P = att + ((size_t)h * T + t0) * T;
+        /* S (rows, T) = scale · q_h[t0:] (rows, HS) · k_hᵀ (HS, T) */
+        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, T, HS, scale, q + (size_t)t0 * ld + h * HS, ld,
+                       k + h * HS, ld, 0.0f, P, T);
+        softmax_rows(P, rows, T);
+        /* o_h[t0:] (rows, HS) = P (rows, T) · v_h (T, HS) */
+        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, P, T, v + h * HS, ld, 0.0f,
+                       out + (size_t)t0 * ld + h * HS, ld);
     }
 }
 
 /* dv_h = P_hᵀ·do_h;  dP = do_h·v_hᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale;  dq_h = dS·k_h;  dk_h = dSᵀ·q_h.
- * dS of each head goes to its slice of `scratch` (the op itself never allocates). */
+ * One task per head (dk_h and dv_h sum over every query row), query rows in blocks of QB so that each
+ * block's dS stays in cache; dS goes to the head's slice of `scratch` (the op itself never allocates). */
 void ca_cpu_mha_backward(float *restrict dq,         /* (T, NH, HS) = */
                          float *restrict dk,         /* (T, NH, HS) = */
                          float *restrict dv,         /* (T, NH, HS) = */
@@ -61,21 +72,33 @@ void ca_cpu_mha_backward(float *restrict dq,         /* (T, NH, HS) = */
     const float scale = 1.0f / sqrtf((float)HS);
 #pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN)
     for (int h = 0; h < NH; h++) {
-        const float *P = att + (size_t)h * T * T;
-        float *dS = scratch + (size_t)h * T * T;
         const int o = h * HS;
-        ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, P, T, dout + o, ld, 0.0f, dv + o, ld);
-        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dout + o, ld, v + o, ld, 0.0f, dS, T);
-        for (int t = 0; t < T; t++) {
-            const float *restrict p = P + (size_t)t * T;
-            float *restrict d = dS + (size_t)t * T;
-            float D = 0.0f;
+        for (int t0 = 0; t0 < T; t0 += QB) {
+            int rows = T - t0 < QB ? T - t0 : QB;
+            const float *P = att + ((size_t)h * T + t0) * T;
+            float *dS = scratch + ((size_t)h * T + t0) * T;
+            const size_t r0 = (size_t)t0 * ld;
+            float beta = t0 == 0 ? 0.0f : 1.0f; /* dk_h, dv_h: written by the first block, summed after */
+            /* dv_h (T, HS) += P_blkᵀ (T, rows) · do_blk (rows, HS) */
+            ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, rows, 1.0f, P, T, dout + r0 + o, ld, beta,
+                           dv + o, ld);
+            /* dP (rows, T) = do_blk · v_hᵀ */
+            ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, T, HS, 1.0f, dout + r0 + o, ld, v + o, ld,
+                           0.0f, dS, T);
+            for (int t = 0; t < rows; t++) {
+                const float *restrict p = P + (size_t)t * T;
+                float *restrict d = dS + (size_t)t * T;
+                float D = 0.0f;
 #pragma omp simd reduction(+ : D)
-            for (int j = 0; j < T; j++) D += p[j] * d[j];
+                for (int j = 0; j < T; j++) D += p[j] * d[j];
 #pragma omp simd
-            for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - D) * scale;
+                for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - D) * scale;
+            }
+            /* dq_blk (rows, HS) = dS · k_h;  dk_h (T, HS) += dSᵀ (T, rows) · q_blk (rows, HS) */
+            ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, dS, T, k + o, ld, 0.0f,
+                           dq + r0 + o, ld);
+            ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, rows, 1.0f, dS, T, q + r0 + o, ld, beta,
+                           dk + o, ld);
         }
-        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dS, T, k + o, ld, 0.0f, dq + o, ld);
-        ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dS, T, q + o, ld, 0.0f, dk + o, ld);
     }
 }
