@@ -232,3 +232,28 @@ def test_450m_shape_parameter_table():
     assert table["model.multi_modal_projector.linear_1.weight"][0] == (2560, 3072)
     assert table["model.multi_modal_projector.linear_2.weight"][0] == (1024, 2560)
     assert "model.vision_tower.vision_model.encoder.layers.12.mlp.fc1.weight" not in table
+
+
+@pytest.mark.reference
+def test_saved_hub_names_load_in_transformers(tmp_path):
+    """Our save uses the hub layout (model.vision_tower.vision_model.*); transformers maps it back onto its
+    Siglip2VisionModel (prefix change) and computes the same features."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    vt, z = load("base")
+    d = copy_fixture(tmp_path)
+    st = d / "model.safetensors"
+    rewrite_tensors(st, lambda t: [t.pop(k) for k in list(t) if not k.startswith("model.language_model.")])
+    ours = tmp_path / "vision.safetensors"
+    vt.save_safetensors(ours)
+    names = [row[0] for row in _core.safetensors_header(str(ours))]
+    merged = _core.safetensors_load(str(st), [row[0] for row in _core.safetensors_header(str(st))])
+    merged.update(_core.safetensors_load(str(ours), names))
+    _core.safetensors_save(str(st), merged)
+    model = transformers.Lfm2VlForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.model.get_image_features(pixel_values=torch.from_numpy(z["pixel_values"]),
+                                             spatial_shapes=torch.from_numpy(z["spatial_shapes"]).long(),
+                                             pixel_attention_mask=torch.from_numpy(z["pixel_attention_mask"]))
+    feats = torch.cat(list(out.pooler_output)).numpy()
+    assert np.max(np.abs(feats - z["features"])) <= FEATURE_ATOL
