@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,6 +161,13 @@ class VisionTower:
             config = config.replace(projector_use_layernorm=has_ln)
         core = _core.Vision(json.dumps(config.to_dict()))
         core.load_safetensors(files)
+        unused = sorted({int(n.split(".")[idx]) for n in names for pre, idx in (
+            ("model.vision_tower.vision_model.encoder.layers.", 5), ("model.vision_tower.encoder.layers.", 4))
+            if n.startswith(pre) and n.split(".")[idx].isdigit() and int(n.split(".")[idx]) >= config.num_layers_run})
+        if unused:  # accepted by the loader (the remote code built them too), but worth knowing about
+            warnings.warn(f"{path}: encoder layers {unused[0]}..{unused[-1]} are past vision_feature_layer="
+                          f"{config.vision_feature_layer} and are not used ({config.num_layers_run} of "
+                          f"{config.num_hidden_layers} layers run, lfm2.md §4.4)", stacklevel=2)
         return cls(config, core)
 
     def save_safetensors(self, path: str | os.PathLike[str]) -> None:
