@@ -11,6 +11,7 @@ static ca_profile profile;
 
 const char *const ca_prof_op_names[CA_PROF_NUM_OPS] = {
     "embedding", "rmsnorm", "linear", "shortconv", "rope", "attention", "swiglu", "crossentropy", "elementwise",
+    "layernorm", "gelu", "mha", "vision_misc",
 };
 
 const ca_profile *ca_profile_get(void) { return &profile; }
@@ -118,6 +119,38 @@ static void p_add_inplace(float *y, const float *x, size_t n) { TIMED(CA_PROF_EL
 static void p_scale_inplace(float *y, float s, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_scale_inplace(y, s, n)); }
 static void p_zero(float *y, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_zero(y, n)); }
 
+static void p_layernorm_forward(float *o, float *mu, float *r, const float *x, const float *w, const float *b, int N, int C,
+                                float eps) {
+    TIMED(CA_PROF_LAYERNORM, ca_cpu_layernorm_forward(o, mu, r, x, w, b, N, C, eps));
+}
+static void p_layernorm_backward(float *dx, float *dw, float *db, const float *d, const float *x, const float *w,
+                                 const float *mu, const float *r, int N, int C) {
+    TIMED(CA_PROF_LAYERNORM, ca_cpu_layernorm_backward(dx, dw, db, d, x, w, mu, r, N, C));
+}
+static void p_gelu_forward(float *o, const float *x, size_t n, int t) { TIMED(CA_PROF_GELU, ca_cpu_gelu_forward(o, x, n, t)); }
+static void p_gelu_backward(float *dx, const float *d, const float *x, size_t n, int t) {
+    TIMED(CA_PROF_GELU, ca_cpu_gelu_backward(dx, d, x, n, t));
+}
+static void p_posresize_forward(float *o, const float *t, int a, int b, int c, int d, int C) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_posresize_forward(o, t, a, b, c, d, C));
+}
+static void p_posresize_backward(float *dt, const float *d, int a, int b, int c, int e, int C) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_posresize_backward(dt, d, a, b, c, e, C));
+}
+static void p_unshuffle_forward(float *o, const float *x, int H, int W, int C, int f) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_unshuffle_forward(o, x, H, W, C, f));
+}
+static void p_unshuffle_backward(float *dx, const float *d, int H, int W, int C, int f) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_unshuffle_backward(dx, d, H, W, C, f));
+}
+static void p_mha_forward(float *o, float *a, const float *q, const float *k, const float *v, int T, int NH, int HS) {
+    TIMED(CA_PROF_MHA, ca_cpu_mha_forward(o, a, q, k, v, T, NH, HS));
+}
+static void p_mha_backward(float *dq, float *dk, float *dv, float *s, const float *d, const float *q, const float *k,
+                           const float *v, const float *a, int T, int NH, int HS) {
+    TIMED(CA_PROF_MHA, ca_cpu_mha_backward(dq, dk, dv, s, d, q, k, v, a, T, NH, HS));
+}
+
 static void *p_alloc(size_t bytes) { return ca_cpu_backend.alloc(bytes); }
 static void p_free(void *p) { ca_cpu_backend.free(p); }
 
@@ -144,17 +177,16 @@ const ca_backend ca_cpu_profiling_backend = {
     .add_inplace = p_add_inplace,
     .scale_inplace = p_scale_inplace,
     .zero = p_zero,
-    /* vision ops: not timed (the profile categories are the text model's) */
-    .layernorm_forward = ca_cpu_layernorm_forward,
-    .layernorm_backward = ca_cpu_layernorm_backward,
-    .gelu_forward = ca_cpu_gelu_forward,
-    .gelu_backward = ca_cpu_gelu_backward,
-    .posresize_forward = ca_cpu_posresize_forward,
-    .posresize_backward = ca_cpu_posresize_backward,
-    .unshuffle_forward = ca_cpu_unshuffle_forward,
-    .unshuffle_backward = ca_cpu_unshuffle_backward,
-    .mha_forward = ca_cpu_mha_forward,
-    .mha_backward = ca_cpu_mha_backward,
+    .layernorm_forward = p_layernorm_forward,
+    .layernorm_backward = p_layernorm_backward,
+    .gelu_forward = p_gelu_forward,
+    .gelu_backward = p_gelu_backward,
+    .posresize_forward = p_posresize_forward,
+    .posresize_backward = p_posresize_backward,
+    .unshuffle_forward = p_unshuffle_forward,
+    .unshuffle_backward = p_unshuffle_backward,
+    .mha_forward = p_mha_forward,
+    .mha_backward = p_mha_backward,
 };
 
 ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps) {

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <pythread.h>
 
+#include "captionaura/ca_profile.h"
 #include "captionaura/ca_vision.h"
 
 typedef struct {
@@ -247,6 +248,17 @@ static PyObject *Vision_save_safetensors(VisionObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Vision_set_profiling(VisionObject *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    self->model->be = on ? &ca_cpu_profiling_backend : &ca_cpu_backend;
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *Vision_get_resolved(VisionObject *self, void *closure) {
     if (!ready(self)) return NULL;
     const ca_vision_config *c = &self->model->cfg;
@@ -271,6 +283,8 @@ static PyMethodDef Vision_methods[] = {
      "load_safetensors(paths): reads every vision and projector tensor."},
     {"save_safetensors", (PyCFunction)Vision_save_safetensors, METH_VARARGS,
      "save_safetensors(path): writes the vision and projector tensors as float32, atomically."},
+    {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
+     "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
     {NULL, NULL, 0, NULL},
 };
 
