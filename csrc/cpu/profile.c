@@ -11,6 +11,7 @@ static ca_profile profile;
 
 const char *const ca_prof_op_names[CA_PROF_NUM_OPS] = {
     "embedding", "rmsnorm", "linear", "shortconv", "rope", "attention", "swiglu", "crossentropy", "elementwise", "lora",
+    "layernorm", "gelu", "mha", "vision_misc",
 };
 
 const ca_profile *ca_profile_get(void) { return &profile; }
@@ -126,6 +127,37 @@ static void p_lora_backward(float *dx, float *dA, float *dB, float *dh, const fl
                             const float *A, const float *B, float s, int N, int C, int OC, int r) {
     TIMED(CA_PROF_LORA, ca_cpu_lora_backward(dx, dA, dB, dh, d, x, h, A, B, s, N, C, OC, r));
 }
+static void p_layernorm_forward(float *o, float *mu, float *r, const float *x, const float *w, const float *b, int N, int C,
+                                float eps) {
+    TIMED(CA_PROF_LAYERNORM, ca_cpu_layernorm_forward(o, mu, r, x, w, b, N, C, eps));
+}
+static void p_layernorm_backward(float *dx, float *dw, float *db, const float *d, const float *x, const float *w,
+                                 const float *mu, const float *r, int N, int C) {
+    TIMED(CA_PROF_LAYERNORM, ca_cpu_layernorm_backward(dx, dw, db, d, x, w, mu, r, N, C));
+}
+static void p_gelu_forward(float *o, const float *x, size_t n, int t) { TIMED(CA_PROF_GELU, ca_cpu_gelu_forward(o, x, n, t)); }
+static void p_gelu_backward(float *dx, const float *d, const float *x, size_t n, int t) {
+    TIMED(CA_PROF_GELU, ca_cpu_gelu_backward(dx, d, x, n, t));
+}
+static void p_posresize_forward(float *o, const float *t, int a, int b, int c, int d, int C) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_posresize_forward(o, t, a, b, c, d, C));
+}
+static void p_posresize_backward(float *dt, const float *d, int a, int b, int c, int e, int C) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_posresize_backward(dt, d, a, b, c, e, C));
+}
+static void p_unshuffle_forward(float *o, const float *x, int H, int W, int C, int f) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_unshuffle_forward(o, x, H, W, C, f));
+}
+static void p_unshuffle_backward(float *dx, const float *d, int H, int W, int C, int f) {
+    TIMED(CA_PROF_VISION_MISC, ca_cpu_unshuffle_backward(dx, d, H, W, C, f));
+}
+static void p_mha_forward(float *o, float *a, const float *q, const float *k, const float *v, int T, int NH, int HS) {
+    TIMED(CA_PROF_MHA, ca_cpu_mha_forward(o, a, q, k, v, T, NH, HS));
+}
+static void p_mha_backward(float *dq, float *dk, float *dv, float *s, const float *d, const float *q, const float *k,
+                           const float *v, const float *a, int T, int NH, int HS) {
+    TIMED(CA_PROF_MHA, ca_cpu_mha_backward(dq, dk, dv, s, d, q, k, v, a, T, NH, HS));
+}
 
 static void *p_alloc(size_t bytes) { return ca_cpu_backend.alloc(bytes); }
 static void p_free(void *p) { ca_cpu_backend.free(p); }
@@ -162,6 +194,16 @@ const ca_backend ca_cpu_profiling_backend = {
     .dropout_backward = ca_cpu_dropout_backward,
     .adamw_update = ca_cpu_adamw_update,
     .sum_squares = ca_cpu_sum_squares,
+    .layernorm_forward = p_layernorm_forward,
+    .layernorm_backward = p_layernorm_backward,
+    .gelu_forward = p_gelu_forward,
+    .gelu_backward = p_gelu_backward,
+    .posresize_forward = p_posresize_forward,
+    .posresize_backward = p_posresize_backward,
+    .unshuffle_forward = p_unshuffle_forward,
+    .unshuffle_backward = p_unshuffle_backward,
+    .mha_forward = p_mha_forward,
+    .mha_backward = p_mha_backward,
 };
 
 ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps) {

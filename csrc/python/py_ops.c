@@ -449,6 +449,151 @@ static PyObject *py_sum_squares(PyObject *self, PyObject *arg) {
     return PyFloat_FromDouble(total);
 }
 
+/* ---- vision ops (layernorm, gelu, posresize, unshuffle) ---- */
+static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_mean, *o_rstd, *o_inp, *o_w, *o_b;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOOOOf:layernorm_forward", &o_out, &o_mean, &o_rstd, &o_inp, &o_w, &o_b, &eps))
+        return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    int N = DIM(inp, 0), C = DIM(inp, 1);
+    ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
+    ARR(b, o_b, F32, 1, SHAPE(C), 0, "bias");
+    ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
+    ARR(mean, o_mean, F32, 1, SHAPE(N), 1, "mean");
+    ARR(rstd, o_rstd, F32, 1, SHAPE(N), 1, "rstd");
+    NOGIL(ca_cpu_layernorm_forward(FP(out), FP(mean), FP(rstd), CFP(inp), CFP(w), CFP(b), N, C, eps));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_layernorm_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dw, *o_db, *o_dout, *o_inp, *o_w, *o_mean, *o_rstd;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO:layernorm_backward", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w, &o_mean,
+                          &o_rstd))
+        return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    int N = DIM(inp, 0), C = DIM(inp, 1);
+    ARR(dinp, o_dinp, F32, 2, SHAPE(N, C), 1, "dinp");
+    OPT(dw, o_dw, F32, 1, SHAPE(C), 1, "dweight");
+    OPT(db, o_db, F32, 1, SHAPE(C), 1, "dbias");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, C), 0, "dout");
+    ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
+    ARR(mean, o_mean, F32, 1, SHAPE(N), 0, "mean");
+    ARR(rstd, o_rstd, F32, 1, SHAPE(N), 0, "rstd");
+    NOGIL(ca_cpu_layernorm_backward(FP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), CFP(mean), CFP(rstd), N,
+                                    C));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp;
+    int tanh_form;
+    if (!PyArg_ParseTuple(args, "OOp:gelu_forward", &o_out, &o_inp, &tanh_form)) return NULL;
+    PyArrayObject *inp = ca_py_array(o_inp, F32, -1, 0, "inp");
+    if (!inp) return NULL;
+    ARR(out, o_out, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 1, "out");
+    NOGIL(ca_cpu_gelu_forward(FP(out), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gelu_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dout, *o_inp;
+    int tanh_form;
+    if (!PyArg_ParseTuple(args, "OOOp:gelu_backward", &o_dinp, &o_dout, &o_inp, &tanh_form)) return NULL;
+    PyArrayObject *inp = ca_py_array(o_inp, F32, -1, 0, "inp");
+    if (!inp) return NULL;
+    ARR(dinp, o_dinp, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 1, "dinp");
+    ARR(dout, o_dout, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 0, "dout");
+    NOGIL(ca_cpu_gelu_backward(FP(dinp), CFP(dout), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
+    Py_RETURN_NONE;
+}
+
+/* out (Ho, Wo, C) and table (Hi, Wi, C): the sizes come from both shapes */
+static PyObject *py_posresize_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_table;
+    if (!PyArg_ParseTuple(args, "OO:posresize_forward", &o_out, &o_table)) return NULL;
+    DRIVER(table, o_table, F32, 3, "table");
+    PyArrayObject *out = ca_py_array(o_out, F32, 3, 1, "out");
+    if (!out || !dims_ok(out, "out")) return NULL;
+    int Hi = DIM(table, 0), Wi = DIM(table, 1), C = DIM(table, 2), Ho = DIM(out, 0), Wo = DIM(out, 1);
+    if (DIM(out, 2) != C) return PyErr_Format(PyExc_ValueError, "out has %d channels, table has %d", DIM(out, 2), C);
+    NOGIL(ca_cpu_posresize_forward(FP(out), CFP(table), Hi, Wi, Ho, Wo, C));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_posresize_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dtable, *o_dout;
+    if (!PyArg_ParseTuple(args, "OO:posresize_backward", &o_dtable, &o_dout)) return NULL;
+    DRIVER(dout, o_dout, F32, 3, "dout");
+    PyArrayObject *dtable = ca_py_array(o_dtable, F32, 3, 1, "dtable");
+    if (!dtable || !dims_ok(dtable, "dtable")) return NULL;
+    int Hi = DIM(dtable, 0), Wi = DIM(dtable, 1), C = DIM(dtable, 2), Ho = DIM(dout, 0), Wo = DIM(dout, 1);
+    if (DIM(dout, 2) != C) return PyErr_Format(PyExc_ValueError, "dout has %d channels, dtable has %d", DIM(dout, 2), C);
+    NOGIL(ca_cpu_posresize_backward(FP(dtable), CFP(dout), Hi, Wi, Ho, Wo, C));
+    Py_RETURN_NONE;
+}
+
+/* q, k, v (T, NH, HS); att (NH, T, T) */
+static PyObject *py_mha_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_att, *o_q, *o_k, *o_v;
+    if (!PyArg_ParseTuple(args, "OOOOO:mha_forward", &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
+    DRIVER(q, o_q, F32, 3, "q");
+    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
+    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
+    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
+    ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
+    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
+    NOGIL(ca_cpu_mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_mha_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dq, *o_dk, *o_dv, *o_scratch, *o_dout, *o_q, *o_k, *o_v, *o_att;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:mha_backward", &o_dq, &o_dk, &o_dv, &o_scratch, &o_dout, &o_q, &o_k, &o_v,
+                          &o_att))
+        return NULL;
+    DRIVER(q, o_q, F32, 3, "q");
+    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
+    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
+    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
+    ARR(dout, o_dout, F32, 3, SHAPE(T, NH, HS), 0, "dout");
+    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 0, "att");
+    ARR(scratch, o_scratch, F32, 3, SHAPE(NH, T, T), 1, "scratch");
+    ARR(dq, o_dq, F32, 3, SHAPE(T, NH, HS), 1, "dq");
+    ARR(dk, o_dk, F32, 3, SHAPE(T, NH, HS), 1, "dk");
+    ARR(dv, o_dv, F32, 3, SHAPE(T, NH, HS), 1, "dv");
+    NOGIL(ca_cpu_mha_backward(FP(dq), FP(dk), FP(dv), FP(scratch), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), T, NH, HS));
+    Py_RETURN_NONE;
+}
+
+/* inp (H, W, C) grid; out (H/f, W/f, f*f*C) */
+static PyObject *py_unshuffle_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp;
+    int f;
+    if (!PyArg_ParseTuple(args, "OOi:unshuffle_forward", &o_out, &o_inp, &f)) return NULL;
+    DRIVER(inp, o_inp, F32, 3, "inp");
+    int H = DIM(inp, 0), W = DIM(inp, 1), C = DIM(inp, 2);
+    if (f < 1 || H % f || W % f || (long long)f * f * C > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "inp grid (%d, %d) is not divisible by the factor %d", H, W, f);
+    ARR(out, o_out, F32, 3, SHAPE(H / f, W / f, f * f * C), 1, "out");
+    NOGIL(ca_cpu_unshuffle_forward(FP(out), CFP(inp), H, W, C, f));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_unshuffle_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dout;
+    int f;
+    if (!PyArg_ParseTuple(args, "OOi:unshuffle_backward", &o_dinp, &o_dout, &f)) return NULL;
+    DRIVER(dinp, o_dinp, F32, 3, "dinp");
+    if (!PyArray_ISWRITEABLE(dinp)) return PyErr_Format(PyExc_ValueError, "dinp must be writable");
+    int H = DIM(dinp, 0), W = DIM(dinp, 1), C = DIM(dinp, 2);
+    if (f < 1 || H % f || W % f || (long long)f * f * C > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "dinp grid (%d, %d) is not divisible by the factor %d", H, W, f);
+    ARR(dout, o_dout, F32, 3, SHAPE(H / f, W / f, f * f * C), 0, "dout");
+    NOGIL(ca_cpu_unshuffle_backward(FP(dinp), CFP(dout), H, W, C, f));
+    Py_RETURN_NONE;
+}
+
 PyMethodDef ca_py_ops_methods[] = {
     {"embedding_forward", py_embedding_forward, METH_VARARGS, "embedding_forward(out (N,C), ids (N,) int32, wte (V,C))"},
     {"embedding_backward", py_embedding_backward, METH_VARARGS, "embedding_backward(dwte (V,C) +=, dout (N,C), ids (N,))"},
@@ -488,5 +633,19 @@ PyMethodDef ca_py_ops_methods[] = {
     {"add_inplace", py_add_inplace, METH_VARARGS, "add_inplace(y, x): y += x"},
     {"scale_inplace", py_scale_inplace, METH_VARARGS, "scale_inplace(y, s): y *= s"},
     {"zero", py_zero, METH_VARARGS, "zero(y): y = 0"},
+    {"layernorm_forward", py_layernorm_forward, METH_VARARGS,
+     "layernorm_forward(out (N,C), mean (N,), rstd (N,), inp (N,C), weight (C,), bias (C,), eps)"},
+    {"layernorm_backward", py_layernorm_backward, METH_VARARGS,
+     "layernorm_backward(dinp (N,C) +=, dweight (C,) += or None, dbias (C,) += or None, dout, inp, weight, mean, rstd)"},
+    {"gelu_forward", py_gelu_forward, METH_VARARGS, "gelu_forward(out, inp, tanh_form): any shape"},
+    {"gelu_backward", py_gelu_backward, METH_VARARGS, "gelu_backward(dinp =, dout, inp, tanh_form): any shape"},
+    {"posresize_forward", py_posresize_forward, METH_VARARGS,
+     "posresize_forward(out (Ho,Wo,C), table (Hi,Wi,C)): antialiased bilinear resize"},
+    {"posresize_backward", py_posresize_backward, METH_VARARGS, "posresize_backward(dtable (Hi,Wi,C) +=, dout (Ho,Wo,C))"},
+    {"mha_forward", py_mha_forward, METH_VARARGS, "mha_forward(out (T,NH,HS), att (NH,T,T), q, k, v (T,NH,HS))"},
+    {"mha_backward", py_mha_backward, METH_VARARGS,
+     "mha_backward(dq, dk, dv (T,NH,HS) =, scratch (NH,T,T), dout, q, k, v (T,NH,HS), att (NH,T,T))"},
+    {"unshuffle_forward", py_unshuffle_forward, METH_VARARGS, "unshuffle_forward(out (H/f,W/f,f*f*C), inp (H,W,C), f)"},
+    {"unshuffle_backward", py_unshuffle_backward, METH_VARARGS, "unshuffle_backward(dinp (H,W,C) =, dout (H/f,W/f,f*f*C), f)"},
     {NULL, NULL, 0, NULL},
 };

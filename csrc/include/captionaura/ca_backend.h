@@ -42,6 +42,17 @@ typedef struct ca_backend {
     void (*adamw_update)(float *, float *, float *, const float *, size_t, float, float, float, float, float, int,
                          float);
     double (*sum_squares)(const float *, size_t);
+    /* vision ops (see ca_ops.h, "Vision ops") */
+    void (*layernorm_forward)(float *, float *, float *, const float *, const float *, const float *, int, int, float);
+    void (*layernorm_backward)(float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int);
+    void (*gelu_forward)(float *, const float *, size_t, int);
+    void (*gelu_backward)(float *, const float *, const float *, size_t, int);
+    void (*posresize_forward)(float *, const float *, int, int, int, int, int);
+    void (*posresize_backward)(float *, const float *, int, int, int, int, int);
+    void (*unshuffle_forward)(float *, const float *, int, int, int, int);
+    void (*unshuffle_backward)(float *, const float *, int, int, int, int);
+    void (*mha_forward)(float *, float *, const float *, const float *, const float *, int, int, int);
+    void (*mha_backward)(float *, float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int);
 } ca_backend;
 
 extern const ca_backend ca_cpu_backend;

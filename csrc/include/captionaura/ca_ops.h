@@ -171,4 +171,74 @@ void ca_cpu_adamw_update(float *p,        /* (n) parameters, updated */
                          int step /* 1-based */, float grad_scale);
 double ca_cpu_sum_squares(const float *x, size_t n);
 
+/* ================================================================================================
+ * Vision ops (LFM2-VL SigLIP2 tower and projector, lfm2.md §4.3–4.6). The patch embedding is the linear op
+ * above with bias over pre-extracted patch vectors (N, 16·16·3) in (py, px, c) order, exactly the
+ * nn.Linear transformers' Siglip2VisionEmbeddings applies; the encoder attention is mha.c (GEMM-based,
+ * every key visible), run per tile on its valid patches only (equivalent to masking the padded keys).
+ * ================================================================================================ */
+
+/* ---- layernorm.c: y = (x − mean)·rstd·w + b,  rstd = 1/sqrt(var_biased + eps) ---- */
+void ca_cpu_layernorm_forward(float *out,          /* (N, C) */
+                              float *mean,         /* (N) cache */
+                              float *rstd,         /* (N) cache */
+                              const float *inp,    /* (N, C) */
+                              const float *weight, /* (C) */
+                              const float *bias,   /* (C) */
+                              int N, int C, float eps);
+void ca_cpu_layernorm_backward(float *dinp,         /* (N, C) += (residual stream) */
+                               float *dweight,      /* (C) += ; NULL to skip */
+                               float *dbias,        /* (C) += ; NULL to skip */
+                               const float *dout,   /* (N, C) */
+                               const float *inp,    /* (N, C) */
+                               const float *weight, /* (C) */
+                               const float *mean,   /* (N) */
+                               const float *rstd,   /* (N) */
+                               int N, int C);
+
+/* ---- gelu.c: tanh_form ? 0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))  (SigLIP2 MLP, gelu_pytorch_tanh)
+ *                        : 0.5x(1 + erf(x/√2))                      (projector, exact) ---- */
+void ca_cpu_gelu_forward(float *out,       /* (N) */
+                         const float *inp, /* (N) */
+                         size_t N, int tanh_form);
+void ca_cpu_gelu_backward(float *dinp,       /* (N) = */
+                          const float *dout, /* (N) */
+                          const float *inp,  /* (N) */
+                          size_t N, int tanh_form);
+
+/* ---- posresize.c: antialiased bilinear resize of a (Hi, Wi, C) table to (Ho, Wo, C), exactly
+ *   F.interpolate(mode="bilinear", align_corners=False, antialias=True) (up- and downsampling) ---- */
+void ca_cpu_posresize_forward(float *out,         /* (Ho, Wo, C) */
+                              const float *table, /* (Hi, Wi, C) */
+                              int Hi, int Wi, int Ho, int Wo, int C);
+void ca_cpu_posresize_backward(float *dtable,     /* (Hi, Wi, C) += */
+                               const float *dout, /* (Ho, Wo, C) */
+                               int Hi, int Wi, int Ho, int Wo, int C);
+
+/* ---- mha.c: bidirectional multi-head self-attention of one sequence (no mask, NKV = NH), per-head sgemm:
+ *   o_h = softmax(q_h·k_hᵀ/sqrt(HS))·v_h,  heads = contiguous HS-slices of each row ---- */
+void ca_cpu_mha_forward(float *out,     /* (T, NH, HS) */
+                        float *att,     /* (NH, T, T) cache: probabilities */
+                        const float *q, /* (T, NH, HS) */
+                        const float *k, /* (T, NH, HS) */
+                        const float *v, /* (T, NH, HS) */
+                        int T, int NH, int HS);
+void ca_cpu_mha_backward(float *dq,         /* (T, NH, HS) = */
+                         float *dk,         /* (T, NH, HS) = */
+                         float *dv,         /* (T, NH, HS) = */
+                         float *scratch,    /* (NH, T, T) workspace */
+                         const float *dout, /* (T, NH, HS) */
+                         const float *q, const float *k, const float *v,
+                         const float *att,  /* (NH, T, T) */
+                         int T, int NH, int HS);
+
+/* ---- unshuffle.c: pixel unshuffle by f (H, W divisible by f):
+ *   out[i·(W/f) + j] = concat_{dy<f} concat_{dx<f} inp[(f·i+dy)·W + f·j+dx]   (f=2: TL, TR, BL, BR) ---- */
+void ca_cpu_unshuffle_forward(float *out,       /* (H/f · W/f, f·f·C) */
+                              const float *inp, /* (H · W, C) */
+                              int H, int W, int C, int f);
+void ca_cpu_unshuffle_backward(float *dinp,       /* (H · W, C) = */
+                               const float *dout, /* (H/f · W/f, f·f·C) */
+                               int H, int W, int C, int f);
+
 #endif

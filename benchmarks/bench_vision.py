@@ -1,0 +1,155 @@
+"""LFM2-VL image encoding (SigLIP2 vision tower + pixel unshuffle + projector): captionaura's C core vs PyTorch
+(transformers' Siglip2VisionModel + Lfm2VlMultiModalProjector, the same weights, the same thread count),
+measured side by side in one run. One 512x512 tile = 32x32 = 1024 patches -> 256 image tokens.
+
+    python benchmarks/bench_vision.py [--threads 2] [--shapes tiny,450m] [--steps 3] [--no-torch] [--json out.json]
+
+Needs torch (2.13.0 CPU) and transformers (>= 5) in the same environment for the PyTorch column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from captionaura import _core
+from captionaura.vision import VisionConfig, VisionTower
+
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 projector_hidden_size=256, text_hidden_size=128),
+    # LFM2-VL-450M: SigLIP2 base (768, 12 layers, 12 heads, 3072), projector 3072 -> 2560 -> 1024
+    "450m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 projector_hidden_size=2560, text_hidden_size=1024),
+}
+
+
+def best_time(fn, steps: int) -> float:
+    fn()  # warm-up (allocates the activation arena)
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def best_times_interleaved(fns: list, steps: int) -> list[float]:
+    """Best of `steps` runs of each function, the functions alternating run by run, so that a change in the
+    machine's load during the benchmark hits both sides alike (this machine is shared)."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
+    for _ in range(steps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def make_inputs(side: int, patch_dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = side * side
+    pv = ((rng.integers(0, 256, size=(1, n, patch_dim)) / 255.0 - 0.5) / 0.5).astype(np.float32)
+    return pv, np.array([[side, side]], np.int32), np.ones((1, n), np.int32)
+
+
+def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int):
+    import torch
+    from transformers import Lfm2VlConfig, Siglip2VisionConfig, Siglip2VisionModel
+    from transformers.models.lfm2_vl.modeling_lfm2_vl import Lfm2VlMultiModalProjector
+
+    torch.set_num_threads(threads)
+    d = cfg.to_dict()
+    vcfg = Siglip2VisionConfig(**{k: v for k, v in d["vision_config"].items() if k != "model_type"})
+    top = Lfm2VlConfig(vision_config=vcfg.to_dict(), text_config={"model_type": "lfm2", "hidden_size": cfg.text_hidden_size},
+                       projector_hidden_size=cfg.projector_hidden_size, projector_use_layernorm=cfg.projector_use_layernorm,
+                       projector_bias=cfg.projector_bias, downsample_factor=cfg.downsample_factor)
+    tower = Siglip2VisionModel(vcfg).float().eval()
+    proj = Lfm2VlMultiModalProjector(top).float().eval()
+    # the same weights as ours
+    params = vt.parameters()
+    with torch.no_grad():
+        for name, p in tower.named_parameters():
+            p.copy_(torch.from_numpy(params["model.vision_tower.vision_model." + name]))
+        for name, p in proj.named_parameters():
+            p.copy_(torch.from_numpy(params["model.multi_modal_projector." + name]))
+    t_pv, t_ss, t_mask = torch.from_numpy(pv), torch.from_numpy(ss).long(), torch.from_numpy(mask)
+
+    def features():  # Lfm2VlModel.get_image_features for one tile
+        h = tower(pixel_values=t_pv, spatial_shapes=t_ss, pixel_attention_mask=t_mask).last_hidden_state
+        n = int(t_mask[0].sum())
+        f = h[0, :n].reshape(1, int(t_ss[0, 0]), int(t_ss[0, 1]), -1)
+        return proj(f).reshape(-1, cfg.text_hidden_size)
+
+    def fwd():
+        with torch.inference_mode():
+            return features()
+
+    t_R = torch.from_numpy(R)
+
+    def fwd_bwd():
+        tower.zero_grad(set_to_none=True)
+        proj.zero_grad(set_to_none=True)
+        (features() * t_R).sum().backward()
+
+    return fwd, fwd_bwd, tower.config._attn_implementation
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", default="tiny,450m")
+    ap.add_argument("--side", type=int, default=32, help="patches per tile side (32 = one 512x512 tile)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    _core.set_num_threads(args.threads)
+    results = []
+    for shape in args.shapes.split(","):
+        cfg = VisionConfig(**SHAPES[shape])
+        vt = VisionTower.from_config(cfg, seed=0)
+        pv, ss, mask = make_inputs(args.side, cfg.patch_dim)
+        feats = vt.encode(pv, ss, mask)
+        R = np.random.default_rng(1).standard_normal(feats.shape).astype(np.float32)
+        def ours_fwd():
+            return vt.encode(pv, ss, mask)
+
+        def ours_fwd_bwd():
+            vt.encode(pv, ss, mask, train=True)
+            vt.backward(R)
+
+        row = {"shape": shape, "patches": args.side ** 2, "tokens": int(feats.shape[0]), "threads": args.threads}
+        if args.no_torch:
+            row["ours_forward_s"] = best_time(ours_fwd, args.steps)
+            row["ours_forward_backward_s"] = best_time(ours_fwd_bwd, args.steps)
+        else:
+            t_fwd, t_fwd_bwd, impl = torch_side(cfg, vt, pv, ss, mask, R, args.threads)
+            diff = float(np.max(np.abs(t_fwd().numpy() - feats)))
+            a, b = best_times_interleaved([ours_fwd, t_fwd], args.steps)
+            c, d = best_times_interleaved([ours_fwd_bwd, t_fwd_bwd], args.steps)
+            row.update({"ours_forward_s": a, "torch_forward_s": b, "ours_forward_backward_s": c,
+                        "torch_forward_backward_s": d, "torch_attn": impl, "max_abs_diff_vs_torch": diff})
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\n| shape | patches -> tokens | threads | pass | captionaura (s) | PyTorch (s) | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        for name, ok, tk in (("forward", "ours_forward_s", "torch_forward_s"),
+                             ("forward+backward", "ours_forward_backward_s", "torch_forward_backward_s")):
+            t = r.get(tk)
+            print(f"| {r['shape']} | {r['patches']} -> {r['tokens']} | {r['threads']} | {name} | {r[ok]:.3f} | "
+                  f"{t:.3f} | {t / r[ok]:.2f}x |" if t else f"| {r['shape']} | ... | {name} | {r[ok]:.3f} | - | - |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+/* Bidirectional multi-head self-attention of one sequence through GEMMs (the SigLIP2 encoder, lfm2.md §4.3):
+ *   S_h = q_h·k_hᵀ·scale,  P_h = softmax(S_h) (fp32, max-subtracted, every key visible),  o_h = P_h·v_h
+ * with scale = 1/sqrt(HS) and heads the contiguous HS-slices of each row, as transformers' Siglip2Attention.
+ * attention.c computes the same thing one dot product at a time (it handles causal masks, GQA and decoding);
+ * a vision tile has ~1024 queries and keys, where per-head sgemm is several times faster. OpenBLAS runs
+ * single-threaded (threads.c): the heads are spread over the OpenMP threads, one sgemm call each. */
+#include <math.h>
+
+#include "captionaura/ca_blas.h"
+#include "captionaura/ca_ops.h"
+#include "cpu_internal.h"
+
+/* Query rows per block: a block's scores (QB x T floats, 1 MB at T = 1024) stay in L2 between the score GEMM,
+ * the softmax and the P·v GEMM, instead of streaming the whole (T, T) matrix through memory three times. */
+#define QB 256
+
+static void softmax_rows(float *restrict P, int rows, int T) {
+    for (int t = 0; t < rows; t++) {
+        float *restrict p = P + (size_t)t * T;
+        float mx = p[0];
+#pragma omp simd reduction(max : mx) /* without the pragma GCC keeps a NaN-exact scalar loop */
+        for (int j = 1; j < T; j++) mx = p[j] > mx ? p[j] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < T; j++) {
+            float e = ca_expf(p[j] - mx);
+            p[j] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < T; j++) p[j] *= inv;
+    }
+}
+
+void ca_cpu_mha_forward(float *restrict out,     /* (T, NH, HS) */
+                        float *restrict att,     /* (NH, T, T) probabilities */
+                        const float *restrict q, /* (T, NH, HS) */
+                        const float *restrict k, /* (T, NH, HS) */
+                        const float *restrict v, /* (T, NH, HS) */
+                        int T, int NH, int HS) {
+    if (T <= 0 || NH <= 0 || HS <= 0) return;
+    const int ld = NH * HS, nb = (T + QB - 1) / QB;
+    const float scale = 1.0f / sqrtf((float)HS);
+    /* one task per (head, block of query rows): it owns those rows of att and out */
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN)
+    for (int task = 0; task < NH * nb; task++) {
+        int h = task / nb, t0 = (task % nb) * QB, rows = T - t0 < QB ? T - t0 : QB;
+        float *P = att + ((size_t)h * T + t0) * T;
+        /* S (rows, T) = scale · q_h[t0:] (rows, HS) · k_hᵀ (HS, T) */
+        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, T, HS, scale, q + (size_t)t0 * ld + h * HS, ld,
+                       k + h * HS, ld, 0.0f, P, T);
+        softmax_rows(P, rows, T);
+        /* o_h[t0:] (rows, HS) = P (rows, T) · v_h (T, HS) */
+        ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, P, T, v + h * HS, ld, 0.0f,
+                       out + (size_t)t0 * ld + h * HS, ld);
+    }
+}
+
+/* dv_h = P_hᵀ·do_h;  dP = do_h·v_hᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale;  dq_h = dS·k_h;  dk_h = dSᵀ·q_h.
+ * One task per head (dk_h and dv_h sum over every query row), query rows in blocks of QB so that each
+ * block's dS stays in cache; dS goes to the head's slice of `scratch` (the op itself never allocates). */
+void ca_cpu_mha_backward(float *restrict dq,         /* (T, NH, HS) = */
+                         float *restrict dk,         /* (T, NH, HS) = */
+                         float *restrict dv,         /* (T, NH, HS) = */
+                         float *restrict scratch,    /* (NH, T, T) */
+                         const float *restrict dout, /* (T, NH, HS) */
+                         const float *restrict q, const float *restrict k, const float *restrict v,
+                         const float *restrict att,  /* (NH, T, T) */
+                         int T, int NH, int HS) {
+    if (T <= 0 || NH <= 0 || HS <= 0) return;
+    const int ld = NH * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN)
+    for (int h = 0; h < NH; h++) {
+        const int o = h * HS;
+        for (int t0 = 0; t0 < T; t0 += QB) {
+            int rows = T - t0 < QB ? T - t0 : QB;
+            const float *P = att + ((size_t)h * T + t0) * T;
+            float *dS = scratch + ((size_t)h * T + t0) * T;
+            const size_t r0 = (size_t)t0 * ld;
+            float beta = t0 == 0 ? 0.0f : 1.0f; /* dk_h, dv_h: written by the first block, summed after */
+            /* dv_h (T, HS) += P_blkᵀ (T, rows) · do_blk (rows, HS) */
+            ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, rows, 1.0f, P, T, dout + r0 + o, ld, beta,
+                           dv + o, ld);
+            /* dP (rows, T) = do_blk · v_hᵀ */
+            ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, T, HS, 1.0f, dout + r0 + o, ld, v + o, ld,
+                           0.0f, dS, T);
+            for (int t = 0; t < rows; t++) {
+                const float *restrict p = P + (size_t)t * T;
+                float *restrict d = dS + (size_t)t * T;
+                float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+                for (int j = 0; j < T; j++) D += p[j] * d[j];
+#pragma omp simd
+                for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - D) * scale;
+            }
+            /* dq_blk (rows, HS) = dS · k_h;  dk_h (T, HS) += dSᵀ (T, rows) · q_blk (rows, HS) */
+            ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, dS, T, k + o, ld, 0.0f,
+                           dq + r0 + o, ld);
+            ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, rows, 1.0f, dS, T, q + r0 + o, ld, beta,
+                           dk + o, ld);
+        }
+    }
+}

@@ -1,0 +1,774 @@
+/* LFM2-VL vision side: SigLIP2 NaFlex tower + pixel unshuffle + projector (lfm2.md §4.3–4.6), forward,
+ * backward and checkpoint I/O. The math of each op lives in csrc/cpu/; this file wires them:
+ *
+ *   per tile t (hP·wP = S valid patches, run unpadded):
+ *     h_0 = patches · Wpatchᵀ + b + resize_aa(pos_table, (hP, wP))
+ *     mid_l = h_l + out_proj(MHA(LN1_l(h_l)))                   bidirectional, within the tile
+ *     h_{l+1} = mid_l + fc2(gelu_tanh(fc1(LN2_l(mid_l))))
+ *     xf = post_layernorm(h_L)                                   L = num_layers_run (vision_feature_layer)
+ *     u = unshuffle_f(xf on the (hP, wP) grid)                   (S/f², f²D), TL TR BL BR
+ *     features = linear_2(gelu_erf(linear_1(LN_proj(u))))       LN_proj optional, eps 1e-5
+ */
+#include "captionaura/ca_vision.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "captionaura/ca_json.h"
+#include "captionaura/ca_safetensors.h"
+
+#define VISION_PREFIX "model.vision_tower.vision_model."
+#define PROJECTOR_PREFIX "model.multi_modal_projector."
+#define PROJECTOR_LN_EPS 1e-5f /* nn.LayerNorm default (lfm2.md gotcha 15) */
+
+/* ------------------------------------------------------------------------------------------------ */
+/* config                                                                                            */
+
+static const ca_json *present(const ca_json *obj, const char *key) {
+    const ca_json *v = ca_json_get(obj, key);
+    return (v && v->type != CA_JSON_NULL) ? v : NULL;
+}
+
+static ca_status get_int(const ca_json *obj, const char *where, const char *key, int required, int64_t lo,
+                         int *out) {
+    const ca_json *v = present(obj, key);
+    if (!v) return required ? ca_error(CA_ERR_KEY, "config.json: missing required key '%s%s'", where, key) : CA_OK;
+    char what[128];
+    snprintf(what, sizeof what, "config.json key '%s%s'", where, key);
+    int64_t x;
+    CA_TRY(ca_json_as_int(v, what, lo, INT_MAX, &x));
+    *out = (int)x;
+    return CA_OK;
+}
+
+static ca_status get_bool(const ca_json *obj, const char *where, const char *key, int *out) {
+    const ca_json *v = present(obj, key);
+    if (!v) return CA_OK;
+    char what[128];
+    snprintf(what, sizeof what, "config.json key '%s%s'", where, key);
+    return ca_json_as_bool(v, what, out);
+}
+
+/* GELU variant of an ACT2FN name: 1 tanh form, 0 exact. */
+static ca_status get_act(const ca_json *obj, const char *where, const char *key, int *tanh_form) {
+    const ca_json *v = present(obj, key);
+    if (!v) return CA_OK;
+    char what[128];
+    snprintf(what, sizeof what, "config.json key '%s%s'", where, key);
+    const char *s;
+    CA_TRY(ca_json_as_string(v, what, &s));
+    if (strcmp(s, "gelu_pytorch_tanh") == 0 || strcmp(s, "gelu_new") == 0 || strcmp(s, "gelu_fast") == 0 ||
+        strcmp(s, "gelu_python_tanh") == 0)
+        *tanh_form = 1;
+    else if (strcmp(s, "gelu") == 0 || strcmp(s, "gelu_python") == 0)
+        *tanh_form = 0;
+    else
+        return ca_error(CA_ERR_UNSUPPORTED, "%s: activation \"%.40s\" is not supported (only GELU forms)", what, s);
+    return CA_OK;
+}
+
+static ca_status config_from_value(ca_vision_config *c, const ca_json *root) {
+    memset(c, 0, sizeof *c);
+    /* Siglip2VisionConfig and Lfm2VlConfig class defaults */
+    c->hidden_size = 768;
+    c->intermediate_size = 3072;
+    c->num_hidden_layers = 12;
+    c->num_attention_heads = 12;
+    c->num_channels = 3;
+    c->patch_size = 16;
+    c->num_patches = 256;
+    c->layer_norm_eps = 1e-6;
+    c->mlp_gelu_tanh = 1;
+    c->vision_use_head = 1;
+    c->vision_feature_layer = -1;
+    c->downsample_factor = 2;
+    c->projector_hidden_size = 2560;
+    c->projector_bias = 1;
+    c->projector_use_layernorm = 1;
+    c->projector_gelu_tanh = 0;
+    c->text_hidden_size = 2560;
+    if (!root || root->type != CA_JSON_OBJECT) return ca_error(CA_ERR_VALUE, "config.json: expected a JSON object");
+    const ca_json *vc = present(root, "vision_config");
+    if (!vc) return ca_error(CA_ERR_KEY, "config.json: missing required key 'vision_config' (not an LFM2-VL config?)");
+    if (vc->type != CA_JSON_OBJECT) return ca_error(CA_ERR_VALUE, "config.json key 'vision_config': expected an object");
+    const ca_json *mt = present(vc, "model_type");
+    if (mt && (mt->type != CA_JSON_STRING || strcmp(mt->str, "siglip2_vision_model") != 0))
+        return ca_error(CA_ERR_UNSUPPORTED, "config.json key 'vision_config.model_type': expected \"siglip2_vision_model\", got %.60s",
+                        mt->type == CA_JSON_STRING ? mt->str : ca_json_type_name(mt->type));
+    const char *V = "vision_config.";
+    CA_TRY(get_int(vc, V, "hidden_size", 0, 1, &c->hidden_size));
+    CA_TRY(get_int(vc, V, "intermediate_size", 0, 1, &c->intermediate_size));
+    CA_TRY(get_int(vc, V, "num_hidden_layers", 0, 1, &c->num_hidden_layers));
+    CA_TRY(get_int(vc, V, "num_attention_heads", 0, 1, &c->num_attention_heads));
+    CA_TRY(get_int(vc, V, "num_channels", 0, 1, &c->num_channels));
+    CA_TRY(get_int(vc, V, "patch_size", 0, 1, &c->patch_size));
+    CA_TRY(get_int(vc, V, "num_patches", 0, 1, &c->num_patches));
+    const ca_json *v = present(vc, "layer_norm_eps");
+    if (v) CA_TRY(ca_json_as_double(v, "config.json key 'vision_config.layer_norm_eps'", &c->layer_norm_eps));
+    CA_TRY(get_act(vc, V, "hidden_act", &c->mlp_gelu_tanh));
+    CA_TRY(get_bool(vc, V, "vision_use_head", &c->vision_use_head));
+
+    v = present(root, "vision_feature_layer");
+    if (v) {
+        int64_t x;
+        CA_TRY(ca_json_as_int(v, "config.json key 'vision_feature_layer'", INT_MIN, INT_MAX, &x));
+        c->vision_feature_layer = (int)x;
+    }
+    CA_TRY(get_int(root, "", "downsample_factor", 0, 1, &c->downsample_factor));
+    CA_TRY(get_int(root, "", "projector_hidden_size", 0, 1, &c->projector_hidden_size));
+    CA_TRY(get_bool(root, "", "projector_bias", &c->projector_bias));
+    CA_TRY(get_bool(root, "", "projector_use_layernorm", &c->projector_use_layernorm));
+    CA_TRY(get_act(root, "", "projector_hidden_act", &c->projector_gelu_tanh));
+    const ca_json *tc = present(root, "text_config");
+    if (tc && tc->type == CA_JSON_OBJECT) CA_TRY(get_int(tc, "text_config.", "hidden_size", 0, 1, &c->text_hidden_size));
+
+    /* which layers run (lfm2.md §4.4): the remote-code model keeps layers[:vision_feature_layer + 1] */
+    int n = c->num_hidden_layers, vfl = c->vision_feature_layer;
+    if (vfl == -1) c->num_layers_run = n;
+    else if (vfl < -n || vfl >= n)
+        return ca_error(CA_ERR_VALUE, "config.json key 'vision_feature_layer': %d is out of range for %d vision layers",
+                        vfl, n);
+    else c->num_layers_run = (vfl < 0 ? vfl + n : vfl) + 1;
+    return ca_vision_config_validate(c);
+}
+
+ca_status ca_vision_config_from_json(ca_vision_config *cfg, const char *json, size_t len) {
+    ca_json_doc doc;
+    ca_status st = ca_json_parse(&doc, json, len);
+    if (st != CA_OK) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", ca_last_error());
+        return ca_error(st, "config.json: %s", inner);
+    }
+    st = config_from_value(cfg, &doc.root);
+    ca_json_free(&doc);
+    return st;
+}
+
+ca_status ca_vision_config_validate(const ca_vision_config *c) {
+    if (c->hidden_size % c->num_attention_heads != 0)
+        return ca_error(CA_ERR_VALUE, "vision hidden_size %d is not divisible by num_attention_heads %d", c->hidden_size,
+                        c->num_attention_heads);
+    int g = (int)lround(sqrt((double)c->num_patches));
+    if (g * g != c->num_patches)
+        return ca_error(CA_ERR_VALUE, "vision num_patches %d is not a square (the position table is a square grid)",
+                        c->num_patches);
+    if (c->num_layers_run < 1 || c->num_layers_run > c->num_hidden_layers || c->num_hidden_layers > CA_MAX_LAYERS)
+        return ca_error(CA_ERR_VALUE, "vision layers to run (%d of %d) out of range", c->num_layers_run,
+                        c->num_hidden_layers);
+    if (!(c->layer_norm_eps > 0.0) || !isfinite(c->layer_norm_eps))
+        return ca_error(CA_ERR_VALUE, "vision layer_norm_eps must be a positive number, got %g", c->layer_norm_eps);
+    if ((long long)c->num_channels * c->patch_size * c->patch_size > INT_MAX / 4 ||
+        (long long)c->hidden_size * c->downsample_factor * c->downsample_factor > INT_MAX / 4)
+        return ca_error(CA_ERR_VALUE, "vision sizes too large");
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* parameter table                                                                                   */
+
+typedef struct {
+    ca_param_info *info;
+    float ***views;
+    int count, capacity;
+    size_t offset;
+} table_builder;
+
+static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, const char *fmt, ...) {
+    if (tb->count == tb->capacity) {
+        int cap = tb->capacity ? 2 * tb->capacity : 64;
+        ca_param_info *info = realloc(tb->info, (size_t)cap * sizeof *info);
+        if (!info) return ca_error(CA_ERR_NOMEM, "out of memory building the vision parameter table");
+        tb->info = info;
+        float ***views = realloc(tb->views, (size_t)cap * sizeof *views);
+        if (!views) return ca_error(CA_ERR_NOMEM, "out of memory building the vision parameter table");
+        tb->views = views;
+        tb->capacity = cap;
+    }
+    ca_param_info *p = &tb->info[tb->count];
+    memset(p, 0, sizeof *p);
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(p->name, sizeof p->name, fmt, args);
+    va_end(args);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->numel = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
+    p->offset = tb->offset;
+    tb->offset += (p->numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
+    tb->views[tb->count++] = view;
+    return CA_OK;
+}
+
+/* The one place that knows the vision tower's and projector's tensor names, shapes and buffer order. */
+static ca_status build_param_table(ca_vision_model *m, table_builder *tb) {
+    const ca_vision_config *c = &m->cfg;
+    const int64_t D = c->hidden_size, F = c->intermediate_size, K = (int64_t)c->num_channels * c->patch_size * c->patch_size;
+    const int64_t U = D * c->downsample_factor * c->downsample_factor, PH = c->projector_hidden_size, TH = c->text_hidden_size;
+    const char *E = VISION_PREFIX "embeddings.";
+    CA_TRY(table_add(tb, &m->patch_w, 2, D, K, "%spatch_embedding.weight", E));
+    CA_TRY(table_add(tb, &m->patch_b, 1, D, 0, "%spatch_embedding.bias", E));
+    CA_TRY(table_add(tb, &m->pos_table, 2, c->num_patches, D, "%sposition_embedding.weight", E));
+    for (int l = 0; l < c->num_layers_run; l++) {
+        ca_vision_layer *w = &m->layers[l];
+        const char *L = VISION_PREFIX "encoder.layers.";
+        CA_TRY(table_add(tb, &w->ln1_w, 1, D, 0, "%s%d.layer_norm1.weight", L, l));
+        CA_TRY(table_add(tb, &w->ln1_b, 1, D, 0, "%s%d.layer_norm1.bias", L, l));
+        CA_TRY(table_add(tb, &w->q_w, 2, D, D, "%s%d.self_attn.q_proj.weight", L, l));
+        CA_TRY(table_add(tb, &w->q_b, 1, D, 0, "%s%d.self_attn.q_proj.bias", L, l));
+        CA_TRY(table_add(tb, &w->k_w, 2, D, D, "%s%d.self_attn.k_proj.weight", L, l));
+        CA_TRY(table_add(tb, &w->k_b, 1, D, 0, "%s%d.self_attn.k_proj.bias", L, l));
+        CA_TRY(table_add(tb, &w->v_w, 2, D, D, "%s%d.self_attn.v_proj.weight", L, l));
+        CA_TRY(table_add(tb, &w->v_b, 1, D, 0, "%s%d.self_attn.v_proj.bias", L, l));
+        CA_TRY(table_add(tb, &w->o_w, 2, D, D, "%s%d.self_attn.out_proj.weight", L, l));
+        CA_TRY(table_add(tb, &w->o_b, 1, D, 0, "%s%d.self_attn.out_proj.bias", L, l));
+        CA_TRY(table_add(tb, &w->ln2_w, 1, D, 0, "%s%d.layer_norm2.weight", L, l));
+        CA_TRY(table_add(tb, &w->ln2_b, 1, D, 0, "%s%d.layer_norm2.bias", L, l));
+        CA_TRY(table_add(tb, &w->fc1_w, 2, F, D, "%s%d.mlp.fc1.weight", L, l));
+        CA_TRY(table_add(tb, &w->fc1_b, 1, F, 0, "%s%d.mlp.fc1.bias", L, l));
+        CA_TRY(table_add(tb, &w->fc2_w, 2, D, F, "%s%d.mlp.fc2.weight", L, l));
+        CA_TRY(table_add(tb, &w->fc2_b, 1, D, 0, "%s%d.mlp.fc2.bias", L, l));
+    }
+    CA_TRY(table_add(tb, &m->post_w, 1, D, 0, VISION_PREFIX "post_layernorm.weight"));
+    CA_TRY(table_add(tb, &m->post_b, 1, D, 0, VISION_PREFIX "post_layernorm.bias"));
+    if (c->projector_use_layernorm) {
+        CA_TRY(table_add(tb, &m->pln_w, 1, U, 0, PROJECTOR_PREFIX "layer_norm.weight"));
+        CA_TRY(table_add(tb, &m->pln_b, 1, U, 0, PROJECTOR_PREFIX "layer_norm.bias"));
+    }
+    CA_TRY(table_add(tb, &m->l1_w, 2, PH, U, PROJECTOR_PREFIX "linear_1.weight"));
+    if (c->projector_bias) CA_TRY(table_add(tb, &m->l1_b, 1, PH, 0, PROJECTOR_PREFIX "linear_1.bias"));
+    CA_TRY(table_add(tb, &m->l2_w, 2, TH, PH, PROJECTOR_PREFIX "linear_2.weight"));
+    if (c->projector_bias) CA_TRY(table_add(tb, &m->l2_b, 1, TH, 0, PROJECTOR_PREFIX "linear_2.bias"));
+    return CA_OK;
+}
+
+ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, const ca_backend *be) {
+    *out = NULL;
+    CA_TRY(ca_vision_config_validate(cfg));
+    ca_vision_model *m = calloc(1, sizeof *m);
+    if (!m) return ca_error(CA_ERR_NOMEM, "out of memory allocating the vision model");
+    m->cfg = *cfg;
+    m->be = be ? be : &ca_cpu_backend;
+    m->layers = calloc((size_t)cfg->num_layers_run, sizeof *m->layers);
+    m->lacts = calloc((size_t)cfg->num_layers_run, sizeof *m->lacts);
+    table_builder tb = {0};
+    ca_status st = (m->layers && m->lacts) ? CA_OK : ca_error(CA_ERR_NOMEM, "out of memory allocating vision layers");
+    if (st == CA_OK) st = build_param_table(m, &tb);
+    if (st == CA_OK) {
+        m->params = m->be->alloc(tb.offset * sizeof(float));
+        if (!m->params)
+            st = ca_error(CA_ERR_NOMEM, "out of memory allocating %zu vision parameters (%.1f MB)", tb.offset,
+                          tb.offset * 4.0 / 1e6);
+    }
+    if (st != CA_OK) {
+        free(tb.info);
+        free(tb.views);
+        ca_vision_free(m);
+        return st;
+    }
+    for (int i = 0; i < tb.count; i++) *tb.views[i] = m->params + tb.info[i].offset;
+    free(tb.views);
+    m->param_info = tb.info;
+    m->num_param_tensors = tb.count;
+    m->num_parameters = tb.offset;
+    *out = m;
+    return CA_OK;
+}
+
+void ca_vision_free(ca_vision_model *m) {
+    if (!m) return;
+    m->be->free(m->params);
+    m->be->free(m->grads);
+    m->be->free(m->acts);
+    free(m->param_info);
+    free(m->layers);
+    free(m->lacts);
+    free(m->tile_h);
+    free(m->tile_w);
+    free(m->tile_off);
+    free(m->tile_att);
+    free(m->tile_tok);
+    free(m);
+}
+
+int ca_vision_find_param(const ca_vision_model *m, const char *name) {
+    for (int i = 0; i < m->num_param_tensors; i++)
+        if (strcmp(m->param_info[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* seeded initialisation: xoshiro256** seeded by splitmix64, Box–Muller normals (as model.c) */
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rng_next(uint64_t s[4]) {
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+static double rng_uniform(uint64_t s[4]) { return ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+
+ca_status ca_vision_init_random(ca_vision_model *m, uint64_t seed, float std) {
+    uint64_t s[4], x = seed;
+    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        float *w = m->params + p->offset;
+        if (p->ndim == 1) { /* LayerNorm weight 1, every bias 0 (nn.LayerNorm / nn.Linear conventions) */
+            size_t n = strlen(p->name);
+            float v = (n > 7 && strcmp(p->name + n - 7, ".weight") == 0) ? 1.0f : 0.0f;
+            for (size_t j = 0; j < p->numel; j++) w[j] = v;
+            continue;
+        }
+        for (size_t j = 0; j < p->numel; j += 2) {
+            double u1 = rng_uniform(s), u2 = rng_uniform(s);
+            double radius = sqrt(-2.0 * log(u1)), angle = 6.283185307179586 * u2;
+            w[j] = (float)(std * radius * cos(angle));
+            if (j + 1 < p->numel) w[j + 1] = (float)(std * radius * sin(angle));
+        }
+    }
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* inputs and the activation arena                                                                   */
+
+static ca_status check_tiles(const ca_vision_model *m, const int32_t *shapes, const int32_t *mask, int T, int P,
+                             int64_t *patches, int64_t *tokens) {
+    const int f = m->cfg.downsample_factor;
+    if (T <= 0 || P <= 0) return ca_error(CA_ERR_VALUE, "pixel_values is empty (%d tiles of %d patches)", T, P);
+    int64_t n = 0, t_out = 0;
+    for (int t = 0; t < T; t++) {
+        int h = shapes[2 * t], w = shapes[2 * t + 1];
+        if (h < 1 || w < 1)
+            return ca_error(CA_ERR_VALUE, "spatial_shapes[%d] = (%d, %d): both sides must be >= 1", t, h, w);
+        if ((int64_t)h * w > P)
+            return ca_error(CA_ERR_SHAPE, "spatial_shapes[%d] = (%d, %d) has %lld patches but pixel_values holds %d per tile",
+                            t, h, w, (long long)h * w, P);
+        if (h % f || w % f)
+            return ca_error(CA_ERR_SHAPE, "spatial_shapes[%d] = (%d, %d) is not divisible by downsample_factor %d", t, h, w, f);
+        if (mask) {
+            const int32_t *mr = mask + (size_t)t * P;
+            for (int j = 0; j < P; j++) {
+                int want = j < h * w;
+                if (mr[j] != want)
+                    return ca_error(CA_ERR_VALUE,
+                                    "pixel_attention_mask[%d, %d] = %d, but spatial_shapes (%d, %d) makes the first %d patches "
+                                    "valid and the rest padding",
+                                    t, j, mr[j], h, w, h * w);
+            }
+        }
+        n += (int64_t)h * w;
+        t_out += (int64_t)(h / f) * (w / f);
+    }
+    if (n > INT_MAX / 4) return ca_error(CA_ERR_VALUE, "too many patches in one batch (%lld)", (long long)n);
+    *patches = n;
+    *tokens = t_out;
+    return CA_OK;
+}
+
+ca_status ca_vision_num_tokens(const ca_vision_model *m, int64_t *tokens, int64_t *patches,
+                               const int32_t *spatial_shapes, const int32_t *mask, int T, int P) {
+    return check_tiles(m, spatial_shapes, mask, T, P, patches, tokens);
+}
+
+/* Lays out (base == NULL: only measures) every activation buffer for N packed patches, M output tokens and
+ * A attention probabilities per layer; `slots` layer-activation sets (all layers for training, else one). */
+static size_t layout_acts(ca_vision_model *m, float *base, size_t N, size_t M, size_t A, int slots) {
+    const ca_vision_config *c = &m->cfg;
+    const size_t D = c->hidden_size, F = c->intermediate_size, K = (size_t)c->num_channels * c->patch_size * c->patch_size;
+    const size_t U = D * c->downsample_factor * c->downsample_factor, PH = c->projector_hidden_size;
+    const size_t L = c->num_layers_run;
+    size_t used = 0;
+#define TAKE(ptr, count)                                                                           \
+    do {                                                                                           \
+        size_t n_ = ((count) + 15) & ~(size_t)15;                                                  \
+        if (base) (ptr) = base + used;                                                             \
+        used += n_;                                                                                \
+    } while (0)
+    for (int s = 0; s < slots; s++) {
+        ca_vision_layer_acts a = {0};
+        TAKE(a.x1, N * D);
+        TAKE(a.mean1, N);
+        TAKE(a.rstd1, N);
+        TAKE(a.q, N * D);
+        TAKE(a.k, N * D);
+        TAKE(a.v, N * D);
+        TAKE(a.att, A);
+        TAKE(a.ao, N * D);
+        TAKE(a.mid, N * D);
+        TAKE(a.x2, N * D);
+        TAKE(a.mean2, N);
+        TAKE(a.rstd2, N);
+        TAKE(a.h1, N * F);
+        TAKE(a.act, N * F);
+        if (base)
+            for (size_t l = s; l < (slots == 1 ? L : (size_t)s + 1); l++) m->lacts[l] = a; /* one slot: shared */
+    }
+    TAKE(m->x_in, N * K);
+    TAKE(m->pos, N * D);
+    TAKE(m->hs, (L + 1) * N * D);
+    TAKE(m->xf, N * D);
+    TAKE(m->meanf, N);
+    TAKE(m->rstdf, N);
+    TAKE(m->un, M * U);
+    TAKE(m->pn, M * U);
+    TAKE(m->meanp, M);
+    TAKE(m->rstdp, M);
+    TAKE(m->p1, M * PH);
+    TAKE(m->pa, M * PH);
+#undef TAKE
+    return used;
+}
+
+static ca_status ensure_tiles(ca_vision_model *m, int T) {
+    if (T <= m->tiles_cap) return CA_OK;
+    int *h = realloc(m->tile_h, (size_t)T * sizeof *h);
+    if (h) m->tile_h = h;
+    int *w = realloc(m->tile_w, (size_t)T * sizeof *w);
+    if (w) m->tile_w = w;
+    size_t *o = realloc(m->tile_off, (size_t)(T + 1) * sizeof *o);
+    if (o) m->tile_off = o;
+    size_t *a = realloc(m->tile_att, (size_t)T * sizeof *a);
+    if (a) m->tile_att = a;
+    size_t *k = realloc(m->tile_tok, (size_t)(T + 1) * sizeof *k);
+    if (k) m->tile_tok = k;
+    if (!h || !w || !o || !a || !k) return ca_error(CA_ERR_NOMEM, "out of memory for %d tiles", T);
+    m->tiles_cap = T;
+    return CA_OK;
+}
+
+static ca_status ensure_acts(ca_vision_model *m, size_t N, size_t M, size_t A, int slots) {
+    size_t need = layout_acts(m, NULL, N, M, A, slots);
+    if (!m->acts || need > m->acts_floats) {
+        m->be->free(m->acts);
+        m->acts = m->be->alloc(need * sizeof(float));
+        if (!m->acts) {
+            m->acts_floats = 0;
+            return ca_error(CA_ERR_NOMEM, "out of memory allocating vision activations (%.1f MB)", need * 4.0 / 1e6);
+        }
+        m->acts_floats = need;
+    }
+    layout_acts(m, m->acts, N, M, A, slots);
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* forward                                                                                           */
+
+static void layer_forward(ca_vision_model *m, int l) {
+    const ca_backend *be = m->be;
+    const ca_vision_config *c = &m->cfg;
+    const int N = (int)m->tile_off[m->num_tiles], D = c->hidden_size, F = c->intermediate_size;
+    const int NH = c->num_attention_heads, HS = D / NH;
+    const float eps = (float)c->layer_norm_eps;
+    const ca_vision_layer *w = &m->layers[l];
+    ca_vision_layer_acts *a = &m->lacts[l];
+    const float *h = m->hs + (size_t)l * N * D;   /* (N, D) layer input */
+    float *hout = m->hs + (size_t)(l + 1) * N * D; /* (N, D) layer output */
+
+    be->layernorm_forward(a->x1, a->mean1, a->rstd1, h, w->ln1_w, w->ln1_b, N, D, eps);
+    be->linear_forward(a->q, a->x1, w->q_w, w->q_b, N, D, D);
+    be->linear_forward(a->k, a->x1, w->k_w, w->k_b, N, D, D);
+    be->linear_forward(a->v, a->x1, w->v_w, w->v_b, N, D, D);
+    for (int t = 0; t < m->num_tiles; t++) { /* bidirectional attention within each tile's valid patches */
+        size_t off = m->tile_off[t] * D;
+        int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
+        be->mha_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH, HS);
+    }
+    be->linear_forward(a->mid, a->ao, w->o_w, w->o_b, N, D, D);
+    be->add_inplace(a->mid, h, (size_t)N * D);
+    be->layernorm_forward(a->x2, a->mean2, a->rstd2, a->mid, w->ln2_w, w->ln2_b, N, D, eps);
+    be->linear_forward(a->h1, a->x2, w->fc1_w, w->fc1_b, N, D, F);
+    be->gelu_forward(a->act, a->h1, (size_t)N * F, c->mlp_gelu_tanh);
+    be->linear_forward(hout, a->act, w->fc2_w, w->fc2_b, N, F, D);
+    be->add_inplace(hout, a->mid, (size_t)N * D);
+}
+
+ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, const float *pixel_values,
+                            const int32_t *spatial_shapes, const int32_t *mask, int T, int P, int train) {
+    const ca_vision_config *c = &m->cfg;
+    const ca_backend *be = m->be;
+    int64_t N64, M64;
+    m->have_train_acts = 0;
+    CA_TRY(check_tiles(m, spatial_shapes, mask, T, P, &N64, &M64));
+    CA_TRY(ensure_tiles(m, T));
+    const int D = c->hidden_size, K = c->num_channels * c->patch_size * c->patch_size, f = c->downsample_factor;
+    const int NH = c->num_attention_heads, G = (int)lround(sqrt((double)c->num_patches));
+    const int U = D * f * f, PH = c->projector_hidden_size, TH = c->text_hidden_size, L = c->num_layers_run;
+    size_t A = 0;
+    m->num_tiles = T;
+    m->tile_off[0] = m->tile_tok[0] = 0;
+    for (int t = 0; t < T; t++) {
+        int h = spatial_shapes[2 * t], w = spatial_shapes[2 * t + 1];
+        m->tile_h[t] = h;
+        m->tile_w[t] = w;
+        m->tile_off[t + 1] = m->tile_off[t] + (size_t)h * w;
+        m->tile_tok[t + 1] = m->tile_tok[t] + (size_t)(h / f) * (w / f);
+        m->tile_att[t] = A;
+        A += (size_t)NH * h * w * h * w;
+    }
+    const size_t N = (size_t)N64, M = (size_t)M64;
+    m->att_floats = A;
+    CA_TRY(ensure_acts(m, N, M, A, train ? L : 1));
+
+    /* embeddings: patch_embedding over the packed valid patches, plus the per-tile resized position table */
+    for (int t = 0; t < T; t++)
+        memcpy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
+               (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
+    be->linear_forward(m->hs, m->x_in, m->patch_w, m->patch_b, (int)N, K, D);
+    for (int t = 0; t < T; t++)
+        be->posresize_forward(m->pos + m->tile_off[t] * D, m->pos_table, G, G, m->tile_h[t], m->tile_w[t], D);
+    be->add_inplace(m->hs, m->pos, N * D);
+
+    for (int l = 0; l < L; l++) layer_forward(m, l);
+    be->layernorm_forward(m->xf, m->meanf, m->rstdf, m->hs + (size_t)L * N * D, m->post_w, m->post_b, (int)N, D,
+                          (float)c->layer_norm_eps);
+
+    /* projector, per tile: unshuffle on its (hP, wP) grid, then LayerNorm → linear_1 → GELU → linear_2 */
+    for (int t = 0; t < T; t++)
+        be->unshuffle_forward(m->un + m->tile_tok[t] * U, m->xf + m->tile_off[t] * D, m->tile_h[t], m->tile_w[t], D, f);
+    const float *pin = m->un;
+    if (m->pln_w) {
+        be->layernorm_forward(m->pn, m->meanp, m->rstdp, m->un, m->pln_w, m->pln_b, (int)M, U, PROJECTOR_LN_EPS);
+        pin = m->pn;
+    }
+    be->linear_forward(m->p1, pin, m->l1_w, m->l1_b, (int)M, U, PH);
+    be->gelu_forward(m->pa, m->p1, M * PH, c->projector_gelu_tanh);
+    if (features) be->linear_forward(features, m->pa, m->l2_w, m->l2_b, (int)M, PH, TH);
+    if (hidden) memcpy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
+    m->have_train_acts = train ? 1 : 0;
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* backward                                                                                          */
+
+static float *grad_of(const ca_vision_model *m, const float *param) {
+    return param ? m->grads + (param - m->params) : NULL;
+}
+
+typedef struct {
+    float *dres; /* (N, D) residual-stream gradient */
+    float *dx;   /* (N, D) gradient of a LayerNorm output */
+    float *dao;  /* (N, D) */
+    float *dq, *dk, *dv; /* (N, D) */
+    float *dact; /* (N, F) */
+    float *dh1;  /* (N, F) */
+    float *du;   /* (M, U) d unshuffled features */
+    float *dpn;  /* (M, U) d projector-LN output */
+    float *dpa;  /* (M, PH) */
+    float *dp1;  /* (M, PH) */
+    float *dS;   /* Σ_t NH·S_t² attention-score gradients (mha_backward workspace) */
+    float *base;
+} vision_scratch;
+
+ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int accumulate) {
+    if (!m->have_train_acts)
+        return ca_error(CA_ERR_VALUE, "vision backward needs a preceding forward with train=True on the same model");
+    const ca_vision_config *c = &m->cfg;
+    const ca_backend *be = m->be;
+    const int D = c->hidden_size, F = c->intermediate_size, K = c->num_channels * c->patch_size * c->patch_size;
+    const int f = c->downsample_factor, U = D * f * f, PH = c->projector_hidden_size, TH = c->text_hidden_size;
+    const int NH = c->num_attention_heads, HS = D / NH, L = c->num_layers_run, G = (int)lround(sqrt((double)c->num_patches));
+    const int T = m->num_tiles, N = (int)m->tile_off[T], M = (int)m->tile_tok[T];
+    if (!m->grads) {
+        m->grads = be->alloc(m->num_parameters * sizeof(float));
+        if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating vision gradients");
+    } else if (!accumulate) {
+        be->zero(m->grads, m->num_parameters);
+    }
+    vision_scratch s;
+    const size_t sizes[] = {(size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D,
+                            (size_t)N * F, (size_t)N * F, (size_t)M * U, (size_t)M * U, (size_t)M * PH, (size_t)M * PH,
+                            m->att_floats};
+    float **slots[] = {&s.dres, &s.dx, &s.dao, &s.dq, &s.dk, &s.dv, &s.dact, &s.dh1, &s.du, &s.dpn, &s.dpa, &s.dp1, &s.dS};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    s.base = be->alloc(total * sizeof(float));
+    if (!s.base) return ca_error(CA_ERR_NOMEM, "out of memory allocating vision backward scratch (%.1f MB)", total * 4.0 / 1e6);
+    for (size_t i = 0, used = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        *slots[i] = s.base + used;
+        used += (sizes[i] + 15) & ~(size_t)15;
+    }
+
+    /* projector: features = linear_2(gelu(linear_1(pn))) */
+    be->linear_backward(s.dpa, grad_of(m, m->l2_w), grad_of(m, m->l2_b), d_features, m->pa, m->l2_w, M, PH, TH, 0);
+    be->gelu_backward(s.dp1, s.dpa, m->p1, (size_t)M * PH, c->projector_gelu_tanh);
+    if (m->pln_w) {
+        be->linear_backward(s.dpn, grad_of(m, m->l1_w), grad_of(m, m->l1_b), s.dp1, m->pn, m->l1_w, M, U, PH, 0);
+        be->zero(s.du, (size_t)M * U); /* layernorm_backward accumulates */
+        be->layernorm_backward(s.du, grad_of(m, m->pln_w), grad_of(m, m->pln_b), s.dpn, m->un, m->pln_w, m->meanp,
+                               m->rstdp, M, U);
+    } else {
+        be->linear_backward(s.du, grad_of(m, m->l1_w), grad_of(m, m->l1_b), s.dp1, m->un, m->l1_w, M, U, PH, 0);
+    }
+    for (int t = 0; t < T; t++)
+        be->unshuffle_backward(s.dx + m->tile_off[t] * D, s.du + m->tile_tok[t] * U, m->tile_h[t], m->tile_w[t], D, f);
+    be->zero(s.dres, (size_t)N * D);
+    be->layernorm_backward(s.dres, grad_of(m, m->post_w), grad_of(m, m->post_b), s.dx, m->hs + (size_t)L * N * D,
+                           m->post_w, m->meanf, m->rstdf, N, D);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const ca_vision_layer *w = &m->layers[l];
+        const ca_vision_layer_acts *a = &m->lacts[l];
+        const float *h = m->hs + (size_t)l * N * D;
+        /* MLP: hout = mid + fc2(gelu(fc1(x2))); s.dres = d hout on entry, d mid after layer_norm2's backward */
+        be->linear_backward(s.dact, grad_of(m, w->fc2_w), grad_of(m, w->fc2_b), s.dres, a->act, w->fc2_w, N, F, D, 0);
+        be->gelu_backward(s.dh1, s.dact, a->h1, (size_t)N * F, c->mlp_gelu_tanh);
+        be->linear_backward(s.dx, grad_of(m, w->fc1_w), grad_of(m, w->fc1_b), s.dh1, a->x2, w->fc1_w, N, D, F, 0);
+        be->layernorm_backward(s.dres, grad_of(m, w->ln2_w), grad_of(m, w->ln2_b), s.dx, a->mid, w->ln2_w, a->mean2,
+                               a->rstd2, N, D);
+        /* attention: mid = h + out_proj(attn(q, k, v)) */
+        be->linear_backward(s.dao, grad_of(m, w->o_w), grad_of(m, w->o_b), s.dres, a->ao, w->o_w, N, D, D, 0);
+        for (int t = 0; t < T; t++) {
+            size_t off = m->tile_off[t] * D;
+            int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
+            be->mha_backward(s.dq + off, s.dk + off, s.dv + off, s.dS + m->tile_att[t], s.dao + off, a->q + off,
+                             a->k + off, a->v + off, a->att + m->tile_att[t], S, NH, HS);
+        }
+        be->linear_backward(s.dx, grad_of(m, w->q_w), grad_of(m, w->q_b), s.dq, a->x1, w->q_w, N, D, D, 0);
+        be->linear_backward(s.dx, grad_of(m, w->k_w), grad_of(m, w->k_b), s.dk, a->x1, w->k_w, N, D, D, 1);
+        be->linear_backward(s.dx, grad_of(m, w->v_w), grad_of(m, w->v_b), s.dv, a->x1, w->v_w, N, D, D, 1);
+        be->layernorm_backward(s.dres, grad_of(m, w->ln1_w), grad_of(m, w->ln1_b), s.dx, h, w->ln1_w, a->mean1,
+                               a->rstd1, N, D);
+    }
+    /* embeddings: h_0 = x_in · Wpatchᵀ + b + resize(pos_table) */
+    be->linear_backward(NULL, grad_of(m, m->patch_w), grad_of(m, m->patch_b), s.dres, m->x_in, m->patch_w, N, K, D, 0);
+    for (int t = 0; t < T; t++)
+        be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
+                               D);
+    be->free(s.base);
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* checkpoints                                                                                       */
+
+/* 1 when `name` is an encoder layer that exists in the config but is cut off by vision_feature_layer. */
+static int is_truncated_layer(const ca_vision_config *c, const char *name) {
+    const char *pre = VISION_PREFIX "encoder.layers.";
+    size_t n = strlen(pre);
+    if (strncmp(name, pre, n) != 0) {
+        pre = "model.vision_tower.encoder.layers.";
+        n = strlen(pre);
+        if (strncmp(name, pre, n) != 0) return 0;
+    }
+    char *end;
+    long idx = strtol(name + n, &end, 10);
+    return end != name + n && *end == '.' && idx >= c->num_layers_run && idx < c->num_hidden_layers;
+}
+
+static int is_unused_head(const ca_vision_config *c, const char *name) {
+    return c->vision_use_head && (strncmp(name, VISION_PREFIX "head.", strlen(VISION_PREFIX "head.")) == 0 ||
+                                  strncmp(name, "model.vision_tower.head.", 24) == 0);
+}
+
+ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *paths, int num_paths) {
+    if (num_paths <= 0) return ca_error(CA_ERR_VALUE, "no safetensors file given");
+    ca_safetensors *files = calloc((size_t)num_paths, sizeof *files);
+    if (!files) return ca_error(CA_ERR_NOMEM, "out of memory opening checkpoints");
+    ca_status st = CA_OK;
+    int opened = 0;
+    for (; opened < num_paths && st == CA_OK; opened++) st = ca_safetensors_open(&files[opened], paths[opened]);
+    if (st != CA_OK) opened--;
+    int total = 0;
+    for (int f = 0; f < opened; f++) total += files[f].num_tensors;
+    unsigned char *used = st == CA_OK ? calloc((size_t)total + 1, 1) : NULL;
+    if (st == CA_OK && !used) st = ca_error(CA_ERR_NOMEM, "out of memory loading checkpoints");
+
+    for (int i = 0; st == CA_OK && i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        const ca_st_tensor *found = NULL;
+        int found_file = -1;
+        /* hub checkpoints name the tower model.vision_tower.vision_model.*; transformers >= 5 saves it without
+         * the vision_model. level (its Siglip2VisionModel prefix change): accept either, never both */
+        char alt[CA_PARAM_NAME_MAX];
+        const size_t vp = strlen(VISION_PREFIX);
+        int has_alt = strncmp(p->name, VISION_PREFIX, vp) == 0;
+        if (has_alt) snprintf(alt, sizeof alt, "model.vision_tower.%s", p->name + vp);
+        for (int f = 0, base = 0; f < opened; base += files[f].num_tensors, f++) {
+            for (int form = 0; form < 1 + has_alt; form++) {
+                const ca_st_tensor *t = ca_safetensors_find(&files[f], form ? alt : p->name);
+                if (!t) continue;
+                if (found) {
+                    st = ca_error(CA_ERR_FORMAT, "tensor '%s' appears twice (%s and %s, with or without 'vision_model.')",
+                                  p->name, files[found_file].path, files[f].path);
+                    break;
+                }
+                found = t;
+                found_file = f;
+                used[base + (int)(t - files[f].tensors)] = 1;
+            }
+            if (st != CA_OK) break;
+            continue;
+        }
+        if (st != CA_OK) break;
+        if (!found) {
+            st = ca_error(CA_ERR_KEY, "checkpoint is missing tensor '%s'", p->name);
+            break;
+        }
+        int same = found->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = found->shape[d] == p->shape[d];
+        if (!same) {
+            char want[64], got[96];
+            int wn = snprintf(want, sizeof want, "[");
+            for (int d = 0; d < p->ndim; d++) wn += snprintf(want + wn, sizeof want - wn, d ? ", %lld" : "%lld", (long long)p->shape[d]);
+            snprintf(want + wn, sizeof want - wn, "]");
+            int gn = snprintf(got, sizeof got, "[");
+            for (int d = 0; d < found->ndim && gn < (int)sizeof got - 24; d++)
+                gn += snprintf(got + gn, sizeof got - gn, d ? ", %lld" : "%lld", (long long)found->shape[d]);
+            snprintf(got + gn, sizeof got - gn, "]");
+            st = ca_error(CA_ERR_SHAPE, "tensor '%s' has shape %s in %s but the config expects %s", p->name, got,
+                          files[found_file].path, want);
+            break;
+        }
+        st = ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
+    }
+    /* unknown tensors under the vision / projector prefixes are errors (a config/checkpoint mismatch) */
+    for (int f = 0, base = 0; st == CA_OK && f < opened; base += files[f].num_tensors, f++) {
+        for (int j = 0; j < files[f].num_tensors; j++) {
+            const char *tn = files[f].tensors[j].name;
+            if (used[base + j]) continue;
+            int ours = strncmp(tn, "model.vision_tower.", 19) == 0 || strncmp(tn, PROJECTOR_PREFIX, strlen(PROJECTOR_PREFIX)) == 0;
+            if (!ours || is_truncated_layer(&m->cfg, tn) || is_unused_head(&m->cfg, tn)) continue;
+            st = ca_error(CA_ERR_KEY, "checkpoint %s has unexpected tensor '%s' (not part of this vision config)",
+                          files[f].path, tn);
+            break;
+        }
+    }
+    free(used);
+    for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
+    free(files);
+    return st;
+}
+
+ca_status ca_vision_save_safetensors(const ca_vision_model *m, const char *path) {
+    ca_st_item *items = calloc((size_t)m->num_param_tensors, sizeof *items);
+    if (!items) return ca_error(CA_ERR_NOMEM, "out of memory saving the vision checkpoint");
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        items[i] = (ca_st_item){p->name, CA_DT_F32, p->ndim, p->shape, m->params + p->offset};
+    }
+    const char *metadata[] = {"format", "pt"};
+    ca_status st = ca_safetensors_write(path, items, m->num_param_tensors, metadata, 1);
+    free(items);
+    return st;
+}
