@@ -8,6 +8,8 @@ from captionaura.image import ImageLoadError, load_image
 from captionaura.lora import LoraConfig
 from captionaura.optim import AdamW, AdamWConfig
 from captionaura.trainer import Trainer, TrainingConfig
+from captionaura.vision import VisionConfig, VisionTower
+from captionaura.vl import Lfm2VlModel
 from captionaura.model import Lfm2Model, Lfm2Output
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 
@@ -36,6 +38,9 @@ __all__ = [
     "Lfm2Config",
     "Lfm2Model",
     "Lfm2Output",
+    "Lfm2VlModel",
+    "VisionConfig",
+    "VisionTower",
     "Trainer",
     "TrainingConfig",
     "ImageProcessorConfig",

@@ -70,9 +70,14 @@ class Lfm2Model:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
-        config = Lfm2Config.from_pretrained(path)
+        return cls._load(path, Lfm2Config.from_pretrained(path), prefix=None)
+
+    @classmethod
+    def _load(cls, path: Path, config: Lfm2Config, prefix: str | None) -> "Lfm2Model":
+        """Build from `config` and read the weights of `path` whose names start with `prefix` (None: "model.";
+        LFM2-VL checkpoints keep the language model under "model.language_model.")."""
         core = _core.Lfm2(json.dumps(config.to_dict()))
-        core.load_safetensors([str(p) for p in weight_files(path)], prefix=None)
+        core.load_safetensors([str(p) for p in weight_files(path)], prefix=prefix)
         return cls(config, core)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,158 @@
+"""LFM2-VL: the SigLIP2 vision tower and projector feeding the LFM2 language model, both in the C core.
+
+An image becomes tiles (``Lfm2VlProcessor``), the tiles become projected features (``VisionTower``), and the
+features replace the embeddings of the prompt's ``<image>`` tokens, one feature per token in order
+(transformers' ``masked_scatter``). Gradients of a caption loss flow back through the same path into the
+vision tower and projector.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from captionaura import _core
+from captionaura._io import read_json, write_json_atomic
+from captionaura.config import Lfm2Config
+from captionaura.model import ArrayLike, Lfm2Model, Lfm2Output, _token_array
+from captionaura.processor import Lfm2VlProcessor, ProcessorOutput
+from captionaura.vision import VisionConfig, VisionTower
+
+TEXT_PREFIX = "model.language_model."
+
+
+class Lfm2VlModel:
+    """``Lfm2VlForConditionalGeneration`` on captionaura's C core.
+
+    ``text`` is the language model (an ``Lfm2Model``: LoRA, caches and generation work on it as on a text
+    model), ``vision`` the tower + projector, ``processor`` the checkpoint's processor when the folder has
+    one (tokenizer, chat template, image processor)."""
+
+    def __init__(self, config: dict[str, Any], text: Lfm2Model, vision: VisionTower,
+                 processor: Lfm2VlProcessor | None = None) -> None:
+        self.config = config
+        self.text = text
+        self.vision = vision
+        self.processor = processor
+        token = config.get("image_token_id", config.get("image_token_index"))
+        if token is None:
+            raise KeyError("config.json has neither image_token_id nor image_token_index")
+        self.image_token_id = int(token)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> "Lfm2VlModel":
+        """A local LFM2-VL checkpoint folder (remote-code or transformers-native config.json, safetensors,
+        and the processor files when present)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {path}")
+        config = read_json(path / "config.json", "config file")
+        if "text_config" not in config or "vision_config" not in config:
+            raise KeyError(f"{path / 'config.json'} is not an LFM2-VL config (no text_config / vision_config)")
+        text = Lfm2Model._load(path, Lfm2Config.from_dict(config["text_config"]), prefix=TEXT_PREFIX)
+        vision = VisionTower.from_pretrained(path)
+        processor = Lfm2VlProcessor.from_pretrained(path) if (path / "tokenizer.json").is_file() else None
+        return cls(config, text, vision, processor)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], seed: int = 0) -> "Lfm2VlModel":
+        """Random weights for an LFM2-VL config dictionary (text_config, vision_config, projector fields)."""
+        text = Lfm2Model.from_config(Lfm2Config.from_dict(config["text_config"]), seed=seed)
+        vision = VisionTower.from_config(VisionConfig.from_dict(config), seed=seed + 1)
+        return cls(dict(config), text, vision)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """config.json and one model.safetensors with Hugging Face names (atomically), plus the processor."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = dict(self.parameters())
+        _core.safetensors_save(str(path / "model.safetensors"), tensors, {"format": "pt"})
+        write_json_atomic(path / "config.json", self.config)
+        if self.processor is not None:
+            self.processor.save_pretrained(path)
+
+    # -- compute --------------------------------------------------------------------------------------
+    def image_features(self, pixel_values: np.ndarray, spatial_shapes: np.ndarray,
+                       pixel_attention_mask: np.ndarray | None = None, train: bool = False) -> np.ndarray:
+        """Projected features (Σ tokens, text hidden) of a batch of tiles, in tile order."""
+        return self.vision.encode(pixel_values, spatial_shapes, pixel_attention_mask, train=train)
+
+    def _inputs(self, input_ids, pixel_values, spatial_shapes, pixel_attention_mask, images, text, messages):
+        if images is not None or text is not None or messages is not None:
+            if self.processor is None:
+                raise ValueError("this model has no processor: pass input_ids and pixel values")
+            batch: ProcessorOutput = self.processor(images=images, text=text, messages=messages)
+            return (batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
+                    batch.get("spatial_shapes"), batch.get("pixel_attention_mask"))
+        return input_ids, None, pixel_values, spatial_shapes, pixel_attention_mask
+
+    def _features(self, ids: np.ndarray, pixel_values, spatial_shapes, pixel_attention_mask, train: bool):
+        positions = np.flatnonzero(ids.reshape(-1) == self.image_token_id).astype(np.int32)
+        if pixel_values is None:
+            if positions.size:
+                raise ValueError(f"the prompt has {positions.size} <image> tokens but no image was given")
+            return None, None
+        features = self.image_features(pixel_values, spatial_shapes, pixel_attention_mask, train=train)
+        if features.shape[0] != positions.size:
+            raise ValueError(f"the prompt has {positions.size} <image> tokens but the images give "
+                             f"{features.shape[0]} features: image tokens and images do not match")
+        return positions, features
+
+    def forward(self, input_ids: ArrayLike | None = None, attention_mask: ArrayLike | None = None,
+                pixel_values: np.ndarray | None = None, spatial_shapes: np.ndarray | None = None,
+                pixel_attention_mask: np.ndarray | None = None, *, images: Any = None,
+                text: str | Sequence[str] | None = None, messages: Sequence[dict] | None = None,
+                output_hidden_states: bool = False) -> Lfm2Output:
+        """Logits (B, T, V) for token ids with pixel tiles, or for raw ``images`` with ``text``/``messages``
+        (run through the processor)."""
+        ids, mask, pv, ss, pm = self._inputs(input_ids, pixel_values, spatial_shapes, pixel_attention_mask,
+                                             images, text, messages)
+        ids = _token_array(ids, "input_ids")
+        mask = attention_mask if attention_mask is not None else mask
+        positions, features = self._features(ids, pv, ss, pm, train=False)
+        return self.text.forward(ids, mask, output_hidden_states=output_hidden_states,
+                                 features=None if positions is None else (positions, features))
+
+    __call__ = forward
+
+    def loss_and_grad(self, input_ids: ArrayLike, labels: ArrayLike, attention_mask: ArrayLike | None = None,
+                      pixel_values: np.ndarray | None = None, spatial_shapes: np.ndarray | None = None,
+                      pixel_attention_mask: np.ndarray | None = None, train_vision: bool = True) -> float:
+        """Causal-LM loss of a (caption) batch; fills the language model's gradients (or its LoRA's) and, with
+        ``train_vision``, the vision tower's and projector's."""
+        ids = _token_array(input_ids, "input_ids")
+        positions, features = self._features(ids, pixel_values, spatial_shapes, pixel_attention_mask,
+                                             train=train_vision)
+        if positions is None:
+            return self.text.loss_and_grad(ids, labels, attention_mask)
+        grad = np.empty_like(features)
+        loss = self.text.loss_and_grad(ids, labels, attention_mask, features=(positions, features),
+                                       feature_grad=grad)
+        if train_vision:
+            self.vision.backward(grad)
+        return loss
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Every parameter under its LFM2-VL checkpoint name."""
+        out = {TEXT_PREFIX + k[len("model."):] if k.startswith("model.") else k: v
+               for k, v in self.text.parameters().items()}
+        out.update(self.vision.parameters())
+        return out
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        out = {TEXT_PREFIX + k[len("model."):] if k.startswith("model.") else k: v
+               for k, v in self.text.gradients().items()}
+        out.update(self.vision.gradients())
+        return out
+
+    def num_parameters(self) -> int:
+        return self.text.num_parameters() + self.vision.num_parameters()
+
+    def __repr__(self) -> str:
+        return f"Lfm2VlModel(text={self.text!r}, vision={self.vision!r})"
