@@ -43,11 +43,16 @@ def test_caption_loss_and_every_gradient_match_transformers(case):
     loss = model.loss_and_grad(ref["input_ids"], ref["labels"], **pixel_args(pixels))
     assert abs(loss - float(ref["loss"])) <= 1e-5 * abs(float(ref["loss"]))
     grads = model.gradients()
-    expected = {k[len("grad."):]: v for k, v in ref.items() if k.startswith("grad.")}
+    # transformers 5.23 names the tower model.vision_tower.*, hub checkpoints model.vision_tower.vision_model.*
+    expected = {k[len("grad."):].replace("vision_tower.", "vision_tower.vision_model."): v
+                for k, v in ref.items() if k.startswith("grad.")}
+    # the key bias's true gradient is 0 (a constant added to every score of a query leaves softmax unchanged):
+    # both sides hold rounding noise there, so norms are floored at 1e-4 of the whole model's gradient
+    floor = 1e-4 * np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in expected.values()))
     checked = 0
     for name, g in grads.items():
         want = expected[name]
-        err = np.linalg.norm(g - want) / max(np.linalg.norm(want), 1e-12)
+        err = np.linalg.norm(g - want) / max(np.linalg.norm(want), floor)
         assert err <= 1e-3, f"{name}: relative gradient error {err:.2e}"
         checked += 1
     vision = [n for n in grads if "vision_tower" in n or "multi_modal_projector" in n]

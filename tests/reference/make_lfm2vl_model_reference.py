@@ -7,7 +7,9 @@ Writes <name>/model_reference.npz:
     logits        (1, T, V)    Lfm2VlForConditionalGeneration(input_ids, pixel_values, ...) logits
     loss          ()           its caption loss
     grad.<name>                d loss / d every parameter (vision tower, projector, language model)
-The pixel inputs are those of <name>/reference.npz. Run offline with torch 2.13.0 (CPU) + transformers:
+The pixel inputs are those of <name>/reference.npz. As in make_lfm2vl_reference.py, the vision tower runs
+the layers that vision_feature_layer selects (lfm2.md §4.4: layers[:vfl + 1], all when vfl = −1; transformers
+5.23 itself would run every layer it built). Run offline with torch 2.13.0 (CPU) + transformers:
     python tests/reference/make_lfm2vl_model_reference.py
 """
 
@@ -29,6 +31,9 @@ def build(folder: Path) -> None:
     model.eval()
     ref = np.load(folder / "reference.npz")
     cfg = json.loads((folder / "config.json").read_text())
+    tower = model.model.vision_tower
+    n_layers, vfl = cfg["vision_config"]["num_hidden_layers"], cfg.get("vision_feature_layer", -1)
+    tower.encoder.layers = tower.encoder.layers[: n_layers if vfl == -1 else vfl % n_layers + 1]
     image_token = cfg.get("image_token_id", cfg.get("image_token_index"))
     vocab = cfg["text_config"]["vocab_size"]
     m = ref["features"].shape[0]
