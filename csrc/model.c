@@ -19,78 +19,35 @@
 /* ------------------------------------------------------------------------------------------------ */
 /* parameter table                                                                                   */
 
-typedef struct {
-    ca_param_info *info;
-    float ***views; /* where each tensor's pointer goes once params exist */
-    int count, capacity;
-    size_t offset;
-} table_builder;
-
-static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, int64_t d2,
-                           const char *fmt, ...) __attribute__((format(printf, 7, 8)));
-
-static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, int64_t d2,
-                           const char *fmt, ...) {
-    if (tb->count == tb->capacity) {
-        int cap = tb->capacity ? 2 * tb->capacity : 64;
-        ca_param_info *info = realloc(tb->info, (size_t)cap * sizeof *info);
-        if (!info) return ca_error(CA_ERR_NOMEM, "out of memory building the parameter table");
-        tb->info = info;
-        float ***views = realloc(tb->views, (size_t)cap * sizeof *views);
-        if (!views) return ca_error(CA_ERR_NOMEM, "out of memory building the parameter table");
-        tb->views = views;
-        tb->capacity = cap;
-    }
-    ca_param_info *p = &tb->info[tb->count];
-    memset(p, 0, sizeof *p);
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(p->name, sizeof p->name, fmt, args);
-    va_end(args);
-    p->ndim = ndim;
-    int64_t dims[3] = {d0, d1, d2};
-    p->numel = 1;
-    for (int i = 0; i < ndim; i++) {
-        p->shape[i] = dims[i];
-        p->numel *= (size_t)dims[i];
-    }
-    p->offset = tb->offset;
-    /* keep every tensor 16-float (64-byte) aligned for vector loads */
-    tb->offset += (p->numel + 15) & ~(size_t)15;
-    tb->views[tb->count] = view;
-    tb->count++;
-    return CA_OK;
-}
-
 /* The one place that knows LFM2's tensor names, shapes and their order in the flat buffer. */
-static ca_status build_param_table(ca_lfm2_model *m, table_builder *tb) {
+static ca_status build_param_table(ca_lfm2_model *m, ca_param_table *tb) {
     const ca_lfm2_config *c = &m->cfg;
     const int64_t C = c->hidden_size, F = c->ffn_dim, V = c->vocab_size, HS = c->head_dim;
     const int64_t NH = c->num_attention_heads, NKV = c->num_key_value_heads, L = c->conv_L_cache;
-    CA_TRY(table_add(tb, &m->embed_tokens, 2, V, C, 0, "model.embed_tokens.weight"));
+    CA_TRY(ca_param_table_add(tb, &m->embed_tokens, 2, V, C, 0, "model.embed_tokens.weight"));
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer *w = &m->layers[l];
         w->is_attention = c->layer_is_attention[l];
-        CA_TRY(table_add(tb, &w->operator_norm, 1, C, 0, 0, "model.layers.%d.operator_norm.weight", l));
+        CA_TRY(ca_param_table_add(tb, &w->operator_norm, 1, C, 0, 0, "model.layers.%d.operator_norm.weight", l));
         if (w->is_attention) {
-            CA_TRY(table_add(tb, &w->q_proj, 2, NH * HS, C, 0, "model.layers.%d.self_attn.q_proj.weight", l));
-            CA_TRY(table_add(tb, &w->k_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.k_proj.weight", l));
-            CA_TRY(table_add(tb, &w->v_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.v_proj.weight", l));
-            CA_TRY(table_add(tb, &w->attn_out, 2, C, NH * HS, 0, "model.layers.%d.self_attn.out_proj.weight", l));
-            CA_TRY(table_add(tb, &w->q_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.q_layernorm.weight", l));
-            CA_TRY(table_add(tb, &w->k_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.k_layernorm.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->q_proj, 2, NH * HS, C, 0, "model.layers.%d.self_attn.q_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->k_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.k_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->v_proj, 2, NKV * HS, C, 0, "model.layers.%d.self_attn.v_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->attn_out, 2, C, NH * HS, 0, "model.layers.%d.self_attn.out_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->q_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.q_layernorm.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->k_norm, 1, HS, 0, 0, "model.layers.%d.self_attn.k_layernorm.weight", l));
         } else {
-            CA_TRY(table_add(tb, &w->in_proj, 2, 3 * C, C, 0, "model.layers.%d.conv.in_proj.weight", l));
-            CA_TRY(table_add(tb, &w->conv, 3, C, 1, L, "model.layers.%d.conv.conv.weight", l));
-            CA_TRY(table_add(tb, &w->conv_out, 2, C, C, 0, "model.layers.%d.conv.out_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->in_proj, 2, 3 * C, C, 0, "model.layers.%d.conv.in_proj.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->conv, 3, C, 1, L, "model.layers.%d.conv.conv.weight", l));
+            CA_TRY(ca_param_table_add(tb, &w->conv_out, 2, C, C, 0, "model.layers.%d.conv.out_proj.weight", l));
         }
-        CA_TRY(table_add(tb, &w->ffn_norm, 1, C, 0, 0, "model.layers.%d.ffn_norm.weight", l));
-        CA_TRY(table_add(tb, &w->w1, 2, F, C, 0, "model.layers.%d.feed_forward.w1.weight", l));
-        CA_TRY(table_add(tb, &w->w3, 2, F, C, 0, "model.layers.%d.feed_forward.w3.weight", l));
-        CA_TRY(table_add(tb, &w->w2, 2, C, F, 0, "model.layers.%d.feed_forward.w2.weight", l));
+        CA_TRY(ca_param_table_add(tb, &w->ffn_norm, 1, C, 0, 0, "model.layers.%d.ffn_norm.weight", l));
+        CA_TRY(ca_param_table_add(tb, &w->w1, 2, F, C, 0, "model.layers.%d.feed_forward.w1.weight", l));
+        CA_TRY(ca_param_table_add(tb, &w->w3, 2, F, C, 0, "model.layers.%d.feed_forward.w3.weight", l));
+        CA_TRY(ca_param_table_add(tb, &w->w2, 2, C, F, 0, "model.layers.%d.feed_forward.w2.weight", l));
     }
-    CA_TRY(table_add(tb, &m->embedding_norm, 1, C, 0, 0, "model.embedding_norm.weight"));
-    if (!c->tie_word_embeddings) CA_TRY(table_add(tb, &m->lm_head, 2, V, C, 0, "lm_head.weight"));
+    CA_TRY(ca_param_table_add(tb, &m->embedding_norm, 1, C, 0, 0, "model.embedding_norm.weight"));
+    if (!c->tie_word_embeddings) CA_TRY(ca_param_table_add(tb, &m->lm_head, 2, V, C, 0, "lm_head.weight"));
     return CA_OK;
 }
 
@@ -106,7 +63,7 @@ ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const c
     m->lacts = calloc((size_t)cfg->num_hidden_layers, sizeof *m->lacts);
     m->lora_slot = malloc((size_t)cfg->num_hidden_layers * CA_NUM_PROJ * sizeof *m->lora_slot);
     m->lora_enabled = 1;
-    table_builder tb = {0};
+    ca_param_table tb = {0};
     ca_status st = (m->layers && m->lacts && m->lora_slot) ? CA_OK
                                                            : ca_error(CA_ERR_NOMEM, "out of memory allocating layers");
     for (int i = 0; m->lora_slot && i < cfg->num_hidden_layers * CA_NUM_PROJ; i++) m->lora_slot[i] = -1;
@@ -115,23 +72,14 @@ ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const c
         st = ca_error(CA_ERR_NOMEM, "out of memory allocating the parameter table");
     if (st == CA_OK) {
         memset(m->trainable, 1, (size_t)tb.count);
-        m->params = m->be->alloc(tb.offset * sizeof(float));
-        if (!m->params)
-            st = ca_error(CA_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MB)", tb.offset,
-                          tb.offset * 4.0 / 1e6);
+        st = ca_param_table_bind(&tb, m->be, &m->params, &m->param_info, &m->num_param_tensors, &m->num_parameters);
     }
     if (st != CA_OK) {
-        free(tb.info);
-        free(tb.views);
+        ca_param_table_discard(&tb);
         ca_lfm2_free(m);
         return st;
     }
-    for (int i = 0; i < tb.count; i++) *tb.views[i] = m->params + tb.info[i].offset;
     if (cfg->tie_word_embeddings) m->lm_head = m->embed_tokens;
-    free(tb.views);
-    m->param_info = tb.info;
-    m->num_param_tensors = tb.count;
-    m->num_parameters = tb.offset;
     *out = m;
     return CA_OK;
 }
@@ -151,42 +99,15 @@ void ca_lfm2_free(ca_lfm2_model *m) {
 }
 
 int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
-    for (int i = 0; i < m->num_param_tensors; i++)
-        if (strcmp(m->param_info[i].name, name) == 0) return i;
-    return -1;
+    return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* seeded initialisation: xoshiro256** seeded by splitmix64, Box–Muller normals                    */
-
-typedef struct { uint64_t s[4]; } ca_rng;
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(ca_rng *r) {
-    uint64_t result = rotl(r->s[1] * 5, 7) * 9, t = r->s[1] << 17;
-    r->s[2] ^= r->s[0];
-    r->s[3] ^= r->s[1];
-    r->s[1] ^= r->s[2];
-    r->s[0] ^= r->s[3];
-    r->s[2] ^= t;
-    r->s[3] = rotl(r->s[3], 45);
-    return result;
-}
-
-static double rng_uniform(ca_rng *r) { return ((rng_next(r) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+/* seeded initialisation                                                                             */
 
 ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
     ca_rng rng;
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) rng.s[i] = splitmix64(&x);
+    ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_param_tensors; i++) {
         const ca_param_info *p = &m->param_info[i];
         float *w = m->params + p->offset;
@@ -194,13 +115,7 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
             for (size_t j = 0; j < p->numel; j++) w[j] = 1.0f;
             continue;
         }
-        for (size_t j = 0; j < p->numel; j += 2) {
-            /* Box–Muller: two independent N(0,1) from two uniforms */
-            double u1 = rng_uniform(&rng), u2 = rng_uniform(&rng);
-            double radius = sqrt(-2.0 * log(u1)), angle = 6.283185307179586 * u2;
-            w[j] = (float)(std * radius * cos(angle));
-            if (j + 1 < p->numel) w[j + 1] = (float)(std * radius * sin(angle));
-        }
+        ca_rng_fill_normal(&rng, w, p->numel, std);
     }
     /* transformers zeroes the padding_idx row of the embedding at init */
     const ca_lfm2_config *c = &m->cfg;
@@ -859,20 +774,16 @@ ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs
 
 ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
     ca_rng rng;
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) rng.s[i] = splitmix64(&x);
+    ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_lora; i++) {
         const ca_lora_adapter *a = &m->lora[i];
         float *A = m->lora_params + a->a_offset;
         const size_t numel = (size_t)a->r * a->in;
         if (gaussian) { /* N(0, 1/r²) */
-            for (size_t j = 0; j < numel; j++) {
-                double u1 = rng_uniform(&rng), u2 = rng_uniform(&rng);
-                A[j] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) / a->r);
-            }
+            ca_rng_fill_normal(&rng, A, numel, 1.0 / a->r);
         } else { /* kaiming_uniform(a=sqrt(5)): bound = sqrt(6 / ((1 + 5)·fan_in)) = 1/sqrt(fan_in) */
             const double bound = 1.0 / sqrt((double)a->in);
-            for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+            for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * ca_rng_uniform(&rng) - 1.0) * bound);
         }
         memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
     }

@@ -171,82 +171,45 @@ ca_status ca_vision_config_validate(const ca_vision_config *c) {
 /* ------------------------------------------------------------------------------------------------ */
 /* parameter table                                                                                   */
 
-typedef struct {
-    ca_param_info *info;
-    float ***views;
-    int count, capacity;
-    size_t offset;
-} table_builder;
-
-static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-
-static ca_status table_add(table_builder *tb, float **view, int ndim, int64_t d0, int64_t d1, const char *fmt, ...) {
-    if (tb->count == tb->capacity) {
-        int cap = tb->capacity ? 2 * tb->capacity : 64;
-        ca_param_info *info = realloc(tb->info, (size_t)cap * sizeof *info);
-        if (!info) return ca_error(CA_ERR_NOMEM, "out of memory building the vision parameter table");
-        tb->info = info;
-        float ***views = realloc(tb->views, (size_t)cap * sizeof *views);
-        if (!views) return ca_error(CA_ERR_NOMEM, "out of memory building the vision parameter table");
-        tb->views = views;
-        tb->capacity = cap;
-    }
-    ca_param_info *p = &tb->info[tb->count];
-    memset(p, 0, sizeof *p);
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(p->name, sizeof p->name, fmt, args);
-    va_end(args);
-    p->ndim = ndim;
-    p->shape[0] = d0;
-    p->shape[1] = d1;
-    p->numel = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
-    p->offset = tb->offset;
-    tb->offset += (p->numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
-    tb->views[tb->count++] = view;
-    return CA_OK;
-}
-
 /* The one place that knows the vision tower's and projector's tensor names, shapes and buffer order. */
-static ca_status build_param_table(ca_vision_model *m, table_builder *tb) {
+static ca_status build_param_table(ca_vision_model *m, ca_param_table *tb) {
     const ca_vision_config *c = &m->cfg;
     const int64_t D = c->hidden_size, F = c->intermediate_size, K = (int64_t)c->num_channels * c->patch_size * c->patch_size;
     const int64_t U = D * c->downsample_factor * c->downsample_factor, PH = c->projector_hidden_size, TH = c->text_hidden_size;
     const char *E = VISION_PREFIX "embeddings.";
-    CA_TRY(table_add(tb, &m->patch_w, 2, D, K, "%spatch_embedding.weight", E));
-    CA_TRY(table_add(tb, &m->patch_b, 1, D, 0, "%spatch_embedding.bias", E));
-    CA_TRY(table_add(tb, &m->pos_table, 2, c->num_patches, D, "%sposition_embedding.weight", E));
+    CA_TRY(ca_param_table_add(tb, &m->patch_w, 2, D, K, 0, "%spatch_embedding.weight", E));
+    CA_TRY(ca_param_table_add(tb, &m->patch_b, 1, D, 0, 0, "%spatch_embedding.bias", E));
+    CA_TRY(ca_param_table_add(tb, &m->pos_table, 2, c->num_patches, D, 0, "%sposition_embedding.weight", E));
     for (int l = 0; l < c->num_layers_run; l++) {
         ca_vision_layer *w = &m->layers[l];
         const char *L = VISION_PREFIX "encoder.layers.";
-        CA_TRY(table_add(tb, &w->ln1_w, 1, D, 0, "%s%d.layer_norm1.weight", L, l));
-        CA_TRY(table_add(tb, &w->ln1_b, 1, D, 0, "%s%d.layer_norm1.bias", L, l));
-        CA_TRY(table_add(tb, &w->q_w, 2, D, D, "%s%d.self_attn.q_proj.weight", L, l));
-        CA_TRY(table_add(tb, &w->q_b, 1, D, 0, "%s%d.self_attn.q_proj.bias", L, l));
-        CA_TRY(table_add(tb, &w->k_w, 2, D, D, "%s%d.self_attn.k_proj.weight", L, l));
-        CA_TRY(table_add(tb, &w->k_b, 1, D, 0, "%s%d.self_attn.k_proj.bias", L, l));
-        CA_TRY(table_add(tb, &w->v_w, 2, D, D, "%s%d.self_attn.v_proj.weight", L, l));
-        CA_TRY(table_add(tb, &w->v_b, 1, D, 0, "%s%d.self_attn.v_proj.bias", L, l));
-        CA_TRY(table_add(tb, &w->o_w, 2, D, D, "%s%d.self_attn.out_proj.weight", L, l));
-        CA_TRY(table_add(tb, &w->o_b, 1, D, 0, "%s%d.self_attn.out_proj.bias", L, l));
-        CA_TRY(table_add(tb, &w->ln2_w, 1, D, 0, "%s%d.layer_norm2.weight", L, l));
-        CA_TRY(table_add(tb, &w->ln2_b, 1, D, 0, "%s%d.layer_norm2.bias", L, l));
-        CA_TRY(table_add(tb, &w->fc1_w, 2, F, D, "%s%d.mlp.fc1.weight", L, l));
-        CA_TRY(table_add(tb, &w->fc1_b, 1, F, 0, "%s%d.mlp.fc1.bias", L, l));
-        CA_TRY(table_add(tb, &w->fc2_w, 2, D, F, "%s%d.mlp.fc2.weight", L, l));
-        CA_TRY(table_add(tb, &w->fc2_b, 1, D, 0, "%s%d.mlp.fc2.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->ln1_w, 1, D, 0, 0, "%s%d.layer_norm1.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->ln1_b, 1, D, 0, 0, "%s%d.layer_norm1.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->q_w, 2, D, D, 0, "%s%d.self_attn.q_proj.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->q_b, 1, D, 0, 0, "%s%d.self_attn.q_proj.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->k_w, 2, D, D, 0, "%s%d.self_attn.k_proj.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->k_b, 1, D, 0, 0, "%s%d.self_attn.k_proj.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->v_w, 2, D, D, 0, "%s%d.self_attn.v_proj.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->v_b, 1, D, 0, 0, "%s%d.self_attn.v_proj.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->o_w, 2, D, D, 0, "%s%d.self_attn.out_proj.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->o_b, 1, D, 0, 0, "%s%d.self_attn.out_proj.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->ln2_w, 1, D, 0, 0, "%s%d.layer_norm2.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->ln2_b, 1, D, 0, 0, "%s%d.layer_norm2.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->fc1_w, 2, F, D, 0, "%s%d.mlp.fc1.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->fc1_b, 1, F, 0, 0, "%s%d.mlp.fc1.bias", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->fc2_w, 2, D, F, 0, "%s%d.mlp.fc2.weight", L, l));
+        CA_TRY(ca_param_table_add(tb, &w->fc2_b, 1, D, 0, 0, "%s%d.mlp.fc2.bias", L, l));
     }
-    CA_TRY(table_add(tb, &m->post_w, 1, D, 0, VISION_PREFIX "post_layernorm.weight"));
-    CA_TRY(table_add(tb, &m->post_b, 1, D, 0, VISION_PREFIX "post_layernorm.bias"));
+    CA_TRY(ca_param_table_add(tb, &m->post_w, 1, D, 0, 0, VISION_PREFIX "post_layernorm.weight"));
+    CA_TRY(ca_param_table_add(tb, &m->post_b, 1, D, 0, 0, VISION_PREFIX "post_layernorm.bias"));
     if (c->projector_use_layernorm) {
-        CA_TRY(table_add(tb, &m->pln_w, 1, U, 0, PROJECTOR_PREFIX "layer_norm.weight"));
-        CA_TRY(table_add(tb, &m->pln_b, 1, U, 0, PROJECTOR_PREFIX "layer_norm.bias"));
+        CA_TRY(ca_param_table_add(tb, &m->pln_w, 1, U, 0, 0, PROJECTOR_PREFIX "layer_norm.weight"));
+        CA_TRY(ca_param_table_add(tb, &m->pln_b, 1, U, 0, 0, PROJECTOR_PREFIX "layer_norm.bias"));
     }
-    CA_TRY(table_add(tb, &m->l1_w, 2, PH, U, PROJECTOR_PREFIX "linear_1.weight"));
-    if (c->projector_bias) CA_TRY(table_add(tb, &m->l1_b, 1, PH, 0, PROJECTOR_PREFIX "linear_1.bias"));
-    CA_TRY(table_add(tb, &m->l2_w, 2, TH, PH, PROJECTOR_PREFIX "linear_2.weight"));
-    if (c->projector_bias) CA_TRY(table_add(tb, &m->l2_b, 1, TH, 0, PROJECTOR_PREFIX "linear_2.bias"));
+    CA_TRY(ca_param_table_add(tb, &m->l1_w, 2, PH, U, 0, PROJECTOR_PREFIX "linear_1.weight"));
+    if (c->projector_bias) CA_TRY(ca_param_table_add(tb, &m->l1_b, 1, PH, 0, 0, PROJECTOR_PREFIX "linear_1.bias"));
+    CA_TRY(ca_param_table_add(tb, &m->l2_w, 2, TH, PH, 0, PROJECTOR_PREFIX "linear_2.weight"));
+    if (c->projector_bias) CA_TRY(ca_param_table_add(tb, &m->l2_b, 1, TH, 0, 0, PROJECTOR_PREFIX "linear_2.bias"));
     return CA_OK;
 }
 
@@ -259,26 +222,16 @@ ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, c
     m->be = be ? be : &ca_cpu_backend;
     m->layers = calloc((size_t)cfg->num_layers_run, sizeof *m->layers);
     m->lacts = calloc((size_t)cfg->num_layers_run, sizeof *m->lacts);
-    table_builder tb = {0};
+    ca_param_table tb = {0};
     ca_status st = (m->layers && m->lacts) ? CA_OK : ca_error(CA_ERR_NOMEM, "out of memory allocating vision layers");
     if (st == CA_OK) st = build_param_table(m, &tb);
-    if (st == CA_OK) {
-        m->params = m->be->alloc(tb.offset * sizeof(float));
-        if (!m->params)
-            st = ca_error(CA_ERR_NOMEM, "out of memory allocating %zu vision parameters (%.1f MB)", tb.offset,
-                          tb.offset * 4.0 / 1e6);
-    }
+    if (st == CA_OK)
+        st = ca_param_table_bind(&tb, m->be, &m->params, &m->param_info, &m->num_param_tensors, &m->num_parameters);
     if (st != CA_OK) {
-        free(tb.info);
-        free(tb.views);
+        ca_param_table_discard(&tb);
         ca_vision_free(m);
         return st;
     }
-    for (int i = 0; i < tb.count; i++) *tb.views[i] = m->params + tb.info[i].offset;
-    free(tb.views);
-    m->param_info = tb.info;
-    m->num_param_tensors = tb.count;
-    m->num_parameters = tb.offset;
     *out = m;
     return CA_OK;
 }
@@ -300,34 +253,12 @@ void ca_vision_free(ca_vision_model *m) {
 }
 
 int ca_vision_find_param(const ca_vision_model *m, const char *name) {
-    for (int i = 0; i < m->num_param_tensors; i++)
-        if (strcmp(m->param_info[i].name, name) == 0) return i;
-    return -1;
+    return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
-
-/* seeded initialisation: xoshiro256** seeded by splitmix64, Box–Muller normals (as model.c) */
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-static uint64_t rng_next(uint64_t s[4]) {
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-static double rng_uniform(uint64_t s[4]) { return ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
 
 ca_status ca_vision_init_random(ca_vision_model *m, uint64_t seed, float std) {
-    uint64_t s[4], x = seed;
-    for (int i = 0; i < 4; i++) s[i] = splitmix64(&x);
+    ca_rng rng;
+    ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_param_tensors; i++) {
         const ca_param_info *p = &m->param_info[i];
         float *w = m->params + p->offset;
@@ -337,12 +268,7 @@ ca_status ca_vision_init_random(ca_vision_model *m, uint64_t seed, float std) {
             for (size_t j = 0; j < p->numel; j++) w[j] = v;
             continue;
         }
-        for (size_t j = 0; j < p->numel; j += 2) {
-            double u1 = rng_uniform(s), u2 = rng_uniform(s);
-            double radius = sqrt(-2.0 * log(u1)), angle = 6.283185307179586 * u2;
-            w[j] = (float)(std * radius * cos(angle));
-            if (j + 1 < p->numel) w[j + 1] = (float)(std * radius * sin(angle));
-        }
+        ca_rng_fill_normal(&rng, w, p->numel, std);
     }
     return CA_OK;
 }

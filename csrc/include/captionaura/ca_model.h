@@ -9,19 +9,9 @@
 
 #include "captionaura/ca_backend.h"
 #include "captionaura/ca_config.h"
+#include "captionaura/ca_params.h"
 #include "captionaura/ca_status.h"
 
-#define CA_PARAM_NAME_MAX 96
-
-/* One tensor of the flat parameter buffer. Names are LFM2's Hugging Face names ("model.layers.3.conv.in_proj.weight");
- * checkpoints of LFM2-VL rewrite the leading "model." to "model.language_model.". */
-typedef struct {
-    char name[CA_PARAM_NAME_MAX];
-    int ndim;
-    int64_t shape[3];
-    size_t offset; /* in floats, into params / grads */
-    size_t numel;
-} ca_param_info;
 
 /* The linear projections of a decoder layer: the places a LoRA adapter can sit. */
 typedef enum {
