@@ -42,8 +42,8 @@ c-tests:
 	@set -e; for t in tests/c/test_*.c; do \
 	  [ -f "$$t" ] || continue; \
 	  name=$$(basename $$t .c); \
-	  srcs=$$(sed -n 's/^.*CA_TEST_SOURCES:\(.*\)$$/\1/p' $$t | head -n1); \
-	  libs=$$(PY=$(PY) eval echo "$$(sed -n 's/^.*CA_TEST_LIBS:\(.*\)$$/\1/p' $$t | head -n1)"); \
+	  srcs=$$(sed -n 's/^.*CA_TEST_SOURCES:\(.*\)$$/\1/p' $$t | head -n1 | sed 's|[[:space:]]*\*/[[:space:]]*$$||'); \
+	  libs=$$(PY=$(PY) eval echo "$$(sed -n 's/^.*CA_TEST_LIBS:\(.*\)$$/\1/p' $$t | head -n1 | sed 's|\*/.*$$||')"); \
 	  echo "c-tests: building $$name ($$srcs)"; \
 	  $(CC) $(C_TEST_FLAGS) -o $(C_TEST_DIR)/$$name $$t $$srcs -lm $$libs; \
 	  echo "c-tests: running $$name"; \

@@ -104,10 +104,17 @@ ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const c
     m->be = be ? be : &ca_cpu_backend;
     m->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *m->layers);
     m->lacts = calloc((size_t)cfg->num_hidden_layers, sizeof *m->lacts);
+    m->lora_slot = malloc((size_t)cfg->num_hidden_layers * CA_NUM_PROJ * sizeof *m->lora_slot);
+    m->lora_enabled = 1;
     table_builder tb = {0};
-    ca_status st = (m->layers && m->lacts) ? CA_OK : ca_error(CA_ERR_NOMEM, "out of memory allocating layers");
+    ca_status st = (m->layers && m->lacts && m->lora_slot) ? CA_OK
+                                                           : ca_error(CA_ERR_NOMEM, "out of memory allocating layers");
+    for (int i = 0; m->lora_slot && i < cfg->num_hidden_layers * CA_NUM_PROJ; i++) m->lora_slot[i] = -1;
     if (st == CA_OK) st = build_param_table(m, &tb);
+    if (st == CA_OK && !(m->trainable = malloc((size_t)tb.count)))
+        st = ca_error(CA_ERR_NOMEM, "out of memory allocating the parameter table");
     if (st == CA_OK) {
+        memset(m->trainable, 1, (size_t)tb.count);
         m->params = m->be->alloc(tb.offset * sizeof(float));
         if (!m->params)
             st = ca_error(CA_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MB)", tb.offset,
@@ -134,7 +141,10 @@ void ca_lfm2_free(ca_lfm2_model *m) {
     m->be->free(m->params);
     m->be->free(m->grads);
     m->be->free(m->acts);
+    ca_lfm2_lora_clear(m);
     free(m->param_info);
+    free(m->trainable);
+    free(m->lora_slot);
     free(m->layers);
     free(m->lacts);
     free(m);
@@ -202,6 +212,15 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
 /* ------------------------------------------------------------------------------------------------ */
 /* activation arena                                                                                  */
 
+/* The largest adapter rank, and the largest input width among adapters with dropout (0 when none). */
+static void lora_extents(const ca_lfm2_model *m, size_t *max_r, size_t *max_drop_in) {
+    *max_r = *max_drop_in = 0;
+    for (int i = 0; i < m->num_lora; i++) {
+        if ((size_t)m->lora[i].r > *max_r) *max_r = (size_t)m->lora[i].r;
+        if (m->lora[i].dropout > 0 && (size_t)m->lora[i].in > *max_drop_in) *max_drop_in = (size_t)m->lora[i].in;
+    }
+}
+
 /* Lays out (or, with base == NULL, only measures) every activation buffer for (B, T). */
 static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     const ca_lfm2_config *c = &m->cfg;
@@ -247,6 +266,10 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     CA_TAKE(m->xf, N * C);
     CA_TAKE(m->rstdf, N);
     CA_TAKE(m->logits, N * V);
+    size_t max_r = 0, max_drop_in = 0;
+    lora_extents(m, &max_r, &max_drop_in);
+    for (int i = 0; i < m->num_lora; i++) CA_TAKE(m->lora[i].h, N * m->lora[i].r);
+    CA_TAKE(m->lora_xdrop, N * max_drop_in);
     float *ints = NULL;
     CA_TAKE(ints, 3 * N); /* positions, targets, mask as int32 */
     if (base) {
@@ -278,6 +301,8 @@ static ca_status ensure_acts(ca_lfm2_model *m, int B, int T) {
     return CA_OK;
 }
 
+
+
 /* Scratch for backward: gradients of one layer's activations, reused layer after layer. */
 typedef struct {
     float *dres;  /* (N, C) gradient of the residual stream */
@@ -293,6 +318,9 @@ typedef struct {
     float *dv;    /* (N, NKV*HS) */
     float *dqraw; /* (N, NH*HS) */
     float *dkraw; /* (N, NKV*HS) */
+    float *dh;    /* (N, max r) LoRA */
+    float *xdrop; /* (N, max in) LoRA input after dropout, regenerated */
+    float *dxl;   /* (N, max in) LoRA input gradient before dropout's backward */
     float *base;
 } backward_scratch;
 
@@ -300,9 +328,12 @@ static ca_status scratch_alloc(const ca_lfm2_model *m, backward_scratch *s, int 
     const ca_lfm2_config *c = &m->cfg;
     const size_t N = (size_t)B * T, C = c->hidden_size, F = c->ffn_dim;
     const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
-    const size_t sizes[] = {N * C, N * C, N * C, N * F, N * F, N * F, N * 3 * C, N * QD, N * QD, N * KD, N * KD, N * QD, N * KD};
-    float **slots[] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz,
-                       &s->dao, &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw};
+    size_t max_r = 0, max_drop_in = 0;
+    lora_extents(m, &max_r, &max_drop_in);
+    const size_t sizes[] = {N * C, N * C, N * C, N * F, N * F, N * F, N * 3 * C, N * QD, N * QD, N * KD, N * KD,
+                            N * QD, N * KD, N * max_r, N * max_drop_in, N * max_drop_in};
+    float **slots[] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz, &s->dao,
+                       &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw, &s->dh, &s->xdrop, &s->dxl};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
     s->base = m->be->alloc(total * sizeof(float));
@@ -313,6 +344,108 @@ static ca_status scratch_alloc(const ca_lfm2_model *m, backward_scratch *s, int 
         used += (sizes[i] + 15) & ~(size_t)15;
     }
     return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* projections: the one choke point where every linear of a decoder layer runs, LoRA included          */
+
+/* The gradient slot of a parameter view, or NULL when its tensor is frozen (or gradients are off). */
+static float *grad_of(const ca_lfm2_model *m, const float *param) {
+    if (!m->grads) return NULL;
+    size_t offset = (size_t)(param - m->params);
+    int lo = 0, hi = m->num_param_tensors - 1; /* the table is sorted by offset */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (m->param_info[mid].offset <= offset) lo = mid;
+        else hi = mid - 1;
+    }
+    return m->trainable[lo] ? m->grads + offset : NULL;
+}
+
+static int any_trainable(const ca_lfm2_model *m) {
+    for (int i = 0; i < m->num_param_tensors; i++)
+        if (m->trainable[i]) return 1;
+    return 0;
+}
+
+static const char *const proj_names[CA_NUM_PROJ] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "conv.in_proj",
+    "conv.out_proj", "feed_forward.w1", "feed_forward.w3", "feed_forward.w2",
+};
+
+const char *ca_lfm2_proj_name(ca_lfm2_proj proj) {
+    return proj >= 0 && proj < CA_NUM_PROJ ? proj_names[proj] : "?";
+}
+
+/* The weight (out, in) of projection `proj` of layer `l`, or NULL when the layer's kind has none. */
+static float *proj_weight(const ca_lfm2_model *m, int l, ca_lfm2_proj proj, int *in, int *out) {
+    const ca_lfm2_config *c = &m->cfg;
+    const ca_lfm2_layer *w = &m->layers[l];
+    const int C = c->hidden_size, F = c->ffn_dim, QD = c->num_attention_heads * c->head_dim;
+    const int KD = c->num_key_value_heads * c->head_dim;
+    switch (proj) {
+    case CA_PROJ_Q: *in = C, *out = QD; return w->q_proj;
+    case CA_PROJ_K: *in = C, *out = KD; return w->k_proj;
+    case CA_PROJ_V: *in = C, *out = KD; return w->v_proj;
+    case CA_PROJ_ATTN_OUT: *in = QD, *out = C; return w->attn_out;
+    case CA_PROJ_IN: *in = C, *out = 3 * C; return w->in_proj;
+    case CA_PROJ_CONV_OUT: *in = C, *out = C; return w->conv_out;
+    case CA_PROJ_W1: *in = C, *out = F; return w->w1;
+    case CA_PROJ_W3: *in = C, *out = F; return w->w3;
+    case CA_PROJ_W2: *in = F, *out = C; return w->w2;
+    default: return NULL;
+    }
+}
+
+static const ca_lora_adapter *lora_at(const ca_lfm2_model *m, int l, ca_lfm2_proj proj) {
+    if (!m->lora_enabled || !m->num_lora) return NULL;
+    int slot = m->lora_slot[l * CA_NUM_PROJ + proj];
+    return slot < 0 ? NULL : &m->lora[slot];
+}
+
+/* Each adapter draws its own dropout mask per step from (step seed, adapter index). */
+static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter *a) {
+    return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
+}
+
+/* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
+static void proj_forward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *out, const float *inp, int N) {
+    int in, outd;
+    const float *W = proj_weight(m, l, proj, &in, &outd);
+    m->be->linear_forward(out, inp, W, NULL, N, in, outd);
+    const ca_lora_adapter *a = lora_at(m, l, proj);
+    if (!a) return;
+    const float *x = inp;
+    if (a->dropout > 0 && m->training) {
+        m->be->dropout_forward(m->lora_xdrop, inp, (size_t)N * in, a->dropout, lora_dropout_seed(m, a));
+        x = m->lora_xdrop;
+    }
+    m->be->lora_forward(out, a->h, x, m->lora_params + a->a_offset, m->lora_params + a->b_offset, a->scaling, N, in,
+                        outd, a->r);
+}
+
+
+/* dinp (= or += by accumulate) and the gradients of W and of the adapter, from dout (N, outd). */
+static void proj_backward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *dinp, const float *dout, const float *inp,
+                          int N, int accumulate, backward_scratch *s) {
+    int in, outd;
+    const float *W = proj_weight(m, l, proj, &in, &outd);
+    m->be->linear_backward(dinp, grad_of(m, W), NULL, dout, inp, W, N, in, outd, accumulate);
+    const ca_lora_adapter *a = lora_at(m, l, proj);
+    if (!a) return;
+    const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
+    float *dA = m->lora_freeze_A ? NULL : m->lora_grads + a->a_offset, *dB = m->lora_grads + a->b_offset;
+    if (a->dropout > 0) {
+        const uint64_t seed = lora_dropout_seed(m, a);
+        const size_t n = (size_t)N * in;
+        m->be->dropout_forward(s->xdrop, inp, n, a->dropout, seed);
+        m->be->zero(s->dxl, n);
+        m->be->lora_backward(s->dxl, dA, dB, s->dh, dout, s->xdrop, a->h, A, Bw, a->scaling, N, in, outd, a->r);
+        m->be->dropout_backward(s->dxl, s->dxl, n, a->dropout, seed);
+        m->be->add_inplace(dinp, s->dxl, n);
+    } else {
+        m->be->lora_backward(dinp, dA, dB, s->dh, dout, inp, a->h, A, Bw, a->scaling, N, in, outd, a->r);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -356,9 +489,9 @@ static void layer_forward(ca_lfm2_model *m, int l, int B, int T) {
 
     be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps);
     if (w->is_attention) {
-        be->linear_forward(a->q, a->x1, w->q_proj, NULL, N, C, NH * HS);
-        be->linear_forward(a->k, a->x1, w->k_proj, NULL, N, C, NKV * HS);
-        be->linear_forward(a->v, a->x1, w->v_proj, NULL, N, C, NKV * HS);
+        proj_forward(m, l, CA_PROJ_Q, a->q, a->x1, N);
+        proj_forward(m, l, CA_PROJ_K, a->k, a->x1, N);
+        proj_forward(m, l, CA_PROJ_V, a->v, a->x1, N);
         /* per-head RMSNorm over HS before RoPE (lfm2.md §2.5) */
         be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
         be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
@@ -366,25 +499,42 @@ static void layer_forward(ca_lfm2_model *m, int l, int B, int T) {
         be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
         be->attention_forward(a->ao, a->att, a->qr, a->kr, a->v, m->has_padding ? m->mask : NULL, B, T, T, NH, NKV,
                               HS, 1, 0);
-        be->linear_forward(a->mid, a->ao, w->attn_out, NULL, N, NH * HS, C);
+        proj_forward(m, l, CA_PROJ_ATTN_OUT, a->mid, a->ao, N);
     } else {
-        be->linear_forward(a->z, a->x1, w->in_proj, NULL, N, C, 3 * C);
+        proj_forward(m, l, CA_PROJ_IN, a->z, a->x1, N);
         if (conv_masks_padding(m, B, T)) zero_masked_rows(m, a->z, (size_t)3 * C, N);
         be->shortconv_forward(a->y, a->u, a->c, a->z, w->conv, NULL, B, T, C, c->conv_L_cache);
-        be->linear_forward(a->mid, a->y, w->conv_out, NULL, N, C, C);
+        proj_forward(m, l, CA_PROJ_CONV_OUT, a->mid, a->y, N);
     }
     be->add_inplace(a->mid, h, (size_t)N * C);
     be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
-    be->linear_forward(a->gate, a->x2, w->w1, NULL, N, C, F);
-    be->linear_forward(a->up, a->x2, w->w3, NULL, N, C, F);
+    proj_forward(m, l, CA_PROJ_W1, a->gate, a->x2, N);
+    proj_forward(m, l, CA_PROJ_W3, a->up, a->x2, N);
     be->swiglu_forward(a->act, a->gate, a->up, N, F);
-    be->linear_forward(hout, a->act, w->w2, NULL, N, F, C);
+    proj_forward(m, l, CA_PROJ_W2, hout, a->act, N);
     be->add_inplace(hout, a->mid, (size_t)N * C);
 }
 
+static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *f, int N) {
+    if (!f || f->count == 0) return CA_OK;
+    if (f->count < 0 || !f->positions || !f->values) return ca_error(CA_ERR_VALUE, "malformed feature rows");
+    unsigned char *seen = calloc((size_t)N, 1);
+    if (!seen) return ca_error(CA_ERR_NOMEM, "out of memory checking feature positions");
+    ca_status st = CA_OK;
+    for (int p = 0; p < f->count && st == CA_OK; p++) {
+        int32_t n = f->positions[p];
+        if (n < 0 || n >= N) st = ca_error(CA_ERR_INDEX, "feature position %d is outside [0, %d)", n, N);
+        else if (seen[n]++) st = ca_error(CA_ERR_VALUE, "feature position %d is given twice", n);
+    }
+    free(seen);
+    return st;
+}
+
 /* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
-static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T) {
+static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T,
+                              const ca_lfm2_features *features) {
     CA_TRY(check_tokens(m, ids, mask, B, T));
+    CA_TRY(check_features(m, features, B * T));
     CA_TRY(ensure_acts(m, B, T));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
@@ -398,6 +548,8 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
         }
     }
     m->be->embedding_forward(m->hs, ids, m->embed_tokens, N, C);
+    if (features && features->count)
+        m->be->scatter_rows(m->hs, features->values, features->positions, features->count, C);
     for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(m, l, B, T);
     m->be->rmsnorm_forward(m->xf, m->rstdf, m->hs + (size_t)c->num_hidden_layers * N * C, m->embedding_norm, N, C,
                            (float)c->norm_eps);
@@ -406,7 +558,12 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
 
 ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
                           int B, int T) {
-    CA_TRY(forward_body(m, ids, mask, B, T));
+    return ca_lfm2_forward_ex(m, logits, hidden, ids, mask, B, T, NULL);
+}
+
+ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                             int B, int T, const ca_lfm2_features *features) {
+    CA_TRY(forward_body(m, ids, mask, B, T, features));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
     if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
@@ -420,10 +577,6 @@ ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const 
 /* ------------------------------------------------------------------------------------------------ */
 /* backward                                                                                          */
 
-/* The gradient slot of a parameter view, or NULL when parameter gradients are off. */
-static float *grad_of(const ca_lfm2_model *m, const float *param) {
-    return m->grads ? m->grads + (param - m->params) : NULL;
-}
 
 static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scratch *s) {
     const ca_backend *be = m->be;
@@ -435,15 +588,15 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     const float *h = m->hs + (size_t)l * N * C;
 
     /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward */
-    be->linear_backward(s->dact, grad_of(m, w->w2), NULL, s->dres, a->act, w->w2, N, F, C, 0);
+    proj_backward(m, l, CA_PROJ_W2, s->dact, s->dres, a->act, N, 0, s);
     be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
-    be->linear_backward(s->dx, grad_of(m, w->w1), NULL, s->dgate, a->x2, w->w1, N, C, F, 0);
-    be->linear_backward(s->dx, grad_of(m, w->w3), NULL, s->dup, a->x2, w->w3, N, C, F, 1);
+    proj_backward(m, l, CA_PROJ_W1, s->dx, s->dgate, a->x2, N, 0, s);
+    proj_backward(m, l, CA_PROJ_W3, s->dx, s->dup, a->x2, N, 1, s);
     be->rmsnorm_backward(s->dres, grad_of(m, w->ffn_norm), s->dx, a->mid, w->ffn_norm, a->rstd2, N, C);
 
     /* mixer: mid = h + mixer(x1) */
     if (w->is_attention) {
-        be->linear_backward(s->dao, grad_of(m, w->attn_out), NULL, s->dres, a->ao, w->attn_out, N, NH * HS, C, 0);
+        proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
         be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);
         be->rope_backward(s->dq, s->dq, m->pos, N, NH, HS, (float)c->rope_theta);
         be->rope_backward(s->dk, s->dk, m->pos, N, NKV, HS, (float)c->rope_theta);
@@ -451,21 +604,26 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
         be->zero(s->dkraw, (size_t)N * NKV * HS);
         be->rmsnorm_backward(s->dqraw, grad_of(m, w->q_norm), s->dq, a->q, w->q_norm, a->qrstd, N * NH, HS);
         be->rmsnorm_backward(s->dkraw, grad_of(m, w->k_norm), s->dk, a->k, w->k_norm, a->krstd, N * NKV, HS);
-        be->linear_backward(s->dx, grad_of(m, w->q_proj), NULL, s->dqraw, a->x1, w->q_proj, N, C, NH * HS, 0);
-        be->linear_backward(s->dx, grad_of(m, w->k_proj), NULL, s->dkraw, a->x1, w->k_proj, N, C, NKV * HS, 1);
-        be->linear_backward(s->dx, grad_of(m, w->v_proj), NULL, s->dv, a->x1, w->v_proj, N, C, NKV * HS, 1);
+        proj_backward(m, l, CA_PROJ_Q, s->dx, s->dqraw, a->x1, N, 0, s);
+        proj_backward(m, l, CA_PROJ_K, s->dx, s->dkraw, a->x1, N, 1, s);
+        proj_backward(m, l, CA_PROJ_V, s->dx, s->dv, a->x1, N, 1, s);
     } else {
-        be->linear_backward(s->dmix, grad_of(m, w->conv_out), NULL, s->dres, a->y, w->conv_out, N, C, C, 0);
+        proj_backward(m, l, CA_PROJ_CONV_OUT, s->dmix, s->dres, a->y, N, 0, s);
         be->shortconv_backward(s->dz, grad_of(m, w->conv), s->dmix, a->z, a->u, a->c, w->conv, B, T, C,
                                c->conv_L_cache);
         if (conv_masks_padding(m, B, T)) zero_masked_rows(m, s->dz, (size_t)3 * C, N);
-        be->linear_backward(s->dx, grad_of(m, w->in_proj), NULL, s->dz, a->x1, w->in_proj, N, C, 3 * C, 0);
+        proj_backward(m, l, CA_PROJ_IN, s->dx, s->dz, a->x1, N, 0, s);
     }
     be->rmsnorm_backward(s->dres, grad_of(m, w->operator_norm), s->dx, h, w->operator_norm, a->rstd1, N, C);
 }
 
 ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
                                 const int32_t *mask, int B, int T, int accumulate) {
+    return ca_lfm2_loss_and_grad_ex(m, loss, ids, labels, mask, B, T, accumulate, NULL);
+}
+
+ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                   const int32_t *mask, int B, int T, int accumulate, ca_lfm2_features *features) {
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size, V = c->vocab_size;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
@@ -479,7 +637,11 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
                                 V);
         }
     }
-    CA_TRY(forward_body(m, ids, mask, B, T));
+    m->dropout_seed++; /* a fresh dropout mask every step, the same in forward and backward */
+    m->training = 1;
+    ca_status st = forward_body(m, ids, mask, B, T, features);
+    m->training = 0;
+    CA_TRY(st);
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             int32_t y = t + 1 < T ? labels[(size_t)b * T + t + 1] : CA_IGNORE_INDEX;
@@ -489,12 +651,16 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
     }
     if (count == 0) return ca_error(CA_ERR_VALUE, "labels leave no token to predict (all -100 after the shift)");
 
-    if (!m->grads) {
-        m->grads = m->be->alloc(m->num_parameters * sizeof(float));
-        if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating gradients");
-    } else if (!accumulate) {
-        m->be->zero(m->grads, m->num_parameters);
+    /* gradients only for what trains: a frozen base under LoRA needs no full-size gradient buffer */
+    if (any_trainable(m)) {
+        if (!m->grads) {
+            m->grads = m->be->alloc(m->num_parameters * sizeof(float));
+            if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating gradients");
+        } else if (!accumulate) {
+            m->be->zero(m->grads, m->num_parameters);
+        }
     }
+    if (m->num_lora && m->lora_enabled && !accumulate) m->be->zero(m->lora_grads, m->lora_size);
     backward_scratch s;
     CA_TRY(scratch_alloc(m, &s, B, T));
 
@@ -507,11 +673,17 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) layer_backward(m, l, B, T, &s);
+    /* the replaced embeddings took no part: their gradient goes to the features instead */
+    if (features && features->count) {
+        if (features->grad) m->be->gather_rows(features->grad, s.dres, features->positions, features->count, C);
+        for (int p = 0; p < features->count; p++) m->be->zero(s.dres + (size_t)features->positions[p] * C, (size_t)C);
+    }
     /* nn.Embedding(padding_idx=pad_token_id): looking up the pad token contributes no gradient */
     if (c->pad_token_id >= 0)
         for (int n = 0; n < N; n++)
             if (ids[n] == c->pad_token_id) m->be->zero(s.dres + (size_t)n * C, (size_t)C);
-    m->be->embedding_backward(grad_of(m, m->embed_tokens), s.dres, ids, N, C);
+    float *dwte = grad_of(m, m->embed_tokens);
+    if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
     return CA_OK;
 }
@@ -622,4 +794,309 @@ ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, con
     free(items);
     free(names);
     return st;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* LoRA adapters                                                                                     */
+
+void ca_lfm2_lora_clear(ca_lfm2_model *m) {
+    if (m->lora_params) m->be->free(m->lora_params);
+    if (m->lora_grads) m->be->free(m->lora_grads);
+    free(m->lora);
+    m->lora = NULL;
+    m->lora_params = m->lora_grads = NULL;
+    m->num_lora = 0;
+    m->lora_size = 0;
+    for (int i = 0; m->lora_slot && i < m->cfg.num_hidden_layers * CA_NUM_PROJ; i++) m->lora_slot[i] = -1;
+    m->act_B = m->act_T = 0; /* the arena layout changes */
+}
+
+ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs, int n, int r, float scaling,
+                           float dropout) {
+    if (r <= 0) return ca_error(CA_ERR_VALUE, "LoRA rank r must be positive, got %d", r);
+    if (n <= 0) return ca_error(CA_ERR_VALUE, "no LoRA target module given");
+    if (!(dropout >= 0.0f && dropout < 1.0f)) return ca_error(CA_ERR_VALUE, "lora_dropout must be in [0, 1), got %g", dropout);
+    if (!isfinite(scaling)) return ca_error(CA_ERR_VALUE, "LoRA scaling must be finite");
+    for (int i = 0; i < n; i++) {
+        int in = 0, out = 0;
+        if (layers[i] < 0 || layers[i] >= m->cfg.num_hidden_layers || projs[i] < 0 || projs[i] >= CA_NUM_PROJ)
+            return ca_error(CA_ERR_VALUE, "LoRA target %d: layer %d / projection %d out of range", i, layers[i], projs[i]);
+        if (!proj_weight(m, layers[i], (ca_lfm2_proj)projs[i], &in, &out))
+            return ca_error(CA_ERR_VALUE, "layer %d is a %s layer and has no %s", layers[i],
+                            m->cfg.layer_is_attention[layers[i]] ? "attention" : "conv", proj_names[projs[i]]);
+        for (int j = 0; j < i; j++)
+            if (layers[j] == layers[i] && projs[j] == projs[i])
+                return ca_error(CA_ERR_VALUE, "LoRA target model.layers.%d.%s given twice", layers[i], proj_names[projs[i]]);
+    }
+    ca_lfm2_lora_clear(m);
+    m->lora = calloc((size_t)n, sizeof *m->lora);
+    if (!m->lora) return ca_error(CA_ERR_NOMEM, "out of memory adding LoRA adapters");
+    size_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        ca_lora_adapter *a = &m->lora[i];
+        a->layer = layers[i];
+        a->proj = (ca_lfm2_proj)projs[i];
+        proj_weight(m, a->layer, a->proj, &a->in, &a->out);
+        a->r = r;
+        a->scaling = scaling;
+        a->dropout = dropout;
+        a->a_offset = offset;
+        offset += (size_t)r * a->in;
+        a->b_offset = offset;
+        offset += (size_t)a->out * r;
+        m->lora_slot[a->layer * CA_NUM_PROJ + a->proj] = i;
+    }
+    m->num_lora = n;
+    m->lora_size = offset;
+    m->lora_params = m->be->alloc(offset * sizeof(float));
+    m->lora_grads = m->be->alloc(offset * sizeof(float));
+    if (!m->lora_params || !m->lora_grads) {
+        ca_lfm2_lora_clear(m);
+        return ca_error(CA_ERR_NOMEM, "out of memory allocating %zu LoRA parameters", offset);
+    }
+    return CA_OK;
+}
+
+ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
+    ca_rng rng;
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) rng.s[i] = splitmix64(&x);
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_lora_adapter *a = &m->lora[i];
+        float *A = m->lora_params + a->a_offset;
+        const size_t numel = (size_t)a->r * a->in;
+        if (gaussian) { /* N(0, 1/r²) */
+            for (size_t j = 0; j < numel; j++) {
+                double u1 = rng_uniform(&rng), u2 = rng_uniform(&rng);
+                A[j] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) / a->r);
+            }
+        } else { /* kaiming_uniform(a=sqrt(5)): bound = sqrt(6 / ((1 + 5)·fan_in)) = 1/sqrt(fan_in) */
+            const double bound = 1.0 / sqrt((double)a->in);
+            for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+        }
+        memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
+    }
+    return CA_OK;
+}
+
+ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign) {
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_lora_adapter *a = &m->lora[i];
+        int in = 0, out = 0;
+        float *W = proj_weight(m, a->layer, a->proj, &in, &out);
+        m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out, a->r);
+    }
+    return CA_OK;
+}
+
+ca_status ca_lfm2_set_trainable(ca_lfm2_model *m, int index, int trainable) {
+    if (index < 0 || index >= m->num_param_tensors)
+        return ca_error(CA_ERR_INDEX, "parameter index %d out of range [0, %d)", index, m->num_param_tensors);
+    m->trainable[index] = trainable != 0;
+    return CA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* decoding caches and the cached forward                                                            */
+
+ca_status ca_lfm2_cache_create(const ca_lfm2_model *m, int capacity, ca_lfm2_cache **out) {
+    *out = NULL;
+    if (capacity <= 0) return ca_error(CA_ERR_VALUE, "cache capacity must be positive, got %d", capacity);
+    const ca_lfm2_config *c = &m->cfg;
+    ca_lfm2_cache *cache = calloc(1, sizeof *cache);
+    if (!cache) return ca_error(CA_ERR_NOMEM, "out of memory allocating a decoding cache");
+    for (int l = 0; l < c->num_hidden_layers; l++) c->layer_is_attention[l] ? cache->num_attention++ : cache->num_conv++;
+    cache->be = m->be;
+    cache->capacity = capacity;
+    cache->kv_width = c->num_key_value_heads * c->head_dim;
+    cache->conv_rows = c->conv_L_cache - 1;
+    cache->conv_width = c->hidden_size;
+    const size_t kv = (size_t)cache->num_attention * capacity * cache->kv_width;
+    const size_t conv = (size_t)cache->num_conv * cache->conv_rows * cache->conv_width;
+    cache->k = kv ? m->be->alloc(kv * sizeof(float)) : NULL;
+    cache->v = kv ? m->be->alloc(kv * sizeof(float)) : NULL;
+    cache->conv = conv ? m->be->alloc(conv * sizeof(float)) : NULL;
+    if ((kv && (!cache->k || !cache->v)) || (conv && !cache->conv)) {
+        ca_lfm2_cache_free(cache);
+        return ca_error(CA_ERR_NOMEM, "out of memory for a decoding cache of %d positions (%.1f MB)", capacity,
+                        (2.0 * kv + conv) * 4 / 1e6);
+    }
+    *out = cache;
+    return CA_OK;
+}
+
+void ca_lfm2_cache_free(ca_lfm2_cache *cache) {
+    if (!cache) return;
+    cache->be->free(cache->k);
+    cache->be->free(cache->v);
+    cache->be->free(cache->conv);
+    free(cache);
+}
+
+void ca_lfm2_cache_reset(ca_lfm2_cache *cache) {
+    cache->length = 0;
+    if (cache->conv) /* a fresh sequence starts from zero conv state */
+        memset(cache->conv, 0, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width * sizeof(float));
+}
+
+ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
+    if (dst->capacity != src->capacity || dst->num_attention != src->num_attention || dst->num_conv != src->num_conv ||
+        dst->kv_width != src->kv_width || dst->conv_width != src->conv_width)
+        return ca_error(CA_ERR_VALUE, "caches of different models or capacities cannot be copied");
+    if (dst == src) return CA_OK;
+    /* only the filled prefix of each layer's keys and values matters */
+    const size_t row = (size_t)src->kv_width * sizeof(float), layer = (size_t)src->capacity * src->kv_width;
+    for (int a = 0; a < src->num_attention; a++) {
+        memcpy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
+        memcpy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
+    }
+    if (src->conv)
+        memcpy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
+    dst->length = src->length;
+    return CA_OK;
+}
+
+/* One attention layer for B cached sequences: append this chunk's keys and values to each cache, then let
+ * each row's queries attend to everything its sequence has seen (causal from position `past`). */
+static void cached_attention(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache *const *caches, const int32_t *lengths,
+                             int B, int T, float *att) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int NH = c->num_attention_heads, NKV = c->num_key_value_heads, HS = c->head_dim;
+    const size_t QD = (size_t)NH * HS, KD = (size_t)NKV * HS;
+    ca_lfm2_layer_acts *a = &m->lacts[l];
+    for (int b = 0; b < B; b++) {
+        ca_lfm2_cache *cache = caches[b];
+        const int len = lengths[b], past = cache->length;
+        float *ao = a->ao + (size_t)b * T * QD;
+        if (len == 0) continue;
+        float *K = cache->k + (size_t)ordinal * cache->capacity * KD, *V = cache->v + (size_t)ordinal * cache->capacity * KD;
+        memcpy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        memcpy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->attention_forward(ao, att, a->qr + (size_t)b * T * QD, K, V, NULL, 1, len, past + len, NH, NKV, HS, 1, past);
+        if (len < T) m->be->zero(ao + (size_t)len * QD, (size_t)(T - len) * QD);
+    }
+}
+
+/* One conv layer's gated convolution for B cached sequences, continuing from and then advancing each
+ * sequence's state: the new state is the last L−1 rows of [state; u]. */
+static void cached_shortconv(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache *const *caches, const int32_t *lengths,
+                             int B, int T) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int C = c->hidden_size, L = c->conv_L_cache, keep = L - 1;
+    ca_lfm2_layer_acts *a = &m->lacts[l];
+    for (int b = 0; b < B; b++) {
+        const int len = lengths[b];
+        const size_t off = (size_t)b * T * C;
+        if (len == 0) continue;
+        float *state = caches[b]->conv + (size_t)ordinal * keep * C;
+        m->be->shortconv_forward(a->y + off, a->u + off, a->c + off, a->z + 3 * off, m->layers[l].conv,
+                                 keep > 0 ? state : NULL, 1, len, C, L);
+        if (len < T) m->be->zero(a->y + off + (size_t)len * C, (size_t)(T - len) * C);
+        if (keep == 0) continue;
+        if (len >= keep) {
+            memcpy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
+        } else {
+            memmove(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
+            memcpy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
+        }
+    }
+}
+
+ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches, const int32_t *ids,
+                                 const float *embeds, const int32_t *lengths, int B, int T, float *logits,
+                                 int all_logits) {
+    const ca_lfm2_config *c = &m->cfg;
+    const int C = c->hidden_size, V = c->vocab_size, F = c->ffn_dim, N = B * T;
+    const int NH = c->num_attention_heads, HS = c->head_dim;
+    const float eps = (float)c->norm_eps;
+    if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    int longest = 0;
+    for (int b = 0; b < B; b++) {
+        if (!caches[b]) return ca_error(CA_ERR_VALUE, "sequence %d has no cache", b);
+        if (lengths[b] < 0 || lengths[b] > T)
+            return ca_error(CA_ERR_VALUE, "lengths[%d] = %d is outside [0, %d]", b, lengths[b], T);
+        if (caches[b]->length + lengths[b] > caches[b]->capacity)
+            return ca_error(CA_ERR_VALUE, "sequence %d needs %d positions but its cache holds %d", b,
+                            caches[b]->length + lengths[b], caches[b]->capacity);
+        for (int j = 0; j < b; j++)
+            if (caches[j] == caches[b] && lengths[b] && lengths[j])
+                return ca_error(CA_ERR_VALUE, "sequences %d and %d share one cache", j, b);
+        for (int t = 0; t < lengths[b] && !embeds; t++) {
+            int32_t id = ids[(size_t)b * T + t];
+            if (id < 0 || id >= V)
+                return ca_error(CA_ERR_INDEX, "input_ids[%d, %d] = %d is outside the vocabulary [0, %d)", b, t, id, V);
+        }
+        if (caches[b]->length + lengths[b] > longest) longest = caches[b]->length + lengths[b];
+    }
+    CA_TRY(ensure_acts(m, B, T));
+    float *att = m->be->alloc((size_t)NH * T * (longest > 0 ? longest : 1) * sizeof(float)); /* (NH, T, Tk) */
+    float *last = m->be->alloc((size_t)B * (2 * C + V) * sizeof(float)); /* rows (B, C), normed (B, C), (B, V) */
+    if (!att || !last) {
+        m->be->free(att), m->be->free(last);
+        return ca_error(CA_ERR_NOMEM, "out of memory for a decoding step");
+    }
+    int32_t *safe_ids = m->targets; /* (N): padded positions read token 0 instead of whatever they hold */
+    m->has_padding = 0;
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const size_t n = (size_t)b * T + t;
+            m->mask[n] = t < lengths[b];
+            m->pos[n] = caches[b]->length + t;
+            safe_ids[n] = (m->mask[n] && !embeds) ? ids[n] : 0;
+            m->has_padding |= !m->mask[n];
+        }
+    }
+    if (embeds) memcpy(m->hs, embeds, (size_t)N * C * sizeof(float));
+    else m->be->embedding_forward(m->hs, safe_ids, m->embed_tokens, N, C);
+
+    for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
+        const ca_lfm2_layer *w = &m->layers[l];
+        ca_lfm2_layer_acts *a = &m->lacts[l];
+        const float *h = m->hs + (size_t)l * N * C;
+        float *hout = m->hs + (size_t)(l + 1) * N * C;
+        m->be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps);
+        if (w->is_attention) {
+            const int NKV = c->num_key_value_heads;
+            proj_forward(m, l, CA_PROJ_Q, a->q, a->x1, N);
+            proj_forward(m, l, CA_PROJ_K, a->k, a->x1, N);
+            proj_forward(m, l, CA_PROJ_V, a->v, a->x1, N);
+            m->be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
+            m->be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
+            m->be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
+            m->be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
+            cached_attention(m, l, n_attn++, caches, lengths, B, T, att);
+            proj_forward(m, l, CA_PROJ_ATTN_OUT, a->mid, a->ao, N);
+        } else {
+            proj_forward(m, l, CA_PROJ_IN, a->z, a->x1, N);
+            if (m->has_padding) zero_masked_rows(m, a->z, (size_t)3 * C, N);
+            cached_shortconv(m, l, n_conv++, caches, lengths, B, T);
+            proj_forward(m, l, CA_PROJ_CONV_OUT, a->mid, a->y, N);
+        }
+        m->be->add_inplace(a->mid, h, (size_t)N * C);
+        m->be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
+        proj_forward(m, l, CA_PROJ_W1, a->gate, a->x2, N);
+        proj_forward(m, l, CA_PROJ_W3, a->up, a->x2, N);
+        m->be->swiglu_forward(a->act, a->gate, a->up, N, F);
+        proj_forward(m, l, CA_PROJ_W2, hout, a->act, N);
+        m->be->add_inplace(hout, a->mid, (size_t)N * C);
+    }
+    const float *top = m->hs + (size_t)c->num_hidden_layers * N * C;
+    if (all_logits) {
+        m->be->rmsnorm_forward(m->xf, m->rstdf, top, m->embedding_norm, N, C, eps);
+        m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, V);
+    } else { /* only each row's last real token reaches the (V × C) head */
+        float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
+        for (int b = 0; b < B; b++) {
+            const int t = lengths[b] > 0 ? lengths[b] - 1 : 0;
+            memcpy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
+        }
+        m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
+        m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
+        for (int b = 0; b < B; b++)
+            if (lengths[b] > 0) memcpy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
+    }
+    for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
+    m->be->free(att);
+    m->be->free(last);
+    return CA_OK;
 }

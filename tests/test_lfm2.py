@@ -257,3 +257,30 @@ def test_seeded_init_is_reproducible():
     assert any(not np.array_equal(a[k], c[k]) for k in a if a[k].ndim > 1)
     w = a["model.layers.0.feed_forward.w1.weight"]
     assert abs(w.std() - cfg.initializer_range) < 0.2 * cfg.initializer_range
+
+
+def test_feature_rows_replace_embeddings_and_get_their_gradient(tiny):
+    """Scattering rows into the embedding stream equals feeding those rows as embeddings; the gradient that
+    comes back for them matches central differences."""
+    _, model = tiny
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, model.config.vocab_size, (2, 9)).astype(np.int32)
+    positions = np.array([2, 3, 11], np.int32)  # (row 0, t 2), (row 0, t 3), (row 1, t 2)
+    rows = rng.normal(0, 0.5, (3, model.config.hidden_size)).astype(np.float32)
+    out = model.forward(ids, features=(positions, rows), output_hidden_states=True)
+    np.testing.assert_array_equal(out.hidden_states[0].reshape(-1, model.config.hidden_size)[positions], rows)
+    plain = model.forward(ids).logits
+    assert np.allclose(out.logits[0, :2], plain[0, :2], atol=1e-6) and not np.allclose(out.logits[0, 2:], plain[0, 2:])
+    grad = np.empty_like(rows)
+    model.loss_and_grad(ids, ids, features=(positions, rows), feature_grad=grad)
+    for p, c in [(0, 1), (1, 5), (2, 7)]:
+        def loss_with(delta):
+            r = rows.copy()
+            r[p, c] += delta
+            return model.loss_and_grad(ids, ids, features=(positions, r))
+        numeric = (loss_with(1e-2) - loss_with(-1e-2)) / 2e-2
+        assert numeric == pytest.approx(grad[p, c], abs=1e-3, rel=1e-2)
+    with pytest.raises(ValueError, match="twice"):
+        model.forward(ids, features=(np.array([1, 1], np.int32), rows[:2]))
+    with pytest.raises(IndexError):
+        model.forward(ids, features=(np.array([18], np.int32), rows[:1]))

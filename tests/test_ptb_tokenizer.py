@@ -9,7 +9,6 @@ lexer's longest-match and look-ahead rules (including across captions of one bat
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 
@@ -64,6 +63,64 @@ def make_caption(rng: random.Random) -> str:
     return s
 
 
+GLUE = list("()[]{}<>\"'`.,;:!?-_/\\*&%$#@+=~^|") + [
+    "\u00ad", "\u2019", "\u2018", "\u201c", "\u201d", "\u00ab", "\u00bb", "\u2026", "\u2013", "\u2014",
+    "\u0085", "\x7f", "\u200b", "\ufeff", "&apos;", "&#39;", "n't", "'s", "'re", "'ll", "'d", "'m", "'ve",
+    "'em", "'n'", "'90s",
+]
+
+
+def random_char(rng: random.Random) -> str:
+    lo, hi = rng.choice([(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x6FF), (0x2000, 0x2BFF), (0x3000, 0x30FF),
+                         (0x4E00, 0x4E50), (0x1F300, 0x1F6FF), (0xFF00, 0xFFEF)])
+    return chr(rng.randint(lo, hi))
+
+
+def make_glued_caption(rng: random.Random) -> str:
+    """Adversarial captions: words, punctuation, symbols and random characters glued with few spaces."""
+    parts = []
+    for _ in range(rng.randint(0, 12)):
+        r = rng.random()
+        if r < 0.5:
+            parts.append(rng.choice(WORDS))
+        elif r < 0.75:
+            parts.append(rng.choice(GLUE))
+        elif r < 0.85:
+            parts.append(random_char(rng))
+        else:
+            parts.append(str(rng.randint(0, 9999)))
+        parts.append(rng.choice(["", " ", " ", "  "]))
+    s = "".join(parts)
+    c = rng.random()
+    return s.upper() if c < 0.1 else (s.capitalize() if c < 0.3 else s)
+
+
+FRAGMENTS = ['<a href="x y">','<b class=\'q r\'>','</div>','<br />','<!DOCTYPE x>','<?xml v?>','&amp;','&lt;','&gt;','&quot;','&apos;','&mdash;','&ndash;','&nbsp;','&eacute;t&eacute;','caf&eacute;','&#169;','&HT;',
+ '(650) 555-1234','555-1234','+1 650 555 1234','650.555.1234','2 1/2','12-3/4','3\\/4','1\u20442','12/25/2020','1-2-99','3.5','.5','-5','+7','1,000,000','10:30','1\u00ad000','²³','\u2081\u2082',
+ 'U.S.','U.S.A.','e.g.','i.e.','Mr.','Dr.','St.','etc.','Inc.','Corp.','Jan.','Calif.','Mass.','mass.','Wash.','No.','no.','fig.','ca.','Pty.','Co.','Ltd','vs.','a.k.a.','Ph.D.','Jr.','p.m.','A.','I.','B.','Canada-U.S.','U.S.-U.K.','non-U.S.',
+ 'The','A','It','He','She','They','This','About','Mr.','However','but','and','Two','We',
+ ':)',':-(',';P',':D','=]','<3','^_^','(-_-)','>_<','o_O','x.x','(^-^)',
+ 'a@b.com','<a@b.com>','&lt;a@b.co&gt;','http://x.y/z.','https://a.b/c?d=e,','www.x.co.uk','foo.edu/bar','x.net.',
+ 'file.txt','a.b.jpg','x.c','Makefile.h',
+ '"Hi"','"5"','\'tis','\'twas','\'90s','\'em','y\'all','rock\'n\'roll','O\'Neil','d\'Arc','l\'eau','don\'t','DON\'T','ain\'t','cannot','Cannot','gonna','GONNA','c\'mon','cont\'d','nor\'easter','li\'l',
+ 'C++','c#','F#','AT&T','S&P-500','S&Ls','R&D','AT&amp;T','pro-','anti-','-LRB-','-rsb-','Cap\'n','c\'est',
+ '...','. . .','....','…','--','---','----','-----','?!','!!!','??','¡','¿','„','‚','«','»','‹','›','“','”','‘','’','`','``',"''",
+ '€','£','¢','¥','US$','C$','#1','##','@@','__','**','\\*','/','=','+','%','~','^','|','\\','©','®','°','±','×','÷','§','¶','★','❤','☺','⚽','✓','→','∀','≠',
+ '😀','👍🏽','🇺🇸','❤️','x\u200dy','\ufe0f','\u200b','\ufeff','\x7f','\u00a0','\u3000','\u2009','\t','\r','\u2028','\u0085','\x0c',
+ 'naïve','Ångström','ΣΑΣ','москва','東京','日本語','한국어','עברית','العربية','हिन्दी','ไทย','ﾊﾟ']
+
+
+def make_fragment_caption(rng: random.Random) -> str:
+    """Captions built from the lexer's special cases: SGML tags, entities, phone numbers, fractions, dates,
+    abbreviations and acronyms followed by sentence starters, smileys, URLs, e-mail, file names, clitics,
+    assimilations, quotes, dashes, currency, symbols, emoji and odd whitespace and line breaks."""
+    parts = []
+    for _ in range(rng.randint(0, 10)):
+        parts.append(rng.choice(FRAGMENTS) if rng.random() < 0.7 else rng.choice(WORDS))
+        parts.append(rng.choice([" ", " ", " ", "", "  "]))
+    return "".join(parts)
+
+
 def java_tokenize(captions: list[str]) -> list[str]:
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -83,6 +140,43 @@ def test_generated_captions_equal_java_ptbtokenizer():
     pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
     rng = random.Random(1234)
     captions = [make_caption(rng) for _ in range(N_CAPTIONS)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+def test_glued_captions_equal_java_ptbtokenizer():
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(99)
+    captions = [make_glued_caption(rng) for _ in range(3000)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+def test_lexer_special_cases_equal_java_ptbtokenizer():
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(7)
+    captions = [make_fragment_caption(rng) for _ in range(4000)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_many_more_captions_equal_java(seed):
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(seed)
+    captions = [make_caption(rng) for _ in range(40_000)] + [make_glued_caption(rng) for _ in range(20_000)]
+    captions += [make_fragment_caption(rng) for _ in range(20_000)]
+    rng.shuffle(captions)
     expected = java_tokenize(captions)
     ours = ptb.tokenize_batch(captions)
     bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
@@ -132,3 +226,18 @@ def test_worked_examples_from_the_spec():
     assert ptb.tokenize_batch(["The letter b."]) == ["the letter b."]
     assert ptb.tokenize_batch(["Person at desk :)", "x"])[0] == "person at desk :-rrb-"
     assert ptb.tokenize_batch(["Person at desk :)"]) == ["person at desk -rrb-"]
+
+
+@needs_java
+def test_greek_final_sigma_equals_java():
+    # Java lower-cases a capital sigma to the final form by word-boundary rules that differ from Python's
+    pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
+    rng = random.Random(5)
+    pieces = ["ΣΑΣ", "ΟΔΟΣ", "Σ", "ΑΣ", "x", "X", "3", "-", "'", ".", "’", "ﾖ", "丙", "LRB", "555", "e.g.", "A.B",
+              '"', "_", "é", "Ω", "σ", "ς"]
+    word = lambda: "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))  # noqa: E731
+    captions = [f"{word()} {word()}" for _ in range(2000)]
+    expected = java_tokenize(captions)
+    ours = ptb.tokenize_batch(captions)
+    bad = [(c, e, o) for c, e, o in zip(captions, expected, ours) if e != o]
+    assert not bad, f"{len(bad)} of {len(captions)} differ; first: {bad[:5]!r}"

@@ -56,4 +56,9 @@ static inline float ca_expf(float x) {
     return p * s.f;
 }
 
+/* Row-major C (M, Nc) = beta·C + alpha·op(A)·op(B) through (Open)BLAS, split across the OpenMP threads when
+ * large (linear.c explains why the core keeps OpenBLAS single-threaded). */
+void ca_cpu_gemm(int transA, int transB, int M, int Nc, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc);
+
 #endif

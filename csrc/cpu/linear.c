@@ -28,16 +28,16 @@ static int split_threads(double work) {
     return 1;
 }
 
-/* Row-major C (M, Nc) = beta·C + op(A)·op(B), op(A) (M, K), op(B) (K, Nc); split over the larger of M and
+/* Row-major C (M, Nc) = beta·C + alpha·op(A)·op(B), op(A) (M, K), op(B) (K, Nc); split over the larger of M and
  * Nc in 16-aligned blocks (one per thread). Each block is an independent sgemm on sub-matrices:
  * columns j0.. of C use B's rows j0.. (transB) or columns j0.. (not transB); rows i0.. of C use A's rows
  * i0.. (not transA) or columns i0.. (transA). */
-static void gemm(int transA, int transB, int M, int Nc, int K, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
+void ca_cpu_gemm(int transA, int transB, int M, int Nc, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc) {
     enum CBLAS_TRANSPOSE ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans;
     int nt = split_threads((double)M * Nc * K);
     if (nt == 1) {
-        ca_cblas_sgemm(CblasRowMajor, ta, tb, M, Nc, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        ca_cblas_sgemm(CblasRowMajor, ta, tb, M, Nc, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     int by_cols = Nc >= M;
@@ -48,10 +48,10 @@ static void gemm(int transA, int transB, int M, int Nc, int K, const float *A, i
         ca_col_slice(D, CA_OMP_IT(), CA_OMP_NT(), &d0, &d1);
         if (d0 < d1) {
             if (by_cols)
-                ca_cblas_sgemm(CblasRowMajor, ta, tb, M, d1 - d0, K, 1.0f, A, lda,
+                ca_cblas_sgemm(CblasRowMajor, ta, tb, M, d1 - d0, K, alpha, A, lda,
                                B + (transB ? (size_t)d0 * ldb : (size_t)d0), ldb, beta, C + d0, ldc);
             else
-                ca_cblas_sgemm(CblasRowMajor, ta, tb, d1 - d0, Nc, K, 1.0f,
+                ca_cblas_sgemm(CblasRowMajor, ta, tb, d1 - d0, Nc, K, alpha,
                                A + (transA ? (size_t)d0 : (size_t)d0 * lda), lda, B, ldb, beta,
                                C + (size_t)d0 * ldc, ldc);
         }
@@ -101,7 +101,7 @@ void ca_cpu_linear_forward(float *restrict out,          /* (N, OC) */
         if (!bias) ca_cpu_zero(out, (size_t)OC);
         gemv_acc(0, OC, C, weight, inp, out);
     } else { /* out (N, OC) = inp (N, C) · Wᵀ (C, OC) */
-        gemm(0, 1, N, OC, C, inp, C, weight, C, beta, out, OC);
+        ca_cpu_gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
     }
 }
 
@@ -123,11 +123,11 @@ void ca_cpu_linear_backward(float *restrict dinp,         /* (N, C) = or += (acc
             if (!accumulate) ca_cpu_zero(dinp, (size_t)C);
             gemv_acc(1, OC, C, weight, dout, dinp);
         } else { /* dinp (N, C) = dout (N, OC) · W (OC, C) */
-            gemm(0, 0, N, C, OC, dout, OC, weight, C, accumulate ? 1.0f : 0.0f, dinp, C);
+            ca_cpu_gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight, C, accumulate ? 1.0f : 0.0f, dinp, C);
         }
     }
     if (dweight && C > 0) /* dW (OC, C) += doutᵀ (OC, N) · inp (N, C) */
-        gemm(1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C);
+        ca_cpu_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) { /* reduce over rows with threads splitting the channels: race-free and deterministic */
 #pragma omp parallel if ((size_t)N * OC > CA_PAR_MIN)
         {

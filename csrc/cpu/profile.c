@@ -10,7 +10,7 @@
 static ca_profile profile;
 
 const char *const ca_prof_op_names[CA_PROF_NUM_OPS] = {
-    "embedding", "rmsnorm", "linear", "shortconv", "rope", "attention", "swiglu", "crossentropy", "elementwise",
+    "embedding", "rmsnorm", "linear", "shortconv", "rope", "attention", "swiglu", "crossentropy", "elementwise", "lora",
     "layernorm", "gelu", "mha", "vision_misc",
 };
 
@@ -119,6 +119,14 @@ static void p_add_inplace(float *y, const float *x, size_t n) { TIMED(CA_PROF_EL
 static void p_scale_inplace(float *y, float s, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_scale_inplace(y, s, n)); }
 static void p_zero(float *y, size_t n) { TIMED(CA_PROF_ELEMENTWISE, ca_cpu_zero(y, n)); }
 
+static void p_lora_forward(float *o, float *h, const float *x, const float *A, const float *B, float s, int N, int C,
+                           int OC, int r) {
+    TIMED(CA_PROF_LORA, ca_cpu_lora_forward(o, h, x, A, B, s, N, C, OC, r));
+}
+static void p_lora_backward(float *dx, float *dA, float *dB, float *dh, const float *d, const float *x, const float *h,
+                            const float *A, const float *B, float s, int N, int C, int OC, int r) {
+    TIMED(CA_PROF_LORA, ca_cpu_lora_backward(dx, dA, dB, dh, d, x, h, A, B, s, N, C, OC, r));
+}
 static void p_layernorm_forward(float *o, float *mu, float *r, const float *x, const float *w, const float *b, int N, int C,
                                 float eps) {
     TIMED(CA_PROF_LAYERNORM, ca_cpu_layernorm_forward(o, mu, r, x, w, b, N, C, eps));
@@ -177,6 +185,15 @@ const ca_backend ca_cpu_profiling_backend = {
     .add_inplace = p_add_inplace,
     .scale_inplace = p_scale_inplace,
     .zero = p_zero,
+    .scatter_rows = ca_cpu_scatter_rows,
+    .gather_rows = ca_cpu_gather_rows,
+    .lora_forward = p_lora_forward,
+    .lora_backward = p_lora_backward,
+    .lora_merge = ca_cpu_lora_merge,
+    .dropout_forward = ca_cpu_dropout_forward,
+    .dropout_backward = ca_cpu_dropout_backward,
+    .adamw_update = ca_cpu_adamw_update,
+    .sum_squares = ca_cpu_sum_squares,
     .layernorm_forward = p_layernorm_forward,
     .layernorm_backward = p_layernorm_backward,
     .gelu_forward = p_gelu_forward,

@@ -31,6 +31,7 @@ extern PyMethodDef ca_py_ops_methods[];
 extern PyMethodDef ca_py_io_methods[];
 extern PyMethodDef ca_py_metrics_methods[];
 extern PyMethodDef ca_py_model_methods[];
+extern PyMethodDef ca_py_fed_methods[];
 int ca_py_model_init(PyObject *module); /* adds types; 0 on success, -1 with an exception set */
 extern PyMethodDef ca_py_vision_methods[];
 int ca_py_vision_init(PyObject *module); /* adds _core.Vision */

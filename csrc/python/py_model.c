@@ -126,10 +126,34 @@ static int token_args(PyObject *ids_obj, PyObject *mask_obj, PyArrayObject **ids
     return 1;
 }
 
+/* Optional feature rows: positions (P) int32 flat indices, values (P, C), and for backward grad (P, C). */
+static int feature_args(const ca_lfm2_model *m, PyObject *pos_obj, PyObject *val_obj, PyObject *grad_obj,
+                        ca_lfm2_features *f) {
+    *f = (ca_lfm2_features){0};
+    if (pos_obj == Py_None && val_obj == Py_None) return 1;
+    PyArrayObject *pos = ca_py_array(pos_obj, NPY_INT32, 1, 0, "feature_positions");
+    if (!pos) return 0;
+    npy_intp P = PyArray_DIM(pos, 0);
+    PyArrayObject *val = ca_py_array_shape(val_obj, NPY_FLOAT32, 2, (npy_intp[]){P, m->cfg.hidden_size}, 0, "features");
+    if (!val) return 0;
+    if (grad_obj && grad_obj != Py_None) {
+        PyArrayObject *g = ca_py_array_shape(grad_obj, NPY_FLOAT32, 2, (npy_intp[]){P, m->cfg.hidden_size}, 1, "feature_grad");
+        if (!g) return 0;
+        f->grad = PyArray_DATA(g);
+    }
+    f->positions = PyArray_DATA(pos);
+    f->values = PyArray_DATA(val);
+    f->count = (int)P;
+    return 1;
+}
+
 static PyObject *Lfm2_forward(Lfm2Object *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"input_ids", "attention_mask", "logits", "hidden_states", NULL};
-    PyObject *ids_obj, *mask_obj = Py_None, *logits_obj = Py_None, *hidden_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO", kwlist, &ids_obj, &mask_obj, &logits_obj, &hidden_obj))
+    static char *kwlist[] = {"input_ids", "attention_mask", "logits", "hidden_states", "feature_positions", "features",
+                             NULL};
+    PyObject *ids_obj, *mask_obj = Py_None, *logits_obj = Py_None, *hidden_obj = Py_None, *pos_obj = Py_None,
+                       *val_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOOO", kwlist, &ids_obj, &mask_obj, &logits_obj, &hidden_obj,
+                                     &pos_obj, &val_obj))
         return NULL;
     if (!ready(self)) return NULL;
     ca_lfm2_model *m = self->model;
@@ -149,18 +173,22 @@ static PyObject *Lfm2_forward(Lfm2Object *self, PyObject *args, PyObject *kwds) 
         if (!a) return NULL;
         hidden = PyArray_DATA(a);
     }
+    ca_lfm2_features features;
+    if (!feature_args(m, pos_obj, val_obj, NULL, &features)) return NULL;
     const int32_t *ids_p = PyArray_DATA(ids), *mask_p = mask ? PyArray_DATA(mask) : NULL;
     ca_status st;
-    CA_COMPUTE(self, st = ca_lfm2_forward(m, logits, hidden, ids_p, mask_p, B, T));
+    CA_COMPUTE(self, st = ca_lfm2_forward_ex(m, logits, hidden, ids_p, mask_p, B, T, &features));
     if (st != CA_OK) return ca_py_raise(st);
     Py_RETURN_NONE;
 }
 
 static PyObject *Lfm2_loss_and_grad(Lfm2Object *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"input_ids", "labels", "attention_mask", "accumulate", NULL};
-    PyObject *ids_obj, *labels_obj, *mask_obj = Py_None;
+    static char *kwlist[] = {"input_ids", "labels", "attention_mask", "accumulate", "feature_positions", "features",
+                             "feature_grad", NULL};
+    PyObject *ids_obj, *labels_obj, *mask_obj = Py_None, *pos_obj = Py_None, *val_obj = Py_None, *grad_obj = Py_None;
     int accumulate = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Op", kwlist, &ids_obj, &labels_obj, &mask_obj, &accumulate))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OpOOO", kwlist, &ids_obj, &labels_obj, &mask_obj, &accumulate,
+                                     &pos_obj, &val_obj, &grad_obj))
         return NULL;
     if (!ready(self)) return NULL;
     PyArrayObject *ids, *mask;
@@ -171,9 +199,12 @@ static PyObject *Lfm2_loss_and_grad(Lfm2Object *self, PyObject *args, PyObject *
     if (!labels) return NULL;
     const int32_t *ids_p = PyArray_DATA(ids), *labels_p = PyArray_DATA(labels);
     const int32_t *mask_p = mask ? PyArray_DATA(mask) : NULL;
+    ca_lfm2_features features;
+    if (!feature_args(self->model, pos_obj, val_obj, grad_obj, &features)) return NULL;
     double loss = 0.0;
     ca_status st;
-    CA_COMPUTE(self, st = ca_lfm2_loss_and_grad(self->model, &loss, ids_p, labels_p, mask_p, B, T, accumulate));
+    CA_COMPUTE(self, st = ca_lfm2_loss_and_grad_ex(self->model, &loss, ids_p, labels_p, mask_p, B, T, accumulate,
+                                                   &features));
     if (st != CA_OK) return ca_py_raise(st);
     return PyFloat_FromDouble(loss);
 }
@@ -243,6 +274,245 @@ static PyObject *Lfm2_set_profiling(Lfm2Object *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ---- LoRA ---- */
+static PyObject *Lfm2_lora_add(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"layers", "projections", "r", "scaling", "dropout", NULL};
+    PyObject *layers_obj, *projs_obj;
+    int r;
+    float scaling, dropout = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOif|f", kwlist, &layers_obj, &projs_obj, &r, &scaling, &dropout))
+        return NULL;
+    if (!ready(self)) return NULL;
+    PyArrayObject *layers = ca_py_array(layers_obj, NPY_INT32, 1, 0, "layers");
+    if (!layers) return NULL;
+    npy_intp n = PyArray_DIM(layers, 0);
+    PyArrayObject *projs = ca_py_array_shape(projs_obj, NPY_INT32, 1, (npy_intp[]){n}, 0, "projections");
+    if (!projs) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_add(self->model, PyArray_DATA(layers), PyArray_DATA(projs), (int)n, r, scaling,
+                                           dropout));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_clear(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    CA_COMPUTE(self, ca_lfm2_lora_clear(self->model));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_init(Lfm2Object *self, PyObject *args) {
+    unsigned long long seed;
+    int gaussian;
+    if (!PyArg_ParseTuple(args, "Kp", &seed, &gaussian) || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_init(self->model, seed, gaussian));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_params(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
+}
+
+static PyObject *Lfm2_lora_grads(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
+}
+
+static PyObject *Lfm2_lora_table(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    const ca_lfm2_model *m = self->model;
+    PyObject *list = PyList_New(m->num_lora);
+    if (!list) return NULL;
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_lora_adapter *a = &m->lora[i];
+        PyObject *row = Py_BuildValue("(isiiinnff)", a->layer, ca_lfm2_proj_name(a->proj), a->r, a->in, a->out,
+                                      (Py_ssize_t)a->a_offset, (Py_ssize_t)a->b_offset, a->scaling, a->dropout);
+        if (!row) return Py_DECREF(list), NULL;
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static PyObject *Lfm2_set_lora_enabled(Lfm2Object *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_enabled = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_lora_freeze_A(Lfm2Object *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_freeze_A = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_dropout_seed(Lfm2Object *self, PyObject *arg) {
+    unsigned long long seed = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->dropout_seed = seed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_lora_merge(Lfm2Object *self, PyObject *arg) {
+    double sign = PyFloat_AsDouble(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_lora_merge(self->model, (float)sign));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_set_trainable(Lfm2Object *self, PyObject *args) {
+    int index, on;
+    if (!PyArg_ParseTuple(args, "ip", &index, &on) || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_set_trainable(self->model, index, on));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_trainable(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    PyObject *list = PyList_New(self->model->num_param_tensors);
+    for (int i = 0; list && i < self->model->num_param_tensors; i++)
+        PyList_SET_ITEM(list, i, PyBool_FromLong(self->model->trainable[i]));
+    return list;
+}
+
+/* ---- decoding caches ---- */
+typedef struct {
+    PyObject_HEAD
+    Lfm2Object *owner; /* keeps the model (and its backend) alive */
+    ca_lfm2_cache *cache;
+} CacheObject;
+
+static PyTypeObject CacheType;
+
+static void Cache_dealloc(CacheObject *self) {
+    ca_lfm2_cache_free(self->cache);
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Lfm2_new_cache(Lfm2Object *self, PyObject *arg) {
+    long capacity = PyLong_AsLong(arg);
+    if ((capacity == -1 && PyErr_Occurred()) || !ready(self)) return NULL;
+    if (capacity <= 0 || capacity > INT32_MAX) return PyErr_Format(PyExc_ValueError, "cache capacity must be in [1, 2^31), got %ld", capacity);
+    CacheObject *obj = PyObject_New(CacheObject, &CacheType);
+    if (!obj) return NULL;
+    obj->cache = NULL;
+    Py_INCREF(self);
+    obj->owner = self;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS st = ca_lfm2_cache_create(self->model, (int)capacity, &obj->cache);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) {
+        Py_DECREF(obj);
+        return ca_py_raise(st);
+    }
+    return (PyObject *)obj;
+}
+
+static PyObject *Cache_reset(CacheObject *self, PyObject *unused) {
+    ca_lfm2_cache_reset(self->cache);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cache_copy_from(CacheObject *self, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &CacheType)) return PyErr_Format(PyExc_TypeError, "copy_from expects a Cache");
+    CacheObject *src = (CacheObject *)arg;
+    if (src->owner != self->owner) return PyErr_Format(PyExc_ValueError, "caches belong to different models");
+    ca_status st;
+    CA_COMPUTE(self->owner, st = ca_lfm2_cache_copy(self->cache, src->cache));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cache_get_length(CacheObject *self, void *closure) { return PyLong_FromLong(self->cache->length); }
+static PyObject *Cache_get_capacity(CacheObject *self, void *closure) { return PyLong_FromLong(self->cache->capacity); }
+
+static PyMethodDef Cache_methods[] = {
+    {"reset", (PyCFunction)Cache_reset, METH_NOARGS, "Forget the sequence (length 0, zero conv state)."},
+    {"copy_from", (PyCFunction)Cache_copy_from, METH_O, "Take another cache's contents (same model)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Cache_getset[] = {
+    {"length", (getter)Cache_get_length, NULL, "Positions consumed so far.", NULL},
+    {"capacity", (getter)Cache_get_capacity, NULL, "Positions it can hold.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "captionaura._core.Cache",
+    .tp_basicsize = sizeof(CacheObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The decoding state of one sequence (KV per attention layer, conv state per conv layer).",
+    .tp_dealloc = (destructor)Cache_dealloc,
+    .tp_methods = Cache_methods,
+    .tp_getset = Cache_getset,
+};
+
+static PyObject *Lfm2_forward_cached(Lfm2Object *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"caches", "input_ids", "lengths", "logits", "all_logits", "embeds", NULL};
+    PyObject *caches_obj, *ids_obj, *lengths_obj, *logits_obj, *embeds_obj = Py_None;
+    int all_logits = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|pO", kwlist, &caches_obj, &ids_obj, &lengths_obj, &logits_obj,
+                                     &all_logits, &embeds_obj))
+        return NULL;
+    if (!ready(self)) return NULL;
+    ca_lfm2_model *m = self->model;
+    PyArrayObject *ids = ca_py_array(ids_obj, NPY_INT32, 2, 0, "input_ids");
+    if (!ids) return NULL;
+    int B = (int)PyArray_DIM(ids, 0), T = (int)PyArray_DIM(ids, 1);
+    PyArrayObject *lengths = ca_py_array_shape(lengths_obj, NPY_INT32, 1, (npy_intp[]){B}, 0, "lengths");
+    if (!lengths) return NULL;
+    PyArrayObject *logits = all_logits
+        ? ca_py_array_shape(logits_obj, NPY_FLOAT32, 3, (npy_intp[]){B, T, m->cfg.vocab_size}, 1, "logits")
+        : ca_py_array_shape(logits_obj, NPY_FLOAT32, 2, (npy_intp[]){B, m->cfg.vocab_size}, 1, "logits");
+    if (!logits) return NULL;
+    const float *embeds = NULL;
+    if (embeds_obj != Py_None) {
+        PyArrayObject *e = ca_py_array_shape(embeds_obj, NPY_FLOAT32, 3, (npy_intp[]){B, T, m->cfg.hidden_size}, 0, "embeds");
+        if (!e) return NULL;
+        embeds = PyArray_DATA(e);
+    }
+    PyObject *seq = PySequence_Fast(caches_obj, "caches must be a sequence of Cache objects");
+    if (!seq) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != B) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "%d caches for a batch of %d sequences", (int)PySequence_Fast_GET_SIZE(seq), B);
+    }
+    ca_lfm2_cache **caches = PyMem_Calloc((size_t)B, sizeof *caches);
+    if (!caches) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (int b = 0; b < B; b++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, b);
+        if (!PyObject_TypeCheck(item, &CacheType) || ((CacheObject *)item)->owner != self) {
+            PyMem_Free(caches);
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_TypeError, "caches[%d] is not a Cache of this model", b);
+        }
+        caches[b] = ((CacheObject *)item)->cache;
+    }
+    const int32_t *ids_p = PyArray_DATA(ids), *len_p = PyArray_DATA(lengths);
+    float *logits_p = PyArray_DATA(logits);
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_forward_cached(m, caches, ids_p, embeds, len_p, B, T, logits_p, all_logits));
+    PyMem_Free(caches);
+    Py_DECREF(seq);
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     if (!ready(self)) return NULL;
     size_t total = 0;
@@ -263,6 +533,24 @@ static PyMethodDef Lfm2_methods[] = {
      "load_safetensors(paths, prefix=None): reads every parameter from the given files."},
     {"save_safetensors", (PyCFunction)(void (*)(void))Lfm2_save_safetensors, METH_VARARGS | METH_KEYWORDS,
      "save_safetensors(path, prefix=None): writes every parameter as float32, atomically."},
+    {"new_cache", (PyCFunction)Lfm2_new_cache, METH_O, "new_cache(capacity) -> Cache for one sequence."},
+    {"forward_cached", (PyCFunction)(void (*)(void))Lfm2_forward_cached, METH_VARARGS | METH_KEYWORDS,
+     "forward_cached(caches, input_ids (B,T), lengths (B), logits (B,V) or (B,T,V), all_logits=False, embeds=None)."},
+    {"lora_add", (PyCFunction)(void (*)(void))Lfm2_lora_add, METH_VARARGS | METH_KEYWORDS,
+     "lora_add(layers, projections, r, scaling, dropout=0): adapters on (layer, projection) pairs (int32 arrays)."},
+    {"lora_clear", (PyCFunction)Lfm2_lora_clear, METH_NOARGS, "Remove every LoRA adapter."},
+    {"lora_init", (PyCFunction)Lfm2_lora_init, METH_VARARGS, "lora_init(seed, gaussian): PEFT's A init, B = 0."},
+    {"lora_params", (PyCFunction)Lfm2_lora_params, METH_NOARGS, "The flat LoRA buffer (a view), or None."},
+    {"lora_grads", (PyCFunction)Lfm2_lora_grads, METH_NOARGS, "The flat LoRA gradient buffer (a view), or None."},
+    {"lora_table", (PyCFunction)Lfm2_lora_table, METH_NOARGS,
+     "[(layer, projection, r, in, out, a_offset, b_offset, scaling, dropout)] of every adapter."},
+    {"set_lora_enabled", (PyCFunction)Lfm2_set_lora_enabled, METH_O, "Run with (True) or without (False) adapters."},
+    {"set_lora_freeze_A", (PyCFunction)Lfm2_set_lora_freeze_A, METH_O, "Keep A fixed (FFA-LoRA): no A gradients."},
+    {"set_dropout_seed", (PyCFunction)Lfm2_set_dropout_seed, METH_O, "Seed of the LoRA dropout masks."},
+    {"lora_merge", (PyCFunction)Lfm2_lora_merge, METH_O, "lora_merge(sign): W += sign*scaling*B@A for every adapter."},
+    {"set_trainable", (PyCFunction)Lfm2_set_trainable, METH_VARARGS,
+     "set_trainable(index, on): whether base tensor `index` (param_table order) gets gradients."},
+    {"trainable", (PyCFunction)Lfm2_trainable, METH_NOARGS, "Per base tensor: whether it gets gradients."},
     {"set_profiling", (PyCFunction)Lfm2_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see profile_report)."},
     {NULL, NULL, 0, NULL},
@@ -339,7 +627,14 @@ PyMethodDef ca_py_model_methods[] = {
 };
 
 int ca_py_model_init(PyObject *module) {
-    if (PyType_Ready(&Lfm2Type) < 0) return -1;
+    if (PyType_Ready(&Lfm2Type) < 0 || PyType_Ready(&CacheType) < 0) return -1;
+    PyObject *names = PyTuple_New(CA_NUM_PROJ);
+    if (!names) return -1;
+    for (int i = 0; i < CA_NUM_PROJ; i++) PyTuple_SET_ITEM(names, i, PyUnicode_FromString(ca_lfm2_proj_name(i)));
+    if (PyModule_AddObject(module, "LFM2_PROJECTIONS", names) < 0) {
+        Py_DECREF(names);
+        return -1;
+    }
     Py_INCREF(&Lfm2Type);
     if (PyModule_AddObject(module, "Lfm2", (PyObject *)&Lfm2Type) < 0) {
         Py_DECREF(&Lfm2Type);

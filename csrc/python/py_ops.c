@@ -348,6 +348,107 @@ static PyObject *py_zero(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- lora ---- */
+static PyObject *py_lora_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_h, *o_x, *o_A, *o_B;
+    float scale;
+    if (!PyArg_ParseTuple(args, "OOOOOf:lora_forward", &o_out, &o_h, &o_x, &o_A, &o_B, &scale)) return NULL;
+    DRIVER(x, o_x, F32, 2, "x");
+    DRIVER(A, o_A, F32, 2, "A");
+    int N = DIM(x, 0), C = DIM(x, 1), r = DIM(A, 0);
+    DRIVER(B, o_B, F32, 2, "B");
+    int OC = DIM(B, 0);
+    ARR(A2, o_A, F32, 2, SHAPE(r, C), 0, "A");
+    ARR(B2, o_B, F32, 2, SHAPE(OC, r), 0, "B");
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    ARR(h, o_h, F32, 2, SHAPE(N, r), 1, "h");
+    (void)A2, (void)B2;
+    NOGIL(ca_cpu_lora_forward(FP(out), FP(h), CFP(x), CFP(A), CFP(B), scale, N, C, OC, r));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lora_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dx, *o_dA, *o_dB, *o_dh, *o_dout, *o_x, *o_h, *o_A, *o_B;
+    float scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOf:lora_backward", &o_dx, &o_dA, &o_dB, &o_dh, &o_dout, &o_x, &o_h, &o_A,
+                          &o_B, &scale))
+        return NULL;
+    DRIVER(x, o_x, F32, 2, "x");
+    DRIVER(A, o_A, F32, 2, "A");
+    DRIVER(B, o_B, F32, 2, "B");
+    int N = DIM(x, 0), C = DIM(x, 1), r = DIM(A, 0), OC = DIM(B, 0);
+    ARR(A2, o_A, F32, 2, SHAPE(r, C), 0, "A");
+    ARR(B2, o_B, F32, 2, SHAPE(OC, r), 0, "B");
+    ARR(h, o_h, F32, 2, SHAPE(N, r), 0, "h");
+    ARR(dout, o_dout, F32, 2, SHAPE(N, OC), 0, "dout");
+    ARR(dh, o_dh, F32, 2, SHAPE(N, r), 1, "dh");
+    OPT(dx, o_dx, F32, 2, SHAPE(N, C), 1, "dx");
+    OPT(dA, o_dA, F32, 2, SHAPE(r, C), 1, "dA");
+    OPT(dB, o_dB, F32, 2, SHAPE(OC, r), 1, "dB");
+    (void)A2, (void)B2;
+    NOGIL(ca_cpu_lora_backward(OFP(dx), OFP(dA), OFP(dB), FP(dh), CFP(dout), CFP(x), CFP(h), CFP(A), CFP(B), scale, N,
+                               C, OC, r));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lora_merge(PyObject *self, PyObject *args) {
+    PyObject *o_W, *o_A, *o_B;
+    float scale;
+    if (!PyArg_ParseTuple(args, "OOOf:lora_merge", &o_W, &o_A, &o_B, &scale)) return NULL;
+    DRIVER(A, o_A, F32, 2, "A");
+    DRIVER(B, o_B, F32, 2, "B");
+    int r = DIM(A, 0), C = DIM(A, 1), OC = DIM(B, 0);
+    ARR(B2, o_B, F32, 2, SHAPE(OC, r), 0, "B");
+    ARR(W, o_W, F32, 2, SHAPE(OC, C), 1, "W");
+    (void)B2;
+    NOGIL(ca_cpu_lora_merge(FP(W), CFP(A), CFP(B), scale, C, OC, r));
+    Py_RETURN_NONE;
+}
+
+/* ---- dropout ---- */
+static PyObject *py_dropout_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_x;
+    float p;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOfK:dropout_forward", &o_out, &o_x, &p, &seed)) return NULL;
+    DRIVER(x, o_x, F32, 1, "x");
+    int n = DIM(x, 0);
+    ARR(out, o_out, F32, 1, SHAPE(n), 1, "out");
+    if (!(p >= 0.0f && p < 1.0f)) return PyErr_Format(PyExc_ValueError, "dropout p must be in [0, 1), got %g", p);
+    NOGIL(ca_cpu_dropout_forward(FP(out), CFP(x), (size_t)n, p, seed));
+    Py_RETURN_NONE;
+}
+
+/* ---- adamw ---- */
+static PyObject *py_adamw_update(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"params", "exp_avg", "exp_avg_sq", "grads", "lr", "beta1", "beta2", "eps",
+                             "weight_decay", "step", "grad_scale", NULL};
+    PyObject *o_p, *o_m, *o_v, *o_g;
+    float lr, beta1, beta2, eps, wd, grad_scale = 1.0f;
+    int step;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOfffffi|f:adamw_update", kwlist, &o_p, &o_m, &o_v, &o_g, &lr,
+                                     &beta1, &beta2, &eps, &wd, &step, &grad_scale))
+        return NULL;
+    DRIVER(p, o_p, F32, 1, "params");
+    int n = DIM(p, 0);
+    ARR(p2, o_p, F32, 1, SHAPE(n), 1, "params");
+    ARR(m, o_m, F32, 1, SHAPE(n), 1, "exp_avg");
+    ARR(v, o_v, F32, 1, SHAPE(n), 1, "exp_avg_sq");
+    ARR(g, o_g, F32, 1, SHAPE(n), 0, "grads");
+    (void)p2;
+    if (step < 1) return PyErr_Format(PyExc_ValueError, "step must be >= 1, got %d", step);
+    NOGIL(ca_cpu_adamw_update(FP(p), FP(m), FP(v), CFP(g), (size_t)n, lr, beta1, beta2, eps, wd, step, grad_scale));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sum_squares(PyObject *self, PyObject *arg) {
+    PyArrayObject *x = ca_py_array(arg, F32, -1, 0, "x");
+    if (!x) return NULL;
+    double total;
+    NOGIL(total = ca_cpu_sum_squares(CFP(x), (size_t)PyArray_SIZE(x)));
+    return PyFloat_FromDouble(total);
+}
+
 /* ---- vision ops (layernorm, gelu, posresize, unshuffle) ---- */
 static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_mean, *o_rstd, *o_inp, *o_w, *o_b;
@@ -514,6 +615,15 @@ PyMethodDef ca_py_ops_methods[] = {
      "or None, causal=True, q_offset=0)"},
     {"attention_backward", py_attention_backward, METH_VARARGS,
      "attention_backward(dq, dk, dv, dout (B,Tq,NH,HS), q, k, v, att (B,NH,Tq,Tk))"},
+    {"lora_forward", py_lora_forward, METH_VARARGS,
+     "lora_forward(out (N,OC) +=, h (N,r), x (N,C), A (r,C), B (OC,r), scale)"},
+    {"lora_backward", py_lora_backward, METH_VARARGS,
+     "lora_backward(dx|None +=, dA|None +=, dB|None +=, dh (N,r), dout, x, h, A, B, scale)"},
+    {"lora_merge", py_lora_merge, METH_VARARGS, "lora_merge(W (OC,C) += scale*B@A, A (r,C), B (OC,r), scale)"},
+    {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out (n), x (n), p, seed)"},
+    {"adamw_update", (PyCFunction)(void (*)(void))py_adamw_update, METH_VARARGS | METH_KEYWORDS,
+     "adamw_update(params, exp_avg, exp_avg_sq, grads, lr, beta1, beta2, eps, weight_decay, step, grad_scale=1)"},
+    {"sum_squares", py_sum_squares, METH_O, "sum of squares of a float32 array, in float64"},
     {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(out (N,F), gate (N,F), up (N,F))"},
     {"swiglu_backward", py_swiglu_backward, METH_VARARGS, "swiglu_backward(dgate, dup, dout, gate, up)  all (N,F)"},
     {"crossentropy_forward", py_crossentropy_forward, METH_VARARGS,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from captionaura import _core
 from captionaura.config import Lfm2Config
+from captionaura.image import ImageLoadError, load_image
+from captionaura.lora import LoraConfig
+from captionaura.optim import AdamW, AdamWConfig
+from captionaura.trainer import Trainer, TrainingConfig
 from captionaura.model import Lfm2Model, Lfm2Output
+from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 
 __version__ = "0.1.0"
 
@@ -25,7 +30,18 @@ def cuda_available() -> bool:
 
 
 __all__ = [
+    "AdamW",
+    "AdamWConfig",
+    "LoraConfig",
     "Lfm2Config",
     "Lfm2Model",
     "Lfm2Output",
+    "Trainer",
+    "TrainingConfig",
+    "ImageProcessorConfig",
+    "ImageLoadError",
+    "Lfm2VlProcessor",
+    "ProcessorOutput",
+    "Tokenizer",
+    "load_image",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__"]

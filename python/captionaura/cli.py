@@ -6,31 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-from typing import Any, Sequence
+from typing import Sequence
 
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write `obj` as JSON to `path` through a temporary file in the same folder and ``os.replace``, so readers
-    never see a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from captionaura._io import write_json_atomic
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -44,7 +23,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         missing = [img for img in results if img not in refs]
         if missing:
             raise KeyError(f"result for image {missing[0]!r} has no reference caption in {args.refs}")
-        refs = {img: refs[img] for img in results}
+        refs = {img: caps for img, caps in refs.items() if img in results}  # annotation-file order, as the toolkit
     result = cm.evaluate(refs, results, metrics=args.metrics, tokenize=args.tokenize)
 
     width = max(len(k) for k in result.scores)
@@ -58,6 +37,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         }
         write_json_atomic(args.out, payload)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the main job on the built-in default and print its figures."""
+    from captionaura.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(steps=args.steps, seed=args.seed, progressbar=not args.no_progress, report_path=args.report))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Fold a PEFT/captionaura LoRA adapter into its base model and write a plain Hugging Face checkpoint."""
+    from captionaura.model import Lfm2Model
+
+    model = Lfm2Model.from_pretrained(args.base)
+    model.load_adapter(args.adapter)
+    model.merge_lora()
+    model.save_pretrained(args.out)
+    print(f"merged {len(model.lora_modules())} adapted modules of {args.adapter} into {args.out}")
     return 0
 
 
@@ -76,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results: score the images that have a result (default); all: every annotated image "
                     "must have exactly one result")
     ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    demo.add_argument("--steps", type=int, default=60)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--report", help="also write the figures to this JSON file")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(func=cmd_demo)
+
+    merge = sub.add_parser("merge", help=cmd_merge.__doc__, description=cmd_merge.__doc__)
+    merge.add_argument("--base", required=True, help="base model folder (config.json + safetensors)")
+    merge.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("--out", required=True, help="where to write the merged checkpoint")
+    merge.set_defaults(func=cmd_merge)
     return parser
 
 

@@ -17,6 +17,7 @@ ASCII spaces only, and so on.
 from __future__ import annotations
 
 import json
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
@@ -62,18 +63,29 @@ class EvalResult:
 
 
 def _check_pair(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, Any]) -> None:
-    """Raise a clear exception when the two id sets differ or a caption is not a string."""
-    for img in candidates:
-        if img not in references:
-            raise KeyError(f"candidate for image {img!r} has no references")
+    """Raise a clear exception naming the image when the two id sets differ or a reference set is empty or
+    not a sequence. (Caption types are checked by the C glue; :func:`_name_bad_caption` names the image.)"""
+    if references.keys() != candidates.keys():
+        for img in candidates:
+            if img not in references:
+                raise KeyError(f"candidate for image {img!r} has no references")
+        for img in references:
+            if img not in candidates:
+                raise KeyError(f"image {img!r} has references but no candidate caption")
     for img, refs in references.items():
-        if img not in candidates:
-            raise KeyError(f"image {img!r} has references but no candidate caption")
-        if isinstance(refs, (str, bytes)) or not isinstance(refs, Sequence):
-            raise TypeError(f"references of image {img!r} must be a sequence of str, got {type(refs).__name__}")
+        if type(refs) is not list and type(refs) is not tuple:
+            if isinstance(refs, (str, bytes)) or not isinstance(refs, abc.Sequence):
+                raise TypeError(f"references of image {img!r} must be a sequence of str, got {type(refs).__name__}")
         if len(refs) == 0:
             raise ValueError(f"image {img!r} has an empty reference set")
-        for j, r in enumerate(refs):
+
+
+def _name_bad_caption(ids: Sequence[Hashable], cands: Sequence[Any], refs: Sequence[Sequence[Any]]) -> None:
+    """Raise TypeError naming the image of the first caption that is not a str (if any)."""
+    for img, c, rs in zip(ids, cands, refs):
+        if not isinstance(c, str):
+            raise TypeError(f"candidate of image {img!r} must be str, got {type(c).__name__}")
+        for j, r in enumerate(rs):
             if not isinstance(r, str):
                 raise TypeError(f"reference {j} of image {img!r} must be str, got {type(r).__name__}")
 
@@ -83,7 +95,11 @@ def _score(ids: list[Hashable], cands: list[str], refs: list[Sequence[str]], mas
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in refs], out=offsets[1:])
     flat = [r for rs in refs for r in rs]
-    return _core.caption_metrics(cands, flat, offsets, mask)
+    try:
+        return _core.caption_metrics(cands, flat, offsets, mask)
+    except TypeError:
+        _name_bad_caption(ids, cands, refs)
+        raise
 
 
 def _toolkit_inputs(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, Sequence[str]]):
@@ -101,10 +117,8 @@ def _toolkit_inputs(gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable
         if isinstance(hypo, str) or len(hypo) != 1:
             n = "a str" if isinstance(hypo, str) else f"{len(hypo)} captions"
             raise ValueError(f"image {img!r} must have exactly one candidate in a list, got {n}")
-        if not isinstance(hypo[0], str):
-            raise TypeError(f"candidate of image {img!r} must be str, got {type(hypo[0]).__name__}")
         cands.append(hypo[0])
-    _check_pair(gts, {k: None for k in ids})
+    _check_pair(gts, res)
     return ids, cands, [gts[k] for k in ids]
 
 
@@ -172,9 +186,6 @@ def evaluate(
             raise ValueError(f"unknown metric {m!r}; choose from {sorted(METRICS)}")
     if tokenize not in ("ptb", "none"):
         raise ValueError(f"tokenize must be 'ptb' or 'none', got {tokenize!r}")
-    for img, c in candidates.items():
-        if not isinstance(c, str):
-            raise TypeError(f"candidate of image {img!r} must be str, got {type(c).__name__}")
     _check_pair(references, candidates)
     if not references:
         raise ValueError("no images to evaluate")
@@ -183,6 +194,7 @@ def evaluate(
     refs = [list(references[k]) for k in ids]
     cands = [candidates[k] for k in ids]
     if tokenize == "ptb":
+        _name_bad_caption(ids, cands, refs)
         flat = tokenize_batch([r for rs in refs for r in rs])
         pos = 0
         for i, rs in enumerate(refs):
@@ -207,8 +219,9 @@ def evaluate(
     if "rouge_l" in out:
         scores["ROUGE_L"] = float(out["rouge_l"])
         columns["ROUGE_L"] = out["rouge_l_per_image"]
-    lists = {name: col.tolist() for name, col in columns.items()}
-    per_image = {img: {name: lists[name][i] for name in lists} for i, img in enumerate(ids)}
+    names = list(columns)
+    rows = zip(*(col.tolist() for col in columns.values()))
+    per_image = {img: dict(zip(names, row)) for img, row in zip(ids, rows)}
     return EvalResult(scores=scores, per_image=per_image)
 
 
@@ -219,8 +232,9 @@ def evaluate(
 def load_references(path: str) -> dict[Hashable, list[str]]:
     """Read a COCO caption annotation file (``{"annotations": [{"image_id", "caption"}, ...], ...}``).
 
-    Returns image id -> list of reference captions, in file order. Images listed under ``"images"`` without
-    any caption are not included (the evaluated set is the set of images with a result).
+    Returns image id -> list of reference captions (annotation order within an image). Images come in the
+    order of the ``"images"`` list when there is one (the order in which the toolkit, through pycocotools,
+    tokenises and scores them), else in order of first annotation; images without any caption are left out.
     """
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
@@ -234,6 +248,11 @@ def load_references(path: str) -> dict[Hashable, list[str]]:
         if not isinstance(cap, str):
             raise TypeError(f"{path}: caption of annotation {n} (image {img!r}) must be str, got {type(cap).__name__}")
         refs.setdefault(img, []).append(cap)
+    images = data.get("images")
+    if isinstance(images, list):
+        order = [im["id"] for im in images if isinstance(im, dict) and "id" in im and im["id"] in refs]
+        if len(order) == len(refs):
+            refs = {img: refs[img] for img in order}
     return refs
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from captionaura import _core
-from captionaura._io import read_json, write_json_atomic
+from captionaura._io import write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.lora import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX, LoraConfig, peft_key,
+                              resolve_targets)
+from captionaura.optim import AdamW, AdamWConfig
 
 ArrayLike = np.ndarray | Sequence[int] | Sequence[Sequence[int]]
 
@@ -45,6 +49,10 @@ class Lfm2Model:
         self.config = config
         self._core = core
         self._table = core.param_table()
+        self.lora_config: LoraConfig | None = None
+        self.optimizer: AdamW | None = None
+        self._merged = False
+        self._lora_A_frozen = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -76,30 +84,38 @@ class Lfm2Model:
 
     # -- compute --------------------------------------------------------------------------------
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None,
-                output_hidden_states: bool = False) -> Lfm2Output:
-        """Logits for a batch of right-padded sequences ``input_ids`` (B, T) (a 1-D sequence is a batch of one)."""
+                output_hidden_states: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None) \
+            -> Lfm2Output:
+        """Logits for a batch of right-padded sequences ``input_ids`` (B, T) (a 1-D sequence is a batch of one).
+
+        ``features``: ``(positions, rows)`` replacing the token embeddings at flat positions ``b*T + t`` by the
+        rows (P, hidden) — LFM2-VL's image features at its ``<image>`` tokens."""
         ids = _token_array(input_ids, "input_ids")
         mask = _mask_array(attention_mask, ids.shape)
+        positions, rows = _feature_arrays(features)
         B, T = ids.shape
         logits = np.empty((B, T, self.config.vocab_size), dtype=np.float32)
         hidden = None
         if output_hidden_states:
             hidden = np.empty((self.config.num_hidden_layers + 1, B, T, self.config.hidden_size), dtype=np.float32)
-        self._core.forward(ids, mask, logits, hidden)
+        self._core.forward(ids, mask, logits, hidden, positions, rows)
         return Lfm2Output(logits, tuple(hidden) if hidden is not None else None)
 
     __call__ = forward
 
     def loss_and_grad(self, input_ids: ArrayLike, labels: ArrayLike, attention_mask: ArrayLike | None = None,
-                      accumulate: bool = False) -> float:
+                      accumulate: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
+                      feature_grad: np.ndarray | None = None) -> float:
         """Causal-LM loss (labels shifted inside; -100 ignored; mean over counted tokens), filling
-        ``gradients()`` (overwritten, or added to with ``accumulate=True``)."""
+        ``gradients()`` (overwritten, or added to with ``accumulate=True``). With ``features`` (see
+        ``forward``), ``feature_grad`` (P, hidden) receives d loss / d rows."""
         ids = _token_array(input_ids, "input_ids")
         lab = _token_array(labels, "labels", allow_negative=True)
         if lab.shape != ids.shape:
             raise ValueError(f"labels has shape {lab.shape} but input_ids has shape {ids.shape}")
         mask = _mask_array(attention_mask, ids.shape)
-        return self._core.loss_and_grad(ids, lab, mask, accumulate)
+        positions, rows = _feature_arrays(features)
+        return self._core.loss_and_grad(ids, lab, mask, accumulate, positions, rows, feature_grad)
 
     # -- parameters -----------------------------------------------------------------------------
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,6 +136,211 @@ class Lfm2Model:
         """Parameter count (the tied lm_head counted once, as Hugging Face does)."""
         return int(self._core.num_parameters)
 
+    # -- LoRA -------------------------------------------------------------------------------------
+    def add_lora(self, config: LoraConfig, seed: int = 0) -> None:
+        """Put adapters on every projection ``config.target_modules`` matches and freeze the base model
+        (except ``modules_to_save``). Replaces existing adapters; A is initialised as PEFT does, B = 0."""
+        targets = resolve_targets(config, self.config.layer_types, _core.LFM2_PROJECTIONS)
+        layers = np.array([t[0] for t in targets], dtype=np.int32)
+        projections = np.array([t[1] for t in targets], dtype=np.int32)
+        self._core.lora_add(layers, projections, config.r, config.scaling, config.lora_dropout)
+        if config.init_lora_weights is False:  # PEFT's debugging init: both factors random
+            rng = np.random.default_rng(seed)
+            flat = self._core.lora_params()
+            flat[:] = rng.normal(0.0, 0.02, flat.size)
+        else:
+            self._core.lora_init(int(seed), config.init_lora_weights == "gaussian")
+        self._core.set_dropout_seed(int(seed))
+        save = self._modules_to_save(config)
+        for index, (name, *_rest) in enumerate(self._table):
+            self._core.set_trainable(index, name in save)
+        self.lora_config = config
+        self.optimizer = None
+        self._merged = False
+        self._lora_A_frozen = False
+
+    def freeze_lora_A(self, frozen: bool = True) -> None:
+        """FFA-LoRA: keep every A at its (shared-seed) initialisation and train only B. Resets the optimiser."""
+        self._require_lora()
+        self._core.set_lora_freeze_A(bool(frozen))
+        self._lora_A_frozen = bool(frozen)
+        self.optimizer = None
+
+    def _modules_to_save(self, config: LoraConfig) -> set[str]:
+        """Base tensor names (…​.weight) of the modules listed in modules_to_save."""
+        names = set()
+        for wanted in config.modules_to_save or ():
+            found = [n for n, *_ in self._table
+                     if n[: -len(".weight")] == wanted or n[: -len(".weight")].endswith("." + wanted)]
+            if not found:
+                raise ValueError(f"modules_to_save entry {wanted!r} matches no module")
+            names.update(found)
+        return names
+
+    def _require_lora(self) -> LoraConfig:
+        if self.lora_config is None:
+            raise RuntimeError("this model has no LoRA adapters; call add_lora() or load_adapter() first")
+        return self.lora_config
+
+    def lora_modules(self) -> list[dict]:
+        """One entry per adapter: module path, r, in/out features, scaling and offsets in lora_vector()."""
+        return [{"module": f"model.layers.{layer}.{proj}", "r": r, "in_features": fin, "out_features": fout,
+                 "a_offset": a, "b_offset": b, "scaling": s, "dropout": d}
+                for layer, proj, r, fin, fout, a, b, s, d in self._core.lora_table()]
+
+    def _lora_views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for m in self.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            out[peft_key(m["module"], "lora_A")] = flat[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin)
+            out[peft_key(m["module"], "lora_B")] = flat[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r)
+        return out
+
+    def lora_parameters(self) -> dict[str, np.ndarray]:
+        """PEFT key → view of every lora_A [r, in] and lora_B [out, r]."""
+        self._require_lora()
+        return self._lora_views(self._core.lora_params())
+
+    def lora_gradients(self) -> dict[str, np.ndarray]:
+        self._require_lora()
+        return self._lora_views(self._core.lora_grads())
+
+    def lora_vector(self) -> np.ndarray:
+        """Every adapter's A and B in one flat float32 view: the federated update vector."""
+        self._require_lora()
+        return self._core.lora_params()
+
+    def set_lora_vector(self, vector: np.ndarray) -> None:
+        flat = self.lora_vector()
+        v = np.asarray(vector)
+        if v.shape != flat.shape:
+            raise ValueError(f"LoRA vector has shape {v.shape}, expected {flat.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError("LoRA vector contains NaN or Inf")
+        flat[:] = v
+
+    @contextlib.contextmanager
+    def disable_lora(self) -> Iterator[None]:
+        """Inside the block the model computes with the base weights only."""
+        self._require_lora()
+        self._core.set_lora_enabled(False)
+        try:
+            yield
+        finally:
+            self._core.set_lora_enabled(not self._merged)
+
+    def merge_lora(self) -> None:
+        """Fold every adapter into its base weight (W += s·B·A); the adapters stay, inactive, for unmerge."""
+        self._require_lora()
+        if not self._merged:
+            self._core.lora_merge(1.0)
+            self._core.set_lora_enabled(False)
+            self._merged = True
+
+    def unmerge_lora(self) -> None:
+        self._require_lora()
+        if self._merged:
+            self._core.lora_merge(-1.0)
+            self._core.set_lora_enabled(True)
+            self._merged = False
+
+    def save_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Write PEFT's adapter_config.json and adapter_model.safetensors (each atomically)."""
+        config = self._require_lora()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.lora_parameters().items()}
+        params = self.parameters()
+        for name in sorted(self._modules_to_save(config)):
+            tensors[PEFT_PREFIX + name] = params[name]
+        _core.safetensors_save(str(path / ADAPTER_WEIGHTS_NAME), tensors, {"format": "pt"})
+        write_json_atomic(path / ADAPTER_CONFIG_NAME, config.to_dict())
+
+    def load_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Load a PEFT adapter folder strictly: every expected key present with its shape, nothing else."""
+        path = Path(path)
+        config = LoraConfig.from_pretrained(path)
+        self.add_lora(config)
+        expected = self.lora_parameters()
+        params = self.parameters()
+        saved = {PEFT_PREFIX + n: params[n] for n in self._modules_to_save(config)}
+        weights = path / ADAPTER_WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
+        header = {name: tuple(shape) for name, _, shape, *_ in _core.safetensors_header(str(weights))}
+        missing = sorted((set(expected) | set(saved)) - set(header))
+        unexpected = sorted(set(header) - set(expected) - set(saved))
+        if missing or unexpected:
+            self.remove_lora()
+            raise KeyError(f"adapter {path} does not fit this model: missing {missing[:3]}"
+                           f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                           f"{'...' if len(unexpected) > 3 else ''}")
+        for name, view in {**expected, **saved}.items():
+            if header[name] != view.shape:
+                self.remove_lora()
+                raise ValueError(f"adapter tensor {name} has shape {header[name]}, expected {view.shape}")
+        for name, array in _core.safetensors_load(str(weights)).items():
+            target = expected.get(name, saved.get(name))
+            target[...] = array
+
+    def remove_lora(self) -> None:
+        """Drop the adapters (unmerging first if merged) and make every base tensor trainable again."""
+        if self.lora_config is not None and self._merged:
+            self.unmerge_lora()
+        self._core.lora_clear()
+        for index in range(len(self._table)):
+            self._core.set_trainable(index, True)
+        self.lora_config = None
+        self.optimizer = None
+        self._merged = False
+        self._lora_A_frozen = False
+
+    def trainable_buffers(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(parameters, gradients) the optimiser updates: the LoRA buffer and modules_to_save, or every
+        base tensor when there are no adapters (full fine-tuning)."""
+        trainable = self._core.trainable()
+        if self.lora_config is None:
+            return [self._core.params()], [self._core.grads()]
+        if self._lora_A_frozen:  # only the B slices: A must not even see weight decay
+            flat_p, flat_g = self._core.lora_params(), self._core.lora_grads()
+            spans = [(m["b_offset"], m["out_features"] * m["r"]) for m in self.lora_modules()]
+            params = [flat_p[o: o + n] for o, n in spans]
+            grads = [flat_g[o: o + n] for o, n in spans]
+        else:
+            params, grads = [self._core.lora_params()], [self._core.lora_grads()]
+        if any(trainable):
+            flat_p, flat_g = self._core.params(), self._core.grads()
+            for on, (_, _, offset, numel) in zip(trainable, self._table):
+                if on:
+                    params.append(flat_p[offset: offset + numel])
+                    grads.append(flat_g[offset: offset + numel])
+        return params, grads
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.size for p in self.trainable_buffers()[0])
+
+    def print_trainable_parameters(self) -> None:
+        """PEFT's one-line summary."""
+        trainable = self.num_trainable_parameters()
+        total = self.num_parameters() + (self.lora_vector().size if self.lora_config else 0)
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+
+    def set_optimizer(self, config: AdamWConfig) -> AdamW:
+        """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""
+        self.optimizer = AdamW(*self.trainable_buffers(), config=config)
+        return self.optimizer
+
+    def train_step(self, batch: Mapping[str, ArrayLike], lr: float | None = None) -> float:
+        """loss_and_grad on ``batch`` (input_ids, labels, optional attention_mask) and one optimiser step."""
+        if self._merged:
+            raise RuntimeError("unmerge_lora() before training")
+        if self.optimizer is None:
+            self.set_optimizer(AdamWConfig())
+        loss = self.loss_and_grad(batch["input_ids"], batch["labels"], batch.get("attention_mask"))
+        self.optimizer.step(lr)
+        return loss
+
     def __repr__(self) -> str:
         c = self.config
         return (f"Lfm2Model(layers={c.num_hidden_layers} ({len(c.attention_layers)} attention), "
@@ -133,10 +354,7 @@ def weight_files(path: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        weight_map = read_json(index, "weights index").get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        shards = sorted(set(weight_map.values()))
+        shards = sorted(set(_core.safetensors_index(str(index)).values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shard(s) that do not exist: {', '.join(missing)}")
@@ -159,6 +377,13 @@ def _token_array(values: ArrayLike, what: str, allow_negative: bool = False) -> 
         bad = arr.min() if arr.min() < lo else arr.max()
         raise IndexError(f"{what} contains {int(bad)}, which is not a valid token id")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _feature_arrays(features: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if features is None:
+        return None, None
+    positions, rows = features
+    return (np.ascontiguousarray(positions, dtype=np.int32), np.ascontiguousarray(rows, dtype=np.float32))
 
 
 def _mask_array(mask: ArrayLike | None, shape: tuple[int, int]) -> np.ndarray | None:

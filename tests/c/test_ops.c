@@ -1,6 +1,10 @@
-/* Plain-C checks of the CPU ops at odd sizes, for the sanitizer build (ASan/UBSan): every forward against a
- * double-precision loop written here, every backward that has non-trivial indexing (shortconv, attention)
- * against central finite differences of its own forward. Self-contained: exits nonzero on any failure. */
+/* Plain-C checks of the CPU ops at odd sizes, for the sanitizer build (ASan/UBSan, `make c-tests`): every
+ * forward against a double-precision loop written here, every backward that has non-trivial indexing
+ * (shortconv, attention) against central finite differences of its own forward. Exits nonzero on failure.
+ *
+ * CA_TEST_LIBS: -fopenmp -DCA_BLAS_SCIPY_PREFIX=1 -I$($PY -c "import scipy_openblas32 as s; print(s.get_include_dir())") -L$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())") -lscipy_openblas -Wl,-rpath,$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
+ */
+// CA_TEST_SOURCES: csrc/cpu/*.c csrc/threads.c csrc/status.c
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

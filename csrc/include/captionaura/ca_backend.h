@@ -31,6 +31,17 @@ typedef struct ca_backend {
     void (*add_inplace)(float *, const float *, size_t);
     void (*scale_inplace)(float *, float, size_t);
     void (*zero)(float *, size_t);
+    void (*scatter_rows)(float *, const float *, const int32_t *, int, int);
+    void (*gather_rows)(float *, const float *, const int32_t *, int, int);
+    void (*lora_forward)(float *, float *, const float *, const float *, const float *, float, int, int, int, int);
+    void (*lora_backward)(float *, float *, float *, float *, const float *, const float *, const float *,
+                          const float *, const float *, float, int, int, int, int);
+    void (*lora_merge)(float *, const float *, const float *, float, int, int, int);
+    void (*dropout_forward)(float *, const float *, size_t, float, uint64_t);
+    void (*dropout_backward)(float *, const float *, size_t, float, uint64_t);
+    void (*adamw_update)(float *, float *, float *, const float *, size_t, float, float, float, float, float, int,
+                         float);
+    double (*sum_squares)(const float *, size_t);
     /* vision ops (see ca_ops.h, "Vision ops") */
     void (*layernorm_forward)(float *, float *, float *, const float *, const float *, const float *, int, int, float);
     void (*layernorm_backward)(float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int);

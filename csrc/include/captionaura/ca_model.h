@@ -23,6 +23,25 @@ typedef struct {
     size_t numel;
 } ca_param_info;
 
+/* The linear projections of a decoder layer: the places a LoRA adapter can sit. */
+typedef enum {
+    CA_PROJ_Q, CA_PROJ_K, CA_PROJ_V, CA_PROJ_ATTN_OUT, /* attention layers: self_attn.{q,k,v,out}_proj */
+    CA_PROJ_IN, CA_PROJ_CONV_OUT,                       /* conv layers: conv.{in,out}_proj */
+    CA_PROJ_W1, CA_PROJ_W3, CA_PROJ_W2,                 /* every layer: feed_forward.w{1,3,2} */
+    CA_NUM_PROJ
+} ca_lfm2_proj;
+
+/* One LoRA adapter: y = W·x + scaling · B(A·dropout(x)). A and B live in the model's flat LoRA buffer. */
+typedef struct {
+    int layer;
+    ca_lfm2_proj proj;
+    int r, in, out;
+    float scaling, dropout;
+    size_t a_offset;  /* A (r, in) = lora_A.weight, in floats into lora_params */
+    size_t b_offset;  /* B (out, r) = lora_B.weight */
+    float *h;         /* (N, r) activation A·x̃, in the arena */
+} ca_lora_adapter;
+
 /* Views of one decoder layer's weights (NULL where the layer kind has none). */
 typedef struct {
     int is_attention;
@@ -99,6 +118,22 @@ typedef struct ca_lfm2_model {
     int32_t *targets;          /* (N) shifted labels */
     int32_t *mask;             /* (N) attention mask (all ones when none was given) */
     int has_padding;           /* the current mask has zeros */
+    float *lora_xdrop;         /* (N, max in) dropped-out adapter input (forward scratch) */
+
+    /* which base tensors receive gradients (all, until LoRA freezes the base) */
+    unsigned char *trainable;  /* (num_param_tensors) */
+
+    /* LoRA: one flat buffer for every adapter's A and B, with a mirrored gradient buffer */
+    ca_lora_adapter *lora;     /* (num_lora) */
+    int num_lora;
+    int *lora_slot;            /* (num_hidden_layers * CA_NUM_PROJ) adapter index or -1 */
+    float *lora_params;        /* (lora_size) */
+    float *lora_grads;         /* (lora_size) */
+    size_t lora_size;
+    int lora_enabled;          /* 0 inside `with model.disable_lora()` */
+    int lora_freeze_A;         /* FFA-LoRA: A stays at its (shared-seed) init, only B trains */
+    uint64_t dropout_seed;     /* advanced every training step */
+    int training;              /* dropout active (inside loss_and_grad) */
 } ca_lfm2_model;
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
@@ -115,6 +150,20 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std);
 ca_status ca_lfm2_forward(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
                           int B, int T);
 
+/* Rows that replace token embeddings (LFM2-VL's image features at the <image> positions). positions are
+ * flat indices b*T + t, distinct; backward writes d loss / d values into `grad` when it is non-NULL. */
+typedef struct {
+    const int32_t *positions; /* (P) */
+    const float *values;      /* (P, C) */
+    float *grad;              /* (P, C) or NULL */
+    int count;                /* P */
+} ca_lfm2_features;
+
+ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, const int32_t *ids, const int32_t *mask,
+                             int B, int T, const ca_lfm2_features *features);
+ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
+                                   const int32_t *mask, int B, int T, int accumulate, ca_lfm2_features *features);
+
 /* Causal-LM loss (labels shifted left by one inside, −100 ignored, mean over counted tokens) and the
  * gradient of every parameter into m->grads (overwritten, or added when `accumulate`). */
 ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
@@ -129,5 +178,52 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
 ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, const char *prefix);
 
 int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name);
+
+/* ---- decoding ----------------------------------------------------------------------------------
+ * The state of one sequence between calls (lfm2.md §2.4, general chunked form): keys and values of every
+ * attention layer, and the last L−1 conv inputs u = B⊙x of every conv layer. Kept per sequence, separate
+ * from the activation arena, so beams and batched requests each own one. */
+typedef struct ca_lfm2_cache {
+    const ca_backend *be; /* owner of the buffers */
+    int capacity;      /* positions it can hold */
+    int length;        /* positions consumed so far (the next token's position) */
+    int num_attention, num_conv;
+    int kv_width;      /* NKV*HS */
+    int conv_rows, conv_width; /* L−1, C */
+    float *k;          /* (num_attention, capacity, NKV*HS) */
+    float *v;          /* (num_attention, capacity, NKV*HS) */
+    float *conv;       /* (num_conv, L−1, C) */
+} ca_lfm2_cache;
+
+ca_status ca_lfm2_cache_create(const ca_lfm2_model *m, int capacity, ca_lfm2_cache **out);
+void ca_lfm2_cache_free(ca_lfm2_cache *cache);
+void ca_lfm2_cache_reset(ca_lfm2_cache *cache);
+/* dst takes src's contents (both from the same model and of the same capacity): beam reordering. */
+ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src);
+
+/* Feeds T new tokens of each of B sequences through the model, reading and extending each sequence's
+ * cache: a whole prompt, a chunk of one, or one decoding step are the same call, and chunked prefill
+ * equals one prefill. ids (B, T), right-padded: lengths (B) says how many tokens of each row are real
+ * (0 leaves that sequence untouched). `embeds` (B, T, C), when non-NULL, replaces the token embeddings
+ * (LFM2-VL's image features); ids are then only checked where embeds is NULL. logits: (B, V) at each
+ * row's last real token (rows with length 0 are left untouched), or (B, T, V) with all_logits. */
+ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches, const int32_t *ids,
+                                 const float *embeds, const int32_t *lengths, int B, int T, float *logits,
+                                 int all_logits);
+
+/* "self_attn.q_proj", "conv.in_proj", "feed_forward.w1", ... (the module path after "model.layers.N."). */
+const char *ca_lfm2_proj_name(ca_lfm2_proj proj);
+
+/* Adds LoRA adapters on the given (layer, projection) pairs, all of rank r (the pairs must exist in the
+ * layer's kind and be distinct). Replaces any previous adapters. A and B start at zero: see ca_lfm2_lora_init. */
+ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs, int n, int r, float scaling,
+                           float dropout);
+void ca_lfm2_lora_clear(ca_lfm2_model *m);
+/* PEFT's init: A ~ kaiming_uniform(a=sqrt(5)) = U(−1/sqrt(in), 1/sqrt(in)), or N(0, 1/r²) when gaussian; B = 0. */
+ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian);
+/* W += sign · scaling · B·A for every adapter (sign +1 merges, −1 unmerges). */
+ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign);
+/* Whether base tensor `index` of the parameter table receives gradients. */
+ca_status ca_lfm2_set_trainable(ca_lfm2_model *m, int index, int trainable);
 
 #endif

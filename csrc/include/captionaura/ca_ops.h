@@ -135,6 +135,41 @@ void ca_cpu_crossentropy_backward(float *dlogits,         /* (N, V) = */
 void ca_cpu_add_inplace(float *y, const float *x, size_t n);     /* y += x */
 void ca_cpu_scale_inplace(float *y, float s, size_t n);          /* y *= s */
 void ca_cpu_zero(float *y, size_t n);                            /* y = 0  */
+/* dst[idx[p]] = src[p] (rows of C floats): image features into their <image> positions */
+void ca_cpu_scatter_rows(float *dst /* (N, C) */, const float *src /* (P, C) */, const int32_t *idx /* (P) */, int P, int C);
+/* dst[p] = src[idx[p]]: the gradient of those features */
+void ca_cpu_gather_rows(float *dst /* (P, C) */, const float *src /* (N, C) */, const int32_t *idx /* (P) */, int P, int C);
+
+/* ---- lora.c: the low-rank term of a LoRA-adapted linear, y = W·x + s·B(A·x̃)  (PEFT's lora.Linear) ---- */
+void ca_cpu_lora_forward(float *out,       /* (N, OC) += s·h·Bᵀ */
+                         float *h,         /* (N, r) cache: x̃·Aᵀ */
+                         const float *x,   /* (N, C) the (dropped-out) input x̃ */
+                         const float *A,   /* (r, C)  lora_A.weight */
+                         const float *B,   /* (OC, r) lora_B.weight */
+                         float scale, int N, int C, int OC, int r);
+void ca_cpu_lora_backward(float *dx,        /* (N, C) += dh·A; NULL to skip */
+                          float *dA,        /* (r, C) += ; NULL to skip (frozen A, e.g. FFA-LoRA) */
+                          float *dB,        /* (OC, r) += ; NULL to skip */
+                          float *dh,        /* (N, r) scratch = s·dout·B */
+                          const float *dout,/* (N, OC) */
+                          const float *x, const float *h, const float *A, const float *B,
+                          float scale, int N, int C, int OC, int r);
+void ca_cpu_lora_merge(float *W,        /* (OC, C) += scale·B·A */
+                       const float *A,  /* (r, C) */
+                       const float *B,  /* (OC, r) */
+                       float scale, int C, int OC, int r);
+/* inverted dropout with a mask regenerated from (seed, index): out = x·keep/(1−p); out may alias inp */
+void ca_cpu_dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed);
+void ca_cpu_dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_t seed);
+
+/* ---- adamw.c: torch.optim.AdamW on a flat buffer; grad_scale folds in global-norm clipping ---- */
+void ca_cpu_adamw_update(float *p,        /* (n) parameters, updated */
+                         float *m,        /* (n) first moment */
+                         float *v,        /* (n) second moment */
+                         const float *g,  /* (n) gradients */
+                         size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                         int step /* 1-based */, float grad_scale);
+double ca_cpu_sum_squares(const float *x, size_t n);
 
 /* ================================================================================================
  * Vision ops (LFM2-VL SigLIP2 tower and projector, lfm2.md §4.3–4.6). The patch embedding is the linear op

@@ -1,0 +1,119 @@
+"""LoRA train-step throughput and peak memory: captionaura vs PyTorch + PEFT on the same config, the same
+thread count and the same adapters (r=16 on every linear projection), measured in one run. Each side runs in
+its own process so its peak resident memory (ru_maxrss) is its own.
+
+    python benchmarks/bench_train.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_lfm2 import SHAPES  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
+RANK = 16
+
+
+def run_ours(shape: str, seq: int, steps: int, threads: int) -> dict:
+    import numpy as np
+
+    import captionaura as ca
+
+    ca.set_num_threads(threads)
+    model = ca.Lfm2Model.from_config(SHAPES[shape], seed=0)
+    model.add_lora(ca.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
+    model.set_optimizer(ca.AdamWConfig(lr=1e-4))
+    ids = np.random.default_rng(0).integers(0, SHAPES[shape]["vocab_size"], (1, seq)).astype(np.int32)
+    batch = {"input_ids": ids, "labels": ids}
+    model.train_step(batch)  # warm-up
+    best = min(_timed(lambda: model.train_step(batch)) for _ in range(steps))
+    return {"tok_s": seq / best, "trainable": model.num_trainable_parameters()}
+
+
+def run_torch(shape: str, seq: int, steps: int, threads: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = Lfm2ForCausalLM(Lfm2Config(**SHAPES[shape])).float()
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, SHAPES[shape]["vocab_size"], (1, seq))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    best = min(_timed(step) for _ in range(steps))
+    return {"tok_s": seq / best, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def worker(side: str, shape: str, seq: int, steps: int, threads: int) -> None:
+    result = (run_ours if side == "ours" else run_torch)(shape, seq, steps, threads)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(side: str, shape: str, args) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", side, "--shapes", shape, "--seq", str(args.seq),
+           "--steps", str(args.steps), "--threads", str(args.threads)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"({side} {shape} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--shapes", default="tiny,350m")
+    p.add_argument("--worker", choices=("ours", "torch"))
+    p.add_argument("--json")
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.shapes, args.seq, args.steps, args.threads)
+        return
+    results = {}
+    print(f"LoRA r={RANK} on {', '.join(TARGETS)}; batch 1 x {args.seq}; {args.threads} thread(s); best of {args.steps}")
+    print(f"{'shape':<6} {'trainable':>10} {'captionaura tok/s':>18} {'torch+peft tok/s':>17} {'speed':>6} "
+          f"{'ours MB':>8} {'torch MB':>9} {'memory':>7}")
+    for shape in args.shapes.split(","):
+        ours, theirs = measure("ours", shape, args), measure("torch", shape, args)
+        results[shape] = {"ours": ours, "torch": theirs}
+        if not ours:
+            continue
+        t_tok = f"{theirs['tok_s']:17.1f}" if theirs else f"{'-':>17}"
+        speed = f"{ours['tok_s'] / theirs['tok_s']:6.2f}" if theirs else f"{'-':>6}"
+        t_mb = f"{theirs['peak_rss_mb']:9.0f}" if theirs else f"{'-':>9}"
+        mem = f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:7.2f}" if theirs else f"{'-':>7}"
+        print(f"{shape:<6} {ours['trainable']:>10,} {ours['tok_s']:18.1f} {t_tok} {speed} {ours['peak_rss_mb']:8.0f} "
+              f"{t_mb} {mem}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Federated LoRA training simulated in one process: every client shares ONE base model in memory and keeps
+only its adapter and optimiser state, so hundreds of clients fit on a laptop.
+
+A round: sample ``fraction_fit`` of the clients; each starts from the global adapter vector, trains
+``local_steps`` (or ``local_epochs``) on its own examples (with FedProx's proximal term when the strategy is
+FedProx), and returns its vector; the server aggregates with the strategy — through secure aggregation
+and/or differential privacy when configured — and LoRA-aware aggregation decides how A and B combine.
+Nothing but adapter vectors (or their masked, quantised form) leaves a client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from captionaura.federated.dp import DifferentialPrivacy, DPConfig, local_dp_update
+from captionaura.federated.secagg import SecAggConfig, run_round as secagg_run_round
+from captionaura.federated.strategies import FedAvg, FedProx, Strategy, proximal_term
+from captionaura.lora import LoraConfig
+from captionaura.model import Lfm2Model
+from captionaura.optim import AdamWConfig
+from captionaura.trainer import Example, collate
+
+LORA_AGGREGATION = ("naive", "ffa", "exact")
+
+
+@dataclass
+class FederatedClient:
+    """One participant: its private training examples and, optionally, held-out ones for evaluation."""
+
+    client_id: int | str
+    train: Sequence[Example]
+    eval: Sequence[Example] | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    clients: list
+    train_loss: float
+    num_examples: float
+    bytes_sent: int          # server → clients
+    bytes_received: int      # clients → server
+    aggregation_error: dict[str, float]
+    rejected: list
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Simulation:
+    """Federated LoRA personalisation of `model` over `clients`.
+
+    ``lora_aggregation``: ``"naive"`` averages A and B separately (the common baseline); ``"ffa"`` freezes A
+    at its shared-seed initialisation and trains and sends only B, which makes the average exact;
+    ``"exact"`` forms ``Σ p_k B_k A_k`` per layer and re-factorises it to rank r (truncated SVD). Each
+    round reports the relative error ``‖Σ p B A − B̄ Ā‖ / ‖Σ p B A‖`` per adapted module.
+    ``dropouts(round, client_ids) -> ids`` names clients lost mid-round (after key sharing, before sending).
+    ``eval_fn(model, client) -> dict`` scores clients after aggregation (e.g. BLEU/CIDEr on their held-out
+    captions). With ``output_dir`` a checkpoint is written atomically after every round and
+    ``run(resume=True)`` continues from it, reproducing the uninterrupted run.
+    """
+
+    def __init__(self, model: Lfm2Model, clients: Sequence[FederatedClient], lora: LoraConfig,
+                 strategy: Strategy | None = None, rounds: int = 5, local_steps: int | None = 10,
+                 local_epochs: int | None = None, batch_size: int = 8, fraction_fit: float = 1.0,
+                 optimizer: AdamWConfig | None = None, lora_aggregation: str = "naive",
+                 secure_aggregation: SecAggConfig | None = None, dp: DPConfig | None = None,
+                 eval_fn: Callable[[Lfm2Model, FederatedClient], Mapping[str, float]] | None = None,
+                 keep_optimizer_state: bool = True, output_dir: str | None = None, seed: int = 0,
+                 progressbar: bool = True, dropouts: Callable[[int, list], Sequence] | None = None) -> None:
+        if not clients:
+            raise ValueError("no clients")
+        if (local_steps is None) == (local_epochs is None):
+            raise ValueError("give exactly one of local_steps and local_epochs")
+        if not 0.0 < fraction_fit <= 1.0:
+            raise ValueError(f"fraction_fit must be in (0, 1], got {fraction_fit}")
+        if lora_aggregation not in LORA_AGGREGATION:
+            raise ValueError(f"lora_aggregation must be one of {LORA_AGGREGATION}")
+        strategy = strategy or FedAvg()
+        if secure_aggregation is not None and not strategy.streaming:
+            raise ValueError(f"{type(strategy).__name__} needs every client's update, which secure aggregation "
+                             "hides from the server; use a FedAvg-family strategy")
+        if dp is not None and dp.mode == "central":
+            strategy = DifferentialPrivacy(strategy, dp, seed=seed)
+        self.model, self.clients, self.lora, self.strategy = model, list(clients), lora, strategy
+        self.rounds, self.local_steps, self.local_epochs = rounds, local_steps, local_epochs
+        self.batch_size, self.fraction_fit, self.seed = batch_size, fraction_fit, seed
+        self.optimizer_config = optimizer or AdamWConfig(lr=1e-3, weight_decay=0.0)
+        self.lora_aggregation, self.secure_aggregation, self.dp = lora_aggregation, secure_aggregation, dp
+        self.eval_fn, self.keep_optimizer_state, self.progressbar = eval_fn, keep_optimizer_state, progressbar
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.dropouts = dropouts
+        self.history: list[RoundRecord] = []
+        self.round = 0
+
+        model.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
+        if lora_aggregation == "ffa":
+            model.freeze_lora_A()
+        self.global_vector = model.lora_vector().copy()
+        self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
+
+    # -- one client ---------------------------------------------------------------------------------
+    def _local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
+        model = self.model
+        model.set_lora_vector(self.global_vector)
+        opt = model.set_optimizer(self.optimizer_config)
+        saved = self.client_state.get(client.client_id)
+        if self.keep_optimizer_state and saved is not None:
+            opt.load_state_dict(saved)
+        rng = np.random.default_rng([self.seed, round_, _stable_id(client.client_id)])
+        n = len(client.train)
+        if n == 0:
+            raise ValueError(f"client {client.client_id} has no training examples")
+        steps = self.local_steps or self.local_epochs * max(1, -(-n // self.batch_size))
+        inner = _inner(self.strategy)
+        mu = inner.proximal_mu if isinstance(inner, FedProx) else 0.0
+        order, pos, losses = rng.permutation(n), 0, []
+        model._core.set_dropout_seed(int(rng.integers(2**62)))
+        for _ in range(steps):
+            if pos >= n:
+                order, pos = rng.permutation(n), 0
+            batch = collate([client.train[i] for i in order[pos: pos + self.batch_size]], _pad_id(model))
+            pos += self.batch_size
+            loss = model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"])
+            if mu:
+                loss += proximal_term(model.lora_vector(), self.global_vector, mu, model._core.lora_grads())
+            opt.step()
+            losses.append(loss)
+        if self.keep_optimizer_state:
+            self.client_state[client.client_id] = {k: np.array(v, copy=True) for k, v in opt.state_dict().items()}
+        vector = model.lora_vector().copy()
+        if self.dp is not None and self.dp.mode == "local":
+            vector = local_dp_update(vector, self.global_vector, self.dp, rng)
+        return vector, float(np.mean(losses)), n
+
+    # -- one round ----------------------------------------------------------------------------------
+    def _sample(self, round_: int) -> list[FederatedClient]:
+        rng = np.random.default_rng([self.seed, round_, 7])
+        k = max(1, int(round(self.fraction_fit * len(self.clients))))
+        picked = sorted(rng.choice(len(self.clients), size=k, replace=False))
+        return [self.clients[i] for i in picked]
+
+    def _aggregate(self, round_: int, updates: list[tuple[np.ndarray, float]], ids: list):
+        g = self.global_vector
+        if self.secure_aggregation is not None:
+            gone = set(self.dropouts(round_, ids)) if self.dropouts else set()
+            inputs = {i: (updates[i][0] - g, int(updates[i][1])) for i in range(len(ids))}
+            # a client lost during local training never sends its masked input: the others' shares of its
+            # pairwise secrets let the server cancel its masks, so the sum is exactly the survivors'
+            result = secagg_run_round(self.secure_aggregation, inputs,
+                                      drop_after_share=[i for i, cid in enumerate(ids) if cid in gone],
+                                      context=f"round-{round_}".encode())
+            survivors = [ids[i] for i in result.survivors]
+            mean = g + result.mean  # the server only ever sees the masked sum of the deltas
+            res = self.strategy.aggregate_detailed(g, [(mean, float(result.total_examples))], round_)
+            res.accepted = survivors
+            return res
+        return self.strategy.aggregate_detailed(g, updates, round_)
+
+    def _refactorise(self, updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
+        """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
+        total = sum(w for _, w in updates)
+        out = self.global_vector.copy()
+        for m in self.model.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            delta = np.zeros((fout, fin), np.float64)
+            for vec, w in updates:
+                A = vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
+                B = vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+                delta += (w / total) * (B @ A)
+            U, S, Vt = np.linalg.svd(delta, full_matrices=False)
+            root = np.sqrt(S[:r])
+            out[m["a_offset"]: m["a_offset"] + r * fin] = (root[:, None] * Vt[:r]).reshape(-1)
+            out[m["b_offset"]: m["b_offset"] + fout * r] = (U[:, :r] * root[None, :]).reshape(-1)
+        return out
+
+    def aggregation_error(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray) -> dict[str, float]:
+        """‖Σ p_k B_k A_k − B A‖_F / ‖Σ p_k B_k A_k‖_F per module, (B, A) taken from the new global vector."""
+        total = sum(w for _, w in updates)
+        out = {}
+        for m in self.model.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            exact = np.zeros((fout, fin), np.float64)
+            for vec, w in updates:
+                A = vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin)
+                B = vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r)
+                exact += (w / total) * (B.astype(np.float64) @ A)
+            A = new[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin)
+            B = new[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r)
+            norm = np.linalg.norm(exact)
+            out[m["module"]] = float(np.linalg.norm(exact - B.astype(np.float64) @ A) / norm) if norm > 0 else 0.0
+        return out
+
+    def run_round(self) -> RoundRecord:
+        round_ = self.round + 1
+        t0 = time.perf_counter()
+        sampled = self._sample(round_)
+        updates, losses, ids = [], [], []
+        for client in sampled:
+            vector, loss, n = self._local_train(client, round_)
+            updates.append((vector, float(n)))
+            losses.append(loss)
+            ids.append(client.client_id)
+        result = self._aggregate(round_, updates, ids)
+        new = result.parameters
+        if self.lora_aggregation == "exact":
+            kept = [u for u, cid in zip(updates, ids) if cid in set(result.accepted)]
+            new = self._refactorise(kept)
+        error = self.aggregation_error([u for u, cid in zip(updates, ids) if cid in set(result.accepted)], new)
+        self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
+        self.model.set_lora_vector(self.global_vector)
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        if self.dp is not None and self.dp.mode == "local":
+            metrics["epsilon_local_per_round"] = float("nan")  # each client accounts for its own releases
+        if self.eval_fn is not None:
+            scores: dict[str, list[float]] = {}
+            for client in self.clients:
+                for k, v in self.eval_fn(self.model, client).items():
+                    scores.setdefault(k, []).append(float(v))
+            metrics.update({f"eval_{k}": float(np.mean(v)) for k, v in scores.items()})
+        vec_bytes = self.global_vector.nbytes
+        up = (4 if self.secure_aggregation else vec_bytes // self.global_vector.size) * self.global_vector.size
+        record = RoundRecord(round_, ids, float(np.mean(losses)), float(result.num_examples),
+                             bytes_sent=vec_bytes * len(sampled), bytes_received=up * len(result.accepted),
+                             aggregation_error=error, rejected=[str(r) for r in result.rejected],
+                             seconds=time.perf_counter() - t0, metrics=metrics)
+        self.history.append(record)
+        self.round = round_
+        if self.output_dir is not None:
+            self._save()
+        return record
+
+    def run(self, resume: bool = False) -> list[RoundRecord]:
+        """Run the remaining rounds (after the checkpoint in output_dir when resume=True)."""
+        if resume:
+            self._load()
+        bar = tqdm(total=self.rounds, initial=self.round, desc="federated rounds", disable=not self.progressbar)
+        try:
+            while self.round < self.rounds:
+                rec = self.run_round()
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec.train_loss:.4f}")
+        finally:
+            bar.close()
+        return self.history
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _save(self) -> None:
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".round."))
+        try:
+            arrays = {"global_vector": self.global_vector}
+            for i, (cid, state) in enumerate(self.client_state.items()):
+                for k, v in state.items():
+                    arrays[f"client{i}.{k}"] = np.asarray(v)
+            np.savez(tmp / "state.npz", **arrays)
+            meta = {"round": self.round, "client_ids": [str(c) for c in self.client_state],
+                    "history": [r.__dict__ for r in self.history], "strategy": _strategy_state(self.strategy)}
+            (tmp / "simulation.json").write_text(json.dumps(meta, default=float))
+            final = out / "checkpoint"
+            old = out / ".checkpoint.old"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _load(self) -> None:
+        if self.output_dir is None or not (self.output_dir / "checkpoint").is_dir():
+            return
+        folder = self.output_dir / "checkpoint"
+        meta = json.loads((folder / "simulation.json").read_text())
+        ids_by_str = {str(c.client_id): c.client_id for c in self.clients}
+        with np.load(folder / "state.npz") as state:
+            self.global_vector = state["global_vector"].copy()
+            self.client_state = {}
+            for i, cid in enumerate(meta["client_ids"]):
+                keys = [k for k in state.files if k.startswith(f"client{i}.")]
+                self.client_state[ids_by_str[cid]] = {k.split(".", 1)[1]: state[k].copy() for k in keys}
+        self.round = int(meta["round"])
+        self.history = [RoundRecord(**r) for r in meta["history"]]
+        _restore_strategy(self.strategy, meta["strategy"])
+        self.model.set_lora_vector(self.global_vector)
+
+
+def _inner(strategy: Strategy) -> Strategy:
+    return strategy.strategy if isinstance(strategy, DifferentialPrivacy) else strategy
+
+
+def _pad_id(model: Lfm2Model) -> int:
+    return model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+
+def _stable_id(client_id) -> int:
+    return client_id if isinstance(client_id, int) else int.from_bytes(str(client_id).encode()[:8].ljust(8, b"\0"), "little")
+
+
+def _strategy_state(strategy: Strategy) -> dict:
+    """What a server strategy carries between rounds: the optimisers' public state (FedAdam's m_t/v_t and
+    round count, FedAvgM's momentum) and, under DP, the clipping norm, the accountant and the noise RNG."""
+    inner = _inner(strategy)
+    state = {"inner": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(inner).items()
+                       if not k.startswith("_") and isinstance(v, (np.ndarray, int, float, type(None)))}}
+    if isinstance(strategy, DifferentialPrivacy):
+        state["dp"] = {"clipping_norm": strategy.clipping_norm, "rdp": strategy.accountant.rdp.tolist(),
+                       "history": strategy.accountant.history, "rng": strategy.rng.bit_generator.state}
+    return state
+
+
+def _restore_strategy(strategy: Strategy, state: dict) -> None:
+    inner = _inner(strategy)
+    for k, v in state["inner"].items():
+        setattr(inner, k, np.asarray(v, dtype=np.float32) if isinstance(v, list) else v)
+    if "dp" in state and isinstance(strategy, DifferentialPrivacy):
+        dp = state["dp"]
+        strategy.clipping_norm = dp["clipping_norm"]
+        strategy.accountant.rdp = np.asarray(dp["rdp"])
+        strategy.accountant.history = [tuple(h) for h in dp["history"]]
+        strategy.rng.bit_generator.state = dp["rng"]

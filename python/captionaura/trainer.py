@@ -1,0 +1,209 @@
+"""A small trainer over token batches: steps or epochs, gradient accumulation, learning-rate schedules with
+warmup, an evaluation hook, tqdm progress, atomic checkpoints and exact resume.
+
+Examples are dicts of 1-D integer arrays ``input_ids`` and ``labels`` (−100 where a token is not scored,
+e.g. the prompt and image tokens of a captioning example); the trainer pads them into right-padded batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from captionaura import _core
+from captionaura.model import Lfm2Model
+from captionaura.optim import AdamWConfig
+
+Example = Mapping[str, Sequence[int] | np.ndarray]
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainingConfig:
+    """How to train. Exactly one of ``max_steps`` and ``num_epochs`` sets the length (optimiser steps)."""
+
+    max_steps: int | None = None
+    num_epochs: int | None = None
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    optimizer: AdamWConfig = field(default_factory=lambda: AdamWConfig(lr=1e-4, max_grad_norm=1.0))
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int | None = None
+    save_every: int | None = None
+    output_dir: str | None = None
+    seed: int = 0
+    progressbar: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.num_epochs is None):
+            raise ValueError("give exactly one of max_steps and num_epochs")
+        if (self.max_steps is not None and self.max_steps < 1) or (self.num_epochs is not None and self.num_epochs < 1):
+            raise ValueError("max_steps / num_epochs must be >= 1")
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or self.warmup_steps < 0:
+            raise ValueError("batch_size and gradient_accumulation_steps must be >= 1, warmup_steps >= 0")
+        if self.lr_scheduler not in SCHEDULES:
+            raise ValueError(f"lr_scheduler must be one of {SCHEDULES}, got {self.lr_scheduler!r}")
+        if self.save_every is not None and self.output_dir is None:
+            raise ValueError("save_every needs an output_dir")
+        if isinstance(self.optimizer, dict):
+            self.optimizer = AdamWConfig(**self.optimizer)
+
+
+def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
+    """The multiplier of the base learning rate at optimiser step `step` (0-based), as transformers'
+    get_{constant,linear,cosine}_schedule_with_warmup define it."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.ndarray]:
+    """Right-pad examples into (B, T) int32 ``input_ids``, ``labels`` (−100 on padding), ``attention_mask``."""
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    lengths = [len(e["input_ids"]) for e in examples]
+    for i, e in enumerate(examples):
+        if len(e["labels"]) != lengths[i]:
+            raise ValueError(f"example {i}: labels has {len(e['labels'])} tokens, input_ids {lengths[i]}")
+        if lengths[i] == 0:
+            raise ValueError(f"example {i} is empty")
+    T = max(lengths)
+    ids = np.full((len(examples), T), pad_token_id, np.int32)
+    labels = np.full((len(examples), T), -100, np.int32)
+    mask = np.zeros((len(examples), T), np.int32)
+    for i, e in enumerate(examples):
+        n = lengths[i]
+        ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class Trainer:
+    """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`.
+
+    ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and at the end; its figures join the
+    history. Checkpoints go to ``output_dir/checkpoint-<step>/`` (written to a temporary folder, then
+    renamed); ``train(resume=True)`` continues from the newest one with the same data order.
+    """
+
+    def __init__(self, model: Lfm2Model, examples: Sequence[Example], config: TrainingConfig,
+                 eval_fn: Callable[[Lfm2Model], Mapping[str, float]] | None = None) -> None:
+        if not examples:
+            raise ValueError("no training examples")
+        self.model, self.examples, self.config, self.eval_fn = model, list(examples), config, eval_fn
+        self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        micro = math.ceil(len(self.examples) / config.batch_size)
+        self.steps_per_epoch = max(1, micro // config.gradient_accumulation_steps)
+        self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+        self.step = 0
+        self.history: list[dict] = []
+        model.set_optimizer(config.optimizer)
+
+    def _micro_batches(self, start_step: int):
+        """Micro-batches from optimiser step `start_step` on; each epoch is a fresh seeded permutation."""
+        c = self.config
+        per_step = c.batch_size * c.gradient_accumulation_steps
+        step = start_step
+        while True:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            order = np.random.default_rng([c.seed, epoch]).permutation(len(self.examples))
+            begin = within * per_step
+            for k in range(c.gradient_accumulation_steps):
+                lo = begin + k * c.batch_size  # < n: steps_per_epoch counts whole optimiser steps only
+                yield collate([self.examples[i] for i in order[lo: lo + c.batch_size]], self.pad_token_id)
+            step += 1
+
+    def train(self, resume: bool = False) -> list[dict]:
+        c, model = self.config, self.model
+        if resume:
+            self._resume()
+        batches = self._micro_batches(self.step)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not c.progressbar)
+        try:
+            while self.step < self.total_steps:
+                loss = 0.0
+                # dropout masks depend only on (seed, step), so a resumed run draws the same ones
+                model._core.set_dropout_seed(c.seed * 1_000_003 + self.step * c.gradient_accumulation_steps)
+                for k in range(c.gradient_accumulation_steps):
+                    b = next(batches)
+                    loss += model.loss_and_grad(b["input_ids"], b["labels"], b["attention_mask"], accumulate=k > 0)
+                if c.gradient_accumulation_steps > 1:  # the mean over micro-batches, as HF's Trainer scales it
+                    for g in model.optimizer.grads:
+                        _core.scale_inplace(g, 1.0 / c.gradient_accumulation_steps)
+                lr = c.optimizer.lr * lr_factor(c.lr_scheduler, self.step, c.warmup_steps, self.total_steps)
+                grad_norm = model.optimizer.step(lr)
+                self.step += 1
+                record = {"step": self.step, "loss": loss / c.gradient_accumulation_steps, "lr": lr,
+                          "grad_norm": grad_norm}
+                if self.eval_fn and ((c.eval_every and self.step % c.eval_every == 0) or self.step == self.total_steps):
+                    record.update({f"eval_{k}": float(v) for k, v in self.eval_fn(model).items()})
+                self.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if c.save_every and (self.step % c.save_every == 0 or self.step == self.total_steps):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        out = Path(self.config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        final = out / f"checkpoint-{self.step}"
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".checkpoint-{self.step}."))
+        try:
+            if self.model.lora_config is not None:
+                self.model.save_adapter(tmp / "adapter")
+            else:
+                self.model.save_pretrained(tmp / "model")
+            state = self.model.optimizer.state_dict()
+            np.savez(tmp / "optimizer.npz", **{k: np.asarray(v) for k, v in state.items()})
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"step": self.step, "history": self.history, "config": _jsonable(asdict(self.config))}, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _resume(self) -> None:
+        out = Path(self.config.output_dir or ".")
+        checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not checkpoints:
+            return
+        latest = checkpoints[-1]
+        if (latest / "adapter").is_dir():
+            self.model.load_adapter(latest / "adapter")
+            self.model.set_optimizer(self.config.optimizer)
+        else:
+            loaded = Lfm2Model.from_pretrained(latest / "model")
+            self.model._core.params()[:] = loaded._core.params()
+        with np.load(latest / "optimizer.npz") as state:
+            self.model.optimizer.load_state_dict({k: state[k] for k in state.files})
+        saved = json.loads((latest / "trainer_state.json").read_text())
+        self.step, self.history = int(saved["step"]), list(saved["history"])
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
