@@ -3,7 +3,7 @@
  * tile alone vs the batch, accumulate, the committed fixture checkpoint loaded strictly, save/load round trip,
  * and the input-validation errors. Parity with transformers is tested from Python (tests/test_vision.py).
  *
- * CA_TEST_SOURCES: csrc/vision.c csrc/json.c csrc/safetensors.c csrc/status.c csrc/threads.c csrc/cpu/backend.c csrc/cpu/linear.c csrc/cpu/attention.c csrc/cpu/layernorm.c csrc/cpu/gelu.c csrc/cpu/posresize.c csrc/cpu/unshuffle.c csrc/cpu/mha.c csrc/cpu/elementwise.c csrc/cpu/embedding.c csrc/cpu/rmsnorm.c csrc/cpu/shortconv.c csrc/cpu/rope.c csrc/cpu/swiglu.c csrc/cpu/crossentropy.c
+ * CA_TEST_SOURCES: csrc/vision.c csrc/json.c csrc/safetensors.c csrc/status.c csrc/threads.c csrc/cpu/*.c
  * CA_TEST_LIBS: -fopenmp -DCA_BLAS_SCIPY_PREFIX=1 -I$($PY -c "import scipy_openblas32 as s; print(s.get_include_dir())") -L$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())") -lscipy_openblas -Wl,-rpath,$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
  */
 #define _GNU_SOURCE
