@@ -228,6 +228,7 @@ CASES = [
     mha_case(T=7, NH=3, HS=16, seed=22),
     mha_case(T=40, NH=4, HS=12, seed=23, spread=2.0),  # peaked softmax
     mha_case(T=150, NH=2, HS=64, seed=24),  # threaded
+    mha_case(T=300, NH=3, HS=8, seed=25),  # two query blocks (256 + 44): block-summed dk, dv
     layernorm_case(N=5, C=13, seed=1),
     layernorm_case(N=300, C=130, seed=2, eps=1e-5),  # threaded, channel slices for dw/db
     layernorm_case(N=6, C=16, seed=3, skip_params=True),

@@ -78,14 +78,14 @@ CONFIGS = {
         tiles=[(16, 16), (6, 10), (2, 12), (10, 4)], P=256,
     ),
     # no projector LayerNorm; 3 heads of 16; built with 2 layers, config then says 3 layers + vfl -2;
-    # tiles: 18x14 (up in y, down in x), 8x8, 4x2; padded to 252.
+    # tiles: 20x14 (up in y, down in x; 280 patches = two attention query blocks), 8x8, 4x2; padded to 280.
     "no_ln": dict(
         vision=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=3,
                     patch_size=4, num_patches=256),
         top=dict(projector_hidden_size=56, projector_use_layernorm=False, projector_bias=True),
         text_hidden=32, build_layers=2, run_layers=2,
         config_edit=dict(num_hidden_layers=3, vision_feature_layer=-2),
-        tiles=[(18, 14), (8, 8), (4, 2)], P=252,
+        tiles=[(20, 14), (8, 8), (4, 2)], P=280,
     ),
     # real patch size 16 (K=768, (py, px, c) order), 8x8 position table, 4 heads of 8, projector without
     # biases; saved with 3 layers, vision_feature_layer=1 runs 2. Tiles: 4x6 (downsample), 10x12 (upsample).
