@@ -31,6 +31,10 @@ extern PyMethodDef ca_py_ops_methods[];
 extern PyMethodDef ca_py_io_methods[];
 extern PyMethodDef ca_py_metrics_methods[];
 extern PyMethodDef ca_py_model_methods[];
+extern PyMethodDef ca_py_generate_methods[];
 int ca_py_model_init(PyObject *module); /* adds types; 0 on success, -1 with an exception set */
+/* For other glue areas: the core model behind a _core.Lfm2 and its compute lock (a PyThread_type_lock),
+ * or NULL with TypeError/RuntimeError set. */
+struct ca_lfm2_model *ca_py_lfm2_unwrap(PyObject *obj, void **lock);
 
 #endif

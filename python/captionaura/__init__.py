@@ -7,6 +7,7 @@ from captionaura.config import Lfm2Config
 from captionaura.lora import LoraConfig
 from captionaura.optim import AdamW, AdamWConfig
 from captionaura.model import Lfm2Model, Lfm2Output
+from captionaura.generate import GenerateOutput, GenerationConfig, generate
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,9 @@ def cuda_available() -> bool:
 __all__ = [
     "AdamW",
     "AdamWConfig",
+    "GenerateOutput",
+    "GenerationConfig",
+    "generate",
     "LoraConfig",
     "Lfm2Config",
     "Lfm2Model",
