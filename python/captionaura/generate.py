@@ -133,9 +133,9 @@ class GenerationConfig:
         ``config.json`` (as transformers derives a generation config from the model config)."""
         path = Path(path)
         if (path / GENERATION_CONFIG_NAME).is_file():
-            return cls.from_dict(read_json(path / GENERATION_CONFIG_NAME))
+            return cls.from_dict(read_json(path / GENERATION_CONFIG_NAME, "generation config"))
         if (path / "config.json").is_file():
-            cfg = read_json(path / "config.json")
+            cfg = read_json(path / "config.json", "model config")
             cfg = cfg.get("text_config", cfg)
             return cls(**{k: cfg[k] for k in ("eos_token_id", "pad_token_id", "bos_token_id") if k in cfg})
         raise FileNotFoundError(f"no {GENERATION_CONFIG_NAME} or config.json in {path}")
