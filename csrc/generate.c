@@ -335,7 +335,8 @@ typedef struct {
 static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompt, int plen, int32_t *out,
                           int32_t *out_len, float *seq_scores) {
     const int V = m->cfg.vocab_size, N = g->max_new_tokens, nb = g->num_beams;
-    const int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * nb; /* candidates kept per step */
+    int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * nb; /* candidates kept per step */
+    if (K > nb * V) K = nb * V;                              /* (a vocabulary smaller than the candidate count) */
     const int S = plen + N;
     const float lp = g->length_penalty;
     int *cap = malloc((size_t)2 * nb * sizeof *cap);

@@ -41,9 +41,8 @@ typedef int (*ca_gen_callback)(void *user, int seq, int32_t token);
  *   out_tokens (B*R, max_new_tokens): the new tokens, padded with pad_id after the row's end;
  *   out_lengths (B*R): how many new tokens the row has (including a final eos);
  *   seq_scores (B*R) or NULL: beams: the finished hypothesis' score (length-penalised); otherwise unused;
- *   step_scores (B, max_new_tokens, V) or NULL: greedy/sampling: the processed scores each step (rows that
- *   had already finished keep whatever the step computed for their padding token, as transformers does;
- *   steps after the last are left untouched).
+ *   step_scores (B, max_new_tokens, V) or NULL: greedy/sampling: the processed scores each step
+ *   (transformers' output_scores); steps after a row finished are left untouched.
  * `cb` may be NULL. */
 ca_status ca_generate(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompts, const int32_t *prompt_lengths,
                       int B, int32_t *out_tokens, int32_t *out_lengths, float *seq_scores, float *step_scores,
