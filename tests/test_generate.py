@@ -291,7 +291,7 @@ def test_bad_settings_raise(mixed, bad):
 def test_generation_config_from_pretrained(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 1, "eos_token_id": [7, 2], "pad_token_id": 0, "temperature": 0.3, "min_p": 0.15,
-         "repetition_penalty": 1.05, "do_sample": True, "transformers_version": "5.23.0"}))
+         "repetition_penalty": 1.05, "do_sample": True, "top_k": None, "transformers_version": "5.23.0"}))
     g = GenerationConfig.from_pretrained(tmp_path)
     assert (g.eos_ids(), g.pad_token_id, g.temperature, g.min_p, g.do_sample) == ([7, 2], 0, 0.3, 0.15, True)
     assert (g.top_k, g.top_p, g.num_beams, g.max_length) == (50, 1.0, 1, 20)  # transformers' defaults

@@ -7,7 +7,7 @@ from captionaura.config import Lfm2Config
 from captionaura.lora import LoraConfig
 from captionaura.optim import AdamW, AdamWConfig
 from captionaura.model import Lfm2Model, Lfm2Output
-from captionaura.generate import GenerateOutput, GenerationConfig, generate
+from captionaura.generate import GenerateOutput, GenerationConfig
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,6 @@ __all__ = [
     "AdamWConfig",
     "GenerateOutput",
     "GenerationConfig",
-    "generate",
     "LoraConfig",
     "Lfm2Config",
     "Lfm2Model",

@@ -76,6 +76,10 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        # transformers' files may hold null for a numeric setting: that means the default
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None and f.default is not None:
+                setattr(self, f.name, f.default)
         self.validate()
 
     def validate(self) -> None:
@@ -230,7 +234,7 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation:
     if g.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer (pass tokenizer=...) to decode the generated text")
     if beams:  # transformers fills beam outputs with `pad_token_id or eos_token_id[0]`
-        pad = g.pad_token_id if g.pad_token_id else (eos[0] if eos else (g.pad_token_id or 0))
+        pad = g.pad_token_id if g.pad_token_id else (eos[0] if eos else -1)
     else:
         pad = g.pad_token_id if g.pad_token_id is not None else (eos[0] if eos else 0)
     seed = g.seed if g.seed is not None else secrets.randbits(63)
