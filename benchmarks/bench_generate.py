@@ -3,11 +3,13 @@ and greedy decode of 128 new tokens, captionaura vs transformers ``generate`` (s
 run side by side, plus the decode roofline: weight bytes read per token / memory bandwidth measured in the same run
 (a STREAM-like NumPy "add" over 3 x 256 MiB arrays, one NumPy call per thread).
 
-    python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 2]
+    python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3]
                                         [--torch-python .venv-ref/bin/python] [--no-torch] [--json out.json]
 
-prefill tok/s = prompt / time(generate 1 new token); decode tok/s = (new - 1) / (time(generate `new` tokens) -
-time(generate 1 token)), both best of `repeats`, eos masked (min_new_tokens = new) so every run decodes `new` tokens.
+Each new token is timestamped as it is emitted (captionaura: the per-token callback; transformers: a streamer).
+prefill tok/s = prompt / best time to the first token; decode tok/s = 1 / median gap between tokens over all
+repeats (robust to a shared machine's hiccups; "mean" = (new − 1) / best first-to-last time is printed too);
+eos masked (min_new_tokens = new) so every run decodes `new` tokens.
 The transformers side runs in a subprocess of the interpreter given by --torch-python (default: this one if it
 imports torch, else .venv-ref/bin/python) with ``torch.set_num_threads(threads)``, ``use_cache=True``,
 sdpa attention, under ``torch.inference_mode()``.
@@ -30,18 +32,26 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
-def timed_generate(run, new: int, repeats: int) -> tuple[float, float]:
-    """(best seconds for 1 new token, best seconds for `new` new tokens)"""
-    run(1)  # warm-up: arenas, caches, lazy init
-    t1 = tn = float("inf")
+def measure(run, new: int, repeats: int) -> dict:
+    """run(n, stamp) generates n tokens and calls stamp() as each new token arrives. Prefill = best time to the
+    first token; decode = 1 / median gap between consecutive tokens, pooled over the repeats (the median keeps
+    a shared machine's hiccups out), and also (new − 1) / best time from first to last token."""
+    run(2, lambda: None)  # warm-up: arenas, caches, lazy init
+    first, span, gaps = float("inf"), float("inf"), []
     for _ in range(repeats):
+        stamps: list[float] = []
         t0 = time.perf_counter()
-        run(1)
-        t1 = min(t1, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        run(new)
-        tn = min(tn, time.perf_counter() - t0)
-    return t1, tn
+        run(new, lambda: stamps.append(time.perf_counter()))
+        assert len(stamps) == new, len(stamps)
+        first = min(first, stamps[0] - t0)
+        span = min(span, stamps[-1] - stamps[0])
+        gaps += list(np.diff(stamps))
+    return {"prefill_s": first, "decode_median_s": float(np.median(gaps)), "decode_span_s": span}
+
+
+def rates(m: dict, prompt: int, new: int) -> dict:
+    return {"prefill_tok_s": prompt / m["prefill_s"], "decode_tok_s": 1.0 / m["decode_median_s"],
+            "decode_mean_tok_s": (new - 1) / m["decode_span_s"]}
 
 
 def ours(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dict:
@@ -51,12 +61,12 @@ def ours(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dic
     model = ca.Lfm2Model.from_config(config, seed=0)
     ids = np.random.default_rng(0).integers(3, config["vocab_size"], prompt).astype(np.int32)
 
-    def run(n: int) -> None:
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, eos_token_id=config["eos_token_id"])
+    def run(n: int, stamp) -> None:
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, eos_token_id=config["eos_token_id"],
+                             callback=lambda row, tok: stamp())
         assert out.shape == (1, n)
 
-    t1, tn = timed_generate(run, new, repeats)
-    return {"prefill_tok_s": prompt / t1, "decode_tok_s": (new - 1) / (tn - t1), "parameters": model.num_parameters()}
+    return {**rates(measure(run, new, repeats), prompt, new), "parameters": model.num_parameters()}
 
 
 def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dict:
@@ -72,14 +82,26 @@ def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int) -> d
     ids = torch.tensor(np.random.default_rng(0).integers(3, config["vocab_size"], (1, prompt)))
     mask = torch.ones_like(ids)
 
-    def run(n: int) -> None:
+    class Stamper:  # transformers' streamer protocol: put(prompt) once, then put(token) per step, end()
+        def __init__(self, stamp) -> None:
+            self.stamp, self.prompt_seen = stamp, False
+
+        def put(self, value) -> None:
+            if self.prompt_seen:
+                self.stamp()
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    def run(n: int, stamp) -> None:
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 use_cache=True, eos_token_id=config["eos_token_id"], pad_token_id=0)
+                                 use_cache=True, eos_token_id=config["eos_token_id"], pad_token_id=0,
+                                 streamer=Stamper(stamp))
         assert out.shape[1] == prompt + n
 
-    t1, tn = timed_generate(run, new, repeats)
-    return {"prefill_tok_s": prompt / t1, "decode_tok_s": (new - 1) / (tn - t1)}
+    return rates(measure(run, new, repeats), prompt, new)
 
 
 def bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
@@ -119,7 +141,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-python")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json")
@@ -150,19 +172,19 @@ def main() -> None:
     weight_bytes = 4 * next(iter(results.values()))["ours"]["parameters"]  # f32; tied lm_head read once
     print(f"\nLFM2-350M shape, f32, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
           f"tokens (greedy), best of {args.repeats}")
-    head = (f"{'threads':>7} {'phase':<8} {'captionaura tok/s':>18} {'transformers tok/s':>19} {'ratio':>6} "
+    head = (f"{'threads':>7} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} {'ratio':>6} "
             f"{'roofline tok/s':>15} {'of roofline':>11}")
     print(head)
     print("-" * len(head))
     for threads, row in results.items():
         o, t = row["ours"], row.get("torch")
         roof = row["bandwidth"] / weight_bytes
-        for phase in ("prefill", "decode"):
-            key = f"{phase}_tok_s"
+        for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
+                           ("decode mean", "decode_mean_tok_s")):
             tv = f"{t[key]:19.1f}" if t else f"{'-':>19}"
             ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
-            rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase == "decode" else f"{'':>15} {'':>11}"
-            print(f"{threads:>7} {phase:<8} {o[key]:18.1f} {tv} {ratio} {rf}")
+            rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase != "prefill" else f"{'':>15} {'':>11}"
+            print(f"{threads:>7} {phase:<12} {o[key]:18.1f} {tv} {ratio} {rf}")
     for threads, row in results.items():
         print(f"memory bandwidth ({threads} thread(s), NumPy add): {row['bandwidth'] / 1e9:.1f} GB/s; "
               f"weights {weight_bytes / 1e9:.2f} GB per decoded token")
