@@ -32,8 +32,12 @@ extern PyMethodDef ca_py_io_methods[];
 extern PyMethodDef ca_py_metrics_methods[];
 extern PyMethodDef ca_py_model_methods[];
 extern PyMethodDef ca_py_fed_methods[];
-int ca_py_model_init(PyObject *module); /* adds types; 0 on success, -1 with an exception set */
 extern PyMethodDef ca_py_vision_methods[];
+extern PyMethodDef ca_py_generate_methods[];
+int ca_py_model_init(PyObject *module);  /* adds types; 0 on success, -1 with an exception set */
 int ca_py_vision_init(PyObject *module); /* adds _core.Vision */
+/* For other glue areas: the core model behind a _core.Lfm2 and its compute lock (a PyThread_type_lock),
+ * or NULL with TypeError/RuntimeError set. */
+struct ca_lfm2_model *ca_py_lfm2_unwrap(PyObject *obj, void **lock);
 
 #endif

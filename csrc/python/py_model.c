@@ -642,3 +642,13 @@ int ca_py_model_init(PyObject *module) {
     }
     return 0;
 }
+
+struct ca_lfm2_model *ca_py_lfm2_unwrap(PyObject *obj, void **lock) {
+    if (!PyObject_TypeCheck(obj, &Lfm2Type)) {
+        PyErr_Format(PyExc_TypeError, "expected a captionaura._core.Lfm2, got %.100s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (!ready((Lfm2Object *)obj)) return NULL;
+    *lock = ((Lfm2Object *)obj)->lock;
+    return ((Lfm2Object *)obj)->model;
+}

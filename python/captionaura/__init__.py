@@ -12,6 +12,7 @@ from captionaura.vision import VisionConfig, VisionTower
 from captionaura.vl import Lfm2VlModel
 from captionaura.model import Lfm2Model, Lfm2Output
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
+from captionaura.generate import GenerateOutput, GenerationConfig
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ def cuda_available() -> bool:
 __all__ = [
     "AdamW",
     "AdamWConfig",
+    "GenerateOutput",
+    "GenerationConfig",
     "LoraConfig",
     "Lfm2Config",
     "Lfm2Model",

@@ -352,6 +352,12 @@ class Lfm2Model:
                 f"hidden={c.hidden_size}, ffn={c.ffn_dim}, vocab={c.vocab_size}, "
                 f"parameters={self.num_parameters():,})")
 
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, generation=None, **kwargs):
+        """Decode continuations in the C core: see ``captionaura.generate.generate`` (same arguments)."""
+        from captionaura.generate import generate
+        return generate(self, input_ids, attention_mask, generation, **kwargs)
+
 
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint folder: the single file, or every shard of the index."""

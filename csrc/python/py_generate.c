@@ -1,0 +1,114 @@
+/* Python glue for decoding: _core.generate(model, ...) runs ca_generate with the GIL released and the
+ * model's lock held; a Python callback (streaming, stop strings) is called per emitted token with the GIL
+ * re-acquired. The callback must not use the same model (its lock is held): it would deadlock. */
+#include "py_common.h"
+
+#include <pythread.h>
+
+#include "captionaura/ca_generate.h"
+
+typedef struct {
+    PyObject *callable;
+    PyObject *exc_type, *exc_value, *exc_tb; /* a callback's exception, re-raised after the C loop */
+} callback_state;
+
+/* Returns 0 (go on), 1 (finish this sequence: the callable returned a true value) or −1 (it raised). */
+static int call_python(void *user, int seq, int32_t token) {
+    callback_state *cs = user;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int r = 0;
+    PyObject *res = PyObject_CallFunction(cs->callable, "ii", seq, (int)token);
+    if (!res) {
+        PyErr_Fetch(&cs->exc_type, &cs->exc_value, &cs->exc_tb);
+        r = -1;
+    } else {
+        int truth = PyObject_IsTrue(res);
+        Py_DECREF(res);
+        if (truth < 0) {
+            PyErr_Fetch(&cs->exc_type, &cs->exc_value, &cs->exc_tb);
+            r = -1;
+        } else {
+            r = truth;
+        }
+    }
+    PyGILState_Release(gil);
+    return r;
+}
+
+static PyObject *py_generate(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"model", "prompts", "lengths", "max_new_tokens", "min_new_tokens", "do_sample",
+                             "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                             "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping",
+                             "num_return_sequences", "eos_token_ids", "pad_token_id", "seed", "callback",
+                             "step_scores", NULL};
+    PyObject *model_obj, *prompts_obj, *lengths_obj, *eos_obj, *cb_obj = Py_None;
+    ca_gen_config g = {0};
+    unsigned long long seed = 0;
+    int want_steps = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiipfifffiifiiOiK|Op", kwlist, &model_obj, &prompts_obj,
+                                     &lengths_obj, &g.max_new_tokens, &g.min_new_tokens, &g.do_sample,
+                                     &g.temperature, &g.top_k, &g.top_p, &g.min_p, &g.repetition_penalty,
+                                     &g.no_repeat_ngram_size, &g.num_beams, &g.length_penalty, &g.early_stopping,
+                                     &g.num_return_sequences, &eos_obj, &g.pad_id, &seed, &cb_obj, &want_steps))
+        return NULL;
+    g.seed = seed;
+    void *lock = NULL;
+    ca_lfm2_model *m = ca_py_lfm2_unwrap(model_obj, &lock);
+    if (!m) return NULL;
+    PyArrayObject *prompts = ca_py_array(prompts_obj, NPY_INT32, 1, 0, "prompts");
+    PyArrayObject *lengths = prompts ? ca_py_array(lengths_obj, NPY_INT32, 1, 0, "lengths") : NULL;
+    PyArrayObject *eos = lengths ? ca_py_array(eos_obj, NPY_INT32, 1, 0, "eos_token_ids") : NULL;
+    if (!eos) return NULL;
+    if (cb_obj != Py_None && !PyCallable_Check(cb_obj)) return PyErr_Format(PyExc_TypeError, "callback must be callable");
+    const int B = (int)PyArray_DIM(lengths, 0);
+    const int32_t *len_p = PyArray_DATA(lengths);
+    npy_intp total = 0;
+    for (int b = 0; b < B; b++) total += len_p[b] > 0 ? len_p[b] : 0;
+    if (total != PyArray_DIM(prompts, 0))
+        return PyErr_Format(PyExc_ValueError, "prompts holds %zd tokens but lengths sum to %zd",
+                            (Py_ssize_t)PyArray_DIM(prompts, 0), (Py_ssize_t)total);
+    if (B < 1) return PyErr_Format(PyExc_ValueError, "generate needs at least one prompt");
+    g.eos_ids = PyArray_DATA(eos);
+    g.n_eos = (int)PyArray_DIM(eos, 0);
+    const int R = g.num_return_sequences > 0 ? g.num_return_sequences : 1, N = g.max_new_tokens > 0 ? g.max_new_tokens : 0;
+    const int V = m->cfg.vocab_size;
+    npy_intp tok_dims[2] = {(npy_intp)B * R, N}, row_dims[1] = {(npy_intp)B * R}, step_dims[3] = {B, N, V};
+    PyObject *tokens = PyArray_SimpleNew(2, tok_dims, NPY_INT32);
+    PyObject *out_len = PyArray_SimpleNew(1, row_dims, NPY_INT32);
+    PyObject *scores = PyArray_ZEROS(1, row_dims, NPY_FLOAT32, 0);
+    PyObject *steps = want_steps ? PyArray_ZEROS(3, step_dims, NPY_FLOAT32, 0) : (Py_INCREF(Py_None), Py_None);
+    if (!tokens || !out_len || !scores || !steps) goto fail;
+    callback_state cs = {cb_obj, NULL, NULL, NULL};
+    ca_status st;
+    const int32_t *pr = PyArray_DATA(prompts);
+    int32_t *tok_p = PyArray_DATA((PyArrayObject *)tokens), *len_out = PyArray_DATA((PyArrayObject *)out_len);
+    float *score_p = PyArray_DATA((PyArrayObject *)scores);
+    float *step_p = want_steps ? PyArray_DATA((PyArrayObject *)steps) : NULL;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(lock, WAIT_LOCK);
+    st = ca_generate(m, &g, pr, len_p, B, tok_p, len_out, score_p, step_p, cb_obj != Py_None ? call_python : NULL, &cs);
+    PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
+    if (cs.exc_type) {
+        ca_clear_error();
+        PyErr_Restore(cs.exc_type, cs.exc_value, cs.exc_tb);
+        goto fail;
+    }
+    if (st != CA_OK) {
+        ca_py_raise(st);
+        goto fail;
+    }
+    return Py_BuildValue("NNNN", tokens, out_len, scores, steps);
+fail:
+    Py_XDECREF(tokens), Py_XDECREF(out_len), Py_XDECREF(scores), Py_XDECREF(steps);
+    return NULL;
+}
+
+PyMethodDef ca_py_generate_methods[] = {
+    {"generate", (PyCFunction)(void (*)(void))py_generate, METH_VARARGS | METH_KEYWORDS,
+     "generate(model, prompts, lengths, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, min_p,\n"
+     "repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping, num_return_sequences,\n"
+     "eos_token_ids, pad_token_id, seed, callback=None, step_scores=False) -> (tokens (B*R, N) int32,\n"
+     "lengths (B*R) int32, sequence scores (B*R) float32, step scores (B, N, V) float32 or None).\n"
+     "prompts: the B prompts concatenated (int32); min_p < 0 disables min-p; early_stopping 0/1/2 = False/True/'never'."},
+    {NULL, NULL, 0, NULL},
+};
