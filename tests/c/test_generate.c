@@ -3,9 +3,9 @@
  * different lengths, several eos ids, a stopping callback, every early_stopping value), and bad settings
  * rejected with a status. Parity with transformers is tests/test_generate.py's job.
  *
- * CA_TEST_SOURCES: csrc/generate.c csrc/model.c csrc/json.c csrc/safetensors.c csrc/safetensors_index.c csrc/config.c csrc/status.c csrc/threads.c csrc/cpu/backend.c csrc/cpu/embedding.c csrc/cpu/rmsnorm.c csrc/cpu/linear.c csrc/cpu/shortconv.c csrc/cpu/rope.c csrc/cpu/attention.c csrc/cpu/swiglu.c csrc/cpu/crossentropy.c csrc/cpu/elementwise.c csrc/cpu/lora.c csrc/cpu/adamw.c
  * CA_TEST_LIBS: -fopenmp -DCA_BLAS_SCIPY_PREFIX=1 -I$($PY -c "import scipy_openblas32 as s; print(s.get_include_dir())") -L$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())") -lscipy_openblas -Wl,-rpath,$($PY -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
  */
+// CA_TEST_SOURCES: csrc/*.c csrc/cpu/*.c
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
