@@ -204,6 +204,43 @@ static void free_caches(ca_lfm2_cache **c, int n) {
     free(c);
 }
 
+/* Prefill: the prompts laid out (B, T) in `ids` (row b's tokens start at index base[b] of the concatenated
+ * prompts) run through the cached forward; with feature rows, their embeddings are the token embeddings with
+ * the features scattered in at their positions (features of prompts not in this call are skipped). */
+static ca_status prefill(ca_lfm2_model *m, const ca_gen_config *g, ca_lfm2_cache **caches, const int32_t *ids,
+                         const int32_t *lens, const size_t *base, int B, int T, float *logits) {
+    if (g->num_features == 0) return ca_lfm2_forward_cached(m, caches, ids, NULL, lens, B, T, logits, 0);
+    const int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < lens[b]; t++)
+            if (ids[(size_t)b * T + t] < 0 || ids[(size_t)b * T + t] >= V)
+                return ca_error(CA_ERR_INDEX, "prompt token %d is outside the vocabulary [0, %d)", ids[(size_t)b * T + t], V);
+    int32_t *safe = malloc((size_t)B * T * sizeof(int32_t)); /* padding reads token 0 */
+    float *embeds = m->be->alloc((size_t)B * T * C * sizeof(float));
+    if (!safe || !embeds) {
+        free(safe);
+        m->be->free(embeds);
+        return ca_error(CA_ERR_NOMEM, "out of memory for prefill embeddings");
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) safe[(size_t)b * T + t] = t < lens[b] ? ids[(size_t)b * T + t] : 0;
+    m->be->embedding_forward(embeds, safe, m->embed_tokens, B * T, C);
+    for (int p = 0; p < g->num_features; p++) {
+        const size_t k = (size_t)g->feature_positions[p];
+        for (int b = 0; b < B; b++) {
+            if (k >= base[b] && k < base[b] + (size_t)lens[b]) {
+                memcpy(embeds + ((size_t)b * T + (k - base[b])) * C, g->feature_values + (size_t)p * C,
+                       (size_t)C * sizeof(float));
+                break;
+            }
+        }
+    }
+    ca_status st = ca_lfm2_forward_cached(m, caches, ids, embeds, lens, B, T, logits, 0);
+    free(safe);
+    m->be->free(embeds);
+    return st;
+}
+
 static ca_status new_caches(ca_lfm2_model *m, int n, const int *capacity, ca_lfm2_cache ***out) {
     ca_lfm2_cache **c = calloc((size_t)n, sizeof *c);
     if (!c) return ca_error(CA_ERR_NOMEM, "out of memory for decoding caches");
@@ -266,7 +303,14 @@ static ca_status decode_rows(ca_lfm2_model *m, const ca_gen_config *g, const int
         rng[b] = g->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(b + 1));
         splitmix64(&rng[b]);
     }
-    st = ca_lfm2_forward_cached(m, caches, ids, NULL, lens, B, Tmax, logits, 0);
+    size_t *base = malloc((size_t)B * sizeof(size_t));
+    if (!base) {
+        st = ca_error(CA_ERR_NOMEM, "out of memory for decoding state");
+        goto out;
+    }
+    for (int b = 0; b < B; b++) base[b] = (size_t)off[b];
+    st = prefill(m, g, caches, ids, lens, base, B, Tmax, logits);
+    free(base);
     if (st != CA_OK) goto out;
 
     for (int step = 0; step < N; step++) {
@@ -332,7 +376,7 @@ typedef struct {
     int32_t *tokens; /* max_new_tokens */
 } hypothesis;
 
-static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompt, int plen, int32_t *out,
+static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompt, size_t base, int plen, int32_t *out,
                           int32_t *out_len, float *seq_scores) {
     const int V = m->cfg.vocab_size, N = g->max_new_tokens, nb = g->num_beams;
     int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * nb; /* candidates kept per step */
@@ -382,7 +426,7 @@ static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_
     /* prefill beam 0, then every beam starts from the same state and logits */
     lens[0] = plen;
     memcpy(ids, prompt, (size_t)plen * sizeof(int32_t));
-    st = ca_lfm2_forward_cached(m, cur, ids, NULL, lens, 1, plen, logits, 0);
+    st = prefill(m, g, cur, ids, lens, &base, 1, plen, logits);
     if (st != CA_OK) goto out;
     for (int i = 1; i < nb; i++) {
         if ((st = ca_lfm2_cache_copy(cur[i], cur[0])) != CA_OK) goto out;
@@ -523,7 +567,7 @@ ca_status ca_generate(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *p
     if (g->do_sample) return ca_error(CA_ERR_UNSUPPORTED, "beam sampling (do_sample with num_beams > 1) is not supported");
     size_t off = 0;
     for (int b = 0; b < B; b++) {
-        CA_TRY(beam_one(m, g, prompts + off, prompt_lengths[b], out_tokens + (size_t)b * R * N, out_lengths + (size_t)b * R,
+        CA_TRY(beam_one(m, g, prompts + off, off, prompt_lengths[b], out_tokens + (size_t)b * R * N, out_lengths + (size_t)b * R,
                         seq_scores ? seq_scores + (size_t)b * R : NULL));
         off += (size_t)prompt_lengths[b];
     }

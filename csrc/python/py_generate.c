@@ -40,16 +40,18 @@ static PyObject *py_generate(PyObject *self, PyObject *args, PyObject *kwds) {
                              "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                              "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping",
                              "num_return_sequences", "eos_token_ids", "pad_token_id", "seed", "callback",
-                             "step_scores", NULL};
-    PyObject *model_obj, *prompts_obj, *lengths_obj, *eos_obj, *cb_obj = Py_None;
+                             "step_scores", "feature_positions", "features", NULL};
+    PyObject *model_obj, *prompts_obj, *lengths_obj, *eos_obj, *cb_obj = Py_None, *fpos_obj = Py_None,
+                                                               *fval_obj = Py_None;
     ca_gen_config g = {0};
     unsigned long long seed = 0;
     int want_steps = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiipfifffiifiiOiK|Op", kwlist, &model_obj, &prompts_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOiipfifffiifiiOiK|OpOO", kwlist, &model_obj, &prompts_obj,
                                      &lengths_obj, &g.max_new_tokens, &g.min_new_tokens, &g.do_sample,
                                      &g.temperature, &g.top_k, &g.top_p, &g.min_p, &g.repetition_penalty,
                                      &g.no_repeat_ngram_size, &g.num_beams, &g.length_penalty, &g.early_stopping,
-                                     &g.num_return_sequences, &eos_obj, &g.pad_id, &seed, &cb_obj, &want_steps))
+                                     &g.num_return_sequences, &eos_obj, &g.pad_id, &seed, &cb_obj, &want_steps,
+                                     &fpos_obj, &fval_obj))
         return NULL;
     g.seed = seed;
     void *lock = NULL;
@@ -68,6 +70,22 @@ static PyObject *py_generate(PyObject *self, PyObject *args, PyObject *kwds) {
         return PyErr_Format(PyExc_ValueError, "prompts holds %zd tokens but lengths sum to %zd",
                             (Py_ssize_t)PyArray_DIM(prompts, 0), (Py_ssize_t)total);
     if (B < 1) return PyErr_Format(PyExc_ValueError, "generate needs at least one prompt");
+    if (fpos_obj != Py_None || fval_obj != Py_None) { /* image features replacing prompt embeddings */
+        PyArrayObject *fpos = ca_py_array(fpos_obj, NPY_INT32, 1, 0, "feature_positions");
+        if (!fpos) return NULL;
+        npy_intp P = PyArray_DIM(fpos, 0);
+        PyArrayObject *fval = ca_py_array_shape(fval_obj, NPY_FLOAT32, 2, (npy_intp[]){P, m->cfg.hidden_size}, 0,
+                                                "features");
+        if (!fval) return NULL;
+        const int32_t *pos = PyArray_DATA(fpos);
+        for (npy_intp p = 0; p < P; p++)
+            if (pos[p] < 0 || pos[p] >= total)
+                return PyErr_Format(PyExc_IndexError, "feature position %d is outside the %zd prompt tokens", pos[p],
+                                    (Py_ssize_t)total);
+        g.feature_positions = pos;
+        g.feature_values = PyArray_DATA(fval);
+        g.num_features = (int)P;
+    }
     g.eos_ids = PyArray_DATA(eos);
     g.n_eos = (int)PyArray_DIM(eos, 0);
     const int R = g.num_return_sequences > 0 ? g.num_return_sequences : 1, N = g.max_new_tokens > 0 ? g.max_new_tokens : 0;

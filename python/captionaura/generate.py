@@ -161,6 +161,13 @@ class GenerateOutput:
     scores: np.ndarray | None = None
 
 
+def _feature_args(features: tuple[np.ndarray, np.ndarray] | None) -> tuple:
+    if features is None:
+        return (None, None)
+    positions, rows = features
+    return (np.ascontiguousarray(positions, np.int32), np.ascontiguousarray(rows, np.float32))
+
+
 def _prompts(input_ids: Any, attention_mask: Any) -> list[np.ndarray]:
     ids = np.asarray(input_ids)
     if ids.ndim == 1:
@@ -204,7 +211,7 @@ class _StopStrings:
 def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation: GenerationConfig | None = None, *,
              return_scores: bool = False, stream: bool = False,
              callback: Callable[[int, int], bool | None] | None = None, tokenizer: Any = None,
-             **overrides: Any) -> np.ndarray | GenerateOutput | Iterator[tuple[int, int]]:
+             features: tuple[np.ndarray, np.ndarray] | None = None, **overrides: Any) -> np.ndarray | GenerateOutput | Iterator[tuple[int, int]]:
     """Continue each prompt of ``input_ids`` (1-D, or 2-D padded with ``attention_mask``, left or right).
 
     ``generation``: settings (default: ``model.generation_config`` if the model has one, else transformers'
@@ -213,13 +220,16 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation:
     ``return_scores``. ``callback(row, token)`` is called from the decoding loop for every emitted token
     (greedy/sampling); a true return value ends that row. It must not use the same model (it is busy).
     ``stream=True`` returns an iterator of ``(row, token)`` pairs as they are produced (the loop runs in a
-    worker thread); closing it early stops generation.
+    worker thread); closing it early stops generation. ``features``: ``(positions, rows)`` replacing the
+    embeddings of prompt tokens at positions of the concatenated prompts (LFM2-VL's image features).
     """
     g = _resolve(model, generation, overrides)
     prompts = _prompts(input_ids, attention_mask)
     R = g.num_return_sequences
     sampling_copies = g.do_sample and g.num_beams == 1 and R > 1
     if sampling_copies:  # transformers expands each prompt R times; each copy gets its own random stream
+        if features is not None:
+            raise NotImplementedError("num_return_sequences > 1 with sampling and image features")
         prompts = [p for p in prompts for _ in range(R)]
     if g.max_new_tokens is not None:
         max_new = g.max_new_tokens
@@ -259,7 +269,8 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation:
             int(g.top_k or 0), float(g.top_p), float(-1.0 if g.min_p is None else g.min_p),
             float(g.repetition_penalty), int(g.no_repeat_ngram_size or 0), int(g.num_beams),
             float(g.length_penalty), _EARLY_STOPPING[g.early_stopping], int(R if beams else 1),
-            np.array(eos, np.int32), int(pad), int(seed) & (2**64 - 1), cb, bool(return_scores and not beams))
+            np.array(eos, np.int32), int(pad), int(seed) & (2**64 - 1), cb, bool(return_scores and not beams),
+            *_feature_args(features))
         n = int(lengths.max()) if lengths.size else 0
         return GenerateOutput(tokens[:, :n].copy(), lengths, seq_scores if beams else None,
                               steps[:, :n].copy() if steps is not None else None)

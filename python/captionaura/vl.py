@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from captionaura import _core
 from captionaura._io import read_json, write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.generate import GenerationConfig
 from captionaura.model import ArrayLike, Lfm2Model, Lfm2Output, _token_array
 from captionaura.processor import Lfm2VlProcessor, ProcessorOutput
 from captionaura.vision import VisionConfig, VisionTower
 
 TEXT_PREFIX = "model.language_model."
+DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 
 
 class Lfm2VlModel:
@@ -42,6 +44,7 @@ class Lfm2VlModel:
         if token is None:
             raise KeyError("config.json has neither image_token_id nor image_token_index")
         self.image_token_id = int(token)
+        self.generation_config: GenerationConfig | None = None
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -57,7 +60,10 @@ class Lfm2VlModel:
         text = Lfm2Model._load(path, Lfm2Config.from_dict(config["text_config"]), prefix=TEXT_PREFIX)
         vision = VisionTower.from_pretrained(path)
         processor = Lfm2VlProcessor.from_pretrained(path) if (path / "tokenizer.json").is_file() else None
-        return cls(config, text, vision, processor)
+        model = cls(config, text, vision, processor)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        return model
 
     @classmethod
     def from_config(cls, config: dict[str, Any], seed: int = 0) -> "Lfm2VlModel":
@@ -136,6 +142,62 @@ class Lfm2VlModel:
         if train_vision:
             self.vision.backward(grad)
         return loss
+
+    # -- captions -------------------------------------------------------------------------------------
+    def _caption_settings(self, generation: GenerationConfig | None) -> GenerationConfig:
+        if generation is not None:
+            return generation
+        if self.generation_config is not None:
+            return self.generation_config
+        tok = self.processor.tokenizer
+        eos = tok.token_to_id("<|im_end|>")
+        return GenerationConfig(max_new_tokens=64, do_sample=False,
+                                eos_token_id=eos if eos is not None else tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id)
+
+    def _caption_inputs(self, image: Any, prompt: str | None):
+        if self.processor is None:
+            raise ValueError("captioning needs the checkpoint's processor (tokenizer.json and processor config)")
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": prompt or DEFAULT_CAPTION_PROMPT}]}]
+        batch = self.processor(images=[image], messages=messages)
+        ids = np.asarray(batch["input_ids"])[0].astype(np.int32)
+        positions, features = self._features(ids[None], batch["pixel_values"], batch["spatial_shapes"],
+                                             batch["pixel_attention_mask"], train=False)
+        return ids, (positions, features)
+
+    def caption(self, images: Any, prompt: str | None = None, generation: GenerationConfig | None = None,
+                stream: bool = False) -> str | list[str] | Iterator[str]:
+        """Caption one image (a path, bytes, a Pillow image or an (H, W, 3) uint8 array) or a list of them.
+
+        The image and ``prompt`` (default: a short-caption request) go through the chat template; decoding
+        follows ``generation`` (default: the checkpoint's generation_config.json, else greedy up to 64 new
+        tokens ending at ``<|im_end|>``). ``stream=True`` (one image) yields the caption's text as it grows."""
+        settings = self._caption_settings(generation)
+        single = not isinstance(images, (list, tuple))
+        if stream:
+            if not single:
+                raise ValueError("stream=True captions one image at a time")
+            ids, features = self._caption_inputs(images, prompt)
+            return self._stream_caption(ids, features, settings)
+        captions = []
+        for image in [images] if single else images:
+            ids, features = self._caption_inputs(image, prompt)
+            out = self.text.generate(ids, generation=settings, features=features, return_scores=True)
+            tokens = out.sequences[0, : int(out.lengths[0])]
+            captions.append(self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        return captions[0] if single else captions
+
+    def _stream_caption(self, ids: np.ndarray, features, settings: GenerationConfig) -> Iterator[str]:
+        tok, tokens, shown = self.processor.tokenizer, [], ""
+        for _, token in self.text.generate(ids, generation=settings, features=features, stream=True):
+            tokens.append(token)
+            text = tok.decode(tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
 
     # -- parameters -----------------------------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:

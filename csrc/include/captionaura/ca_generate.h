@@ -29,6 +29,11 @@ typedef struct ca_gen_config {
     int n_eos;
     int32_t pad_id;           /* written after a sequence finished */
     uint64_t seed;            /* sampling: row b draws from its own stream seeded with (seed, b) */
+    /* rows that replace prompt token embeddings during prefill (LFM2-VL image features): positions index
+     * the concatenated prompts; num_features 0 = none */
+    const int32_t *feature_positions; /* (num_features) */
+    const float *feature_values;      /* (num_features, hidden) */
+    int num_features;
 } ca_gen_config;
 
 /* Called after each emitted token of each live sequence (greedy/sampling only), in batch order within a
