@@ -93,8 +93,8 @@ class Lfm2VlModel:
             if self.processor is None:
                 raise ValueError("this model has no processor: pass input_ids and pixel values")
             batch: ProcessorOutput = self.processor(images=images, text=text, messages=messages)
-            return (batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
-                    batch.get("spatial_shapes"), batch.get("pixel_attention_mask"))
+            return (batch.input_ids, batch.attention_mask, batch.pixel_values, batch.spatial_shapes,
+                    batch.pixel_attention_mask)
         return input_ids, None, pixel_values, spatial_shapes, pixel_attention_mask
 
     def _features(self, ids: np.ndarray, pixel_values, spatial_shapes, pixel_attention_mask, train: bool):
@@ -145,6 +145,8 @@ class Lfm2VlModel:
 
     # -- captions -------------------------------------------------------------------------------------
     def _caption_settings(self, generation: GenerationConfig | None) -> GenerationConfig:
+        if self.processor is None:
+            raise ValueError("captioning needs the checkpoint's processor (tokenizer.json and processor config)")
         if generation is not None:
             return generation
         if self.generation_config is not None:
@@ -156,14 +158,12 @@ class Lfm2VlModel:
                                 pad_token_id=tok.pad_token_id)
 
     def _caption_inputs(self, image: Any, prompt: str | None):
-        if self.processor is None:
-            raise ValueError("captioning needs the checkpoint's processor (tokenizer.json and processor config)")
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": prompt or DEFAULT_CAPTION_PROMPT}]}]
         batch = self.processor(images=[image], messages=messages)
-        ids = np.asarray(batch["input_ids"])[0].astype(np.int32)
-        positions, features = self._features(ids[None], batch["pixel_values"], batch["spatial_shapes"],
-                                             batch["pixel_attention_mask"], train=False)
+        ids = np.asarray(batch.input_ids)[0].astype(np.int32)
+        positions, features = self._features(ids[None], batch.pixel_values, batch.spatial_shapes,
+                                             batch.pixel_attention_mask, train=False)
         return ids, (positions, features)
 
     def caption(self, images: Any, prompt: str | None = None, generation: GenerationConfig | None = None,
