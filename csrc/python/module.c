@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "captionaura/ca_backend.h"
+#include "captionaura/ca_params.h"
 
 PyObject *ca_py_raise(ca_status status) {
     const char *msg = ca_last_error();
@@ -65,6 +66,34 @@ PyArrayObject *ca_py_array_shape(PyObject *obj, int typenum, int ndim, const npy
         }
     }
     return a;
+}
+
+PyObject *ca_py_float_view(PyObject *owner, float *data, size_t count) {
+    npy_intp dims[1] = {(npy_intp)count};
+    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
+    if (!arr) return NULL;
+    Py_INCREF(owner);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+PyObject *ca_py_param_table(const void *table, int count) {
+    const ca_param_info *info = table;
+    PyObject *list = PyList_New(count);
+    if (!list) return NULL;
+    for (int i = 0; i < count; i++) {
+        const ca_param_info *p = &info[i];
+        PyObject *shape = PyTuple_New(p->ndim);
+        if (!shape) return Py_DECREF(list), NULL;
+        for (int d = 0; d < p->ndim; d++) PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(p->shape[d]));
+        PyObject *row = Py_BuildValue("(sNnn)", p->name, shape, (Py_ssize_t)p->offset, (Py_ssize_t)p->numel);
+        if (!row) return Py_DECREF(list), NULL;
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {

@@ -5,6 +5,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pythread.h>
 
 #define PY_ARRAY_UNIQUE_SYMBOL captionaura_ARRAY_API
 #ifndef CA_PY_MODULE_MAIN
@@ -25,6 +26,21 @@ PyArrayObject *ca_py_array(PyObject *obj, int typenum, int ndim, int writable, c
 /* Same check, then every dimension must equal the expected ones (-1: any); raises ValueError naming `what`. */
 PyArrayObject *ca_py_array_shape(PyObject *obj, int typenum, int ndim, const npy_intp *shape, int writable,
                                  const char *what);
+
+/* Runs `stmt` with the GIL released and `obj->lock` (a PyThread_type_lock) held: one compute call at a
+ * time per core object, whose activation arena is shared between calls. */
+#define CA_COMPUTE(obj, stmt)                                                                      \
+    do {                                                                                           \
+        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock((obj)->lock, WAIT_LOCK);                      \
+        stmt;                                                                                      \
+        PyThread_release_lock((obj)->lock);                                                        \
+        Py_END_ALLOW_THREADS                                                                       \
+    } while (0)
+
+/* A 1-D float32 NumPy view of `count` floats at `data`, keeping `owner` alive. */
+PyObject *ca_py_float_view(PyObject *owner, float *data, size_t count);
+/* [(name, shape, offset, numel)] of a parameter table (ca_param_info array). */
+PyObject *ca_py_param_table(const void *info, int count);
 
 /* Each area registers its functions and types here; module.c gathers them into captionaura._core. */
 extern PyMethodDef ca_py_ops_methods[];

@@ -14,14 +14,6 @@ typedef struct {
     PyThread_type_lock lock; /* one compute call at a time: the activation arena is shared */
 } Lfm2Object;
 
-/* Runs `stmt` (assigning a ca_status to `st`) with the GIL released and the model's lock held. */
-#define CA_COMPUTE(self, stmt)                                                                     \
-    do {                                                                                           \
-        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock((self)->lock, WAIT_LOCK);                     \
-        stmt;                                                                                      \
-        PyThread_release_lock((self)->lock);                                                       \
-        Py_END_ALLOW_THREADS                                                                       \
-    } while (0)
 
 static void Lfm2_dealloc(Lfm2Object *self) {
     ca_lfm2_free(self->model);
@@ -65,39 +57,14 @@ static int ready(Lfm2Object *self) {
     return 1;
 }
 
-/* A 1-D float32 view of `count` floats at `data`, kept alive by `owner`. */
-static PyObject *float_view(PyObject *owner, float *data, size_t count) {
-    npy_intp dims[1] = {(npy_intp)count};
-    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
-    if (!arr) return NULL;
-    Py_INCREF(owner);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
-}
-
 static PyObject *Lfm2_param_table(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    const ca_lfm2_model *m = self->model;
-    PyObject *list = PyList_New(m->num_param_tensors);
-    if (!list) return NULL;
-    for (int i = 0; i < m->num_param_tensors; i++) {
-        const ca_param_info *p = &m->param_info[i];
-        PyObject *shape = PyTuple_New(p->ndim);
-        if (!shape) return Py_DECREF(list), NULL;
-        for (int d = 0; d < p->ndim; d++) PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(p->shape[d]));
-        PyObject *row = Py_BuildValue("(sNnn)", p->name, shape, (Py_ssize_t)p->offset, (Py_ssize_t)p->numel);
-        if (!row) return Py_DECREF(list), NULL;
-        PyList_SET_ITEM(list, i, row);
-    }
-    return list;
+    return ca_py_param_table(self->model->param_info, self->model->num_param_tensors);
 }
 
 static PyObject *Lfm2_params(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    return float_view((PyObject *)self, self->model->params, self->model->num_parameters);
+    return ca_py_float_view((PyObject *)self, self->model->params, self->model->num_parameters);
 }
 
 static PyObject *Lfm2_grads(Lfm2Object *self, PyObject *unused) {
@@ -107,7 +74,7 @@ static PyObject *Lfm2_grads(Lfm2Object *self, PyObject *unused) {
         m->grads = m->be->alloc(m->num_parameters * sizeof(float));
         if (!m->grads) return PyErr_NoMemory();
     }
-    return float_view((PyObject *)self, m->grads, m->num_parameters);
+    return ca_py_float_view((PyObject *)self, m->grads, m->num_parameters);
 }
 
 /* Checks ids (B, T) int32 and an optional mask of the same shape. */
@@ -314,13 +281,13 @@ static PyObject *Lfm2_lora_init(Lfm2Object *self, PyObject *args) {
 static PyObject *Lfm2_lora_params(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     if (!self->model->num_lora) Py_RETURN_NONE;
-    return float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
+    return ca_py_float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
 }
 
 static PyObject *Lfm2_lora_grads(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     if (!self->model->num_lora) Py_RETURN_NONE;
-    return float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
+    return ca_py_float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
 }
 
 static PyObject *Lfm2_lora_table(Lfm2Object *self, PyObject *unused) {

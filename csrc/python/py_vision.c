@@ -15,13 +15,6 @@ typedef struct {
     PyThread_type_lock lock;
 } VisionObject;
 
-#define CA_COMPUTE(self, stmt)                                                                     \
-    do {                                                                                           \
-        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock((self)->lock, WAIT_LOCK);                     \
-        stmt;                                                                                      \
-        PyThread_release_lock((self)->lock);                                                       \
-        Py_END_ALLOW_THREADS                                                                       \
-    } while (0)
 
 static void Vision_dealloc(VisionObject *self) {
     ca_vision_free(self->model);
@@ -65,38 +58,14 @@ static int ready(VisionObject *self) {
     return 1;
 }
 
-static PyObject *float_view(PyObject *owner, float *data, size_t count) {
-    npy_intp dims[1] = {(npy_intp)count};
-    PyObject *arr = PyArray_SimpleNewFromData(1, dims, NPY_FLOAT32, data);
-    if (!arr) return NULL;
-    Py_INCREF(owner);
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, owner) < 0) {
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
-}
-
 static PyObject *Vision_param_table(VisionObject *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    const ca_vision_model *m = self->model;
-    PyObject *list = PyList_New(m->num_param_tensors);
-    if (!list) return NULL;
-    for (int i = 0; i < m->num_param_tensors; i++) {
-        const ca_param_info *p = &m->param_info[i];
-        PyObject *shape = PyTuple_New(p->ndim);
-        if (!shape) return Py_DECREF(list), NULL;
-        for (int d = 0; d < p->ndim; d++) PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(p->shape[d]));
-        PyObject *row = Py_BuildValue("(sNnn)", p->name, shape, (Py_ssize_t)p->offset, (Py_ssize_t)p->numel);
-        if (!row) return Py_DECREF(list), NULL;
-        PyList_SET_ITEM(list, i, row);
-    }
-    return list;
+    return ca_py_param_table(self->model->param_info, self->model->num_param_tensors);
 }
 
 static PyObject *Vision_params(VisionObject *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    return float_view((PyObject *)self, self->model->params, self->model->num_parameters);
+    return ca_py_float_view((PyObject *)self, self->model->params, self->model->num_parameters);
 }
 
 static PyObject *Vision_grads(VisionObject *self, PyObject *unused) {
@@ -106,7 +75,7 @@ static PyObject *Vision_grads(VisionObject *self, PyObject *unused) {
         m->grads = m->be->alloc(m->num_parameters * sizeof(float));
         if (!m->grads) return PyErr_NoMemory();
     }
-    return float_view((PyObject *)self, m->grads, m->num_parameters);
+    return ca_py_float_view((PyObject *)self, m->grads, m->num_parameters);
 }
 
 /* pixel_values (T, P, K) f32, spatial_shapes (T, 2) i32, mask (T, P) i32 or None. */
