@@ -51,6 +51,7 @@ class Lfm2Model:
         self._table = core.param_table()
         self.lora_config: LoraConfig | None = None
         self.optimizer: AdamW | None = None
+        self.generation_config = None  # a GenerationConfig from the checkpoint's generation_config.json
         self._merged = False
         self._lora_A_frozen = False
 
@@ -70,7 +71,11 @@ class Lfm2Model:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
-        return cls._load(path, Lfm2Config.from_pretrained(path), prefix=None)
+        model = cls._load(path, Lfm2Config.from_pretrained(path), prefix=None)
+        if (path / "generation_config.json").is_file():
+            from captionaura.generate import GenerationConfig
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        return model
 
     @classmethod
     def _load(cls, path: Path, config: Lfm2Config, prefix: str | None) -> "Lfm2Model":
