@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from captionaura.config import Lfm2Config
 from captionaura.model import Lfm2Model
+from captionaura.optim import AdamWConfig
 
 
 @dataclass
@@ -78,23 +79,13 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     print(f"data: Markov chain over {cfg.vocab_size} tokens, entropy rate {data.entropy_rate:.3f} nats "
           f"(uniform guess: {np.log(cfg.vocab_size):.3f})")
 
-    params, grads = model._core.params(), model._core.grads()
-    m, v = np.zeros_like(params), np.zeros_like(params)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    model.set_optimizer(AdamWConfig(lr=cfg.learning_rate, weight_decay=0.0))  # full training: every parameter
     losses, start = [], time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), desc="training", disable=not cfg.progressbar)
-    for step in bar:
+    for _ in bar:
         ids = data.batch(cfg.batch_size, cfg.seq_len)
-        loss = model.loss_and_grad(ids, ids)
-        # Adam on the flat buffers (vectorised; the C AdamW of the LoRA trainer replaces this)
-        m *= beta1
-        m += (1 - beta1) * grads
-        v *= beta2
-        v += (1 - beta2) * grads * grads
-        lr = cfg.learning_rate * np.sqrt(1 - beta2**step) / (1 - beta1**step)
-        params -= lr * m / (np.sqrt(v) + eps)
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        losses.append(model.train_step({"input_ids": ids, "labels": ids}))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     elapsed = time.perf_counter() - start
     tokens = cfg.steps * cfg.batch_size * cfg.seq_len
     report = {
