@@ -95,7 +95,6 @@ typedef struct {
     size_t ng_mask;
     uint64_t *ng_key;
     gram_mark *ng_mark; /* scratch per gram: epoch stamp + position in the current list or a max count */
-    double *ng_val;     /* scratch: a tf-idf value of the current reference */
     uint32_t *ng_df;    /* CIDEr document frequency */
     size_t n_ng, ng_cap[7];
     uint32_t epoch;     /* bumped for every caption, image or reference that stamps ng_mark */
@@ -105,7 +104,7 @@ typedef struct {
 static void interner_free(interner *t) {
     free(t->tok_slots); free(t->tok_ptr); free(t->tok_len); free(t->tok_hash);
     free(t->ng_slots); free(t->ng_key); free(t->ng_mark);
-    free(t->ng_val); free(t->ng_df); free(t->unigram);
+    free(t->ng_df); free(t->unigram);
 }
 
 /* Returns the id of token bytes [p, p+n), inserting it when new; UINT32_MAX on allocation failure. */
@@ -496,9 +495,6 @@ static void score_bleu(interner *t, const corpus *c, ca_caption_scores *out, uin
  *   CIDEr(c) = 10 * mean_n( sum_j sim_n(c, r_j) ) / m;   corpus = mean over images. */
 static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *out, int df_done, uint32_t max_df) {
     const int64_t n = c->n_img;
-    void *p;
-    if (!(p = grow(t->ng_val, &t->ng_cap[5], t->n_ng, sizeof *t->ng_val))) goto nomem;
-    t->ng_val = p;
 
     /* document frequency: each image adds 1 for every distinct n-gram of its references */
     for (int64_t i = 0; i < n && !df_done; i++) {
@@ -538,18 +534,30 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
     }
 
     double total = 0;
+    int failed = 0;
     const double two_sigma2 = 2 * (CIDER_SIGMA * CIDER_SIGMA);
+    /* images are independent: each thread keeps its own "this gram is in the reference" stamps and values */
+#pragma omp parallel reduction(+ : total)
+    {
+    uint32_t *stamp = calloc(t->n_ng ? t->n_ng : 1, sizeof *stamp), epoch = 0;
+    double *ref_val = malloc((t->n_ng ? t->n_ng : 1) * sizeof *ref_val);
+    if (!stamp || !ref_val) {
+#pragma omp atomic write
+        failed = 1;
+    }
+#pragma omp for schedule(static) /* a fixed split keeps the corpus sum's order deterministic */
     for (int64_t i = 0; i < n; i++) {
+        if (!stamp || !ref_val) continue;
         double score[CIDER_N] = {0};
         size_t lc = c->ws_start[i + 1] - c->ws_start[i];
         double len_c = lc > 0 ? (double)(lc - 1) : 0; /* number of bigrams */
         const double *nc = norm + i * CIDER_N;
         for (int64_t r = n + c->ref_off[i]; r < n + c->ref_off[i + 1]; r++) {
-            uint32_t epoch = ++t->epoch;
+            ++epoch;
             for (size_t e = c->ng_start[r]; e < c->ng_start[r + 1]; e++) {
                 uint32_t g = c->gid.data[e];
-                t->ng_mark[g].stamp = epoch;
-                t->ng_val[g] = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g];
+                stamp[g] = epoch;
+                ref_val[g] = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g];
             }
             size_t lr = c->ws_start[r + 1] - c->ws_start[r];
             double len_r = lr > 0 ? (double)(lr - 1) : 0;
@@ -557,8 +565,8 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
             double val[CIDER_N] = {0};
             for (size_t e = c->ng_start[i]; e < c->ng_start[i + 1]; e++) {
                 uint32_t g = c->gid.data[e];
-                if (t->ng_mark[g].stamp != epoch) continue; /* v_r[g] = 0: the term is 0 */
-                double vc = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g], vr = t->ng_val[g];
+                if (stamp[g] != epoch) continue; /* v_r[g] = 0: the term is 0 */
+                double vc = (double)(c->cnt.data[e] & LIST_COUNT_MASK) * idf[g], vr = ref_val[g];
                 val[(c->cnt.data[e] >> LIST_ORDER_SHIFT) - 1] += (vc < vr ? vc : vr) * vr;
             }
             double delta = len_c - len_r;
@@ -574,9 +582,13 @@ static ca_status score_cider(interner *t, const corpus *c, ca_caption_scores *ou
         if (out->cider_per_image) out->cider_per_image[i] = img;
         total += img;
     }
-    out->cider = total / (double)n;
+    free(stamp);
+    free(ref_val);
+    }
     free(idf);
     free(norm);
+    if (failed) goto nomem;
+    out->cider = total / (double)n;
     return CA_OK;
 nomem:
     return ca_error(CA_ERR_NOMEM, "metrics: out of memory (CIDEr)");
@@ -605,11 +617,19 @@ static ca_status score_rouge(const corpus *c, ca_caption_scores *out) {
         size_t l = c->sp_start[i + 1] - c->sp_start[i];
         if (l > max_len) max_len = l;
     }
-    uint32_t *row = malloc((max_len + 1) * sizeof *row);
-    if (!row) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (ROUGE-L)");
     const double beta2 = ROUGE_BETA * ROUGE_BETA;
     double total = 0;
+    int failed = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+    uint32_t *row = malloc((max_len + 1) * sizeof *row); /* each thread's LCS row */
+    if (!row) {
+#pragma omp atomic write
+        failed = 1;
+    }
+#pragma omp for schedule(static) /* a fixed split keeps the corpus sum's order deterministic */
     for (int64_t i = 0; i < n; i++) {
+        if (!row) continue;
         const uint32_t *cand = c->sp.data + c->sp_start[i];
         size_t lc = c->sp_start[i + 1] - c->sp_start[i];
         double p_max = 0, r_max = 0;
@@ -626,8 +646,10 @@ static ca_status score_rouge(const corpus *c, ca_caption_scores *out) {
         if (out->rouge_per_image) out->rouge_per_image[i] = score;
         total += score;
     }
-    out->rouge_l = total / (double)n;
     free(row);
+    }
+    if (failed) return ca_error(CA_ERR_NOMEM, "metrics: out of memory (ROUGE-L)");
+    out->rouge_l = total / (double)n;
     return CA_OK;
 }
 
