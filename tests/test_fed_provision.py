@@ -130,3 +130,16 @@ def test_tls_handshake_with_provisioned_certificates(tmp_path):
             bad.wrap_socket(raw, server_hostname="localhost")
     t.join(5)
     lsock.close()
+
+
+def test_cli_provision_adds_clients_without_touching_keys(tmp_path):
+    from captionaura.cli import main
+
+    assert main(["provision", "--clients", "2", "--server-address", "127.0.0.1:9092", "--out", str(tmp_path)]) == 0
+    keys = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.suffix in (".key", ".crt", ".pub")}
+    assert len(keys) >= 8
+    assert main(["provision", "--clients", "3", "--server-address", "127.0.0.1:9092", "--out", str(tmp_path)]) == 0
+    for path, data in keys.items():
+        assert path.read_bytes() == data, path
+    assert (tmp_path / "client-0003" / "client.key").is_file()
+    assert main(["provision", "--clients", "3", "--server-address", "example.org:1", "--out", str(tmp_path)]) == 2

@@ -60,6 +60,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Write (or extend) per-site startup kits: a CA, the server's TLS certificate and key, a key pair per
+    client for node authentication, per-node TOML configs and a manifest."""
+    from captionaura.federated import provision
+
+    result = provision(args.clients, args.server_address, args.out)
+    print(f"{len(result.client_dirs)} client kits in {result.out_dir} (added: {', '.join(result.added) or 'none'}); "
+          f"server kit: {result.server_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionaura", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
     merge.add_argument("--out", required=True, help="where to write the merged checkpoint")
     merge.set_defaults(func=cmd_merge)
+
+    prov = sub.add_parser("provision", help=cmd_provision.__doc__.splitlines()[0], description=cmd_provision.__doc__)
+    prov.add_argument("--clients", type=int, required=True, help="number of clients (kits client-0001 ...)")
+    prov.add_argument("--server-address", required=True, help="HOST:PORT the clients will connect to")
+    prov.add_argument("--out", required=True, help="folder of the kits; running again adds missing clients only")
+    prov.set_defaults(func=cmd_provision)
     return parser
 
 
