@@ -75,7 +75,6 @@ def bench_fedavg(K: int, M: int, repeat: int, triad: float) -> dict:
         off = state["off"]
         state["off"] = (off + K) % distinct
         return [pool[(off + k) % distinct] for k in range(K)]
-    vectors = next_vectors()
     weights = [int(w) for w in rng.integers(1, 1000, K)]
     acc = WeightedAccumulator(M)
     out = np.empty(M, np.float32)

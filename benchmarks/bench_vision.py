@@ -152,7 +152,7 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
 
-    print(f"\n| shape | patches -> tokens | threads | pass | captionaura (s) | PyTorch (s) | speed-up |")
+    print("\n| shape | patches -> tokens | threads | pass | captionaura (s) | PyTorch (s) | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         for name, ok, tk in (("forward", "ours_forward_s", "torch_forward_s"),

@@ -8,7 +8,6 @@ vision tower and projector.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
