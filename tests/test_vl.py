@@ -103,14 +103,14 @@ def captioner(tmp_path_factory):
         "model_type": "lfm2_vl", "image_token_id": processor.image_token_id, "downsample_factor": 2,
         "projector_hidden_size": 32, "projector_bias": True, "projector_hidden_act": "gelu",
         "projector_use_layernorm": True, "vision_feature_layer": -1,
-        "text_config": {"model_type": "lfm2", "vocab_size": processor.tokenizer.vocab_size, "hidden_size": 32,
-                        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "num_key_value_heads": 2, "layer_types": ["conv", "full_attention"],
+        "text_config": {"model_type": "lfm2", "vocab_size": processor.tokenizer.vocab_size, "hidden_size": 64,
+                        "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "layer_types": ["conv", "full_attention", "full_attention"],
                         "block_auto_adjust_ff_dim": False, "initializer_range": 0.3},
         "vision_config": {"model_type": "siglip2_vision_model", "hidden_size": 32, "intermediate_size": 48,
                           "num_hidden_layers": 2, "num_attention_heads": 2, "num_patches": 256,
                           "patch_size": 16, "num_channels": 3, "hidden_act": "gelu_pytorch_tanh",
-                          "layer_norm_eps": 1e-6},
+                          "layer_norm_eps": 1e-6, "initializer_range": 0.2},
     }
     model = ca.Lfm2VlModel.from_config(config, seed=0)
     model.processor = processor
@@ -138,3 +138,31 @@ def test_caption_needs_a_processor(case):
     _, _, _, model = case
     with pytest.raises(ValueError, match="processor"):
         model.caption(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_lora_learns_image_captions_with_only_caption_tokens_scored(captioner):
+    """Image + caption pairs become chat examples scored on the caption only; LoRA on the language model
+    (the vision tower frozen) learns 8 of them in 100 steps."""
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 240), (10, 10, 10), (250, 200, 0),
+               (160, 40, 200), (0, 200, 200)]
+    rng = np.random.default_rng(0)
+    images = [np.clip(np.full((48, 64, 3), c) + rng.normal(0, 8, (48, 64, 3)), 0, 255).astype(np.uint8)
+              for c in colours]
+    captions = ["a red kite", "green grass field", "blue sea waves", "white snow", "night sky", "yellow sun",
+                "purple flowers", "cyan lagoon"]
+    examples = [captioner.caption_example(img, cap) for img, cap in zip(images, captions)]
+    ex = examples[0]
+    scored = ex["labels"] != -100
+    tok = captioner.processor.tokenizer
+    assert tok.decode(ex["input_ids"][scored]) == captions[0] + "<|im_end|>"
+    assert not scored[ex["input_ids"] == captioner.image_token_id].any()
+    assert scored.sum() < 0.2 * scored.size  # the prompt and image tokens are most of the sequence
+
+    captioner.text.add_lora(ca.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"), seed=0)
+    try:
+        cfg = ca.TrainingConfig(max_steps=100, batch_size=8, progressbar=False,
+                                optimizer=ca.AdamWConfig(lr=1e-2, weight_decay=0.0))
+        history = ca.Trainer(captioner, examples, cfg).train()
+    finally:
+        captioner.text.remove_lora()
+    assert history[0]["loss"] > 1.0 and history[-1]["loss"] < 0.05

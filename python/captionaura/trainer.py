@@ -3,6 +3,9 @@ warmup, an evaluation hook, tqdm progress, atomic checkpoints and exact resume.
 
 Examples are dicts of 1-D integer arrays ``input_ids`` and ``labels`` (−100 where a token is not scored,
 e.g. the prompt and image tokens of a captioning example); the trainer pads them into right-padded batches.
+Image-caption examples (``Lfm2VlModel.caption_example``) also carry their tiles (``pixel_values``,
+``spatial_shapes``, ``pixel_attention_mask``), which batch by concatenation in example order — the order of
+the ``<image>`` tokens in the flattened batch.
 """
 
 from __future__ import annotations
@@ -72,8 +75,12 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+PIXEL_KEYS = ("pixel_values", "spatial_shapes", "pixel_attention_mask")
+
+
 def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.ndarray]:
-    """Right-pad examples into (B, T) int32 ``input_ids``, ``labels`` (−100 on padding), ``attention_mask``."""
+    """Right-pad examples into (B, T) int32 ``input_ids``, ``labels`` (−100 on padding), ``attention_mask``;
+    image tiles, when the examples have them, are concatenated (patches padded to the longest)."""
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
     lengths = [len(e["input_ids"]) for e in examples]
@@ -89,11 +96,26 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.
     for i, e in enumerate(examples):
         n = lengths[i]
         ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if "pixel_values" in examples[0]:
+        if any("pixel_values" not in e for e in examples):
+            raise ValueError("some examples have images and some do not")
+        P = max(np.asarray(e["pixel_values"]).shape[1] for e in examples)
+        pv, am = [], []
+        for e in examples:
+            v, a = np.asarray(e["pixel_values"], np.float32), np.asarray(e["pixel_attention_mask"], np.int32)
+            pad = P - v.shape[1]
+            pv.append(np.pad(v, ((0, 0), (0, pad), (0, 0))) if pad else v)
+            am.append(np.pad(a, ((0, 0), (0, pad))) if pad else a)
+        batch["pixel_values"] = np.concatenate(pv)
+        batch["pixel_attention_mask"] = np.concatenate(am)
+        batch["spatial_shapes"] = np.concatenate([np.asarray(e["spatial_shapes"]) for e in examples])
+    return batch
 
 
 class Trainer:
-    """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`.
+    """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`. For an
+    ``Lfm2VlModel`` the language model trains (its adapters) while the frozen vision tower supplies features.
 
     ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and at the end; its figures join the
     history. Checkpoints go to ``output_dir/checkpoint-<step>/`` (written to a temporary folder, then
@@ -105,13 +127,14 @@ class Trainer:
         if not examples:
             raise ValueError("no training examples")
         self.model, self.examples, self.config, self.eval_fn = model, list(examples), config, eval_fn
-        self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        self.lm: Lfm2Model = getattr(model, "text", model)  # what the optimiser updates and checkpoints hold
+        self.pad_token_id = self.lm.config.pad_token_id if self.lm.config.pad_token_id is not None else 0
         micro = math.ceil(len(self.examples) / config.batch_size)
         self.steps_per_epoch = max(1, micro // config.gradient_accumulation_steps)
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
         self.step = 0
         self.history: list[dict] = []
-        model.set_optimizer(config.optimizer)
+        self.lm.set_optimizer(config.optimizer)
 
     def _micro_batches(self, start_step: int):
         """Micro-batches from optimiser step `start_step` on; each epoch is a fresh seeded permutation."""
@@ -128,7 +151,7 @@ class Trainer:
             step += 1
 
     def train(self, resume: bool = False) -> list[dict]:
-        c, model = self.config, self.model
+        c, model, lm = self.config, self.model, self.lm
         if resume:
             self._resume()
         batches = self._micro_batches(self.step)
@@ -137,15 +160,19 @@ class Trainer:
             while self.step < self.total_steps:
                 loss = 0.0
                 # dropout masks depend only on (seed, step), so a resumed run draws the same ones
-                model._core.set_dropout_seed(c.seed * 1_000_003 + self.step * c.gradient_accumulation_steps)
+                lm._core.set_dropout_seed(c.seed * 1_000_003 + self.step * c.gradient_accumulation_steps)
                 for k in range(c.gradient_accumulation_steps):
                     b = next(batches)
-                    loss += model.loss_and_grad(b["input_ids"], b["labels"], b["attention_mask"], accumulate=k > 0)
+                    pixels = {key: b[key] for key in PIXEL_KEYS if key in b}
+                    if pixels:
+                        pixels["train_vision"] = False
+                    loss += model.loss_and_grad(b["input_ids"], b["labels"], b["attention_mask"], accumulate=k > 0,
+                                                **pixels)
                 if c.gradient_accumulation_steps > 1:  # the mean over micro-batches, as HF's Trainer scales it
-                    for g in model.optimizer.grads:
+                    for g in lm.optimizer.grads:
                         _core.scale_inplace(g, 1.0 / c.gradient_accumulation_steps)
                 lr = c.optimizer.lr * lr_factor(c.lr_scheduler, self.step, c.warmup_steps, self.total_steps)
-                grad_norm = model.optimizer.step(lr)
+                grad_norm = lm.optimizer.step(lr)
                 self.step += 1
                 record = {"step": self.step, "loss": loss / c.gradient_accumulation_steps, "lr": lr,
                           "grad_norm": grad_norm}
@@ -167,11 +194,11 @@ class Trainer:
         final = out / f"checkpoint-{self.step}"
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".checkpoint-{self.step}."))
         try:
-            if self.model.lora_config is not None:
-                self.model.save_adapter(tmp / "adapter")
+            if self.lm.lora_config is not None:
+                self.lm.save_adapter(tmp / "adapter")
             else:
-                self.model.save_pretrained(tmp / "model")
-            state = self.model.optimizer.state_dict()
+                self.lm.save_pretrained(tmp / "model")
+            state = self.lm.optimizer.state_dict()
             np.savez(tmp / "optimizer.npz", **{k: np.asarray(v) for k, v in state.items()})
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": self.step, "history": self.history, "config": _jsonable(asdict(self.config))}, indent=1))
@@ -190,13 +217,13 @@ class Trainer:
             return
         latest = checkpoints[-1]
         if (latest / "adapter").is_dir():
-            self.model.load_adapter(latest / "adapter")
-            self.model.set_optimizer(self.config.optimizer)
+            self.lm.load_adapter(latest / "adapter")
+            self.lm.set_optimizer(self.config.optimizer)
         else:
             loaded = Lfm2Model.from_pretrained(latest / "model")
-            self.model._core.params()[:] = loaded._core.params()
+            self.lm._core.params()[:] = loaded._core.params()
         with np.load(latest / "optimizer.npz") as state:
-            self.model.optimizer.load_state_dict({k: state[k] for k in state.files})
+            self.lm.optimizer.load_state_dict({k: state[k] for k in state.files})
         saved = json.loads((latest / "trainer_state.json").read_text())
         self.step, self.history = int(saved["step"]), list(saved["history"])
 

@@ -32,7 +32,7 @@ VISION_PREFIX = "model.vision_tower.vision_model."
 PROJECTOR_PREFIX = "model.multi_modal_projector."
 
 _VISION_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-                  "patch_size", "num_patches", "layer_norm_eps", "hidden_act", "vision_use_head")
+                  "patch_size", "num_patches", "layer_norm_eps", "hidden_act", "vision_use_head", "initializer_range")
 _TOP_FIELDS = ("vision_feature_layer", "downsample_factor", "projector_hidden_size", "projector_hidden_act",
                "projector_bias", "projector_use_layernorm")
 

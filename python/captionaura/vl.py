@@ -127,20 +127,40 @@ class Lfm2VlModel:
 
     def loss_and_grad(self, input_ids: ArrayLike, labels: ArrayLike, attention_mask: ArrayLike | None = None,
                       pixel_values: np.ndarray | None = None, spatial_shapes: np.ndarray | None = None,
-                      pixel_attention_mask: np.ndarray | None = None, train_vision: bool = True) -> float:
+                      pixel_attention_mask: np.ndarray | None = None, train_vision: bool = True,
+                      accumulate: bool = False) -> float:
         """Causal-LM loss of a (caption) batch; fills the language model's gradients (or its LoRA's) and, with
-        ``train_vision``, the vision tower's and projector's."""
+        ``train_vision``, the vision tower's and projector's (overwritten, or added to with ``accumulate``)."""
         ids = _token_array(input_ids, "input_ids")
         positions, features = self._features(ids, pixel_values, spatial_shapes, pixel_attention_mask,
                                              train=train_vision)
         if positions is None:
-            return self.text.loss_and_grad(ids, labels, attention_mask)
-        grad = np.empty_like(features)
-        loss = self.text.loss_and_grad(ids, labels, attention_mask, features=(positions, features),
-                                       feature_grad=grad)
+            return self.text.loss_and_grad(ids, labels, attention_mask, accumulate=accumulate)
+        grad = np.empty_like(features) if train_vision else None
+        loss = self.text.loss_and_grad(ids, labels, attention_mask, accumulate=accumulate,
+                                       features=(positions, features), feature_grad=grad)
         if train_vision:
-            self.vision.backward(grad)
+            self.vision.backward(grad, accumulate=accumulate)
         return loss
+
+    def caption_example(self, image: Any, caption: str, prompt: str | None = None) -> dict[str, np.ndarray]:
+        """One training example: the user turn (the image and ``prompt``) rendered by the chat template, then the
+        assistant's ``caption`` and ``<|im_end|>``. Labels are −100 on the prompt and image tokens, so only the
+        caption (and its end) is scored; the image's tiles come along for ``Trainer``/``collate``."""
+        if self.processor is None:
+            raise ValueError("building captioning examples needs the checkpoint's processor")
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError("caption must be a non-empty string")
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": prompt or DEFAULT_CAPTION_PROMPT}]}]
+        batch = self.processor(images=[image], messages=messages)
+        prompt_ids = np.asarray(batch.input_ids)[0].astype(np.int32)
+        target = np.asarray(self.processor.tokenizer.encode(caption + "<|im_end|>", add_special_tokens=False),
+                            np.int32)
+        ids = np.concatenate([prompt_ids, target])
+        labels = np.concatenate([np.full(prompt_ids.size, -100, np.int32), target])
+        return {"input_ids": ids, "labels": labels, "pixel_values": batch.pixel_values,
+                "spatial_shapes": batch.spatial_shapes, "pixel_attention_mask": batch.pixel_attention_mask}
 
     # -- captions -------------------------------------------------------------------------------------
     def _caption_settings(self, generation: GenerationConfig | None) -> GenerationConfig:
