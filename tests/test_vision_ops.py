@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from captionaura import _core
-from test_ops import FD_COORDS, FD_EPS, FD_TOL, TOL, Case, attention_ref, f32, nans, prefilled, rel_err
+from test_ops import (TOL, Case, attention_ref, check_backward, check_forward, check_reference_gradients, f32, nans,
+                      prefilled, rel_err)
 
 F32 = np.float32
 
@@ -255,46 +256,17 @@ IDS = [c.name for c in CASES]
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_matches_float64_reference(case):
-    got, _ = case.c_fwd(case.x32(), case.consts)
-    want = case.ref_fwd(case.inputs, case.consts)
-    assert rel_err(got, want) < case.tol
+    check_forward(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_reference_gradients_by_finite_differences(case):
-    rng = np.random.default_rng(1234)
-    x = case.inputs
-    dout = case.make_dout(case.ref_fwd(x, case.consts).shape, rng)
-    grads = case.ref_bwd(x, case.consts, dout)
-    assert set(grads) == set(x)
-
-    def objective(xs):
-        return float(np.sum(dout * case.ref_fwd(xs, case.consts)))
-
-    for name, arr in x.items():
-        g = grads[name]
-        assert g.shape == arr.shape
-        scale = max(float(np.max(np.abs(g))), 1e-3)
-        for i in rng.choice(arr.size, size=min(FD_COORDS, arr.size), replace=False):
-            plus = {k: v.copy() for k, v in x.items()}
-            minus = {k: v.copy() for k, v in x.items()}
-            plus[name].flat[i] += FD_EPS
-            minus[name].flat[i] -= FD_EPS
-            fd = (objective(plus) - objective(minus)) / (2 * FD_EPS)
-            assert abs(fd - g.flat[i]) <= FD_TOL * scale, f"{name}[{i}]: fd {fd} vs analytic {g.flat[i]}"
+    check_reference_gradients(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backward_matches_analytic_reference(case):
-    rng = np.random.default_rng(99)
-    x32 = case.x32()
-    out, cache = case.c_fwd(x32, case.consts)
-    dout = case.make_dout(out.shape, rng)
-    want = case.ref_bwd(case.inputs, case.consts, dout)
-    got = case.c_bwd(x32, case.consts, f32(dout), cache)
-    assert set(got) <= set(want)
-    for name, g in got.items():
-        assert rel_err(g, want[name]) < case.tol, name
+    check_backward(case)
 
 
 # ---------------------------------------------------------------------------------------------------------
