@@ -48,7 +48,7 @@ def test_kits_layout_chain_permissions_manifest(tmp_path):
     pubs = []
     for i in (1, 2, 3):
         d = tmp_path / f"client-000{i}"
-        sk = serialization.load_pem_private_key((d / "client.key").read_bytes(), password=None)
+        sk = serialization.load_ssh_private_key((d / "client.key").read_bytes(), password=None)
         pub = (d / "client.pub").read_bytes().strip()
         assert sk.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) == pub
         pubs.append(pub)

@@ -1,12 +1,15 @@
 """Provisioning of a federation's startup kits (issue 7): a CA, the server's TLS certificate and key (SANs
-include localhost), an EC key pair per client for node authentication (Flower SuperNode auth uses EC keys
-with OpenSSH public keys), a TOML config per node, private keys with mode 0600 and a manifest of SHA-256
+include localhost), an EC key pair per client for node authentication (Flower's SuperNode authentication
+takes NIST-curve EC keys in OpenSSH format, private and public), a TOML config per node, private keys with mode 0600 and a manifest of SHA-256
 hashes. Re-running with more clients adds kits and never touches existing keys or certificates.
 
     out/
       ca/ca.crt  ca/ca.key                 the CA key stays with the operator, it is in no kit
       server/ca.crt server.crt server.key authorized_supernodes.csv server.toml
-      client-0001/ ca.crt client.key client.pub client.toml
+      client-0001/ ca.crt client.key client.pub client.toml   client.key: OpenSSH private key (P-384)
+
+The SuperLink admits the keys listed in authorized_supernodes.csv once an operator registers each
+(`flwr supernode register client.pub`, see captionaura.flower).
       manifest.json                        {"server_address", "clients", "files": {path: sha256}}
 """
 
@@ -155,7 +158,8 @@ def provision(clients: int | Sequence[str], server_address: str, out_dir: str | 
         if (cdir / "client.key").exists():
             continue
         key = ec.generate_private_key(ec.SECP384R1())
-        _write(cdir / "client.key", _key_pem(key), private=True)
+        _write(cdir / "client.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                      serialization.NoEncryption()), private=True)
         _write(cdir / "client.pub", key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                                   serialization.PublicFormat.OpenSSH) + b"\n")
         _write(cdir / "ca.crt", ca_pem)
@@ -178,7 +182,8 @@ def provision(clients: int | Sequence[str], server_address: str, out_dir: str | 
         'ssl_ca_certfile = "ca.crt"\n'
         'ssl_certfile = "server.crt"\n'
         'ssl_keyfile = "server.key"\n'
-        'auth_list_public_keys = "authorized_supernodes.csv"\n'
+        "enable_supernode_auth = true\n"
+        'supernode_public_keys = "authorized_supernodes.csv"\n'
         f"clients = [{', '.join(_toml_str(n) for n in all_names)}]\n").encode())
     files = {}
     for p in sorted(out.rglob("*")):

@@ -110,7 +110,9 @@ class Simulation:
         self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
 
     # -- one client ---------------------------------------------------------------------------------
-    def _local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
+    def local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
+        """Client side of a round: train from the global vector on `client`'s examples and return
+        (adapter vector, mean loss, number of examples). A Flower ClientApp calls exactly this."""
         model = self.model
         model.set_lora_vector(self.global_vector)
         opt = model.set_optimizer(self.optimizer_config)
@@ -144,7 +146,8 @@ class Simulation:
         return vector, float(np.mean(losses)), n
 
     # -- one round ----------------------------------------------------------------------------------
-    def _sample(self, round_: int) -> list[FederatedClient]:
+    def sample(self, round_: int) -> list[FederatedClient]:
+        """The clients that train in `round_` (a function of the seed and the round only)."""
         rng = np.random.default_rng([self.seed, round_, 7])
         k = max(1, int(round(self.fraction_fit * len(self.clients))))
         picked = sorted(rng.choice(len(self.clients), size=k, replace=False))
@@ -204,13 +207,19 @@ class Simulation:
     def run_round(self) -> RoundRecord:
         round_ = self.round + 1
         t0 = time.perf_counter()
-        sampled = self._sample(round_)
+        sampled = self.sample(round_)
         updates, losses, ids = [], [], []
         for client in sampled:
-            vector, loss, n = self._local_train(client, round_)
+            vector, loss, n = self.local_train(client, round_)
             updates.append((vector, float(n)))
             losses.append(loss)
             ids.append(client.client_id)
+        return self.finish_round(round_, ids, updates, losses, t0)
+
+    def finish_round(self, round_: int, ids: list, updates: list[tuple[np.ndarray, float]],
+                     losses: list[float], t0: float) -> RoundRecord:
+        """Server side of a round: aggregate the clients' (vector, num_examples) `updates`, install the new
+        global adapter, evaluate, record and checkpoint. A Flower ServerApp calls exactly this."""
         result = self._aggregate(round_, updates, ids)
         new = result.parameters
         if self.lora_aggregation == "exact":
@@ -231,7 +240,7 @@ class Simulation:
         vec_bytes = self.global_vector.nbytes
         up = (4 if self.secure_aggregation else vec_bytes // self.global_vector.size) * self.global_vector.size
         record = RoundRecord(round_, ids, float(np.mean(losses)), float(result.num_examples),
-                             bytes_sent=vec_bytes * len(sampled), bytes_received=up * len(result.accepted),
+                             bytes_sent=vec_bytes * len(ids), bytes_received=up * len(result.accepted),
                              aggregation_error=error, rejected=[str(r) for r in result.rejected],
                              seconds=time.perf_counter() - t0, metrics=metrics)
         self.history.append(record)

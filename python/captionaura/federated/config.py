@@ -1,0 +1,227 @@
+"""One flat configuration for a federated LoRA run, shared by `captionaura train` (an in-process Simulation)
+and the Flower deployment (`captionaura.flower`, where it travels as Flower's run config: flat scalars).
+
+    cfg = FederatedConfig.from_file("run.toml")       # or .json, or FederatedConfig(model=..., ...)
+    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), load_clients(cfg.data))
+
+Client data on disk: one ``<client>.npz`` per client (see `save_client_data`), holding that client's
+tokenised training examples and optionally held-out ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from captionaura.federated.dp import DPConfig
+from captionaura.federated.secagg import SecAggConfig
+from captionaura.federated.simulation import FederatedClient, Simulation
+from captionaura.federated.strategies import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+from captionaura.lora import LoraConfig
+from captionaura.model import Lfm2Model
+from captionaura.optim import AdamWConfig
+from captionaura.trainer import Example
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum,
+    "multikrum": MultiKrum, "bulyan": Bulyan,
+}
+
+
+@dataclass
+class FederatedConfig:
+    """Everything a federated run needs besides the model weights and the clients' data.
+
+    ``local_steps`` > 0 trains that many batches per round, else ``local_epochs`` passes over the client's
+    data. ``strategy_args`` are the strategy's own parameters (e.g. ``{"eta": 0.01}`` for FedAdam), a
+    mapping or its JSON text. ``dp_noise_multiplier`` > 0 turns differential privacy on (``dp_mode``
+    "central": clip on the server and add noise to the mean; "local": each client noises its own update).
+    ``secagg_threshold`` 0 means two thirds of the sampled clients (at least 2)."""
+
+    model: str = ""
+    data: str = ""
+    output_dir: str = ""
+    rounds: int = 5
+    local_steps: int = 10
+    local_epochs: int = 0
+    batch_size: int = 8
+    fraction_fit: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    target_modules: str = "q_proj,k_proj,v_proj,out_proj,in_proj,w1,w2,w3"
+    lora_aggregation: str = "naive"
+    strategy: str = "fedavg"
+    strategy_args: str = "{}"
+    secure_aggregation: bool = False
+    secagg_threshold: int = 0
+    secagg_clipping_range: float = 8.0
+    secagg_max_weight: float = 1000.0
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 1.0
+    dp_mode: str = "central"
+    dp_delta: float = 1e-5
+    keep_optimizer_state: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strategy_args, str):
+            self.strategy_args = json.dumps(dict(self.strategy_args))
+        if self.strategy.lower() not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
+        if self.rounds < 1 or self.batch_size < 1:
+            raise ValueError("rounds and batch_size must be >= 1")
+        if (self.local_steps > 0) == (self.local_epochs > 0):
+            raise ValueError("give exactly one of local_steps > 0 and local_epochs > 0")
+        if self.dp_mode not in ("central", "local"):
+            raise ValueError(f"dp_mode must be 'central' or 'local', got {self.dp_mode!r}")
+        self.strategy_kwargs()  # bad JSON or unknown parameters fail here, not mid-run
+
+    # -- loading --------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "FederatedConfig":
+        """Build from a mapping; keys may use '-' (Flower's run-config style) or '_'."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"unknown federated config key {key!r}; known: {sorted(names)}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "FederatedConfig":
+        """Read a .toml or .json file (a flat table; `strategy_args` may be a sub-table)."""
+        p = Path(path)
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            return cls.from_dict(tomllib.loads(p.read_text()))
+        if p.suffix == ".json":
+            return cls.from_dict(json.loads(p.read_text()))
+        raise ValueError(f"config file must end in .toml or .json, got {p.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat scalars only (Flower's run config accepts bool, int, float and str values)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "FederatedConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- the objects it describes --------------------------------------------------------------------
+    def lora_config(self) -> LoraConfig:
+        targets = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, target_modules=targets)
+
+    def optimizer_config(self) -> AdamWConfig:
+        return AdamWConfig(lr=self.lr, weight_decay=self.weight_decay)
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        kwargs = json.loads(self.strategy_args or "{}")
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"strategy_args must be a JSON object, got {self.strategy_args!r}")
+        allowed = {f.name for f in fields(STRATEGIES[self.strategy.lower()]) if f.init}
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise ValueError(f"{self.strategy} has no parameter(s) {sorted(unknown)}; it takes {sorted(allowed)}")
+        return kwargs
+
+    def make_strategy(self) -> Strategy:
+        return STRATEGIES[self.strategy.lower()](**self.strategy_kwargs())
+
+    def secagg_config(self, num_sampled: int) -> SecAggConfig | None:
+        if not self.secure_aggregation:
+            return None
+        threshold = self.secagg_threshold or max(2, -(-2 * num_sampled // 3))
+        return SecAggConfig(threshold=threshold, clipping_range=self.secagg_clipping_range,
+                            max_weight=self.secagg_max_weight)
+
+    def dp_config(self, population: int) -> DPConfig | None:
+        if self.dp_noise_multiplier <= 0:
+            return None
+        return DPConfig(noise_multiplier=self.dp_noise_multiplier, clipping_norm=self.dp_clipping_norm,
+                        mode=self.dp_mode, population=population, delta=self.dp_delta)
+
+    def simulation(self, model: Lfm2Model, clients: Sequence[FederatedClient], **overrides: Any) -> Simulation:
+        """The Simulation this config describes (`overrides` go straight to Simulation, e.g. eval_fn)."""
+        num_sampled = max(1, int(round(self.fraction_fit * len(clients))))
+        kwargs: dict[str, Any] = dict(
+            strategy=self.make_strategy(), rounds=self.rounds,
+            local_steps=self.local_steps if self.local_steps > 0 else None,
+            local_epochs=self.local_epochs if self.local_epochs > 0 else None,
+            batch_size=self.batch_size, fraction_fit=self.fraction_fit, optimizer=self.optimizer_config(),
+            lora_aggregation=self.lora_aggregation, secure_aggregation=self.secagg_config(num_sampled),
+            dp=self.dp_config(len(clients)), keep_optimizer_state=self.keep_optimizer_state,
+            output_dir=self.output_dir or None, seed=self.seed)
+        kwargs.update(overrides)
+        return Simulation(model, clients, self.lora_config(), **kwargs)
+
+
+# -- client data on disk ------------------------------------------------------------------------------
+_FIELDS = ("input_ids", "labels", "attention_mask")
+
+
+def save_client_data(path: str | os.PathLike, train: Sequence[Example],
+                     eval: Sequence[Example] | None = None) -> None:
+    """Write one client's tokenised examples to an .npz (atomically: temp file, then rename)."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, examples in (("train", train), ("eval", eval or [])):
+        for i, ex in enumerate(examples):
+            for key in _FIELDS:
+                if key in ex:
+                    arrays[f"{split}.{i}.{key}"] = np.asarray(ex[key], dtype=np.int32)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, p)
+
+
+def load_client_data(path: str | os.PathLike, client_id: int | str | None = None) -> FederatedClient:
+    """Read a file written by `save_client_data`; the client id defaults to the file's stem."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"client data file {p} does not exist")
+    splits: dict[str, dict[int, dict[str, np.ndarray]]] = {"train": {}, "eval": {}}
+    with np.load(p) as data:
+        for key in data.files:
+            split, index, name = key.split(".", 2)
+            if split not in splits or name not in _FIELDS:
+                raise ValueError(f"{p}: unexpected array {key!r}")
+            splits[split].setdefault(int(index), {})[name] = data[key]
+    train = [splits["train"][i] for i in sorted(splits["train"])]
+    held_out = [splits["eval"][i] for i in sorted(splits["eval"])] or None
+    return FederatedClient(p.stem if client_id is None else client_id, train, held_out)
+
+
+def load_clients(data_dir: str | os.PathLike) -> list[FederatedClient]:
+    """Every ``*.npz`` in `data_dir`, sorted by name, as clients 0, 1, ... (ids by position, so they match
+    the partition ids Flower SuperNodes are started with)."""
+    files = sorted(Path(data_dir).glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no client data (*.npz) in {data_dir}")
+    return [load_client_data(f, client_id=i) for i, f in enumerate(files)]

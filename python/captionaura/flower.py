@@ -1,0 +1,357 @@
+"""Deployment on Flower (flwr ≥ 1.41: HTTP SuperLink, SuperNode authentication by registered EC keys).
+
+The ServerApp and ClientApp below run the very code of the in-process `Simulation`: the ClientApp calls
+`Simulation.local_train` on the site's own data and the ServerApp samples, aggregates (C kernels, LoRA-aware
+aggregation, central DP) and checkpoints with `Simulation.sample` / `Simulation.finish_round`, so a
+deployment with the same config and seeds ends on the same adapter as the simulation.
+
+What leaves a site: the adapter vector (float32), its mean training loss and its number of examples; and
+once, when the server asks which partition a node holds, the partition id. Never a token id, a caption or a
+pixel.
+
+Start a federation by hand from the kits of ``captionaura provision --server-address HOST:PORT --out kits``:
+
+    flower-superlink --ssl-ca-certfile kits/server/ca.crt --ssl-certfile kits/server/server.crt \\
+        --ssl-keyfile kits/server/server.key --enable-supernode-auth \\
+        --disable-runtime-dependency-installation --host HOST --port PORT
+    flwr supernode register kits/client-0001/client.pub <connection>   # once per site (an operator step)
+    flower-supernode --root-certificates kits/client-0001/ca.crt --superlink HOST:PORT \\
+        --auth-supernode-private-key kits/client-0001/client.key \\
+        --node-config 'partition-id=0 data="/site/data/client.npz" model="/site/lfm2"'
+    flwr run <app dir written by write_app> <connection> --stream
+
+`LocalFederation` does all of this on one machine (the integration test uses it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from captionaura.federated.config import FederatedConfig, load_client_data
+from captionaura.federated.simulation import FederatedClient, Simulation
+from captionaura.model import Lfm2Model
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+ADAPTER = "adapter"
+_CONFIG_KEYS = {f.name for f in fields(FederatedConfig)}
+# run-config keys of the deployment itself (besides FederatedConfig's own)
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {"num_supernodes": 2, "reply_timeout": 600.0, "audit_dir": ""}
+
+
+def _split_run_config(run_config: Mapping[str, Any]) -> tuple[FederatedConfig, dict[str, Any]]:
+    cfg = FederatedConfig.from_dict({k: v for k, v in run_config.items() if k in _CONFIG_KEYS})
+    extra = dict(DEPLOYMENT_DEFAULTS)
+    extra.update({k: v for k, v in run_config.items() if k not in _CONFIG_KEYS})
+    return cfg, extra
+
+
+def _vector_record(vector: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({ADAPTER: Array(np.ascontiguousarray(vector, dtype=np.float32))})
+
+
+# -- server ------------------------------------------------------------------------------------------
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    cfg, extra = _split_run_config(context.run_config)
+    run_server(grid, cfg, num_supernodes=int(extra["num_supernodes"]), timeout=float(extra["reply_timeout"]),
+               audit_dir=str(extra["audit_dir"]) or None)
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {count} SuperNodes connected within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: float = 600.0,
+               audit_dir: str | None = None) -> Simulation:
+    """The federated rounds over `grid`. The server holds the base model (to lay out the adapter and to
+    re-factorise "exact" aggregates) but no client data. With `audit_dir`, every reply is saved there as
+    received (what left the client), for inspection."""
+    nodes = _wait_for_nodes(grid, num_supernodes, timeout)
+    # which partition (client id) each node holds: the simulation's sampling is over client ids
+    queries = [Message(RecordDict({"config": ConfigRecord({"ask": "client-id"})}), dst_node_id=n,
+                       message_type=MessageType.QUERY) for n in nodes]
+    node_of: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        _audit(audit_dir, 0, reply)
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the query: {reply.error.reason}")
+        node_of[int(reply.content["config"]["client-id"])] = reply.metadata.src_node_id
+    if len(node_of) != len(nodes):
+        raise RuntimeError(f"{len(nodes)} SuperNodes but {len(node_of)} distinct partition ids")
+    clients = [FederatedClient(cid, []) for cid in sorted(node_of)]
+    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=False)
+    if sim.secure_aggregation is not None:
+        raise NotImplementedError("secure aggregation is not yet wired to Flower messages; run without it")
+    for round_ in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        sampled = [c.client_id for c in sim.sample(round_)]
+        content = {"arrays": _vector_record(sim.global_vector),
+                   "config": ConfigRecord({"server-round": round_})}
+        messages = [Message(RecordDict(dict(content)), dst_node_id=node_of[cid], message_type=MessageType.TRAIN)
+                    for cid in sampled]
+        by_node = {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            _audit(audit_dir, round_, reply)
+            by_node[reply.metadata.src_node_id] = reply
+        ids, updates, losses = [], [], []
+        for cid in sampled:  # the simulation's order, so the float64 sums add up in the same order
+            reply = by_node.get(node_of[cid])
+            if reply is None or reply.has_error():
+                continue  # a lost client: the round goes on with the others
+            metrics = reply.content["metrics"]
+            updates.append((reply.content["arrays"][ADAPTER].numpy(), float(metrics["num-examples"])))
+            losses.append(float(metrics["train_loss"]))
+            ids.append(cid)
+        if not updates:
+            raise RuntimeError(f"round {round_}: no client replied")
+        sim.finish_round(round_, ids, updates, losses, t0)
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+        sim.model.save_adapter(out / "adapter")
+        tmp = out / "history.json.tmp"
+        tmp.write_text(json.dumps([r.__dict__ for r in sim.history], default=float, indent=1))
+        os.replace(tmp, out / "history.json")
+    return sim
+
+
+def _audit(audit_dir: str | None, round_: int, reply: Message) -> None:
+    if not audit_dir or reply.has_error():
+        return
+    folder = Path(audit_dir) / f"round-{round_}-node-{reply.metadata.src_node_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    content = reply.content
+    for name, record in content.array_records.items():
+        for key, array in record.items():
+            np.save(folder / f"{name}.{key}.npy", array.numpy(), allow_pickle=False)
+    scalars = {name: dict(r) for name, r in list(content.metric_records.items()) + list(content.config_records.items())}
+    (folder / "records.json").write_text(json.dumps(scalars, default=str))
+
+
+# -- client ------------------------------------------------------------------------------------------
+def _site(context: Context) -> tuple[FederatedConfig, FederatedClient]:
+    cfg, _ = _split_run_config(context.run_config)
+    node = context.node_config
+    if "data" not in node or "partition-id" not in node:
+        raise ValueError("the SuperNode needs --node-config 'partition-id=<int> data=\"<client .npz>\"'")
+    if "model" in node:  # a site may keep the base model elsewhere than the server
+        cfg = cfg.replace(model=str(node["model"]))
+    return cfg, load_client_data(str(node["data"]), client_id=int(node["partition-id"]))
+
+
+@client_app.query()
+def _client_query(msg: Message, context: Context) -> Message:
+    client_id = int(context.node_config["partition-id"])
+    return Message(RecordDict({"config": ConfigRecord({"client-id": client_id})}), reply_to=msg)
+
+
+@client_app.train()
+def _client_train(msg: Message, context: Context) -> Message:
+    cfg, client = _site(context)
+    vector, loss, n = site_round(cfg, client, context.state, msg.content["arrays"][ADAPTER].numpy(),
+                                 int(msg.content["config"]["server-round"]))
+    reply = RecordDict({"arrays": _vector_record(vector),
+                        "metrics": MetricRecord({"train_loss": float(loss), "num-examples": int(n)})})
+    return Message(reply, reply_to=msg)
+
+
+def site_round(cfg: FederatedConfig, client: FederatedClient, state: RecordDict, global_vector: np.ndarray,
+               round_: int) -> tuple[np.ndarray, float, int]:
+    """One site's local training as a one-client Simulation (same seeds, RNG streams and optimiser as
+    in-process); the AdamW state lives between rounds in the node's `state` (Flower's context.state)."""
+    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), [client], output_dir=None, progressbar=False)
+    sim.global_vector = np.array(global_vector, dtype=np.float32, copy=True)
+    if "optimizer" in state.array_records:
+        saved: dict[str, Any] = {k: a.numpy() for k, a in state.array_records["optimizer"].items()}
+        saved["step"] = int(state.config_records["optimizer-step"]["step"])
+        sim.client_state[client.client_id] = saved
+    vector, loss, n = sim.local_train(client, round_)
+    kept = sim.client_state.get(client.client_id)
+    if kept is not None:
+        state["optimizer"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in kept.items() if k != "step"})
+        state["optimizer-step"] = ConfigRecord({"step": int(kept["step"])})
+    return vector, loss, n
+
+
+# -- the Flower app folder and a federation on this machine ----------------------------------------------
+def write_app(app_dir: str | os.PathLike, cfg: FederatedConfig, **deployment: Any) -> Path:
+    """Write a Flower app folder (pyproject.toml only: the code is this installed module) whose run
+    config is `cfg` plus the deployment keys (num_supernodes, reply_timeout, audit_dir)."""
+    values = dict(DEPLOYMENT_DEFAULTS)
+    unknown = set(deployment) - set(values)
+    if unknown:
+        raise ValueError(f"unknown deployment keys {sorted(unknown)}; known: {sorted(values)}")
+    values.update(deployment)
+    values.update(cfg.to_dict())
+    lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+             "[project]", 'name = "captionaura-federated"', 'version = "1.0.0"',
+             'description = "Federated LoRA captioning with captionaura"', 'license = "Apache-2.0"',
+             "dependencies = []", "", "[tool.flwr.app]", 'publisher = "captionaura"', "",
+             "[tool.flwr.app.components]", 'serverapp = "captionaura.flower:server_app"',
+             'clientapp = "captionaura.flower:client_app"', "", "[tool.flwr.app.config]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    folder = Path(app_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalFederation:
+    """A SuperLink and SuperNodes on this machine, started from provisioned kits with TLS and SuperNode
+    authentication. Every process it starts (and their children: SuperExec, ServerApp, ClientApps) carries a
+    marker in its environment, and `close()` kills exactly those, whatever happened.
+
+        with LocalFederation(kits, workdir) as fed:
+            fed.start_superlink()
+            for i, name in enumerate(names): fed.register(name); fed.start_supernode(name, {...})
+            fed.run(app_dir)
+    """
+
+    def __init__(self, kits: str | os.PathLike, workdir: str | os.PathLike) -> None:
+        self.kits, self.workdir = Path(kits), Path(workdir)
+        manifest = json.loads((self.kits / "manifest.json").read_text())
+        self.address = manifest["server_address"]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.marker = uuid.uuid4().hex
+        home = self.workdir / "flwr-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "captionaura"\n\n[superlink.captionaura]\n'
+            f'address = "{self.address}"\nroot-certificates = "{(self.kits / "server" / "ca.crt").resolve()}"\n')
+        bindir = str(Path(sys.executable).parent)
+        self.env = dict(os.environ, FLWR_HOME=str(home), PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+                        FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", NO_COLOR="1",
+                        CAPTIONAURA_FEDERATION=self.marker)
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                cwd=self.workdir, start_new_session=True)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        p = self.workdir / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        host, _, port = self.address.rpartition(":")
+        srv = self.kits / "server"
+        self._start("superlink", [
+            "flower-superlink", "--ssl-ca-certfile", str(srv / "ca.crt"), "--ssl-certfile", str(srv / "server.crt"),
+            "--ssl-keyfile", str(srv / "server.key"), "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation", "--host", host, "--port", port])
+        deadline = time.monotonic() + timeout
+        while "Uvicorn running on https://" not in self.log("superlink"):
+            if self.processes["superlink"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the SuperLink did not start:\n{self.log('superlink')[-3000:]}")
+            time.sleep(0.1)
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run the `flwr` CLI against this federation's SuperLink."""
+        return subprocess.run(["flwr", *args], env=self.env, cwd=self.workdir, capture_output=True, text=True,
+                              timeout=timeout, start_new_session=True)
+
+    def register(self, client: str) -> None:
+        """Admit a site's node-authentication public key (`flwr supernode register`)."""
+        res = self.flwr("supernode", "register", str(self.kits / client / "client.pub"), "captionaura")
+        if res.returncode != 0 or "registered successfully" not in res.stdout:
+            raise RuntimeError(f"registering {client} failed:\n{res.stdout}\n{res.stderr}")
+
+    def start_supernode(self, client: str, node_config: Mapping[str, Any], private_key: str | None = None,
+                        max_retries: int | None = None, name: str | None = None) -> subprocess.Popen:
+        """Start `client`'s SuperNode (its kit's CA and key unless `private_key` is given); its log is
+        `log(name or client)`."""
+        key = private_key or str(self.kits / client / "client.key")
+        config = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+        argv = ["flower-supernode", "--root-certificates", str(self.kits / client / "ca.crt"),
+                "--superlink", self.address, "--auth-supernode-private-key", key,
+                "--node-config", config, "--port", str(free_port())]
+        if max_retries is not None:
+            argv += ["--max-retries", str(max_retries)]
+        return self._start(name or client, argv)
+
+    def run(self, app_dir: str | os.PathLike, timeout: float = 600.0) -> str:
+        """`flwr run` the app and stream its logs until the run ends; returns the output."""
+        res = self.flwr("run", str(app_dir), "captionaura", "--stream", timeout=timeout)
+        out = res.stdout + res.stderr
+        if res.returncode != 0 or "ServerApp raised an exception" in out:
+            raise RuntimeError(f"flwr run failed:\n{out[-6000:]}")
+        return out
+
+    def _marked_pids(self) -> list[int]:
+        pids = []
+        needle = f"CAPTIONAURA_FEDERATION={self.marker}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def close(self) -> None:
+        for proc in self.processes.values():  # our own process groups first, politely
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for pid in self._marked_pids():  # detached children (SuperExec, app processes)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

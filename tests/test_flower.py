@@ -1,0 +1,160 @@
+"""Deployment on Flower: a real SuperLink and two SuperNodes on 127.0.0.1 with TLS (provisioned CA) and
+SuperNode authentication run 2 rounds of LoRA on the tiny LFM2 fixture; the final adapter equals the
+in-process Simulation's with the same config and seeds; an unregistered SuperNode is refused; what the
+sites sent holds only adapter vectors and two scalars (no token ids, no caption text)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+if shutil.which("flower-superlink") is None and not (Path(__import__("sys").executable).parent / "flower-superlink").exists():
+    pytest.skip("flower-superlink not installed", allow_module_level=True)
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from flwr.app import Context, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from captionaura import flower  # noqa: E402
+from captionaura.federated import provision  # noqa: E402
+from captionaura.federated.config import FederatedConfig, load_clients, save_client_data  # noqa: E402
+from captionaura.model import Lfm2Model  # noqa: E402
+
+MODEL = Path(__file__).parent / "reference" / "fixtures" / "lfm2" / "mixed"
+
+
+def write_sites(folder: Path, k: int = 2, n: int = 5) -> list[list[dict]]:
+    """Per-site caption-like token sequences (a shared style plus the site's own words)."""
+    rng = np.random.default_rng(5)
+    shared = rng.integers(100, 300, 6)
+    sites = []
+    for c in range(k):
+        examples = []
+        for _ in range(n):
+            ids = np.concatenate([[1, 7, 9], shared, rng.integers(10, 100, 4), [2]]).astype(np.int32)
+            labels = ids.copy()
+            labels[:3] = -100
+            examples.append({"input_ids": ids, "labels": labels})
+        save_client_data(folder / f"site-{c}.npz", examples)
+        sites.append(examples)
+    return sites
+
+
+def config(out: Path, **kw) -> FederatedConfig:
+    args = dict(model=str(MODEL), output_dir=str(out), rounds=2, local_steps=3, batch_size=2, lr=1e-2,
+                lora_r=4, lora_alpha=8.0, target_modules="q_proj,v_proj,in_proj,w1", strategy="fedadam",
+                strategy_args='{"eta": 0.01}', seed=3)
+    args.update(kw)
+    return FederatedConfig(**args)
+
+
+class LoopbackGrid:
+    """Flower's Grid interface, delivering each message straight to the ClientApp of an in-process node
+    (one Context per node, kept across rounds as the SuperNode keeps it): the ServerApp and ClientApp code
+    paths of a deployment without the processes."""
+
+    def __init__(self, data: list[Path], run_config: dict) -> None:
+        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config=run_config,
+                                          node_config={"partition-id": i, "data": str(p)})
+                         for i, p in enumerate(data)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            TaskIdentity.node_id = msg.metadata.dst_node_id
+            replies.append(flower.client_app(message=msg, context=self.contexts[msg.metadata.dst_node_id]))
+        TaskIdentity.node_id = 1
+        return replies
+
+
+@pytest.fixture
+def task_identity():
+    """Messages take their run and node ids from Flower's per-process TaskIdentity; set it, then clear it."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
+
+
+def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_identity):
+    write_sites(tmp_path / "data")
+    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", lora_aggregation="exact")
+    grid = LoopbackGrid(sorted((tmp_path / "data").glob("*.npz")), {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()})
+    served = flower.run_server(grid, cfg, num_supernodes=2, timeout=5, audit_dir=str(tmp_path / "audit"))
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    np.testing.assert_array_equal(served.global_vector, sim.global_vector)
+    assert (tmp_path / "out" / "adapter").is_dir() and len(list((tmp_path / "audit").iterdir())) == 2 + 2 * 2
+    # the optimiser state stayed on the sites, in their contexts
+    assert all("optimizer" in c.state for c in grid.contexts.values())
+    with pytest.raises(TimeoutError, match="SuperNodes connected"):
+        flower.run_server(grid, cfg, num_supernodes=3, timeout=0.5)
+
+
+@pytest.mark.slow
+def test_flower_deployment_matches_simulation_and_refuses_unknown_nodes(tmp_path):
+    sites = write_sites(tmp_path / "data")
+    port = flower.free_port()
+    kits = tmp_path / "kits"
+    provision(["site-0", "site-1"], f"127.0.0.1:{port}", kits)
+    rogue = ec.generate_private_key(ec.SECP384R1())
+    rogue_key = tmp_path / "rogue.key"
+    rogue_key.write_bytes(rogue.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+    rogue_key.chmod(0o600)
+    cfg = config(tmp_path / "flower-out", dp_noise_multiplier=0.3, dp_clipping_norm=0.5)
+    app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
+                           audit_dir=str(tmp_path / "audit"))
+
+    with flower.LocalFederation(kits, tmp_path / "run") as fed:
+        fed.start_superlink()
+        for i, name in enumerate(["site-0", "site-1"]):
+            fed.register(name)
+            fed.start_supernode(name, {"partition-id": i, "data": str(tmp_path / "data" / f"site-{i}.npz")})
+        intruder = fed.start_supernode("site-0", {"partition-id": 9, "data": "none"}, private_key=str(rogue_key),
+                                       max_retries=1, name="intruder")
+        assert intruder.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in fed.log("intruder")
+        fed.run(app, timeout=400)
+
+    # the same config in-process
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    deployed = Lfm2Model.from_pretrained(MODEL)
+    deployed.add_lora(cfg.lora_config())
+    deployed.load_adapter(tmp_path / "flower-out" / "adapter")
+    np.testing.assert_allclose(deployed.lora_vector(), sim.global_vector, rtol=0, atol=1e-6)
+    assert np.abs(sim.global_vector - sim.model.lora_vector()).max() == 0
+    history = json.loads((tmp_path / "flower-out" / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2] and history[-1]["metrics"]["epsilon"] > 0
+    np.testing.assert_allclose([h["train_loss"] for h in history], [r.train_loss for r in sim.history], atol=1e-6)
+
+    # what left the sites: the partition id once, then per round one float32 adapter vector + two scalars
+    replies = sorted((tmp_path / "audit").iterdir())
+    assert len(replies) == 2 + 2 * 2
+    n = sim.global_vector.size
+    for folder in replies:
+        records = json.loads((folder / "records.json").read_text())
+        arrays = [p for p in folder.iterdir() if p.suffix == ".npy"]
+        if folder.name.startswith("round-0-"):
+            assert arrays == [] and list(records) == ["config"] and list(records["config"]) == ["client-id"]
+            continue
+        assert [p.name for p in arrays] == ["arrays.adapter.npy"]
+        vec = np.load(arrays[0])
+        assert vec.dtype == np.float32 and vec.shape == (n,)
+        assert set(records) == {"metrics"} and set(records["metrics"]) == {"train_loss", "num-examples"}
+        raw = vec.tobytes()
+        for e in (e for s in sites for e in s):
+            assert e["input_ids"].astype(np.int32).tobytes() not in raw
+            assert e["input_ids"].astype(np.int64).tobytes() not in raw
