@@ -71,6 +71,42 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Federated LoRA training in one process (a Simulation): clients from --data (one .npz per client),
+    config from --config (TOML/JSON) and/or flags (flags win); writes checkpoints after every round,
+    history.json and the final adapter to --output-dir; --resume continues an interrupted run."""
+    from dataclasses import fields
+
+    from captionaura.federated.config import FederatedConfig, run_training
+
+    values = FederatedConfig.from_file(args.config).to_dict() if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in fields(FederatedConfig) if getattr(args, f.name) is not None})
+    cfg = FederatedConfig.from_dict(values)
+    sim = run_training(cfg, num_clients=args.clients, resume=args.resume, progressbar=not args.no_progress)
+    for r in sim.history:
+        extra = "".join(f" {k}={v:.4g}" for k, v in r.metrics.items())
+        print(f"round {r.round}: loss {r.train_loss:.4f}, {len(r.clients)} clients{extra}")
+    print(f"wrote {cfg.output_dir}/adapter, {cfg.output_dir}/history.json")
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per FederatedConfig field (--lora-r, --secure-aggregation/--no-secure-aggregation, ...);
+    unset flags keep the config file's value or the default."""
+    from dataclasses import MISSING, fields
+
+    from captionaura.federated.config import FederatedConfig
+
+    for f in fields(FederatedConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default: {default!r})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionaura", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--server-address", required=True, help="HOST:PORT the clients will connect to")
     prov.add_argument("--out", required=True, help="folder of the kits; running again adds missing clients only")
     prov.set_defaults(func=cmd_provision)
+
+    train = sub.add_parser("train", help=cmd_train.__doc__.splitlines()[0], description=cmd_train.__doc__)
+    train.add_argument("--config", help="TOML or JSON file with FederatedConfig keys")
+    train.add_argument("--clients", type=int, help="use the first N clients of --data (default: all)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

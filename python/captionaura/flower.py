@@ -42,7 +42,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from captionaura.federated.config import FederatedConfig, load_client_data
+from captionaura.federated.config import FederatedConfig, load_client_data, write_history
 from captionaura.federated.simulation import FederatedClient, Simulation
 from captionaura.model import Lfm2Model
 
@@ -132,9 +132,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
     if cfg.output_dir:
         out = Path(cfg.output_dir)
         sim.model.save_adapter(out / "adapter")
-        tmp = out / "history.json.tmp"
-        tmp.write_text(json.dumps([r.__dict__ for r in sim.history], default=float, indent=1))
-        os.replace(tmp, out / "history.json")
+        write_history(out / "history.json", sim)
     return sim
 
 

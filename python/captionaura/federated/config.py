@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from captionaura._io import write_json_atomic
 from captionaura.federated.dp import DPConfig
 from captionaura.federated.secagg import SecAggConfig
 from captionaura.federated.simulation import FederatedClient, Simulation
@@ -225,3 +226,40 @@ def load_clients(data_dir: str | os.PathLike) -> list[FederatedClient]:
     if not files:
         raise FileNotFoundError(f"no client data (*.npz) in {data_dir}")
     return [load_client_data(f, client_id=i) for i, f in enumerate(files)]
+
+
+def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: bool = False,
+                 progressbar: bool = True) -> Simulation:
+    """`captionaura train`: the Simulation `cfg` describes, over the clients in `cfg.data` (the first
+    `num_clients` of them), checkpointed after every round in `cfg.output_dir`; at the end the global
+    adapter (PEFT format) and the history JSON are written there too. `resume` continues from the
+    checkpoint, and refuses one made with a different config."""
+    if not cfg.model or not cfg.data or not cfg.output_dir:
+        raise ValueError("model, data and output_dir are required")
+    clients = load_clients(cfg.data)
+    if num_clients is not None:
+        if not 1 <= num_clients <= len(clients):
+            raise ValueError(f"{cfg.data} holds {len(clients)} clients, asked for {num_clients}")
+        clients = clients[:num_clients]
+    out = Path(cfg.output_dir)
+    saved = out / "config.json"
+    settings = {**cfg.to_dict(), "num_clients": len(clients)}
+    if resume and saved.exists():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in settings if k != "rounds" and before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"cannot resume {out}: the config differs in {changed}")
+    elif not resume and (out / "checkpoint").exists():
+        raise ValueError(f"{out} already holds a checkpoint; pass resume=True (--resume) or use another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(saved, settings)
+    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=progressbar)
+    sim.run(resume=resume)
+    sim.model.save_adapter(out / "adapter")
+    write_history(out / "history.json", sim)
+    return sim
+
+
+def write_history(path: Path, sim: Simulation) -> None:
+    """The per-round records as a JSON list (atomically)."""
+    write_json_atomic(path, json.loads(json.dumps([r.__dict__ for r in sim.history], default=float)))

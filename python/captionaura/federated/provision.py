@@ -1,7 +1,7 @@
 """Provisioning of a federation's startup kits (issue 7): a CA, the server's TLS certificate and key (SANs
 include localhost), an EC key pair per client for node authentication (Flower's SuperNode authentication
-takes NIST-curve EC keys in OpenSSH format, private and public), a TOML config per node, private keys with mode 0600 and a manifest of SHA-256
-hashes. Re-running with more clients adds kits and never touches existing keys or certificates.
+takes NIST-curve EC keys in OpenSSH format, private and public), a TOML config per node, private keys
+with mode 0600 and a manifest of SHA-256 hashes. Re-running with more clients adds kits and never touches existing keys or certificates.
 
     out/
       ca/ca.crt  ca/ca.key                 the CA key stays with the operator, it is in no kit

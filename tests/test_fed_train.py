@@ -1,0 +1,113 @@
+"""`captionaura train` end to end on the tiny LFM2 fixture: a TOML config plus flags, checkpoints, history
+and adapter on disk, --resume reproducing the uninterrupted run, and clear errors for bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captionaura.cli import main
+from captionaura.federated.config import FederatedConfig, load_client_data, save_client_data
+from captionaura.model import Lfm2Model
+
+MODEL = Path(__file__).parent / "reference" / "fixtures" / "lfm2" / "mixed"
+
+
+def write_data(folder: Path, k: int = 3, n: int = 4) -> None:
+    rng = np.random.default_rng(2)
+    for c in range(k):
+        examples = []
+        for _ in range(n):
+            ids = np.concatenate([[1, 5], rng.integers(10, 300, 6), [2]]).astype(np.int32)
+            labels = ids.copy()
+            labels[:2] = -100
+            examples.append({"input_ids": ids, "labels": labels})
+        save_client_data(folder / f"client-{c}.npz", examples, eval=examples[:1])
+
+
+TOML = """
+model = "{model}"
+data = "{data}"
+rounds = 3
+local_steps = 2
+batch_size = 2
+lr = 0.01
+lora_r = 2
+target_modules = "q_proj,v_proj,w1"
+strategy = "fedavgm"
+seed = 4
+
+[strategy_args]
+server_momentum = 0.5
+"""
+
+
+def adapter(folder: Path) -> np.ndarray:
+    m = Lfm2Model.from_pretrained(MODEL)
+    m.add_lora(FederatedConfig(target_modules="q_proj,v_proj,w1", lora_r=2).lora_config())
+    m.load_adapter(folder / "adapter")
+    return m.lora_vector()
+
+
+def test_train_cli_writes_history_adapter_and_resumes_exactly(tmp_path, capsys):
+    write_data(tmp_path / "data")
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text(TOML.format(model=MODEL.as_posix(), data=(tmp_path / "data").as_posix()))
+    flags = ["--dp-noise-multiplier", "0.2", "--dp-clipping-norm", "1.0", "--no-progress"]
+
+    assert main(["train", "--config", str(cfg_file), "--output-dir", str(tmp_path / "a"), *flags]) == 0
+    assert "round 3: loss" in capsys.readouterr().out
+    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2, 3] and history[-1]["clients"] == [0, 1, 2]
+    assert history[0]["metrics"]["epsilon"] < history[-1]["metrics"]["epsilon"]
+    assert (tmp_path / "a" / "checkpoint" / "state.npz").is_file()
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["strategy"] == "fedavgm" and json.loads(saved["strategy_args"]) == {"server_momentum": 0.5}
+
+    # interrupted after round 2, resumed to 3: the same adapter as the straight run
+    assert main(["train", "--config", str(cfg_file), "--output-dir", str(tmp_path / "b"), "--rounds", "2", *flags]) == 0
+    assert main(["train", "--config", str(cfg_file), "--output-dir", str(tmp_path / "b"), "--resume", *flags]) == 0
+    np.testing.assert_array_equal(adapter(tmp_path / "b"), adapter(tmp_path / "a"))
+    assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 3
+
+    # the flags alone, two clients, secure aggregation
+    assert main(["train", "--model", str(MODEL), "--data", str(tmp_path / "data"), "--output-dir",
+                 str(tmp_path / "c"), "--clients", "2", "--rounds", "1", "--local-steps", "1", "--lora-r", "2",
+                 "--target-modules", "q_proj", "--secure-aggregation", "--secagg-max-weight", "8",
+                 "--no-progress"]) == 0
+    history = json.loads((tmp_path / "c" / "history.json").read_text())
+    assert history[0]["clients"] == [0, 1] and history[0]["bytes_received"] > 0
+
+
+def test_train_cli_rejects_bad_configs(tmp_path, capsys):
+    write_data(tmp_path / "data")
+    base = ["train", "--model", str(MODEL), "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "o"),
+            "--rounds", "1", "--local-steps", "1", "--lora-r", "2", "--no-progress"]
+    assert main(base + ["--strategy", "fedbest"]) == 2
+    assert "unknown strategy 'fedbest'" in capsys.readouterr().err
+    assert main(base + ["--strategy", "fedadam", "--strategy-args", '{"momentum": 1}']) == 2
+    assert "has no parameter(s) ['momentum']" in capsys.readouterr().err
+    assert main(base + ["--clients", "7"]) == 2
+    assert "holds 3 clients, asked for 7" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rounds = 2\nlearning_rate = 0.1\n')
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown federated config key 'learning_rate'" in capsys.readouterr().err
+    assert main(base) == 0
+    assert main(base) == 2  # a second run into the same folder must say --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(base + ["--resume", "--lr", "0.5"]) == 2
+    assert "differs in ['lr']" in capsys.readouterr().err
+
+
+def test_client_data_round_trip(tmp_path):
+    ex = [{"input_ids": np.array([1, 2, 3], np.int32), "labels": np.array([-100, 2, 3], np.int32)}]
+    save_client_data(tmp_path / "alice.npz", ex, eval=ex)
+    client = load_client_data(tmp_path / "alice.npz")
+    assert client.client_id == "alice" and len(client.train) == len(client.eval) == 1
+    np.testing.assert_array_equal(client.train[0]["labels"], ex[0]["labels"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_client_data(tmp_path / "bob.npz")
