@@ -149,3 +149,41 @@ def test_only_adapter_vectors_leave_clients():
         assert isinstance(num_examples, float)
     token_ids = np.concatenate([e["input_ids"] for c in make_clients() for e in c.train])
     assert not any(np.array_equal(v[: len(token_ids)].astype(np.int32), token_ids) for v, _ in sent)
+
+
+class PoisonedSimulation(Simulation):
+    """Clients in `attackers` send the global vector minus 100 times their honest update (sign-flipped,
+    scaled x100), the classic model-poisoning attack."""
+
+    attackers: set = set()
+
+    def local_train(self, client, round_):
+        vector, loss, n = super().local_train(client, round_)
+        if client.client_id in self.attackers:
+            vector = self.global_vector - 100.0 * (vector - self.global_vector)
+        return vector, loss, n
+
+
+@pytest.mark.parametrize("name", ["krum", "median"])
+def test_byzantine_clients_pull_fedavg_away_but_not_krum_or_median(name):
+    clients = make_clients(k=8)
+    honest = clients[:6]
+    kw = dict(rounds=2, local_steps=3, batch_size=3, optimizer=ca.AdamWConfig(lr=1e-2, weight_decay=0.0),
+              progressbar=False)
+    start = base_model()
+    start.add_lora(LORA, seed=0)
+    x0 = start.lora_vector()
+    clean = Simulation(base_model(), honest, LORA, **kw)
+    clean.run()
+    step = np.linalg.norm(clean.global_vector - x0)   # how far honest training moves the adapter
+
+    def attacked(strategy):
+        sim = PoisonedSimulation(base_model(), clients, LORA, strategy=strategy, **kw)
+        sim.attackers = {6, 7}
+        sim.run()
+        return np.linalg.norm(sim.global_vector - clean.global_vector) / step
+
+    robust = attacked(fl.Krum(num_malicious_clients=2) if name == "krum" else fl.FedMedian())
+    poisoned = attacked(fl.FedAvg())
+    assert poisoned > 10, poisoned         # 2 of 8 clients at x100 drag the mean ~25 steps away
+    assert robust < 1.0, robust            # within one honest step of the clean run
