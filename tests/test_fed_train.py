@@ -77,9 +77,10 @@ def test_train_cli_writes_history_adapter_and_resumes_exactly(tmp_path, capsys):
     assert main(["train", "--model", str(MODEL), "--data", str(tmp_path / "data"), "--output-dir",
                  str(tmp_path / "c"), "--clients", "2", "--rounds", "1", "--local-steps", "1", "--lora-r", "2",
                  "--target-modules", "q_proj", "--secure-aggregation", "--secagg-max-weight", "8",
-                 "--no-progress"]) == 0
+                 "--eval-max-new-tokens", "4", "--no-progress"]) == 0
     history = json.loads((tmp_path / "c" / "history.json").read_text())
     assert history[0]["clients"] == [0, 1] and history[0]["bytes_received"] > 0
+    assert set(history[0]["client_metrics"]) == {"0", "1"} and "CIDEr" in history[0]["client_metrics"]["0"]
 
 
 def test_train_cli_rejects_bad_configs(tmp_path, capsys):

@@ -187,3 +187,29 @@ def test_byzantine_clients_pull_fedavg_away_but_not_krum_or_median(name):
     poisoned = attacked(fl.FedAvg())
     assert poisoned > 10, poisoned         # 2 of 8 clients at x100 drag the mean ~25 steps away
     assert robust < 1.0, robust            # within one honest step of the clean run
+
+
+def test_per_client_bleu_cider_rise_as_the_federation_learns_the_captions():
+    clients = make_clients(k=3, n=7)
+    for c in clients:  # each client holds out three of its captions
+        c.train, c.eval = c.train[:4], c.train[4:]
+    scorer = fl.caption_eval_fn(max_new_tokens=8)
+    untrained = base_model()
+    untrained.add_lora(LORA, seed=0)
+    before = {str(c.client_id): scorer(untrained, c) for c in clients}
+    sim = Simulation(base_model(), clients, LORA, rounds=3, local_steps=6, batch_size=4,
+                     optimizer=ca.AdamWConfig(lr=3e-2, weight_decay=0.0), progressbar=False, eval_fn=scorer)
+    history = sim.run()
+    last = history[-1]
+    assert all(set(r.client_metrics) == {"0", "1", "2"} for r in history)
+    for k in ("Bleu_4", "CIDEr"):
+        assert last.metrics[f"eval_{k}"] == pytest.approx(np.mean([m[k] for m in last.client_metrics.values()]))
+    for cid, scores in last.client_metrics.items():
+        assert scores["Bleu_4"] > before[cid]["Bleu_4"] + 0.3, (cid, scores, before[cid])
+        assert scores["CIDEr"] > before[cid]["CIDEr"], (cid, scores, before[cid])
+    # the hook scores what the model writes: a client whose references are its candidates scores BLEU 1
+    greedy = sim.model.generate(np.array([[1, 2, 3]], np.int32), max_new_tokens=8, do_sample=False)[0]
+    assert not {0, sim.model.config.eos_token_id} & set(greedy.tolist())
+    echo = FederatedClient("echo", [], [{"input_ids": np.concatenate([[1, 2, 3], greedy]).astype(np.int32),
+                                         "labels": np.concatenate([[-100] * 3, greedy]).astype(np.int32)}])
+    assert scorer(sim.model, echo)["Bleu_4"] == pytest.approx(1.0)

@@ -35,7 +35,7 @@ from captionaura.federated.secagg import (
     SecAggServer,
     run_round as secagg_run_round,
 )
-from captionaura.federated.simulation import FederatedClient, RoundRecord, Simulation
+from captionaura.federated.simulation import FederatedClient, RoundRecord, Simulation, caption_eval_fn
 from captionaura.federated.strategies import (
     AggregateResult,
     Bulyan,
@@ -56,7 +56,7 @@ from captionaura.federated.strategies import (
 )
 
 __all__ = [
-    "FederatedClient", "RoundRecord", "Simulation",
+    "FederatedClient", "RoundRecord", "Simulation", "caption_eval_fn",
     "DPConfig", "DifferentialPrivacy", "RDPAccountant", "add_gaussian_noise", "clip_update", "compute_rdp",
     "local_dp_update", "rdp_to_dp",
     "ProvisionResult", "provision",

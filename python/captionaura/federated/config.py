@@ -22,7 +22,7 @@ import numpy as np
 from captionaura._io import write_json_atomic
 from captionaura.federated.dp import DPConfig
 from captionaura.federated.secagg import SecAggConfig
-from captionaura.federated.simulation import FederatedClient, Simulation
+from captionaura.federated.simulation import FederatedClient, Simulation, caption_eval_fn
 from captionaura.federated.strategies import (
     Bulyan,
     FedAdagrad,
@@ -57,7 +57,9 @@ class FederatedConfig:
     data. ``strategy_args`` are the strategy's own parameters (e.g. ``{"eta": 0.01}`` for FedAdam), a
     mapping or its JSON text. ``dp_noise_multiplier`` > 0 turns differential privacy on (``dp_mode``
     "central": clip on the server and add noise to the mean; "local": each client noises its own update).
-    ``secagg_threshold`` 0 means two thirds of the sampled clients (at least 2)."""
+    ``secagg_threshold`` 0 means two thirds of the sampled clients (at least 2). ``eval_max_new_tokens`` > 0
+    captions every client's held-out examples after each round and records its BLEU/CIDEr
+    (`caption_eval_fn`)."""
 
     model: str = ""
     data: str = ""
@@ -84,6 +86,7 @@ class FederatedConfig:
     dp_mode: str = "central"
     dp_delta: float = 1e-5
     keep_optimizer_state: bool = True
+    eval_max_new_tokens: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -177,7 +180,8 @@ class FederatedConfig:
             batch_size=self.batch_size, fraction_fit=self.fraction_fit, optimizer=self.optimizer_config(),
             lora_aggregation=self.lora_aggregation, secure_aggregation=self.secagg_config(num_sampled),
             dp=self.dp_config(len(clients)), keep_optimizer_state=self.keep_optimizer_state,
-            output_dir=self.output_dir or None, seed=self.seed)
+            output_dir=self.output_dir or None, seed=self.seed,
+            eval_fn=caption_eval_fn(self.eval_max_new_tokens) if self.eval_max_new_tokens > 0 else None)
         kwargs.update(overrides)
         return Simulation(model, clients, self.lora_config(), **kwargs)
 

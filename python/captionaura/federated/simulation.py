@@ -55,6 +55,7 @@ class RoundRecord:
     rejected: list
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # client id -> eval scores
 
 
 class Simulation:
@@ -231,18 +232,22 @@ class Simulation:
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if self.dp is not None and self.dp.mode == "local":
             metrics["epsilon_local_per_round"] = float("nan")  # each client accounts for its own releases
+        per_client: dict[str, dict[str, float]] = {}
         if self.eval_fn is not None:
             scores: dict[str, list[float]] = {}
             for client in self.clients:
-                for k, v in self.eval_fn(self.model, client).items():
-                    scores.setdefault(k, []).append(float(v))
+                client_scores = {k: float(v) for k, v in self.eval_fn(self.model, client).items()}
+                if client_scores:
+                    per_client[str(client.client_id)] = client_scores
+                for k, v in client_scores.items():
+                    scores.setdefault(k, []).append(v)
             metrics.update({f"eval_{k}": float(np.mean(v)) for k, v in scores.items()})
         vec_bytes = self.global_vector.nbytes
         up = (4 if self.secure_aggregation else vec_bytes // self.global_vector.size) * self.global_vector.size
         record = RoundRecord(round_, ids, float(np.mean(losses)), float(result.num_examples),
                              bytes_sent=vec_bytes * len(ids), bytes_received=up * len(result.accepted),
                              aggregation_error=error, rejected=[str(r) for r in result.rejected],
-                             seconds=time.perf_counter() - t0, metrics=metrics)
+                             seconds=time.perf_counter() - t0, metrics=metrics, client_metrics=per_client)
         self.history.append(record)
         self.round = round_
         if self.output_dir is not None:
@@ -303,6 +308,47 @@ class Simulation:
         self.history = [RoundRecord(**r) for r in meta["history"]]
         _restore_strategy(self.strategy, meta["strategy"])
         self.model.set_lora_vector(self.global_vector)
+
+
+def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str] | None = None,
+                    metrics: Sequence[str] = ("Bleu", "CIDEr")) -> Callable[[Lfm2Model, FederatedClient], dict]:
+    """An `eval_fn` that captions each client's held-out examples and scores them with the metrics module
+    (the pycocoevalcap BLEU-1..4 and CIDEr-D). An example's prompt is its unscored prefix (labels −100), its
+    reference caption the scored tokens up to the end token; greedy decoding writes the candidate. With
+    `decode` (e.g. a tokenizer's decode) captions are scored as text through the PTB tokenizer, otherwise as
+    space-separated token ids. Clients without held-out examples return {}."""
+    from captionaura.metrics import evaluate
+
+    def words(ids: Sequence[int]) -> str:
+        return decode(list(ids)) if decode is not None else " ".join(str(int(t)) for t in ids)
+
+    def until_end(ids: np.ndarray, stops: set[int]) -> list[int]:
+        out = []
+        for t in ids.tolist():
+            if t in stops:
+                break
+            out.append(t)
+        return out
+
+    def eval_fn(model: Lfm2Model, client: FederatedClient) -> dict[str, float]:
+        if not client.eval:
+            return {}
+        eos = model.config.eos_token_id
+        stops = set(eos if isinstance(eos, list) else [eos]) - {None}
+        refs, cands = {}, {}
+        for i, ex in enumerate(client.eval):
+            ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
+            scored = np.flatnonzero(labels != -100)
+            if scored.size == 0:
+                raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
+            prompt = ids[: scored[0]].astype(np.int32)
+            new = model.generate(prompt[None, :], max_new_tokens=max_new_tokens, do_sample=False)
+            refs[i] = [words(until_end(labels[scored], stops))]
+            cands[i] = words(until_end(np.asarray(new)[0], stops | {_pad_id(model)}))
+        scores = evaluate(refs, cands, metrics=metrics, tokenize="ptb" if decode is not None else "none").scores
+        return {k: float(v) for k, v in scores.items()}
+
+    return eval_fn
 
 
 def _inner(strategy: Strategy) -> Strategy:
