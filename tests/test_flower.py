@@ -85,15 +85,19 @@ def task_identity():
     TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
 
 
-def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_identity):
+@pytest.mark.parametrize("lora_aggregation", ["exact", "fedex"])
+def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_identity, lora_aggregation):
     write_sites(tmp_path / "data")
-    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", lora_aggregation="exact")
+    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", lora_aggregation=lora_aggregation)
     grid = LoopbackGrid(sorted((tmp_path / "data").glob("*.npz")), {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()})
     served = flower.run_server(grid, cfg, num_supernodes=2, timeout=5, audit_dir=str(tmp_path / "audit"))
     sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
                                                 progressbar=False)
     sim.run()
     np.testing.assert_array_equal(served.global_vector, sim.global_vector)
+    for name, w in sim.model.parameters().items():  # FedEx: the sites trained on the same folded base
+        np.testing.assert_array_equal(served.model.parameters()[name], w)
+    assert (tmp_path / "out" / "base").is_dir() == (lora_aggregation == "fedex")
     assert (tmp_path / "out" / "adapter").is_dir() and len(list((tmp_path / "audit").iterdir())) == 2 + 2 * 2
     # the optimiser state stayed on the sites, in their contexts
     assert all("optimizer" in c.state for c in grid.contexts.values())

@@ -213,3 +213,50 @@ def test_per_client_bleu_cider_rise_as_the_federation_learns_the_captions():
     echo = FederatedClient("echo", [], [{"input_ids": np.concatenate([[1, 2, 3], greedy]).astype(np.int32),
                                          "labels": np.concatenate([[-100] * 3, greedy]).astype(np.int32)}])
     assert scorer(sim.model, echo)["Bleu_4"] == pytest.approx(1.0)
+
+
+def test_fedex_folds_the_residual_into_the_base_exactly(tmp_path):
+    sent = []
+    sim = Simulation(base_model(), make_clients(), LORA, rounds=1, local_steps=4, batch_size=3,
+                     optimizer=ca.AdamWConfig(lr=1e-2, weight_decay=0.0), lora_aggregation="fedex", progressbar=False)
+    original = sim._aggregate
+    sim._aggregate = lambda r, updates, ids: (sent.extend(updates), original(r, updates, ids))[1]
+    w0 = {k: v.astype(np.float64) for k, v in base_model().parameters().items()}
+    history = sim.run()
+    assert max(history[0].aggregation_error.values()) < 1e-6
+    sim.model.merge_lora()
+    merged = sim.model.parameters()
+    total = sum(n for _, n in sent)
+    for m in sim.model.lora_modules():
+        r, fin, fout = m["r"], m["in_features"], m["out_features"]
+        # W0 + s·Σ p_k B_k A_k: the average of the clients' models, formed in float64 from what they sent
+        want = w0[m["module"] + ".weight"] + m["scaling"] * sum(
+            (n / total) * vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+            @ vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin) for vec, n in sent)
+        np.testing.assert_allclose(merged[m["module"] + ".weight"], want, atol=2e-6)
+    # naive averaging misses the same target
+    _, naive = simulate(rounds=1)
+    assert min(naive[0].aggregation_error.values()) > 1e-3
+
+
+def test_fedex_resume_restores_the_folded_base(tmp_path):
+    kw = dict(local_steps=4, batch_size=3, optimizer=ca.AdamWConfig(lr=1e-2, weight_decay=0.0),
+              lora_aggregation="fedex", progressbar=False)
+    straight = Simulation(base_model(), make_clients(), LORA, rounds=3, **kw)
+    straight.run()
+    first = Simulation(base_model(), make_clients(), LORA, rounds=2, output_dir=str(tmp_path), **kw)
+    first.run()
+    resumed = Simulation(base_model(), make_clients(), LORA, rounds=3, output_dir=str(tmp_path), **kw)
+    resumed.run(resume=True)
+    np.testing.assert_array_equal(resumed.global_vector, straight.global_vector)
+    for name, w in straight.model.parameters().items():
+        np.testing.assert_array_equal(resumed.model.parameters()[name], w)
+
+
+def test_fedex_refuses_dp_and_secure_aggregation():
+    with pytest.raises(ValueError, match="bypassing differential privacy"):
+        Simulation(base_model(), make_clients(), LORA, lora_aggregation="fedex", dp=fl.DPConfig(noise_multiplier=1.0), progressbar=False)
+    for mode in ("fedex", "exact"):
+        with pytest.raises(ValueError, match="secure aggregation hides"):
+            Simulation(base_model(), make_clients(), LORA, lora_aggregation=mode, secure_aggregation=SECAGG,
+                       progressbar=False)

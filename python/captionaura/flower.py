@@ -42,7 +42,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from captionaura.federated.config import FederatedConfig, load_client_data, write_history
+from captionaura.federated.config import FederatedConfig, load_client_data, save_outputs
 from captionaura.federated.simulation import FederatedClient, Simulation
 from captionaura.model import Lfm2Model
 
@@ -111,6 +111,8 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
         sampled = [c.client_id for c in sim.sample(round_)]
         content = {"arrays": _vector_record(sim.global_vector),
                    "config": ConfigRecord({"server-round": round_})}
+        if sim.base_residual:  # FedEx-LoRA: the clients' base weights must carry the folded residuals
+            content["residual"] = ArrayRecord({k: Array(v) for k, v in sim.base_residual.items()})
         messages = [Message(RecordDict(dict(content)), dst_node_id=node_of[cid], message_type=MessageType.TRAIN)
                     for cid in sampled]
         by_node = {}
@@ -130,9 +132,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
             raise RuntimeError(f"round {round_}: no client replied")
         sim.finish_round(round_, ids, updates, losses, t0)
     if cfg.output_dir:
-        out = Path(cfg.output_dir)
-        sim.model.save_adapter(out / "adapter")
-        write_history(out / "history.json", sim)
+        save_outputs(Path(cfg.output_dir), sim)
     return sim
 
 
@@ -169,18 +169,23 @@ def _client_query(msg: Message, context: Context) -> Message:
 @client_app.train()
 def _client_train(msg: Message, context: Context) -> Message:
     cfg, client = _site(context)
+    residual = msg.content.array_records.get("residual")
     vector, loss, n = site_round(cfg, client, context.state, msg.content["arrays"][ADAPTER].numpy(),
-                                 int(msg.content["config"]["server-round"]))
+                                 int(msg.content["config"]["server-round"]),
+                                 {k: a.numpy() for k, a in residual.items()} if residual is not None else None)
     reply = RecordDict({"arrays": _vector_record(vector),
                         "metrics": MetricRecord({"train_loss": float(loss), "num-examples": int(n)})})
     return Message(reply, reply_to=msg)
 
 
 def site_round(cfg: FederatedConfig, client: FederatedClient, state: RecordDict, global_vector: np.ndarray,
-               round_: int) -> tuple[np.ndarray, float, int]:
+               round_: int, base_residual: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, float, int]:
     """One site's local training as a one-client Simulation (same seeds, RNG streams and optimiser as
-    in-process); the AdamW state lives between rounds in the node's `state` (Flower's context.state)."""
+    in-process); the AdamW state lives between rounds in the node's `state` (Flower's context.state).
+    `base_residual`: FedEx-LoRA's residuals, folded into the freshly loaded base first."""
     sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), [client], output_dir=None, progressbar=False)
+    if base_residual:
+        sim.apply_base_residual(base_residual)
     sim.global_vector = np.array(global_vector, dtype=np.float32, copy=True)
     if "optimizer" in state.array_records:
         saved: dict[str, Any] = {k: a.numpy() for k, a in state.array_records["optimizer"].items()}

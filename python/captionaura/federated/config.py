@@ -259,9 +259,17 @@ def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: b
     write_json_atomic(saved, settings)
     sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=progressbar)
     sim.run(resume=resume)
+    save_outputs(out, sim)
+    return sim
+
+
+def save_outputs(out: Path, sim: Simulation) -> None:
+    """The run's results in `out`: the global adapter (PEFT format), history.json and, under FedEx-LoRA,
+    the base model with the residuals folded in (``base/``: the adapter applies to that base)."""
     sim.model.save_adapter(out / "adapter")
     write_history(out / "history.json", sim)
-    return sim
+    if sim.base_residual:
+        sim.model.save_pretrained(out / "base")
 
 
 def write_history(path: Path, sim: Simulation) -> None:

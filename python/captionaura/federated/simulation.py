@@ -30,7 +30,7 @@ from captionaura.model import Lfm2Model
 from captionaura.optim import AdamWConfig
 from captionaura.trainer import Example, collate
 
-LORA_AGGREGATION = ("naive", "ffa", "exact")
+LORA_AGGREGATION = ("naive", "ffa", "exact", "fedex")
 
 
 @dataclass
@@ -63,7 +63,10 @@ class Simulation:
 
     ``lora_aggregation``: ``"naive"`` averages A and B separately (the common baseline); ``"ffa"`` freezes A
     at its shared-seed initialisation and trains and sends only B, which makes the average exact;
-    ``"exact"`` forms ``Σ p_k B_k A_k`` per layer and re-factorises it to rank r (truncated SVD). Each
+    ``"exact"`` forms ``Σ p_k B_k A_k`` per layer and re-factorises it to rank r (truncated SVD);
+    ``"fedex"`` (FedEx-LoRA) keeps the strategy's B and A and folds the residual
+    ``s·(Σ p_k B_k A_k − B A)`` into the frozen base weight, so the model is exact at rank r (the dense
+    residual is what a deployment must send down to the clients: `base_residual`). Each
     round reports the relative error ``‖Σ p B A − B̄ Ā‖ / ‖Σ p B A‖`` per adapted module.
     ``dropouts(round, client_ids) -> ids`` names clients lost mid-round (after key sharing, before sending).
     ``eval_fn(model, client) -> dict`` scores clients after aggregation (e.g. BLEU/CIDEr on their held-out
@@ -87,6 +90,12 @@ class Simulation:
             raise ValueError(f"fraction_fit must be in (0, 1], got {fraction_fit}")
         if lora_aggregation not in LORA_AGGREGATION:
             raise ValueError(f"lora_aggregation must be one of {LORA_AGGREGATION}")
+        if lora_aggregation in ("exact", "fedex") and secure_aggregation is not None:
+            raise ValueError(f"lora_aggregation={lora_aggregation!r} needs each client's B_k A_k, which secure "
+                             "aggregation hides from the server; use 'naive' or 'ffa'")
+        if lora_aggregation == "fedex" and dp is not None:
+            raise ValueError("lora_aggregation='fedex' folds the clients' un-noised products into the base, "
+                             "bypassing differential privacy; use 'ffa' (exact and DP-compatible)")
         strategy = strategy or FedAvg()
         if secure_aggregation is not None and not strategy.streaming:
             raise ValueError(f"{type(strategy).__name__} needs every client's update, which secure aggregation "
@@ -108,6 +117,11 @@ class Simulation:
         if lora_aggregation == "ffa":
             model.freeze_lora_A()
         self.global_vector = model.lora_vector().copy()
+        self.base_residual: dict[str, np.ndarray] = {}  # module -> Σ over rounds of the FedEx residuals
+        # "fedex" sets W = W_0 + base_residual (never W += r each round) so that a server, a client that
+        # receives base_residual and a resumed run hold bit-identical base weights
+        self._pristine = ({m["module"]: model.parameters()[m["module"] + ".weight"].copy()
+                           for m in model.lora_modules()} if lora_aggregation == "fedex" else {})
         self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
 
     # -- one client ---------------------------------------------------------------------------------
@@ -188,8 +202,42 @@ class Simulation:
             out[m["b_offset"]: m["b_offset"] + fout * r] = (U[:, :r] * root[None, :]).reshape(-1)
         return out
 
-    def aggregation_error(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray) -> dict[str, float]:
-        """‖Σ p_k B_k A_k − B A‖_F / ‖Σ p_k B_k A_k‖_F per module, (B, A) taken from the new global vector."""
+    def _fold_residual(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray) -> dict[str, np.ndarray]:
+        """"fedex": per module, R = s·(Σ p_k B_k A_k − B A) with (B, A) from `new`, added to the base weight
+        (and to `base_residual`). Returns this round's residuals in units of B A (R / s)."""
+        total = sum(w for _, w in updates)
+        folded, residuals = {}, {}
+        for m in self.model.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            delta = np.zeros((fout, fin), np.float64)
+            for vec, w in updates:
+                A = vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
+                B = vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+                delta += (w / total) * (B @ A)
+            A = new[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
+            B = new[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+            delta -= B @ A
+            residuals[m["module"]] = (m["scaling"] * delta).astype(np.float32)
+            folded[m["module"]] = delta
+        self.apply_base_residual(residuals)
+        return folded
+
+    def apply_base_residual(self, residual: Mapping[str, np.ndarray]) -> None:
+        """Add FedEx residuals (module -> [out, in], already scaled) to the base weights: what a client of a
+        deployment does with the server's `base_residual` on a freshly loaded base model."""
+        weights = self.model.parameters()
+        for module, value in residual.items():
+            if module not in self._pristine or self._pristine[module].shape != np.shape(value):
+                raise ValueError(f"residual for {module!r} does not match an adapted base weight")
+            kept = self.base_residual.get(module)
+            value = np.asarray(value, np.float32)
+            self.base_residual[module] = value.copy() if kept is None else kept + value
+            weights[module + ".weight"][...] = self._pristine[module] + self.base_residual[module]
+
+    def aggregation_error(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray,
+                          folded: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+        """‖Σ p_k B_k A_k − B A‖_F / ‖Σ p_k B_k A_k‖_F per module, (B, A) taken from the new global vector
+        (plus, under "fedex", the residual folded into the base this round)."""
         total = sum(w for _, w in updates)
         out = {}
         for m in self.model.lora_modules():
@@ -201,8 +249,11 @@ class Simulation:
                 exact += (w / total) * (B.astype(np.float64) @ A)
             A = new[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin)
             B = new[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r)
+            approx = B.astype(np.float64) @ A
+            if folded is not None:
+                approx = approx + folded[m["module"]]
             norm = np.linalg.norm(exact)
-            out[m["module"]] = float(np.linalg.norm(exact - B.astype(np.float64) @ A) / norm) if norm > 0 else 0.0
+            out[m["module"]] = float(np.linalg.norm(exact - approx) / norm) if norm > 0 else 0.0
         return out
 
     def run_round(self) -> RoundRecord:
@@ -223,10 +274,13 @@ class Simulation:
         global adapter, evaluate, record and checkpoint. A Flower ServerApp calls exactly this."""
         result = self._aggregate(round_, updates, ids)
         new = result.parameters
+        kept = [u for u, cid in zip(updates, ids) if cid in set(result.accepted)]
+        folded = None
         if self.lora_aggregation == "exact":
-            kept = [u for u, cid in zip(updates, ids) if cid in set(result.accepted)]
             new = self._refactorise(kept)
-        error = self.aggregation_error([u for u, cid in zip(updates, ids) if cid in set(result.accepted)], new)
+        elif self.lora_aggregation == "fedex":
+            folded = self._fold_residual(kept, new)
+        error = self.aggregation_error(kept, new, folded)
         self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
         self.model.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -278,6 +332,8 @@ class Simulation:
             for i, (cid, state) in enumerate(self.client_state.items()):
                 for k, v in state.items():
                     arrays[f"client{i}.{k}"] = np.asarray(v)
+            for module, residual in self.base_residual.items():
+                arrays[f"residual.{module}"] = residual
             np.savez(tmp / "state.npz", **arrays)
             meta = {"round": self.round, "client_ids": [str(c) for c in self.client_state],
                     "history": [r.__dict__ for r in self.history], "strategy": _strategy_state(self.strategy)}
@@ -304,8 +360,11 @@ class Simulation:
             for i, cid in enumerate(meta["client_ids"]):
                 keys = [k for k in state.files if k.startswith(f"client{i}.")]
                 self.client_state[ids_by_str[cid]] = {k.split(".", 1)[1]: state[k].copy() for k in keys}
+            residual = {k.split(".", 1)[1]: state[k].copy() for k in state.files if k.startswith("residual.")}
         self.round = int(meta["round"])
         self.history = [RoundRecord(**r) for r in meta["history"]]
+        self.base_residual = {}
+        self.apply_base_residual(residual)  # the base weights were loaded fresh, without the residuals
         _restore_strategy(self.strategy, meta["strategy"])
         self.model.set_lora_vector(self.global_vector)
 
