@@ -60,7 +60,8 @@ class LoopbackGrid:
     (one Context per node, kept across rounds as the SuperNode keeps it): the ServerApp and ClientApp code
     paths of a deployment without the processes."""
 
-    def __init__(self, data: list[Path], run_config: dict) -> None:
+    def __init__(self, data: list[Path], run_config: dict, lose: tuple[int, str] | None = None) -> None:
+        self.lose = lose  # (node, secure-aggregation stage): that node's reply never arrives
         self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config=run_config,
                                           node_config={"partition-id": i, "data": str(p)})
                          for i, p in enumerate(data)}
@@ -71,8 +72,11 @@ class LoopbackGrid:
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
-            TaskIdentity.node_id = msg.metadata.dst_node_id
-            replies.append(flower.client_app(message=msg, context=self.contexts[msg.metadata.dst_node_id]))
+            node = msg.metadata.dst_node_id
+            if "secagg" in msg.content and (node, msg.content["secagg"]["secagg-stage"]) == self.lose:
+                continue
+            TaskIdentity.node_id = node
+            replies.append(flower.client_app(message=msg, context=self.contexts[node]))
         TaskIdentity.node_id = 1
         return replies
 
@@ -103,6 +107,29 @@ def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_ident
     assert all("optimizer" in c.state for c in grid.contexts.values())
     with pytest.raises(TimeoutError, match="SuperNodes connected"):
         flower.run_server(grid, cfg, num_supernodes=3, timeout=0.5)
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_secure_aggregation_over_flower_messages_matches_simulation(tmp_path, task_identity, lost):
+    """The four SecAgg+ stages as Flower messages give the simulation's adapter, also when a site is lost
+    after sharing its keys (its masks are removed with the others' shares); the server sees masked vectors."""
+    write_sites(tmp_path / "data", k=3)
+    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", secure_aggregation=True,
+                 secagg_threshold=2, secagg_max_weight=8.0, secagg_clipping_range=2.0,
+                 secagg_stochastic_rounding=False, local_steps=2)
+    data = sorted((tmp_path / "data").glob("*.npz"))
+    grid = LoopbackGrid(data, {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()}, lose=(102, "mask") if lost else None)
+    served = flower.run_server(grid, cfg, num_supernodes=3, timeout=5, audit_dir=str(tmp_path / "audit"))
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False, dropouts=(lambda r, ids: [2]) if lost else None)
+    sim.run()
+    np.testing.assert_array_equal(served.global_vector, sim.global_vector)
+    assert [h.num_examples for h in served.history] == [10.0 if lost else 15.0] * 2
+    masked = [np.load(p) for p in sorted((tmp_path / "audit").glob("*-mask/arrays.masked.npy"))]
+    assert len(masked) == (2 if lost else 3) * 2 and all(m.dtype == np.uint32 for m in masked)
+    assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))  # no plain update ever left a site
+    assert all("optimizer" in c.state and "secagg-delta" not in c.state
+               for node, c in grid.contexts.items() if not (lost and node == 102))
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ Start a federation by hand from the kits of ``captionaura provision --server-add
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -43,7 +44,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from captionaura.federated.config import FederatedConfig, load_client_data, save_outputs
+from captionaura.federated.secagg import SecAggClient, SecAggServer
 from captionaura.federated.simulation import FederatedClient, Simulation
+from captionaura.federated.strategies import AggregateResult
 from captionaura.model import Lfm2Model
 
 server_app = ServerApp()
@@ -104,11 +107,13 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
         raise RuntimeError(f"{len(nodes)} SuperNodes but {len(node_of)} distinct partition ids")
     clients = [FederatedClient(cid, []) for cid in sorted(node_of)]
     sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=False)
-    if sim.secure_aggregation is not None:
-        raise NotImplementedError("secure aggregation is not yet wired to Flower messages; run without it")
     for round_ in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         sampled = [c.client_id for c in sim.sample(round_)]
+        if sim.secure_aggregation is not None:
+            aggregate, losses = _secure_round(grid, sim, round_, sampled, node_of, timeout, audit_dir)
+            sim.finish_round(round_, sampled, [], losses, t0, aggregate=aggregate)
+            continue
         content = {"arrays": _vector_record(sim.global_vector),
                    "config": ConfigRecord({"server-round": round_})}
         if sim.base_residual:  # FedEx-LoRA: the clients' base weights must carry the folded residuals
@@ -136,10 +141,57 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
     return sim
 
 
-def _audit(audit_dir: str | None, round_: int, reply: Message) -> None:
+def _secure_round(grid: Grid, sim: Simulation, round_: int, sampled: list, node_of: dict[int, int],
+                  timeout: float, audit_dir: str | None) -> tuple[AggregateResult, list[float]]:
+    """A round under secure aggregation: four message exchanges (train + public keys, encrypted shares,
+    masked inputs, unmasking shares; see captionaura.federated.secagg). The server never sees a client's
+    update or its number of examples, only the survivors' sum. Client k of the protocol is sampled[k]."""
+    config = sim.secure_aggregation
+    server = SecAggServer(config, list(range(len(sampled))), sim.global_vector.size, sim.secagg_context(round_))
+    index_of = {node_of[cid]: k for k, cid in enumerate(sampled)}
+
+    def exchange(stage: str, contents: Mapping[int, dict]) -> dict[int, Message]:
+        messages = []
+        for k, records in contents.items():
+            head = ConfigRecord({"server-round": round_, "secagg-stage": stage, "secagg-id": k,
+                                 "secagg-threshold": config.threshold})
+            messages.append(Message(RecordDict({"secagg": head, **records}), dst_node_id=node_of[sampled[k]],
+                                    message_type=MessageType.TRAIN))
+        replies = {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            _audit(audit_dir, round_, reply, stage)
+            if not reply.has_error():  # a lost client: the protocol tolerates it down to the threshold
+                replies[index_of[reply.metadata.src_node_id]] = reply
+        return replies
+
+    start = {"arrays": _vector_record(sim.global_vector)}
+    keys = {k: (r.content["config"]["c-pk"], r.content["config"]["s-pk"])
+            for k, r in exchange("setup", {k: start for k in range(len(sampled))}).items()}
+    neighbour_keys = server.collect_public_keys(keys)
+    shares = {}
+    for k, r in exchange("share", {k: {"config": ConfigRecord({
+            "ids": sorted(nk), "c-pks": [nk[v][0] for v in sorted(nk)], "s-pks": [nk[v][1] for v in sorted(nk)]})}
+            for k, nk in neighbour_keys.items()}).items():
+        shares[k] = dict(zip(r.content["config"]["to"], r.content["config"]["ct"]))
+    inbox = server.route_shares(shares)
+    masked, losses = {}, []
+    for k, r in exchange("mask", {k: {"config": ConfigRecord({"from": sorted(box), "ct": [box[v] for v in sorted(box)]})}
+                                  for k, box in inbox.items()}).items():
+        masked[k] = r.content["arrays"]["masked"].numpy()
+        losses.append(float(r.content["metrics"]["train_loss"]))
+    survivors, dropped = server.collect_masked(masked)
+    responses = {}
+    for k, r in exchange("unmask", {k: {"config": ConfigRecord({"survivors": survivors, "dropped": dropped})}
+                                    for k in survivors}).items():
+        c = r.content["config"]
+        responses[k] = {owner: (kind, int(x), int(y)) for owner, kind, x, y in zip(c["owners"], c["kinds"], c["xs"], c["ys"])}
+    return sim.secure_aggregate(round_, server.unmask(responses), sampled), losses
+
+
+def _audit(audit_dir: str | None, round_: int, reply: Message, stage: str = "") -> None:
     if not audit_dir or reply.has_error():
         return
-    folder = Path(audit_dir) / f"round-{round_}-node-{reply.metadata.src_node_id}"
+    folder = Path(audit_dir) / f"round-{round_}-node-{reply.metadata.src_node_id}{'-' + stage if stage else ''}"
     folder.mkdir(parents=True, exist_ok=True)
     content = reply.content
     for name, record in content.array_records.items():
@@ -169,6 +221,8 @@ def _client_query(msg: Message, context: Context) -> Message:
 @client_app.train()
 def _client_train(msg: Message, context: Context) -> Message:
     cfg, client = _site(context)
+    if "secagg" in msg.content:
+        return Message(_secagg_stage(cfg, client, msg.content, context.state), reply_to=msg)
     residual = msg.content.array_records.get("residual")
     vector, loss, n = site_round(cfg, client, context.state, msg.content["arrays"][ADAPTER].numpy(),
                                  int(msg.content["config"]["server-round"]),
@@ -197,6 +251,44 @@ def site_round(cfg: FederatedConfig, client: FederatedClient, state: RecordDict,
         state["optimizer"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in kept.items() if k != "step"})
         state["optimizer-step"] = ConfigRecord({"step": int(kept["step"])})
     return vector, loss, n
+
+
+def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, content: RecordDict, state: RecordDict) -> RecordDict:
+    """The site's side of one secure-aggregation stage. Its update, number of examples and protocol secrets
+    stay in the node's state between stages; only public keys, encrypted shares, the masked vector, the
+    loss and (at the end) the shares the protocol allows leave the site."""
+    head = content["secagg"]
+    stage, round_ = str(head["secagg-stage"]), int(head["server-round"])
+    config = dataclasses.replace(cfg.secagg_config(1), threshold=int(head["secagg-threshold"]))
+    if stage == "setup":
+        vector, loss, n = site_round(cfg, client, state, content["arrays"][ADAPTER].numpy(), round_)
+        state["secagg-delta"] = ArrayRecord({"delta": Array(vector - content["arrays"][ADAPTER].numpy())})
+        protocol = SecAggClient(int(head["secagg-id"]), config, Simulation.secagg_context(round_))
+        state["secagg"] = ConfigRecord({"client": protocol.to_state(), "loss": float(loss), "n": int(n)})
+        c_pk, s_pk = protocol.public_keys()
+        return RecordDict({"config": ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})})
+    saved = state["secagg"]
+    protocol = SecAggClient.from_state(str(saved["client"]), config)
+    c = content["config"]
+    if stage == "share":
+        bundles = protocol.share_keys({v: (cp, sp) for v, cp, sp in zip(c["ids"], c["c-pks"], c["s-pks"])})
+        reply = RecordDict({"config": ConfigRecord({"to": sorted(bundles), "ct": [bundles[v] for v in sorted(bundles)]})})
+    elif stage == "mask":
+        delta = state["secagg-delta"]["delta"].numpy()
+        masked = protocol.masked_input(delta, int(saved["n"]), dict(zip(c["from"], c["ct"])))
+        reply = RecordDict({"arrays": ArrayRecord({"masked": Array(masked)}),
+                            "metrics": MetricRecord({"train_loss": float(saved["loss"])})})
+    elif stage == "unmask":
+        shares = protocol.unmask_shares(c["survivors"], c["dropped"])
+        owners = sorted(shares)
+        reply = RecordDict({"config": ConfigRecord({
+            "owners": owners, "kinds": [shares[o][0] for o in owners], "xs": [str(shares[o][1]) for o in owners],
+            "ys": [str(shares[o][2]) for o in owners]})})
+        del state["secagg-delta"]  # the round is over: the update is not kept
+    else:
+        raise ValueError(f"unknown secure-aggregation stage {stage!r}")
+    state["secagg"] = ConfigRecord({**dict(saved), "client": protocol.to_state()})
+    return reply
 
 
 # -- the Flower app folder and a federation on this machine ----------------------------------------------

@@ -81,6 +81,7 @@ class FederatedConfig:
     secagg_threshold: int = 0
     secagg_clipping_range: float = 8.0
     secagg_max_weight: float = 1000.0
+    secagg_stochastic_rounding: bool = True
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
     dp_mode: str = "central"
@@ -162,7 +163,7 @@ class FederatedConfig:
             return None
         threshold = self.secagg_threshold or max(2, -(-2 * num_sampled // 3))
         return SecAggConfig(threshold=threshold, clipping_range=self.secagg_clipping_range,
-                            max_weight=self.secagg_max_weight)
+                            max_weight=self.secagg_max_weight, stochastic_rounding=self.secagg_stochastic_rounding)
 
     def dp_config(self, population: int) -> DPConfig | None:
         if self.dp_noise_multiplier <= 0:

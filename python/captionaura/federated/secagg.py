@@ -27,6 +27,7 @@ drive them over any transport; `run_round` drives them in-process. The per-coord
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -189,6 +190,31 @@ class SecAggClient:
         self._held: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}  # owner → (b share, s_sk share)
         self._masked_with: list[int] = []
         self._unmasked = False
+
+    def to_state(self) -> str:
+        """The client's secrets and progress as JSON text, for transports that run each stage in a fresh
+        process (a Flower ClientApp keeps it in the node's context.state; it never leaves the node)."""
+        raw = serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        return json.dumps({
+            "id": self.id, "context": self.context.hex(), "c_sk": self._c_sk.private_bytes(*raw).hex(),
+            "s_sk": self._s_sk.private_bytes(*raw).hex(), "seed": self._seed.hex(),
+            "nbr_keys": {str(v): [c.hex(), k.hex()] for v, (c, k) in self._nbr_keys.items()},
+            "held": {str(u): [str(x) for pair in shares for x in pair] for u, shares in self._held.items()},
+            "masked_with": self._masked_with, "unmasked": self._unmasked})
+
+    @classmethod
+    def from_state(cls, state: str, config: SecAggConfig) -> "SecAggClient":
+        """The client `to_state` saved, ready for its next stage."""
+        d = json.loads(state)
+        client = cls(d["id"], config, bytes.fromhex(d["context"]))
+        client._c_sk = X25519PrivateKey.from_private_bytes(bytes.fromhex(d["c_sk"]))
+        client._s_sk = X25519PrivateKey.from_private_bytes(bytes.fromhex(d["s_sk"]))
+        client._seed = bytes.fromhex(d["seed"])
+        client._nbr_keys = {int(v): (bytes.fromhex(c), bytes.fromhex(k)) for v, (c, k) in d["nbr_keys"].items()}
+        client._held = {int(u): ((int(a), int(b)), (int(c), int(e))) for u, (a, b, c, e) in d["held"].items()}
+        client._masked_with = [int(v) for v in d["masked_with"]]
+        client._unmasked = bool(d["unmasked"])
+        return client
 
     # stage 0
     def public_keys(self) -> tuple[bytes, bytes]:

@@ -23,8 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from captionaura.federated.dp import DifferentialPrivacy, DPConfig, local_dp_update
-from captionaura.federated.secagg import SecAggConfig, run_round as secagg_run_round
-from captionaura.federated.strategies import FedAvg, FedProx, Strategy, proximal_term
+from captionaura.federated.secagg import SecAggConfig, SecAggResult, run_round as secagg_run_round
+from captionaura.federated.strategies import AggregateResult, FedAvg, FedProx, Strategy, proximal_term
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
 from captionaura.optim import AdamWConfig
@@ -177,13 +177,23 @@ class Simulation:
             # pairwise secrets let the server cancel its masks, so the sum is exactly the survivors'
             result = secagg_run_round(self.secure_aggregation, inputs,
                                       drop_after_share=[i for i, cid in enumerate(ids) if cid in gone],
-                                      context=f"round-{round_}".encode())
-            survivors = [ids[i] for i in result.survivors]
-            mean = g + result.mean  # the server only ever sees the masked sum of the deltas
-            res = self.strategy.aggregate_detailed(g, [(mean, float(result.total_examples))], round_)
-            res.accepted = survivors
-            return res
+                                      context=self.secagg_context(round_))
+            return self.secure_aggregate(round_, result, ids)
         return self.strategy.aggregate_detailed(g, updates, round_)
+
+    @staticmethod
+    def secagg_context(round_: int) -> bytes:
+        """What binds a round's secure-aggregation keys and shares to that round."""
+        return f"round-{round_}".encode()
+
+    def secure_aggregate(self, round_: int, result: SecAggResult, ids: list) -> AggregateResult:
+        """The strategy's step on the survivors' mean delta, which is all secure aggregation reveals
+        (secure-aggregation client k is `ids[k]`, the k-th sampled client)."""
+        g = self.global_vector
+        mean = g + result.mean  # the server only ever sees the masked sum of the deltas
+        res = self.strategy.aggregate_detailed(g, [(mean, float(result.total_examples))], round_)
+        res.accepted = [ids[i] for i in result.survivors]
+        return res
 
     def _refactorise(self, updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
         """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
@@ -269,10 +279,12 @@ class Simulation:
         return self.finish_round(round_, ids, updates, losses, t0)
 
     def finish_round(self, round_: int, ids: list, updates: list[tuple[np.ndarray, float]],
-                     losses: list[float], t0: float) -> RoundRecord:
+                     losses: list[float], t0: float, aggregate: AggregateResult | None = None) -> RoundRecord:
         """Server side of a round: aggregate the clients' (vector, num_examples) `updates`, install the new
-        global adapter, evaluate, record and checkpoint. A Flower ServerApp calls exactly this."""
-        result = self._aggregate(round_, updates, ids)
+        global adapter, evaluate, record and checkpoint. A Flower ServerApp calls exactly this; under secure
+        aggregation it passes the protocol's `aggregate` and no individual updates (the aggregation error,
+        which needs them, is then not reported)."""
+        result = aggregate if aggregate is not None else self._aggregate(round_, updates, ids)
         new = result.parameters
         kept = [u for u, cid in zip(updates, ids) if cid in set(result.accepted)]
         folded = None
@@ -280,7 +292,7 @@ class Simulation:
             new = self._refactorise(kept)
         elif self.lora_aggregation == "fedex":
             folded = self._fold_residual(kept, new)
-        error = self.aggregation_error(kept, new, folded)
+        error = self.aggregation_error(kept, new, folded) if kept else {}
         self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
         self.model.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
