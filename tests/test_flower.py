@@ -189,3 +189,30 @@ def test_flower_deployment_matches_simulation_and_refuses_unknown_nodes(tmp_path
         for e in (e for s in sites for e in s):
             assert e["input_ids"].astype(np.int32).tobytes() not in raw
             assert e["input_ids"].astype(np.int64).tobytes() not in raw
+
+
+@pytest.mark.slow
+def test_flower_deployment_with_secure_aggregation_matches_simulation(tmp_path):
+    write_sites(tmp_path / "data")
+    kits = tmp_path / "kits"
+    provision(["site-0", "site-1"], f"127.0.0.1:{flower.free_port()}", kits)
+    cfg = config(tmp_path / "flower-out", strategy="fedavg", strategy_args="{}", secure_aggregation=True,
+                 secagg_threshold=2, secagg_max_weight=8.0, secagg_clipping_range=2.0,
+                 secagg_stochastic_rounding=False)
+    app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
+                           audit_dir=str(tmp_path / "audit"))
+    with flower.LocalFederation(kits, tmp_path / "run") as fed:
+        fed.start_superlink()
+        for i, name in enumerate(["site-0", "site-1"]):
+            fed.register(name)
+            fed.start_supernode(name, {"partition-id": i, "data": str(tmp_path / "data" / f"site-{i}.npz")})
+        fed.run(app, timeout=400)
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    deployed = Lfm2Model.from_pretrained(MODEL)
+    deployed.add_lora(cfg.lora_config())
+    deployed.load_adapter(tmp_path / "flower-out" / "adapter")
+    np.testing.assert_array_equal(deployed.lora_vector(), sim.global_vector)
+    assert len(list((tmp_path / "audit").glob("*-mask/arrays.masked.npy"))) == 2 * 2
+    assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))

@@ -2,12 +2,14 @@
 
 The ServerApp and ClientApp below run the very code of the in-process `Simulation`: the ClientApp calls
 `Simulation.local_train` on the site's own data and the ServerApp samples, aggregates (C kernels, LoRA-aware
-aggregation, central DP) and checkpoints with `Simulation.sample` / `Simulation.finish_round`, so a
-deployment with the same config and seeds ends on the same adapter as the simulation.
+aggregation, central DP, FedEx residuals) and checkpoints with `Simulation.sample` /
+`Simulation.finish_round`, so a deployment with the same config and seeds ends on the same adapter as the
+simulation. With ``secure_aggregation`` each round is the four SecAgg+ exchanges (`_secure_round`).
 
-What leaves a site: the adapter vector (float32), its mean training loss and its number of examples; and
-once, when the server asks which partition a node holds, the partition id. Never a token id, a caption or a
-pixel.
+What leaves a site: the adapter vector (float32), its mean training loss and its number of examples (under
+secure aggregation: public keys, encrypted shares, the masked vector with the masked example count, the loss
+and the unmasking shares instead); and once, when the server asks which partition a node holds, the
+partition id. Never a token id, a caption or a pixel.
 
 Start a federation by hand from the kits of ``captionaura provision --server-address HOST:PORT --out kits``:
 
