@@ -216,3 +216,25 @@ def test_flower_deployment_with_secure_aggregation_matches_simulation(tmp_path):
     np.testing.assert_array_equal(deployed.lora_vector(), sim.global_vector)
     assert len(list((tmp_path / "audit").glob("*-mask/arrays.masked.npy"))) == 2 * 2
     assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))
+
+
+def test_flower_app_cli_writes_the_run_config(tmp_path):
+    from captionaura.cli import main
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    assert main(["flower-app", "--out", str(tmp_path / "app"), "--num-supernodes", "3", "--model", str(MODEL),
+                 "--strategy", "fedprox", "--strategy-args", '{"proximal_mu": 0.1}', "--rounds", "4",
+                 "--secure-aggregation"]) == 0
+    project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "captionaura.flower:server_app",
+                                                            "clientapp": "captionaura.flower:client_app"}
+    cfg, extra = flower._split_run_config(project["tool"]["flwr"]["app"]["config"])
+    assert (cfg.strategy, cfg.rounds, cfg.secure_aggregation, extra["num_supernodes"]) == ("fedprox", 4, True, 3)
+    assert cfg.make_strategy().proximal_mu == 0.1
+    # a combination the server would refuse is refused before anything is written
+    assert main(["flower-app", "--out", str(tmp_path / "bad"), "--num-supernodes", "2", "--strategy", "krum",
+                 "--secure-aggregation"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -75,18 +75,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Federated LoRA training in one process (a Simulation): clients from --data (one .npz per client),
     config from --config (TOML/JSON) and/or flags (flags win); writes checkpoints after every round,
     history.json and the final adapter to --output-dir; --resume continues an interrupted run."""
-    from dataclasses import fields
+    from captionaura.federated.config import run_training
 
-    from captionaura.federated.config import FederatedConfig, run_training
-
-    values = FederatedConfig.from_file(args.config).to_dict() if args.config else {}
-    values.update({f.name: getattr(args, f.name) for f in fields(FederatedConfig) if getattr(args, f.name) is not None})
-    cfg = FederatedConfig.from_dict(values)
+    cfg = _config_from_args(args)
     sim = run_training(cfg, num_clients=args.clients, resume=args.resume, progressbar=not args.no_progress)
     for r in sim.history:
         extra = "".join(f" {k}={v:.4g}" for k, v in r.metrics.items())
         print(f"round {r.round}: loss {r.train_loss:.4f}, {len(r.clients)} clients{extra}")
     print(f"wrote {cfg.output_dir}/adapter, {cfg.output_dir}/history.json")
+    return 0
+
+
+def _config_from_args(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from captionaura.federated.config import FederatedConfig
+
+    values = FederatedConfig.from_file(args.config).to_dict() if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in fields(FederatedConfig) if getattr(args, f.name) is not None})
+    return FederatedConfig.from_dict(values)
+
+
+def cmd_flower_app(args: argparse.Namespace) -> int:
+    """Write the Flower app folder (pyproject.toml) for `flwr run`: the run config is the federated config
+    (--config and/or flags) plus the deployment's number of SuperNodes; the code is captionaura.flower."""
+    from captionaura.flower import write_app
+
+    cfg = _config_from_args(args)
+    folder = write_app(args.out, cfg, num_supernodes=args.num_supernodes, reply_timeout=args.reply_timeout)
+    print(f"wrote {folder / 'pyproject.toml'}; run it with: flwr run {folder} <superlink connection> --stream")
     return 0
 
 
@@ -149,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
+
+    app = sub.add_parser("flower-app", help=cmd_flower_app.__doc__.splitlines()[0], description=cmd_flower_app.__doc__)
+    app.add_argument("--out", required=True, help="the app folder to write")
+    app.add_argument("--config", help="TOML or JSON file with FederatedConfig keys")
+    app.add_argument("--num-supernodes", type=int, required=True, help="SuperNodes the server waits for")
+    app.add_argument("--reply-timeout", type=float, default=600.0, help="seconds to wait for replies per exchange")
+    _add_config_flags(app)
+    app.set_defaults(func=cmd_flower_app)
     return parser
 
 

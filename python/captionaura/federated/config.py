@@ -101,7 +101,15 @@ class FederatedConfig:
             raise ValueError("give exactly one of local_steps > 0 and local_epochs > 0")
         if self.dp_mode not in ("central", "local"):
             raise ValueError(f"dp_mode must be 'central' or 'local', got {self.dp_mode!r}")
-        self.strategy_kwargs()  # bad JSON or unknown parameters fail here, not mid-run
+        strategy = self.make_strategy()  # bad JSON or unknown parameters fail here, not mid-run
+        if self.secure_aggregation and not strategy.streaming:
+            raise ValueError(f"{self.strategy} needs every client's update, which secure aggregation hides; "
+                             "use a FedAvg-family strategy")
+        if self.lora_aggregation in ("exact", "fedex") and self.secure_aggregation:
+            raise ValueError(f"lora_aggregation={self.lora_aggregation!r} needs each client's B_k A_k, which "
+                             "secure aggregation hides")
+        if self.lora_aggregation == "fedex" and self.dp_noise_multiplier > 0:
+            raise ValueError("lora_aggregation='fedex' would bypass differential privacy")
 
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
