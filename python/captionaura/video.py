@@ -175,6 +175,8 @@ def _sample_file(path: Path, fps: float, cap: int):
                     k = math.floor(t * rate + 1e-6) + 1
             meta = {"source_fps": float(stream.average_rate) if stream.average_rate else None,
                     "duration": duration, "sampling_fps": rate, "codec": stream.codec_context.name}
+    except av.EOFError:  # the stream ended early (a truncated or empty file): keep what was decoded
+        pass
     except av.FFmpegError as err:
         raise ValueError(f"cannot read video {path}: {err}") from None
     if not frames:
