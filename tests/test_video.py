@@ -16,7 +16,6 @@ import captionaura as ca
 from captionaura.cli import main
 from captionaura.video import VideoFrames, aggregate_captions, frame_distance, sample_frames
 from captionaura.vl import VideoContextConfig
-from _tiny_vl import save_tiny_vl
 
 H, W = 48, 64
 SETTINGS = ca.GenerationConfig(max_new_tokens=5, min_new_tokens=5, do_sample=False, eos_token_id=[])
@@ -56,8 +55,8 @@ def scenes() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return ca.Lfm2VlModel.from_pretrained(save_tiny_vl(tmp_path_factory.mktemp("tiny_vl")))
+def model(captioner):
+    return captioner
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +226,8 @@ def test_unreadable_and_empty_videos_are_clear_errors(tmp_path, model):
 
 
 # ---- command line --------------------------------------------------------------------------------------
-def test_cli_caption_end_to_end(model, video_file, tmp_path, capsys):
-    folder = save_tiny_vl(tmp_path / "model")
+def test_cli_caption_end_to_end(model, tiny_captioner_dir, video_file, tmp_path, capsys):
+    folder = tiny_captioner_dir
     image = tmp_path / "photo.png"
     pixels = np.random.default_rng(2).integers(0, 255, (H, W, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(image)

@@ -34,10 +34,10 @@ DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 
 @dataclass
 class VideoContextConfig:
-    """How a video becomes caption context: sampling (``fps``, ``max_frames``, ``dedupe``; see
-    ``captionaura.video.sample_frames``; ``source_fps`` is the frame rate of a video given as an array) and, in ``"frames"`` mode, the image-token budget of the context
-    frames (``frame_token_budget``) and the tokens each frame is shrunk to (``frame_image_tokens``, default the
-    processor's ``min_image_tokens``)."""
+    """How a video becomes caption context: sampling (``fps``, ``max_frames``, ``dedupe``, see
+    ``captionaura.video.sample_frames``; ``source_fps`` is the frame rate of a video given as an array) and,
+    in ``"frames"`` mode, the image-token budget of the context frames (``frame_token_budget``) and the tokens
+    each frame is shrunk to (``frame_image_tokens``, default the processor's ``min_image_tokens``)."""
 
     fps: float = 1.0
     max_frames: int = 12
