@@ -266,6 +266,8 @@ MOOD_LABELS = ("calm", "joyful", "melancholic", "dramatic", "romantic", "mysteri
 AESTHETIC_LABELS = ("minimalist", "vintage", "vibrant", "moody", "pastel", "cinematic", "natural", "urban")
 DEFAULT_TAG_QUESTION = "Describe the mood of this image in one word."
 DEFAULT_TAG_TEMPLATE = "The mood is {label}."
+AESTHETIC_QUESTION = "Describe the aesthetic of this image in one word."
+AESTHETIC_TEMPLATE = "The aesthetic is {label}."
 
 
 @dataclass
@@ -289,8 +291,8 @@ def tag_prompt(model: "Lfm2VlModel", image: Any, question: str, template: str):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     batch = model.processor(images=[image], messages=messages)
     tok = model.processor.tokenizer
-    prompt = np.concatenate([np.asarray(batch.input_ids)[0],
-                             tok.encode(head.rstrip(" "), add_special_tokens=False)]).astype(np.int32)
+    head_ids = np.asarray(tok.encode(head.rstrip(" "), add_special_tokens=False), np.int64)
+    prompt = np.concatenate([np.asarray(batch.input_ids)[0], head_ids]).astype(np.int32)
     return prompt, batch, space, tail
 
 
@@ -302,7 +304,8 @@ def zero_shot_tags(model: "Lfm2VlModel", image: Any, labels: Sequence[str] = MOO
     Each label's score is Σ log p of the continuation tokens (``" " + label + rest of template``, tokenised on
     their own and appended to the prompt) given the image, the question and the answer's beginning; with
     ``normalize`` the sum is divided by the token count (so long labels are not penalised for length). The
-    image is encoded once and all labels are scored in one batched forward. Best first."""
+    image is encoded once and all labels are scored in one batched forward. Best first. Aesthetic tags:
+    ``labels=AESTHETIC_LABELS, question=AESTHETIC_QUESTION, template=AESTHETIC_TEMPLATE``."""
     labels = [str(label) for label in labels]
     if not labels or any(not label.strip() for label in labels):
         raise ValueError("labels must be a non-empty list of non-empty strings")

@@ -305,8 +305,8 @@ class Lfm2VlModel:
         settings = self._caption_settings(generation)
         single = not isinstance(images, (list, tuple))
         targets = [images] if single else list(images)
-        if stream and not single:
-            raise ValueError("stream=True captions one image at a time")
+        if stream and (not single or results_dir is not None):
+            raise ValueError("stream=True captions one image at a time, without a results folder")
         context = self.video_context(video, context_mode, settings, video_config, progressbar) \
             if video is not None else CaptionContext()
         context_images = list(context.frames.frames) if context.mode == "frames" and context.frames is not None \
