@@ -10,7 +10,8 @@ import pytest
 
 import captionaura as ca
 from captionaura.personal import (PersonalCaptioner, StyleProfile, emojis, load_posts, stack_adapters, tag_prompt,
-                                  zero_shot_tags)
+                                  train_personal_adapter, zero_shot_tags)
+from captionaura.trainer import collate
 
 SETTINGS = ca.GenerationConfig(max_new_tokens=5, min_new_tokens=5, do_sample=False, eos_token_id=[])
 
@@ -160,6 +161,40 @@ def test_personal_adapter_on_top_of_the_shared_one_equals_merging(captioner, tin
     captioner.text.remove_lora()
     with pytest.raises(ValueError, match="shared adapter, a personal adapter or both"):
         stack_adapters(captioner, None, None)
+
+
+def test_personal_adapter_trains_on_top_of_the_shared_one_and_leaves_the_base_intact(captioner, tmp_path):
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (250, 200, 0)]
+    rng = np.random.default_rng(0)
+    images = [np.clip(np.full((48, 64, 3), c) + rng.normal(0, 8, (48, 64, 3)), 0, 255).astype(np.uint8)
+              for c in colours]
+    posts = ["red glow ✨ #mood", "green calm 🌿 #nature", "blue hour 💙 #sky", "sunny yellow ☀️ #summer"]
+    examples = [captioner.caption_example(image, post) for image, post in zip(images, posts)]
+    batch = collate(examples, captioner.text.config.pad_token_id or 0)
+
+    def user_loss():
+        return captioner.loss_and_grad(**batch, train_vision=False)
+
+    captioner.text.add_lora(ca.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          init_lora_weights=False), seed=3)
+    captioner.text.save_adapter(tmp_path / "shared")
+    shared_loss = user_loss()
+    captioner.text.remove_lora()
+    before = {k: v.copy() for k, v in captioner.text.parameters().items()}
+    training = ca.TrainingConfig(max_steps=20, batch_size=4, progressbar=False,
+                                 optimizer=ca.AdamWConfig(lr=3e-2, weight_decay=0.0))
+    history = train_personal_adapter(captioner, examples, ca.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+                                     tmp_path / "me", shared_adapter=tmp_path / "shared", training=training)
+    assert len(history) == 20 and captioner.text.lora_config is None
+    # training started from base + shared (the new adapter's B = 0), and the base came back bit for bit
+    assert history[0]["loss"] == pytest.approx(shared_loss, rel=1e-5)
+    for name, value in captioner.text.parameters().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    personal = PersonalCaptioner(captioner, tmp_path / "shared", tmp_path / "me")
+    # the stacked adapters reproduce the state training ended in: the user's captions are now likely
+    assert user_loss() == pytest.approx(history[-1]["loss"], rel=0.5)
+    assert user_loss() < 0.3 * shared_loss
+    personal.close()
 
 
 # ---- posts files and bad input -------------------------------------------------------------------------

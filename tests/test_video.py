@@ -178,6 +178,12 @@ def test_captions_mode_aggregates_frame_captions_and_writes_results(model, video
     for entry, frame in zip(report["frames"], frames.frames):
         np.testing.assert_array_equal(np.asarray(Image.open(out / entry["file"])), frame)
     assert sorted(p.name for p in out.rglob("*") if p.name.startswith(".")) == []  # no temp files left
+    # captioning again into the same folder, without a video, leaves no frames of the earlier one
+    again = model.caption(image, generation=SETTINGS, results_dir=out)
+    report = json.loads((out / "captions.json").read_text())
+    assert report["captions"] == [again] and report["frames"] == [] and report["context_mode"] is None
+    assert report["prompts"] == ["Write a short caption for this image."]
+    assert list((out / "frames").iterdir()) == []
 
 
 def test_language_and_unknown_mode(model, video_file):

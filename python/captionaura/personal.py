@@ -11,10 +11,10 @@ Three ways a user's style reaches a caption, all on the device:
   **shared adapter** that federated training produces (:class:`PersonalCaptioner`, :func:`stack_adapters`);
 * mood and aesthetic tags by the model's own likelihood of each candidate label (:func:`zero_shot_tags`).
 
-Training a personal adapter on top of the shared one: load the shared adapter and fold it into the weights
-(``model.text.load_adapter(shared); model.text.merge_lora()``), then ``add_lora`` a fresh personal config, train
-it on the user's examples (``Trainer``) and ``save_adapter`` it. That adapter is a delta relative to base + shared,
-which is exactly what :func:`stack_adapters` reproduces later without touching the base weights.
+A personal adapter trains on top of the shared one (:func:`train_personal_adapter`: the shared adapter folded
+into the weights while a fresh adapter trains on the user's examples), so it is a delta relative to base +
+shared, which is exactly what :func:`stack_adapters` applies later without touching the base weights. After
+``federated.Simulation.run()`` the language model holds the shared adapter: ``model.text.save_adapter(dir)``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import numpy as np
 from captionaura._io import read_json, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
+    from captionaura.lora import LoraConfig
+    from captionaura.trainer import TrainingConfig
     from captionaura.vl import Lfm2VlModel
 
 #: one emoji: a pictograph (or a pair of regional-indicator flags, or a keycap), with its variation selector,
@@ -386,6 +388,39 @@ def stack_adapters(model: "Lfm2VlModel", shared: str | os.PathLike[str] | None,
             A[offset: offset + config.r] = tensors[peft_key(module, "lora_A")]
             B[:, offset: offset + config.r] = config.scaling * tensors[peft_key(module, "lora_B")]
         offset += config.r
+
+
+def train_personal_adapter(model: "Lfm2VlModel", examples: Sequence[dict], lora: "LoraConfig",
+                           out: str | os.PathLike[str], shared_adapter: str | os.PathLike[str] | None = None,
+                           training: "TrainingConfig | None" = None, seed: int = 0) -> list[dict]:
+    """Train a user's personal adapter on their own caption examples (``model.caption_example(image, caption)``)
+    on top of ``shared_adapter`` and save it to ``out``; returns the training history.
+
+    The shared adapter is folded into the weights of its modules for the duration (W += s·B·A), a fresh
+    ``lora`` adapter trains on the result (``Trainer``), and afterwards the base weights are restored bit for bit
+    and the adapters removed, so the saved adapter is a delta relative to base + shared: exactly what
+    :func:`stack_adapters` / :class:`PersonalCaptioner` apply later."""
+    from captionaura.trainer import Trainer, TrainingConfig
+
+    text = model.text
+    saved: dict[str, np.ndarray] = {}
+    try:
+        if shared_adapter is not None:
+            text.load_adapter(shared_adapter)
+            params = text.parameters()
+            saved = {f"{m['module']}.weight": params[f"{m['module']}.weight"].copy() for m in text.lora_modules()}
+            text.merge_lora()
+        text.add_lora(lora, seed=seed)
+        config = training or TrainingConfig(max_steps=50, batch_size=4, progressbar=False, seed=seed)
+        history = Trainer(model, examples, config).train()
+        text.save_adapter(out)
+    finally:
+        if text.lora_config is not None:
+            text.remove_lora()
+        params = text.parameters()
+        for name, weight in saved.items():
+            params[name][...] = weight
+    return history
 
 
 class PersonalCaptioner:

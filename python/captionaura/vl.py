@@ -321,7 +321,7 @@ class Lfm2VlModel:
                     ids, features = self._caption_inputs(image, None)
                     query = self._generate_caption(ids, features, settings)
                 text = self.caption_prompt(prompt, context, style, language, query, num_examples).text
-            prompts.append(text)
+            prompts.append(text or DEFAULT_CAPTION_PROMPT)
             ids, features = self._caption_inputs(image, text, context_images)
             if stream:
                 return self._stream_caption(ids, features, settings)
@@ -380,6 +380,8 @@ def _write_results(folder: Path, context: CaptionContext, captions: list[str], p
     """``frames/frame_NNN.png`` for the context frames and ``captions.json`` describing the whole caption."""
     folder.mkdir(parents=True, exist_ok=True)
     frames = []
+    for stale in (folder / "frames").glob("frame_*.png"):  # from an earlier caption into the same folder
+        stale.unlink()
     if context.frames is not None:
         (folder / "frames").mkdir(exist_ok=True)
         for i, frame in enumerate(context.frames.frames):
