@@ -59,8 +59,12 @@ def test_captions_true_to_the_scene(sample):
         for caption in ex.captions:
             words = _words(caption)
             # The main group is named with its colour, its noun and its count word, in that order.
-            i = next(i for i, w in enumerate(words) if w == noun and words[i - 1] == main.colour)
-            before = words[max(0, i - 3):i - 1]
+            if main.name == "person":  # 'two people in red'
+                i = next(i for i, w in enumerate(words) if w == noun and words[i + 1:i + 3] == ["in", main.colour])
+                before = words[max(0, i - 2):i]
+            else:
+                i = next(i for i, w in enumerate(words) if w == noun and words[i - 1] == main.colour)
+                before = words[max(0, i - 3):i - 1]
             assert any(w in COUNT_WORDS[main.count] for w in before), (caption, main)
             # Colours named are the scene's colours only; no other count word appears.
             assert {w for w in words if w in COLOURS} <= {g.colour for g in ex.scene.objects}, caption

@@ -87,9 +87,13 @@ def count_word(count: int, next_word: str, rng: np.random.Generator | None = Non
 
 
 def object_phrase(group: SceneObject, rng: np.random.Generator) -> str:
-    """'two small red boats', 'an orange tent', 'one large blue car' ..."""
+    """'two small red boats', 'an orange tent', 'one large blue car', 'two people in red' ..."""
     words = [group.size] if rng.random() < 0.3 else []
-    words += [group.colour, group.name if group.count == 1 else group.plural]
+    noun = group.name if group.count == 1 else group.plural
+    if group.name == "person":  # the colour is the clothes'
+        words += [noun, "in", group.colour]
+    else:
+        words += [group.colour, noun]
     return " ".join([count_word(group.count, words[0], rng)] + words)
 
 

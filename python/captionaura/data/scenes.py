@@ -202,31 +202,59 @@ class _Canvas:
         self.draw.line([(self.px(x), self.px(y)) for x, y in pts], fill=fill, width=max(1, self.px(width)))
 
 
-def _draw_sky(cv: _Canvas, time: str, sun_height: float | None = None) -> None:
-    top, bottom = SKY_GRADIENTS[time]
+@dataclass
+class Look:
+    """The continuous rendering parameters a scene's time and weather stand for (videos interpolate them)."""
+
+    sky_top: tuple[float, float, float]
+    sky_horizon: tuple[float, float, float]
+    light: float  # multiplies ground and scenery colours
+    sun: tuple[float, float, float, tuple[int, int, int]] | None  # x, y, radius, colour
+    stars: float = 0.0  # fraction of the star field shown
+    moon: bool = False
+    lit_windows: bool = False
+    clouds: float = 0.0  # cloud banks shown, 0..1
+    dark_clouds: bool = False
+    precipitation: str = "clear"  # "rainy" or "snowy" draw streaks or flakes
+    precipitation_amount: float = 1.0
+    fog: float = 0.0  # blend weight of the fog veil
+
+    @classmethod
+    def of(cls, spec: SceneSpec) -> "Look":
+        time, weather = spec.time_of_day, spec.weather
+        top, horizon = SKY_GRADIENTS[time]
+        return cls(sky_top=top, sky_horizon=horizon, light=LIGHT[time], sun=SUNS.get(time),
+                   stars=(1.0 if spec.kind == "night sky" else 0.35) if time == "night" else 0.0,
+                   moon=time == "night", lit_windows=time == "night",
+                   clouds=1.0 if weather in ("cloudy", "rainy") else 0.0, dark_clouds=weather == "rainy",
+                   precipitation=weather if weather in ("rainy", "snowy") else "clear",
+                   fog=0.38 if weather == "foggy" else 0.0)
+
+
+SUNS = {"morning": (0.2, 0.3, 0.07, (255, 235, 150)), "midday": (0.5, 0.1, 0.06, (255, 250, 210)),
+        "sunset": (0.5, 0.5, 0.09, (255, 90, 30))}
+FOG_RGB = (200, 202, 208)
+N_STARS = 70
+
+
+def _draw_sky(cv: _Canvas, look: Look, rng: np.random.Generator) -> None:
     n = cv.px(HORIZON) + 1
     for y in range(n):
-        cv.draw.line([(0, y), (cv.size, y)], fill=_lerp(top, bottom, y / max(n - 1, 1)))
+        cv.draw.line([(0, y), (cv.size, y)], fill=_lerp(look.sky_top, look.sky_horizon, y / max(n - 1, 1)))
+    stars = rng.random((N_STARS, 3))  # drawn always, so the scenery after it is the same with or without stars
+    for x, y, r in stars[:int(round(look.stars * N_STARS))]:
+        y, r = y * (HORIZON - 0.05), 0.004 + 0.004 * r
+        cv.ellipse(x - r, y - r, x + r, y + r, (255, 255, 230))
+    if look.moon:
+        cv.ellipse(0.72, 0.07, 0.84, 0.19, (240, 240, 215))
+        cv.ellipse(0.755, 0.05, 0.865, 0.16, _lerp(look.sky_top, look.sky_horizon, 0.1))  # crescent bite
+    if look.sun is not None:
+        x, y, r, rgb = look.sun
+        cv.ellipse(x - r, y - r, x + r, y + r, rgb)
 
 
-def _draw_celestial(cv: _Canvas, time: str, kind: str, rng: np.random.Generator) -> None:
-    if time == "night":
-        n_stars = 70 if kind == "night sky" else 25
-        for _ in range(n_stars):
-            x, y = rng.random(), rng.random() * (HORIZON - 0.05)
-            r = 0.004 + 0.004 * rng.random()
-            cv.ellipse(x - r, y - r, x + r, y + r, (255, 255, 230))
-        cv.ellipse(0.72, 0.07, 0.84, 0.19, (240, 240, 215))  # moon
-        cv.ellipse(0.755, 0.05, 0.865, 0.16, SKY_GRADIENTS["night"][0])  # crescent bite
-        return
-    sun = {"morning": (0.2, 0.3, 0.07, (255, 235, 150)), "midday": (0.5, 0.1, 0.06, (255, 250, 210)),
-           "sunset": (0.5, 0.5, 0.09, (255, 90, 30))}[time]
-    x, y, r, rgb = sun
-    cv.ellipse(x - r, y - r, x + r, y + r, rgb)
-
-
-def _draw_ground(cv: _Canvas, kind: str, time: str, rng: np.random.Generator) -> None:
-    light = LIGHT[time]
+def _draw_ground(cv: _Canvas, kind: str, look: Look, rng: np.random.Generator) -> None:
+    light = look.light
     ground = _shade(GROUND_RGB[kind], light)
     if kind == "mountains":
         for x0, w, h in ((-0.1, 0.6, 0.3), (0.3, 0.6, 0.36), (0.65, 0.55, 0.26)):
@@ -241,7 +269,7 @@ def _draw_ground(cv: _Canvas, kind: str, time: str, rng: np.random.Generator) ->
             cv.rect(x, HORIZON - h, x + w, HORIZON, _shade((70, 75, 90), light))
             for wy in np.arange(HORIZON - h + 0.02, HORIZON - 0.02, 0.04):
                 for wx in np.arange(x + 0.015, x + w - 0.02, 0.03):
-                    lit = (255, 230, 120) if time == "night" and rng.random() < 0.6 else _shade((150, 170, 190), light)
+                    lit = (255, 230, 120) if rng.random() < 0.6 and look.lit_windows else _shade((150, 170, 190), light)
                     cv.rect(wx, wy, wx + 0.012, wy + 0.015, lit)
             x += w + 0.005
     if kind == "forest":
@@ -355,11 +383,13 @@ def _object_base(kind: str, name: str, k: int) -> float:
     return 0.9 if kind not in WATER_SCENES else 0.96
 
 
-def _draw_clouds(cv: _Canvas, weather: str, time: str, rng: np.random.Generator) -> None:
-    """Cloud banks: light for a cloudy sky, dark grey for rain."""
-    cloud = _shade((150, 150, 160) if weather == "rainy" else (225, 225, 232), max(LIGHT[time], 0.5))
-    for cx, cy in ((0.15, 0.08), (0.45, 0.05), (0.8, 0.09), (0.62, 0.15), (0.3, 0.16)):
-        cx += 0.04 * (rng.random() - 0.5)
+def _draw_clouds(cv: _Canvas, look: Look, rng: np.random.Generator) -> None:
+    """Cloud banks (``look.clouds`` of the five): light for a cloudy sky, dark grey for rain."""
+    cloud = _shade((150, 150, 160) if look.dark_clouds else (225, 225, 232), max(look.light, 0.5))
+    banks = ((0.15, 0.08), (0.45, 0.05), (0.8, 0.09), (0.62, 0.15), (0.3, 0.16))
+    jitter = rng.random(len(banks))
+    for (cx, cy), dx0 in list(zip(banks, jitter))[:int(round(look.clouds * len(banks)))]:
+        cx += 0.04 * (dx0 - 0.5)
         for dx, dy, r in ((-0.07, 0.01, 0.06), (0.0, -0.02, 0.08), (0.08, 0.01, 0.06)):
             cv.ellipse(cx + dx - r, cy + dy - r * 0.7, cx + dx + r, cy + dy + r * 0.7, cloud)
 
@@ -376,27 +406,42 @@ def _draw_precipitation(cv: _Canvas, weather: str, rng: np.random.Generator, amo
             cv.ellipse(x - r, y - r, x + r, y + r, (252, 252, 255))
 
 
+#: One drawn object: name, centre x, baseline y, scale, RGB.
+Placement = tuple[str, float, float, float, tuple[int, int, int]]
+
+
+def placements(spec: SceneSpec) -> list[Placement]:
+    """Where the renderer draws each object of ``spec``: ground objects first, sky objects on top."""
+    out = []
+    for group in sorted(spec.objects, key=lambda g: g.name in SKY_OBJECTS):
+        for k in range(group.count):
+            out.append((group.name, _slot_x(group.position, group.count, k), _object_base(spec.kind, group.name, k),
+                        SIZE_SCALE[group.size], COLOURS[group.colour]))
+    return out
+
+
+def render(kind: str, look: Look, objects: list[Placement], size: int, scenery_rng: np.random.Generator,
+           weather_rng: np.random.Generator) -> np.ndarray:
+    """Draw a scene of ``kind`` under ``look`` with ``objects``. ``scenery_rng`` places the fixed details
+    (stars, ripples, buildings), ``weather_rng`` the rain, snow and grain (fresh per video frame)."""
+    cv = _Canvas(size)
+    _draw_sky(cv, look, scenery_rng)
+    _draw_ground(cv, kind, look, scenery_rng)
+    _draw_clouds(cv, look, scenery_rng)
+    for name, cx, base, scale, rgb in objects:
+        _draw_object(cv, name, cx, base, scale, rgb)
+    _draw_precipitation(cv, look.precipitation, weather_rng, look.precipitation_amount)
+    img = cv.img
+    if look.fog > 0:
+        img = Image.blend(img, Image.new("RGB", img.size, FOG_RGB), look.fog)
+    arr = np.asarray(img, dtype=np.int16)
+    noise = weather_rng.integers(-4, 5, size=arr.shape, dtype=np.int16)  # sensor-like grain
+    return np.clip(arr + noise, 0, 255).astype(np.uint8)
+
+
 def render_scene(spec: SceneSpec, size: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``spec`` into a (size, size, 3) uint8 image; ``rng`` only places scenery details (stars, ripples)."""
-    cv = _Canvas(size)
-    _draw_sky(cv, spec.time_of_day)
-    _draw_celestial(cv, spec.time_of_day, spec.kind, rng)
-    _draw_ground(cv, spec.kind, spec.time_of_day, rng)
-    if spec.weather in ("cloudy", "rainy"):
-        _draw_clouds(cv, spec.weather, spec.time_of_day, rng)
-    # Ground objects first (front-most last), sky objects on top.
-    for group in sorted(spec.objects, key=lambda g: g.name in SKY_OBJECTS):
-        s = SIZE_SCALE[group.size]
-        for k in range(group.count):
-            _draw_object(cv, group.name, _slot_x(group.position, group.count, k),
-                         _object_base(spec.kind, group.name, k), s, COLOURS[group.colour])
-    _draw_precipitation(cv, spec.weather, rng)
-    img = cv.img
-    if spec.weather == "foggy":
-        img = Image.blend(img, Image.new("RGB", img.size, (200, 202, 208)), 0.38)
-    arr = np.asarray(img, dtype=np.int16)
-    noise = rng.integers(-4, 5, size=arr.shape, dtype=np.int16)  # sensor-like grain
-    return np.clip(arr + noise, 0, 255).astype(np.uint8)
+    return render(spec.kind, Look.of(spec), placements(spec), size, rng, rng)
 
 
 PLURALS = {"person": "people", "bird": "birds", "umbrella": "umbrellas"}

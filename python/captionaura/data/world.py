@@ -7,10 +7,15 @@ import numpy as np
 from captionaura.data.captions import reference_captions
 from captionaura.data.example import CaptionExample
 from captionaura.data.scenes import SCENE_KINDS, SceneSpec, render_scene, sample_scene
+from captionaura.data.users import NAMES, STYLES, User, styled_example
 
 #: Held-out examples start at this index, so public and held-out index ranges never meet.
 HELDOUT_OFFSET = 1_000_000_000
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 128, 512
+#: Users' examples live above this index, in blocks of EXAMPLES_PER_USER per (seed, user).
+USER_OFFSET = 2_000_000_000
+USERS_PER_SEED, EXAMPLES_PER_USER = 10_000, 100_000
+SIGNATURE_SUFFIXES = ("snaps", "shots", "diary", "moments")
 
 
 class AuraScenes:
@@ -65,3 +70,46 @@ class AuraScenes:
         if n < 0:
             raise ValueError(f"held-out split size must be non-negative, got {n}")
         return self.examples(HELDOUT_OFFSET, n)
+
+    def users(self, n_users: int, train_per_user: int, test_per_user: int, seed: int = 0, *,
+              posts_per_user: int = 20, concentration: float = 0.3,
+              styles: tuple[str, ...] = STYLES) -> list[User]:
+        """``n_users`` users with their own style and scene preferences, and private examples.
+
+        User ``u`` gets ``styles[u % len(styles)]`` (every style appears once there are as many users) and
+        scene preferences drawn from a symmetric Dirichlet(``concentration``) over the scene kinds (small values:
+        each user mostly sees a few kinds; the users' data are non-IID). Each example's kind is drawn from those
+        preferences, its image comes from an index range of its own (disjoint from the public and held-out
+        splits, and between users), and its captions are its references rewritten in the user's style.
+        """
+        if n_users < 1 or train_per_user < 0 or test_per_user < 0 or posts_per_user < 0:
+            raise ValueError("n_users must be positive and the per-user counts non-negative, got "
+                             f"{n_users}, {train_per_user}, {test_per_user}, {posts_per_user}")
+        if n_users > USERS_PER_SEED:
+            raise ValueError(f"at most {USERS_PER_SEED} users per seed, got {n_users}")
+        per_user = train_per_user + test_per_user + posts_per_user
+        if per_user > EXAMPLES_PER_USER:
+            raise ValueError(f"at most {EXAMPLES_PER_USER} examples per user, got {per_user}")
+        unknown = [s for s in styles if s not in STYLES]
+        if unknown or not styles:
+            raise ValueError(f"unknown caption style(s) {unknown}; choose from {STYLES}")
+        if concentration <= 0:
+            raise ValueError(f"concentration must be positive, got {concentration}")
+        users = []
+        for u in range(n_users):
+            rng = np.random.default_rng([self.seed, 300, int(seed), u])
+            prefs = rng.dirichlet(np.full(len(SCENE_KINDS), float(concentration)))
+            name = NAMES[u % len(NAMES)] + (str(u // len(NAMES)) if u >= len(NAMES) else "")
+            style = styles[u % len(styles)]
+            signature = f"#{name}{SIGNATURE_SUFFIXES[u % len(SIGNATURE_SUFFIXES)]}"
+            base = USER_OFFSET + (int(seed) * USERS_PER_SEED + u) * EXAMPLES_PER_USER
+            kinds = rng.choice(len(SCENE_KINDS), size=per_user, p=prefs)
+            examples = [styled_example(self.example(base + j, SCENE_KINDS[k]), style, signature)
+                        for j, k in enumerate(kinds)]
+            posts = [ex.captions[0] for ex in examples[train_per_user + test_per_user:]]
+            users.append(User(name=name, style=style,
+                              preferences={k: float(p) for k, p in zip(SCENE_KINDS, prefs)},
+                              train=examples[:train_per_user],
+                              test=examples[train_per_user:train_per_user + test_per_user],
+                              posts=posts, signature=signature))
+        return users
