@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class CaptionExample:
     __slots__ = ("_image", "path", "captions", "scene", "image_id")
 
     def __init__(self, image: np.ndarray | None = None, captions: Sequence[str] = (),
-                 scene: "SceneSpec | None" = None, *, path: str | os.PathLike[str] | None = None,
+                 scene: SceneSpec | None = None, *, path: str | os.PathLike[str] | None = None,
                  image_id: Any = None) -> None:
         if image is None and path is None:
             raise ValueError("a CaptionExample needs an image array or an image path")

@@ -9,13 +9,10 @@ positions, time, weather), so a small captioning model can learn to read them of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from captionaura.data.example import CaptionExample
 
 SCENE_KINDS = ("beach", "city", "forest", "mountains", "snow", "night sky", "desert", "lake", "field", "harbour")
 TIMES_OF_DAY = ("morning", "midday", "sunset", "night")
@@ -220,7 +217,7 @@ class Look:
     fog: float = 0.0  # blend weight of the fog veil
 
     @classmethod
-    def of(cls, spec: SceneSpec) -> "Look":
+    def of(cls, spec: SceneSpec) -> Look:
         time, weather = spec.time_of_day, spec.weather
         top, horizon = SKY_GRADIENTS[time]
         return cls(sky_top=top, sky_horizon=horizon, light=LIGHT[time], sun=SUNS.get(time),

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from captionaura.data.example import CaptionExample
 from captionaura.data.scenes import SCENE_KINDS, SceneSpec
 

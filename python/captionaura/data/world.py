@@ -8,6 +8,7 @@ from captionaura.data.captions import reference_captions
 from captionaura.data.example import CaptionExample
 from captionaura.data.scenes import SCENE_KINDS, SceneSpec, render_scene, sample_scene
 from captionaura.data.users import NAMES, STYLES, User, styled_example
+from captionaura.data.videos import Video, make_video
 
 #: Held-out examples start at this index, so public and held-out index ranges never meet.
 HELDOUT_OFFSET = 1_000_000_000
@@ -113,3 +114,8 @@ class AuraScenes:
                               test=examples[train_per_user:train_per_user + test_per_user],
                               posts=posts, signature=signature))
         return users
+
+    def video(self, kind: str, frames: int = 24, seed: int = 0, fps: float = 8.0) -> Video:
+        """Clip number ``seed`` of ``kind`` ("sunset", "balloon", "rain", "boat"): frames at this world's image
+        size, the ground-truth context sentence and a caption per frame."""
+        return make_video(self.seed, kind, frames=frames, seed=seed, image_size=self.image_size, fps=fps)
