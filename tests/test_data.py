@@ -39,6 +39,9 @@ def test_example_shape_and_determinism(world):
     assert other.image.tobytes() != a.image.tobytes()
     assert world.example(8).image.tobytes() != a.image.tobytes()
     assert AuraScenes(seed=0, image_size=256).example(7).image.shape == (256, 256, 3)
+    lazy = world.examples(7, 2, lazy=True)
+    assert not lazy[0].is_loaded and lazy[0].captions == a.captions
+    assert lazy[0].image.tobytes() == a.image.tobytes() and not lazy[0].is_loaded  # drawn, not kept
 
 
 def test_splits_are_disjoint(world):
@@ -134,6 +137,8 @@ def test_bad_arguments():
         AuraScenes(image_size=64)
     with pytest.raises(ValueError, match="empty caption list"):
         CaptionExample(image=np.zeros((4, 4, 3), np.uint8), captions=[])
+    with pytest.raises(ValueError, match="unknown scene kind 'moon'"):
+        AuraScenes().example(0, kind="moon")
 
 
 # ---------------------------------------------------------------------------------------------------------

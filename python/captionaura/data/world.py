@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from tqdm.auto import tqdm
 
 from captionaura.data.captions import reference_captions
 from captionaura.data.example import CaptionExample
@@ -40,41 +43,61 @@ class AuraScenes:
     def _rng(self, stream: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream, int(index)])
 
+    def _stream(self, kind: str | None) -> int:
+        """Independent random streams for unconstrained examples (0) and for each forced scene kind."""
+        if kind is None:
+            return 0
+        if kind not in SCENE_KINDS:
+            raise ValueError(f"unknown scene kind {kind!r}; choose one of {SCENE_KINDS}")
+        return 1 + SCENE_KINDS.index(kind)
+
     def scene(self, index: int, kind: str | None = None) -> SceneSpec:
         """The ground truth of example ``index`` (``kind`` forces the scene kind, as users' preferences do)."""
         if index < 0:
             raise ValueError(f"example index must be non-negative, got {index}")
-        return sample_scene(self._rng(0 if kind is None else 1 + SCENE_KINDS.index(kind), index), kind)
+        return sample_scene(self._rng(self._stream(kind), index), kind)
 
-    def example(self, index: int, kind: str | None = None) -> CaptionExample:
-        """Example ``index``: its image, reference captions and scene, identical on every call and machine."""
+    def image(self, index: int, kind: str | None = None) -> np.ndarray:
+        """The (image_size, image_size, 3) uint8 picture of example ``index``."""
         spec = self.scene(index, kind)
-        stream = 0 if kind is None else 1 + SCENE_KINDS.index(kind)
-        image = render_scene(spec, self.image_size, self._rng(100 + stream, index))
-        captions = reference_captions(spec, self._rng(200 + stream, index), self.captions_per_image)
-        return CaptionExample(image=image, captions=captions, scene=spec, image_id=(kind or "any", int(index)))
+        return render_scene(spec, self.image_size, self._rng(100 + self._stream(kind), index))
 
-    def examples(self, start: int, count: int, kind: str | None = None) -> list[CaptionExample]:
+    def example(self, index: int, kind: str | None = None, *, lazy: bool = False) -> CaptionExample:
+        """Example ``index``: its image, reference captions and scene, identical on every call and machine.
+
+        ``lazy=True`` draws the image whenever ``.image`` is read instead of holding it (for large splits).
+        """
+        spec = self.scene(index, kind)
+        captions = reference_captions(spec, self._rng(200 + self._stream(kind), index), self.captions_per_image)
+        image_id = (kind or "any", int(index))
+        if lazy:
+            return CaptionExample(captions=captions, scene=spec, image_id=image_id,
+                                  loader=functools.partial(self.image, int(index), kind))
+        return CaptionExample(image=self.image(index, kind), captions=captions, scene=spec, image_id=image_id)
+
+    def examples(self, start: int, count: int, kind: str | None = None, *, lazy: bool = False,
+                 progressbar: bool = False) -> list[CaptionExample]:
         """Examples ``start .. start + count - 1``."""
         if count < 0:
             raise ValueError(f"count must be non-negative, got {count}")
-        return [self.example(i, kind) for i in range(start, start + count)]
+        indices = tqdm(range(start, start + count), desc="AuraScenes", disable=not progressbar)
+        return [self.example(i, kind, lazy=lazy) for i in indices]
 
-    def public_split(self, n: int) -> list[CaptionExample]:
+    def public_split(self, n: int, *, lazy: bool = False, progressbar: bool = False) -> list[CaptionExample]:
         """The first ``n`` public examples (indices 0 ..), the pretraining data."""
         if not 0 <= n < HELDOUT_OFFSET:
             raise ValueError(f"public split size must be in 0..{HELDOUT_OFFSET - 1}, got {n}")
-        return self.examples(0, n)
+        return self.examples(0, n, lazy=lazy, progressbar=progressbar)
 
-    def heldout_split(self, n: int) -> list[CaptionExample]:
+    def heldout_split(self, n: int, *, lazy: bool = False, progressbar: bool = False) -> list[CaptionExample]:
         """``n`` held-out examples from an index range the public split never reaches."""
         if n < 0:
             raise ValueError(f"held-out split size must be non-negative, got {n}")
-        return self.examples(HELDOUT_OFFSET, n)
+        return self.examples(HELDOUT_OFFSET, n, lazy=lazy, progressbar=progressbar)
 
     def users(self, n_users: int, train_per_user: int, test_per_user: int, seed: int = 0, *,
               posts_per_user: int = 20, concentration: float = 0.3,
-              styles: tuple[str, ...] = STYLES) -> list[User]:
+              styles: tuple[str, ...] = STYLES, progressbar: bool = False) -> list[User]:
         """``n_users`` users with their own style and scene preferences, and private examples.
 
         User ``u`` gets ``styles[u % len(styles)]`` (every style appears once there are as many users) and
@@ -97,7 +120,7 @@ class AuraScenes:
         if concentration <= 0:
             raise ValueError(f"concentration must be positive, got {concentration}")
         users = []
-        for u in range(n_users):
+        for u in tqdm(range(n_users), desc="AuraScenes users", disable=not progressbar):
             rng = np.random.default_rng([self.seed, 300, int(seed), u])
             prefs = rng.dirichlet(np.full(len(SCENE_KINDS), float(concentration)))
             name = NAMES[u % len(NAMES)] + (str(u // len(NAMES)) if u >= len(NAMES) else "")
