@@ -402,9 +402,12 @@ def test_caption_file_referencing_missing_image(tmp_path):
     (tmp_path / "captions.csv").write_text("file_name,caption\na.png,fine\nghost.png,boo\n")
     with pytest.raises(FileNotFoundError, match="missing image.*ghost.png"):
         load_folder(tmp_path)
-    (tmp_path / "tokens.txt").write_text("gone.jpg#0\tA caption\n")
-    with pytest.raises(FileNotFoundError, match="missing image.*gone.jpg"):
+    # Flickr8k's real token file names an image the archive lacks ('...jpg.1'): an error, or dropped on request.
+    (tmp_path / "tokens.txt").write_text("a.png#0\tA caption\n2258277193_586949ec62.jpg.1#0\tGone\n")
+    with pytest.raises(FileNotFoundError, match=r"missing image.*2258277193_586949ec62.jpg.1"):
         load_flickr8k(tmp_path / "tokens.txt", tmp_path)
+    kept = load_flickr8k(tmp_path / "tokens.txt", tmp_path, skip_missing=True)
+    assert [e.path.name for e in kept] == ["a.png"]
     data = {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"image_id": 2, "caption": "x"}]}
     (tmp_path / "c.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="image_id 2, not in 'images'"):

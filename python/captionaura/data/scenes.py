@@ -128,7 +128,10 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None) -> SceneSpec
     for name, position in zip(names, positions):
         count = int(rng.integers(1, 4))
         size = "small" if count == 3 else SIZES[rng.integers(2)]
-        backs = [_background_rgb(kind, time, _object_place(name))]
+        place = _object_place(name)
+        backs = [_background_rgb(kind, time, place)]
+        if place == "ground" and kind in ("lake", "harbour"):  # people on the pier, trees by the shore
+            backs.append(_background_rgb(kind, time, "water"))
         backs += [np.array(rgb, float) * LIGHT[time] for rgb in SCENERY_RGB.get(kind, ())]
         allowed = [c for c, rgb in COLOURS.items()
                    if min(np.abs(np.array(rgb, float) - back).sum() for back in backs) > 200
