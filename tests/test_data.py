@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -261,7 +262,6 @@ def test_rain_starts(world):
 
 
 def test_mp4_roundtrip(tmp_path, world):
-    av = pytest.importorskip("av")
     video = world.video("balloon", frames=12, seed=0)
     path = video.save(tmp_path / "balloon.mp4")
     assert path.is_file() and not list(tmp_path.glob(".*tmp"))
