@@ -28,7 +28,8 @@ from captionaura.federated.strategies import AggregateResult, FedAvg, FedProx, S
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
 from captionaura.optim import AdamWConfig
-from captionaura.trainer import Example, collate
+from captionaura.vl import Lfm2VlModel
+from captionaura.trainer import PIXEL_KEYS, Example, collate
 
 LORA_AGGREGATION = ("naive", "ffa", "exact", "fedex")
 
@@ -74,7 +75,7 @@ class Simulation:
     ``run(resume=True)`` continues from it, reproducing the uninterrupted run.
     """
 
-    def __init__(self, model: Lfm2Model, clients: Sequence[FederatedClient], lora: LoraConfig,
+    def __init__(self, model: Lfm2Model | Lfm2VlModel, clients: Sequence[FederatedClient], lora: LoraConfig,
                  strategy: Strategy | None = None, rounds: int = 5, local_steps: int | None = 10,
                  local_epochs: int | None = None, batch_size: int = 8, fraction_fit: float = 1.0,
                  optimizer: AdamWConfig | None = None, lora_aggregation: str = "naive",
@@ -113,22 +114,24 @@ class Simulation:
         self.history: list[RoundRecord] = []
         self.round = 0
 
-        model.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
+        # the language model carries the adapters; an Lfm2VlModel's frozen vision tower only supplies features
+        self.lm: Lfm2Model = getattr(model, "text", model)
+        self.lm.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
         if lora_aggregation == "ffa":
-            model.freeze_lora_A()
-        self.global_vector = model.lora_vector().copy()
+            self.lm.freeze_lora_A()
+        self.global_vector = self.lm.lora_vector().copy()
         self.base_residual: dict[str, np.ndarray] = {}  # module -> Σ over rounds of the FedEx residuals
         # "fedex" sets W = W_0 + base_residual (never W += r each round) so that a server, a client that
         # receives base_residual and a resumed run hold bit-identical base weights
-        self._pristine = ({m["module"]: model.parameters()[m["module"] + ".weight"].copy()
-                           for m in model.lora_modules()} if lora_aggregation == "fedex" else {})
+        self._pristine = ({m["module"]: self.lm.parameters()[m["module"] + ".weight"].copy()
+                           for m in self.lm.lora_modules()} if lora_aggregation == "fedex" else {})
         self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
 
     # -- one client ---------------------------------------------------------------------------------
     def local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
         """Client side of a round: train from the global vector on `client`'s examples and return
         (adapter vector, mean loss, number of examples). A Flower ClientApp calls exactly this."""
-        model = self.model
+        model = self.lm
         model.set_lora_vector(self.global_vector)
         opt = model.set_optimizer(self.optimizer_config)
         saved = self.client_state.get(client.client_id)
@@ -148,7 +151,10 @@ class Simulation:
                 order, pos = rng.permutation(n), 0
             batch = collate([client.train[i] for i in order[pos: pos + self.batch_size]], _pad_id(model))
             pos += self.batch_size
-            loss = model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"])
+            pixels = {key: batch[key] for key in PIXEL_KEYS if key in batch}
+            if pixels:
+                pixels["train_vision"] = False
+            loss = self.model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"], **pixels)
             if mu:
                 loss += proximal_term(model.lora_vector(), self.global_vector, mu, model._core.lora_grads())
             opt.step()
@@ -199,7 +205,7 @@ class Simulation:
         """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
         total = sum(w for _, w in updates)
         out = self.global_vector.copy()
-        for m in self.model.lora_modules():
+        for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             delta = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -217,7 +223,7 @@ class Simulation:
         (and to `base_residual`). Returns this round's residuals in units of B A (R / s)."""
         total = sum(w for _, w in updates)
         folded, residuals = {}, {}
-        for m in self.model.lora_modules():
+        for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             delta = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -235,7 +241,7 @@ class Simulation:
     def apply_base_residual(self, residual: Mapping[str, np.ndarray]) -> None:
         """Add FedEx residuals (module -> [out, in], already scaled) to the base weights: what a client of a
         deployment does with the server's `base_residual` on a freshly loaded base model."""
-        weights = self.model.parameters()
+        weights = self.lm.parameters()
         for module, value in residual.items():
             if module not in self._pristine or self._pristine[module].shape != np.shape(value):
                 raise ValueError(f"residual for {module!r} does not match an adapted base weight")
@@ -250,7 +256,7 @@ class Simulation:
         (plus, under "fedex", the residual folded into the base this round)."""
         total = sum(w for _, w in updates)
         out = {}
-        for m in self.model.lora_modules():
+        for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             exact = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -294,7 +300,7 @@ class Simulation:
             folded = self._fold_residual(kept, new)
         error = self.aggregation_error(kept, new, folded) if kept else {}
         self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
-        self.model.set_lora_vector(self.global_vector)
+        self.lm.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if self.dp is not None and self.dp.mode == "local":
             metrics["epsilon_local_per_round"] = float("nan")  # each client accounts for its own releases
@@ -378,7 +384,7 @@ class Simulation:
         self.base_residual = {}
         self.apply_base_residual(residual)  # the base weights were loaded fresh, without the residuals
         _restore_strategy(self.strategy, meta["strategy"])
-        self.model.set_lora_vector(self.global_vector)
+        self.lm.set_lora_vector(self.global_vector)
 
 
 def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str] | None = None,
