@@ -89,10 +89,11 @@ def task_identity():
     TaskIdentity.task_id = TaskIdentity.run_id = TaskIdentity.node_id = None
 
 
-@pytest.mark.parametrize("lora_aggregation", ["exact", "fedex"])
-def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_identity, lora_aggregation):
+@pytest.mark.parametrize("lora_aggregation,dp_mode", [("exact", ""), ("fedex", ""), ("ffa", "local")])
+def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_identity, lora_aggregation, dp_mode):
     write_sites(tmp_path / "data")
-    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", lora_aggregation=lora_aggregation)
+    dp = dict(dp_noise_multiplier=0.5, dp_clipping_norm=0.5, dp_mode=dp_mode) if dp_mode else {}
+    cfg = config(tmp_path / "out", strategy="fedavg", strategy_args="{}", lora_aggregation=lora_aggregation, **dp)
     grid = LoopbackGrid(sorted((tmp_path / "data").glob("*.npz")), {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()})
     served = flower.run_server(grid, cfg, num_supernodes=2, timeout=5, audit_dir=str(tmp_path / "audit"))
     sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
