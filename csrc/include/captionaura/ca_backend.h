@@ -53,7 +53,12 @@ typedef struct ca_backend {
     void (*unshuffle_backward)(float *, const float *, int, int, int, int);
     void (*mha_forward)(float *, float *, const float *, const float *, const float *, int, int, int);
     void (*mha_backward)(float *, float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int);
+    /* device backends: the first failure since the last call (then cleared) as a ca_status with its message;
+     * NULL for backends whose ops cannot fail (the CPU). Model code checks it once per public call. */
+    ca_status (*status)(void);
 } ca_backend;
+
+static inline ca_status ca_backend_status(const ca_backend *be) { return be->status ? be->status() : CA_OK; }
 
 extern const ca_backend ca_cpu_backend;
 
