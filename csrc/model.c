@@ -102,6 +102,56 @@ int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
     return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
 
+/* Moves every buffer to backend `be` (parameters, gradients, adapters; activations are re-made on the next
+ * call). The parameter views are re-bound through a fresh table; copies are plain memcpy, so each backend's
+ * memory must be host-addressable (the CUDA table's managed memory is). On failure nothing changes. */
+ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
+    if (be == m->be) return CA_OK;
+    const size_t P = m->num_parameters;
+    float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
+    if (m->grads && !(grads = be->alloc(P * sizeof(float)))) goto nomem;
+    if (m->lora_params && !(lora_params = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
+    if (m->lora_grads && !(lora_grads = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
+    ca_param_table tb = {0};
+    float *params = NULL, *old_params = m->params;
+    ca_param_info *info = NULL;
+    int count = 0;
+    size_t floats = 0;
+    ca_status st = build_param_table(m, &tb); /* the same layout: only the views are re-pointed by bind */
+    if (st == CA_OK) st = ca_param_table_bind(&tb, be, &params, &info, &count, &floats);
+    if (st != CA_OK) {
+        ca_param_table_discard(&tb);
+        if (grads) be->free(grads);
+        if (lora_params) be->free(lora_params);
+        if (lora_grads) be->free(lora_grads);
+        return st;
+    }
+    free(info); /* identical to m->param_info */
+    memcpy(params, old_params, P * sizeof(float));
+    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed_tokens;
+    if (grads) memcpy(grads, m->grads, P * sizeof(float));
+    if (lora_params) memcpy(lora_params, m->lora_params, m->lora_size * sizeof(float));
+    if (lora_grads) memcpy(lora_grads, m->lora_grads, m->lora_size * sizeof(float));
+    m->be->free(old_params);
+    m->be->free(m->grads);
+    if (m->lora_params) m->be->free(m->lora_params);
+    if (m->lora_grads) m->be->free(m->lora_grads);
+    m->be->free(m->acts);
+    m->params = params;
+    m->grads = grads;
+    m->lora_params = lora_params;
+    m->lora_grads = lora_grads;
+    m->acts = NULL;
+    m->acts_floats = 0;
+    m->act_B = m->act_T = 0;
+    m->be = be;
+    return CA_OK;
+nomem:
+    if (grads) be->free(grads);
+    if (lora_params) be->free(lora_params);
+    return ca_error(CA_ERR_NOMEM, "out of memory moving the model to the %s backend", be->name);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* seeded initialisation                                                                             */
 
@@ -486,7 +536,7 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
         memcpy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
         memcpy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
     }
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -600,7 +650,7 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     float *dwte = grad_of(m, m->embed_tokens);
     if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -924,6 +974,9 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     int longest = 0;
     for (int b = 0; b < B; b++) {
         if (!caches[b]) return ca_error(CA_ERR_VALUE, "sequence %d has no cache", b);
+        if (caches[b]->be != m->be)
+            return ca_error(CA_ERR_VALUE, "sequence %d: its cache lives on the %s backend, the model on %s (create "
+                            "caches after moving the model)", b, caches[b]->be->name, m->be->name);
         if (lengths[b] < 0 || lengths[b] > T)
             return ca_error(CA_ERR_VALUE, "lengths[%d] = %d is outside [0, %d]", b, lengths[b], T);
         if (caches[b]->length + lengths[b] > caches[b]->capacity)
@@ -1009,5 +1062,5 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
     m->be->free(att);
     m->be->free(last);
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }

@@ -7,6 +7,9 @@
 
 #include "captionaura/ca_backend.h"
 #include "captionaura/ca_params.h"
+#ifdef CA_WITH_CUDA
+#include "captionaura/ca_cuda.h"
+#endif
 
 PyObject *ca_py_raise(ca_status status) {
     const char *msg = ca_last_error();
@@ -119,10 +122,52 @@ static PyObject *py_cuda_compiled(PyObject *self, PyObject *unused) {
 #endif
 }
 
+#define CA_NO_CUDA_BUILD "captionaura was built without the CUDA backend (no nvcc/cuBLAS at build time, or CAPTIONAURA_CUDA=OFF)"
+
+/* {compiled, device_count, device, reason}: reason is "" exactly when a device can be used. */
+static PyObject *py_cuda_status(PyObject *self, PyObject *unused) {
+#ifdef CA_WITH_CUDA
+    char name[256];
+    ca_cuda_device_name(name, sizeof name);
+    return Py_BuildValue("{s:O,s:i,s:s,s:s}", "compiled", Py_True, "device_count", ca_cuda_device_count(), "device",
+                         name, "reason", ca_cuda_unavailable_reason());
+#else
+    return Py_BuildValue("{s:O,s:i,s:s,s:s}", "compiled", Py_False, "device_count", 0, "device", "", "reason",
+                         CA_NO_CUDA_BUILD);
+#endif
+}
+
+const ca_backend *ca_py_cuda_backend(void) {
+#ifdef CA_WITH_CUDA
+    if (ca_cuda_device_count() == 0) {
+        PyErr_Format(PyExc_RuntimeError, "CUDA is not available: %s", ca_cuda_unavailable_reason());
+        return NULL;
+    }
+    ca_status st = ca_cuda_init();
+    if (st != CA_OK) {
+        ca_py_raise(st);
+        return NULL;
+    }
+    return &ca_cuda_backend;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "CUDA is not available: " CA_NO_CUDA_BUILD);
+    return NULL;
+#endif
+}
+
+const ca_backend *ca_py_backend_named(const char *device) {
+    if (strcmp(device, "cpu") == 0) return &ca_cpu_backend;
+    if (strcmp(device, "cuda") == 0) return ca_py_cuda_backend();
+    PyErr_Format(PyExc_ValueError, "unknown device '%s' (expected 'cpu' or 'cuda')", device);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA backend was compiled in."},
+    {"cuda_status", py_cuda_status, METH_NOARGS,
+     "CUDA backend status: {compiled, device_count, device, reason} (reason empty when usable)."},
     {NULL, NULL, 0, NULL},
 };
 

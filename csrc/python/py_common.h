@@ -17,6 +17,10 @@
 
 /* Raises the Python exception matching `status` with the core's thread-local message; returns NULL. */
 PyObject *ca_py_raise(ca_status status);
+/* The backend for a device name ("cpu", "cuda"); NULL with RuntimeError (no CUDA build or device, naming
+ * the reason) or ValueError (unknown name). */
+struct ca_backend;
+const struct ca_backend *ca_py_backend_named(const char *device);
 
 /* Checks that `obj` is a NumPy array of `typenum`, C-contiguous and aligned, with `ndim` dimensions (-1: any),
  * writable when asked; raises TypeError/ValueError naming `what` and returns NULL otherwise.

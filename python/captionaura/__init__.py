@@ -13,6 +13,7 @@ from captionaura.vl import Lfm2VlModel
 from captionaura.model import Lfm2Model, Lfm2Output
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 from captionaura.generate import GenerateOutput, GenerationConfig
+from captionaura.device import cuda_available, cuda_status
 
 __version__ = "0.1.0"
 
@@ -25,11 +26,6 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads used by the C core's OpenMP loops."""
     return _core.get_num_threads()
-
-
-def cuda_available() -> bool:
-    """True when the CUDA backend was compiled in (device checks come with the CUDA backend)."""
-    return bool(_core.cuda_compiled())
 
 
 __all__ = [
@@ -52,4 +48,4 @@ __all__ = [
     "ProcessorOutput",
     "Tokenizer",
     "load_image",
-    "set_num_threads", "get_num_threads", "cuda_available", "__version__"]
+    "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]

@@ -14,6 +14,7 @@ import numpy as np
 from captionaura import _core
 from captionaura._io import write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.device import backend_device, normalize_device
 from captionaura.lora import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX, LoraConfig, peft_key,
                               resolve_targets)
 from captionaura.optim import AdamW, AdamWConfig
@@ -335,6 +336,24 @@ class Lfm2Model:
         total = self.num_parameters() + (self.lora_vector().size if self.lora_config else 0)
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
+
+    # -- device -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """"cuda" when the model computes on the CUDA backend, else "cpu"."""
+        return backend_device(self._core.backend)
+
+    def to(self, device: str) -> "Lfm2Model":
+        """Move parameters, gradients and LoRA adapters to ``device`` ("cpu" or "cuda") and return self.
+
+        Raises RuntimeError naming the reason when CUDA cannot be used (see ``captionaura.cuda_status()``).
+        NumPy views taken before (``parameters()``, ``gradients()``, ``lora_parameters()``) refer to the old
+        buffers: take them again. An optimiser already set keeps its state and follows the buffers.
+        """
+        self._core.to_device(normalize_device(device))
+        if self.optimizer is not None:
+            self.optimizer.rebind(*self.trainable_buffers())
+        return self
 
     def set_optimizer(self, config: AdamWConfig) -> AdamW:
         """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""

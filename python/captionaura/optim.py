@@ -50,6 +50,15 @@ class AdamW:
         self.exp_avg_sq = [np.zeros_like(p) for p in self.params]
         self.step_count = 0
 
+    def rebind(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        """Point the optimiser at moved buffers of the same sizes (after ``model.to(...)``), keeping its state."""
+        params = [_flat(p, "params") for p in params]
+        grads = [_flat(g, "grads") for g in grads]
+        if [p.size for p in params] != [p.size for p in self.params] or \
+                [g.size for g in grads] != [p.size for p in self.params]:
+            raise ValueError("rebind needs buffers of the sizes the optimiser was created with")
+        self.params, self.grads = params, grads
+
     def grad_norm(self) -> float:
         """The global L2 norm of all gradients (as torch.nn.utils.clip_grad_norm_ computes it)."""
         return math.sqrt(sum(_core.sum_squares(g) for g in self.grads))
