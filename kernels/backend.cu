@@ -1,8 +1,9 @@
 /* ca_cuda_backend: the ca_backend table on the CUDA ops, for the model code (csrc/model.c, csrc/vision.c)
  * as it is. Its alloc returns managed memory, which that code also reads and writes on the host (weights
  * loaded from safetensors, positions, masks, KV-cache appends), so every op here waits for its kernels before
- * returning. Buffers the caller hands in from outside (token ids, image features, logits and feature
- * outputs that live in NumPy arrays) may be plain host memory: ops whose sizes are known stage such a pointer
+ * returning. Buffers the caller hands in from outside (token ids, positions, masks, targets, image features,
+ * logits and feature outputs that live in NumPy arrays) may be plain host memory: ops whose sizes are known
+ * stage such a pointer
  * through a temporary device copy (written back for outputs). Failures are recorded (see ca_cuda.h) and
  * reported by the table's status(). */
 #include "cuda_internal.cuh"
@@ -154,6 +155,36 @@ void t_crossentropy_backward(float *dlogits, const float *logits, const int32_t 
     finish("crossentropy_backward");
 }
 
+void t_rope_forward(float *out, const float *inp, const int32_t *pos, int N, int NH, int HS, float theta) {
+    if (!ready()) return;
+    {
+        Staged p(pos, (size_t)N * I, false);
+        ca_cuda_rope_forward(out, inp, p.get<const int32_t>(), N, NH, HS, theta);
+    }
+    finish("rope_forward");
+}
+
+void t_rope_backward(float *dinp, const float *dout, const int32_t *pos, int N, int NH, int HS, float theta) {
+    if (!ready()) return;
+    {
+        Staged p(pos, (size_t)N * I, false);
+        ca_cuda_rope_backward(dinp, dout, p.get<const int32_t>(), N, NH, HS, theta);
+    }
+    finish("rope_backward");
+}
+
+void t_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                         const int32_t *key_mask, int B, int Tq, int Tk, int NH, int NKV, int HS, int causal,
+                         int q_offset) {
+    if (!ready()) return;
+    {
+        Staged m(key_mask, (size_t)B * Tk * I, false);
+        ca_cuda_attention_forward(out, att, q, k, v, m.get<const int32_t>(), B, Tq, Tk, NH, NKV, HS, causal,
+                                  q_offset);
+    }
+    finish("attention_forward");
+}
+
 double t_sum_squares(const float *x, size_t n) {
     if (!ready()) return 0.0;
     return ca_cuda_sum_squares(x, n); /* synchronises itself */
@@ -179,14 +210,6 @@ CA_SYNC_OP(shortconv_backward,
            (float *dz, float *dw, const float *dy, const float *z, const float *u, const float *c, const float *w,
             int B, int T, int C, int L),
            (dz, dw, dy, z, u, c, w, B, T, C, L))
-CA_SYNC_OP(rope_forward, (float *o, const float *x, const int32_t *p, int N, int NH, int HS, float th),
-           (o, x, p, N, NH, HS, th))
-CA_SYNC_OP(rope_backward, (float *o, const float *x, const int32_t *p, int N, int NH, int HS, float th),
-           (o, x, p, N, NH, HS, th))
-CA_SYNC_OP(attention_forward,
-           (float *o, float *a, const float *q, const float *k, const float *v, const int32_t *m, int B, int Tq,
-            int Tk, int NH, int NKV, int HS, int causal, int off),
-           (o, a, q, k, v, m, B, Tq, Tk, NH, NKV, HS, causal, off))
 CA_SYNC_OP(attention_backward,
            (float *dq, float *dk, float *dv, const float *dy, const float *q, const float *k, const float *v,
             const float *a, int B, int Tq, int Tk, int NH, int NKV, int HS),

@@ -155,6 +155,65 @@ const ca_backend *ca_py_cuda_backend(void) {
 #endif
 }
 
+#ifdef CA_WITH_CUDA
+static void free_managed(PyObject *capsule) { ca_cuda_free(PyCapsule_GetPointer(capsule, "captionaura.cuda_array")); }
+#endif
+
+/* cuda_array(shape, dtype): a zero-filled C-contiguous NumPy array in CUDA managed memory (float32, int32 or
+ * float64), readable and writable from Python and usable by the CUDA ops (tests compare backends with it). */
+static PyObject *py_cuda_array(PyObject *self, PyObject *args) {
+    PyObject *shape_obj;
+    PyArray_Descr *descr = NULL;
+    if (!PyArg_ParseTuple(args, "OO&:cuda_array", &shape_obj, PyArray_DescrConverter, &descr)) return NULL;
+    PyArray_Dims dims = {NULL, 0};
+    if (!PyArray_IntpConverter(shape_obj, &dims)) {
+        Py_DECREF(descr);
+        return NULL;
+    }
+    int ok = descr->type_num == NPY_FLOAT32 || descr->type_num == NPY_INT32 || descr->type_num == NPY_FLOAT64;
+    size_t count = 1;
+    for (int i = 0; i < dims.len; i++) {
+        if (dims.ptr[i] < 0) ok = 0;
+        count *= (size_t)(dims.ptr[i] > 0 ? dims.ptr[i] : 0);
+    }
+    if (!ok) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        PyErr_SetString(PyExc_ValueError, "cuda_array: dtype must be float32, int32 or float64 and sizes >= 0");
+        return NULL;
+    }
+    if (!ca_py_backend_named("cuda")) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return NULL;
+    }
+#ifdef CA_WITH_CUDA
+    void *data = ca_cuda_malloc_managed(count * (size_t)PyDataType_ELSIZE(descr));
+    if (!data) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return ca_py_raise(ca_cuda_check());
+    }
+    PyObject *capsule = PyCapsule_New(data, "captionaura.cuda_array", free_managed);
+    if (!capsule) {
+        ca_cuda_free(data);
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return NULL;
+    }
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, data, NPY_ARRAY_CARRAY, NULL);
+    PyDimMem_FREE(dims.ptr);
+    if (!arr || PyArray_SetBaseObject((PyArrayObject *)arr, capsule) < 0) {
+        Py_XDECREF(arr);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return arr;
+#else
+    return NULL; /* unreachable: ca_py_backend_named("cuda") failed above */
+#endif
+}
+
 const ca_backend *ca_py_backend_named(const char *device) {
     if (strcmp(device, "cpu") == 0) return &ca_cpu_backend;
     if (strcmp(device, "cuda") == 0) return ca_py_cuda_backend();
@@ -166,6 +225,8 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA backend was compiled in."},
+    {"cuda_array", py_cuda_array, METH_VARARGS,
+     "cuda_array(shape, dtype): zero-filled NumPy array in CUDA managed memory (needs a device)."},
     {"cuda_status", py_cuda_status, METH_NOARGS,
      "CUDA backend status: {compiled, device_count, device, reason} (reason empty when usable)."},
     {NULL, NULL, 0, NULL},
