@@ -125,9 +125,9 @@ bench: install
 	$(PY) -m pip install -q "torch==2.13.0" "transformers>=4.57"
 	$(PY) benchmarks/bench_lfm2.py
 
-# The CUDA backend against PyTorch on the same GPU (exits with a message without one).
+# The CUDA backend against PyTorch on the same GPU (exits with a message without one; needs a CUDA torch build).
 bench-cuda: install
-	$(PY) -m pip install -q "torch==2.13.0" "transformers>=4.57"
+	$(PY) -m pip install -q torch "transformers>=4.57" "peft>=0.17"
 	$(PY) benchmarks/bench_cuda.py
 
 clean:
