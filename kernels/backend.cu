@@ -10,23 +10,12 @@
 
 namespace {
 
-/* Whether the kernels can dereference p: device or managed memory (plain or registered host memory is
- * staged). Unknown pointers count as host. */
-bool device_accessible(const void *p) {
-    cudaPointerAttributes attr;
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
-}
-
 /* A pointer the kernels can use for `bytes` bytes at p: p itself, or a device copy of it that is copied back
  * to p at scope exit when `writeback` is set (after the stream has finished). */
 class Staged {
   public:
     Staged(const void *p, size_t bytes, bool writeback) : orig_((void *)p), bytes_(bytes), writeback_(writeback) {
-        if (!p || !bytes || ca_cuda_failed() || device_accessible(p)) return;
+        if (!p || !bytes || ca_cuda_failed() || ca_cuda_is_device_accessible(p)) return;
         if (!ca_cuda_ok(cudaMalloc(&copy_, bytes), "staging a host buffer (cudaMalloc)")) {
             copy_ = nullptr;
             return;

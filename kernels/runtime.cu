@@ -209,3 +209,13 @@ extern "C" ca_status ca_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes
 extern "C" ca_status ca_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes) {
     return copy(dst, src, bytes, cudaMemcpyDeviceToDevice, "cudaMemcpy (device to device)");
 }
+
+/* Device or managed memory; plain or registered host memory, and unknown pointers, are not. */
+extern "C" int ca_cuda_is_device_accessible(const void *p) {
+    cudaPointerAttributes attr;
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}

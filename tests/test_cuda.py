@@ -330,3 +330,108 @@ def test_vision_language_model_forward_and_gradients_match_cpu():
     for name, g in out["cpu"][2].items():
         diff = np.asarray(out["cuda"][2][name], np.float64) - g
         assert float(np.sum(diff ** 2)) / max(float(np.sum(g.astype(np.float64) ** 2)), floor2) <= NMSE_TOL, name
+
+
+# ---- with a device: the CUDA-only launchers (decode kernels, bf16 GEMM, federated aggregation) ----------------
+
+@gpu
+@needs_device
+def test_attention_decode_equals_the_last_causal_query():
+    rng = np.random.default_rng(11)
+    B, Tk, NH, NKV, HS = 2, 600, 4, 2, 64  # 600 keys: three chunks merged by log-sum-exp
+    q = rng.standard_normal((B, 1, NH, HS)).astype(np.float32)
+    k, v = (rng.standard_normal((B, Tk, NKV, HS)).astype(np.float32) for _ in range(2))
+    want, att = np.zeros((B, 1, NH, HS), np.float32), np.zeros((B, NH, 1, Tk), np.float32)
+    _core.attention_forward(want, att, q, k, v, None, True, Tk - 1)
+    out = _core.cuda_array((B, NH, HS), np.float32)
+    _core.cuda_attention_decode(out, managed(q[:, 0]), managed(k), managed(v))
+    assert nmse(out, want[:, 0]) <= NMSE_TOL
+
+
+@gpu
+@needs_device
+def test_shortconv_step_continues_like_the_prefill_with_state():
+    rng = np.random.default_rng(12)
+    B, C, L, T = 3, 96, 3, 5
+    z = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    w = rng.standard_normal((C, L)).astype(np.float32)
+    y_ref, u_ref, c_ref = (np.zeros((B, T, C), np.float32) for _ in range(3))
+    _core.shortconv_forward(y_ref, u_ref, c_ref, z, w, None)  # the whole sequence from zero state
+    state = _core.cuda_array((B, L - 1, C), np.float32)
+    y, u, c = (_core.cuda_array((B, C), np.float32) for _ in range(3))
+    wd = managed(w)
+    for t in range(T):  # token by token, the state carried on the device
+        _core.cuda_shortconv_step(y, u, c, state, managed(z[:, t]), wd)
+        assert nmse(y, y_ref[:, t]) <= NMSE_TOL and nmse(c, c_ref[:, t]) <= NMSE_TOL
+    np.testing.assert_array_equal(np.array(state), u_ref[:, T - (L - 1):])
+
+
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 (round to nearest even) → float32, in NumPy."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+@gpu
+@needs_device
+def test_bf16_weight_gemm_accumulates_in_fp32():
+    rng = np.random.default_rng(13)
+    N, C, OC = 37, 300, 130
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    w = rng.standard_normal((OC, C)).astype(np.float32)
+    b = rng.standard_normal(OC).astype(np.float32)
+    out = _core.cuda_array((N, OC), np.float32)
+    _core.cuda_linear_bf16(out, managed(x), managed(w), managed(b))
+    want = bf16_round(x).astype(np.float64) @ bf16_round(w).astype(np.float64).T + b
+    assert nmse(out, want) <= NMSE_TOL
+    assert nmse(out, x.astype(np.float64) @ w.T + b) > 1e-7  # bf16 rounding really happened
+
+
+@gpu
+@needs_device
+def test_federated_kernels_match_the_cpu_aggregation():
+    rng = np.random.default_rng(14)
+    n = 50_001
+    clients = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    weights = [10.0, 3.0, 7.0]
+    x0 = rng.standard_normal(n).astype(np.float32)
+    cpu_sum, gpu_sum = np.zeros(n), _core.cuda_array((n,), np.float64)
+    for c, w in zip(clients, weights):
+        _core.fed_acc_add(cpu_sum, c, w)
+        _core.cuda_fed_acc_add(gpu_sum, managed(c), w)
+    np.testing.assert_allclose(np.array(gpu_sum), cpu_sum, rtol=1e-12, atol=1e-12)
+    total = sum(weights)
+    mean_cpu, mean_gpu = np.zeros(n, np.float32), _core.cuda_array((n,), np.float32)
+    _core.fed_acc_mean(mean_cpu, cpu_sum, total)
+    _core.cuda_fed_acc_mean(mean_gpu, gpu_sum, total)
+    assert nmse(mean_gpu, mean_cpu) <= NMSE_TOL
+    for kind in (0, 1, 2):
+        xc, mc, vc = x0.copy(), np.zeros(n, np.float32), np.full(n, 1e-6, np.float32)
+        xg, mg, vg = managed(xc), managed(mc), managed(vc)
+        for _ in range(2):
+            _core.fed_fedopt_step(xc, mc, vc, cpu_sum, total, kind, 0.1, 0.9, 0.99, 1e-3)
+            _core.cuda_fed_fedopt_step(xg, mg, vg, gpu_sum, total, kind, 0.1, 0.9, 0.99, 1e-3)
+        for got, want in ((xg, xc), (mg, mc), (vg, vc)):
+            assert nmse(got, want) <= NMSE_TOL, kind
+    xc, vc = x0.copy(), np.zeros(n, np.float32)
+    xg, vg = managed(xc), managed(vc)
+    for first in (True, False):
+        _core.fed_fedavgm_step(xc, vc, cpu_sum, total, 1.0, 0.9, first)
+        _core.cuda_fed_fedavgm_step(xg, vg, gpu_sum, total, 1.0, 0.9, first)
+    assert nmse(xg, xc) <= NMSE_TOL and nmse(vg, vc) <= NMSE_TOL
+    xd, refd = managed(clients[0]), managed(x0)
+    assert _core.cuda_fed_l2norm(xd, refd) == pytest.approx(_core.fed_l2norm(clients[0], x0), rel=1e-12)
+    for clip in (1.0, 1e6):  # clipped, and passed through untouched
+        out_c, out_g = np.zeros(n, np.float32), _core.cuda_array((n,), np.float32)
+        norm_c = _core.fed_clip(out_c, clients[0], x0, clip)
+        norm_g = _core.cuda_fed_clip(out_g, xd, refd, clip)
+        assert norm_g == pytest.approx(norm_c, rel=1e-12)
+        assert nmse(out_g, out_c) <= NMSE_TOL
+
+
+@gpu
+@needs_device
+def test_cuda_only_bindings_reject_host_arrays():
+    with pytest.raises(ValueError, match="host memory"):
+        _core.cuda_fed_l2norm(np.zeros(4, np.float32), None)

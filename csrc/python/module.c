@@ -234,7 +234,7 @@ static PyMethodDef module_methods[] = {
 
 static PyMethodDef *area_tables[] = {module_methods, ca_py_ops_methods, ca_py_io_methods,
                                      ca_py_metrics_methods, ca_py_model_methods, ca_py_fed_methods,
-                                     ca_py_vision_methods, ca_py_generate_methods};
+                                     ca_py_vision_methods, ca_py_generate_methods, ca_py_cuda_methods};
 
 static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "_core",
                                          "captionaura's C core (see the captionaura package for the API).", -1,

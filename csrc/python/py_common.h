@@ -54,6 +54,7 @@ extern PyMethodDef ca_py_model_methods[];
 extern PyMethodDef ca_py_fed_methods[];
 extern PyMethodDef ca_py_vision_methods[];
 extern PyMethodDef ca_py_generate_methods[];
+extern PyMethodDef ca_py_cuda_methods[]; /* empty without the CUDA build */
 int ca_py_model_init(PyObject *module);  /* adds types; 0 on success, -1 with an exception set */
 int ca_py_vision_init(PyObject *module); /* adds _core.Vision */
 /* For other glue areas: the core model behind a _core.Lfm2 and its compute lock (a PyThread_type_lock),

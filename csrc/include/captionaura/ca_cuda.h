@@ -49,6 +49,7 @@ void ca_cuda_record_error(const char *what, const char *detail);
 void *ca_cuda_malloc(size_t bytes);         /* device memory, zero-filled; NULL on failure (error recorded) */
 void *ca_cuda_malloc_managed(size_t bytes); /* managed memory, zero-filled; NULL on failure */
 void ca_cuda_free(void *p);
+int ca_cuda_is_device_accessible(const void *p); /* device or managed memory the kernels can dereference */
 ca_status ca_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
 ca_status ca_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
 ca_status ca_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes);
