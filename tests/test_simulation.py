@@ -149,3 +149,29 @@ def test_only_adapter_vectors_leave_clients():
         assert isinstance(num_examples, float)
     token_ids = np.concatenate([e["input_ids"] for c in make_clients() for e in c.train])
     assert not any(np.array_equal(v[: len(token_ids)].astype(np.int32), token_ids) for v, _ in sent)
+
+
+def test_an_image_captioner_federates_its_language_model_adapters(captioner):
+    """Lfm2VlModel clients send image + caption examples; the vision tower stays frozen and shared, only the
+    language model's adapter vector moves, and the federated adapter learns the clients' captions."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (250, 200, 0)]
+    words = ["red kite", "green field", "blue sea", "yellow sun"]
+
+    def example(c: int) -> dict:
+        image = np.clip(np.full((48, 64, 3), colours[c]) + rng.normal(0, 8, (48, 64, 3)), 0, 255)
+        return captioner.caption_example(image.astype(np.uint8), f"a {words[c]} #aura")
+
+    clients = [FederatedClient(c, [example(c) for _ in range(3)]) for c in range(4)]
+    vision_before = {k: v.copy() for k, v in captioner.vision.parameters().items()}
+    sim = Simulation(captioner, clients, ca.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+                     rounds=4, local_steps=5, batch_size=3, progressbar=False,
+                     optimizer=ca.AdamWConfig(lr=1e-2, weight_decay=0.0))
+    try:
+        history = sim.run()
+        assert history[-1].train_loss < 0.5 * history[0].train_loss
+        assert sim.global_vector.size == captioner.text.lora_vector().size
+        for k, v in captioner.vision.parameters().items():
+            np.testing.assert_array_equal(v, vision_before[k])
+    finally:
+        captioner.text.remove_lora()

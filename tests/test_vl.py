@@ -92,33 +92,6 @@ def test_lora_on_the_language_model_trains_captions(case):
 
 # ---- captioning --------------------------------------------------------------------------------------
 
-PROCESSOR = Path(__file__).parent / "reference" / "fixtures" / "lfm2vl_processor" / "lfm2vl_450m"
-
-
-@pytest.fixture(scope="module")
-def captioner(tmp_path_factory):
-    """A tiny random LFM2-VL with the processor fixture's tokenizer and image settings."""
-    processor = ca.Lfm2VlProcessor.from_pretrained(PROCESSOR)
-    config = {
-        "model_type": "lfm2_vl", "image_token_id": processor.image_token_id, "downsample_factor": 2,
-        "projector_hidden_size": 32, "projector_bias": True, "projector_hidden_act": "gelu",
-        "projector_use_layernorm": True, "vision_feature_layer": -1,
-        "text_config": {"model_type": "lfm2", "vocab_size": processor.tokenizer.vocab_size, "hidden_size": 64,
-                        "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
-                        "num_key_value_heads": 2, "layer_types": ["conv", "full_attention", "full_attention"],
-                        "block_auto_adjust_ff_dim": False, "initializer_range": 0.3},
-        "vision_config": {"model_type": "siglip2_vision_model", "hidden_size": 32, "intermediate_size": 48,
-                          "num_hidden_layers": 2, "num_attention_heads": 2, "num_patches": 256,
-                          "patch_size": 16, "num_channels": 3, "hidden_act": "gelu_pytorch_tanh",
-                          "layer_norm_eps": 1e-6, "initializer_range": 0.2},
-    }
-    model = ca.Lfm2VlModel.from_config(config, seed=0)
-    model.processor = processor
-    folder = tmp_path_factory.mktemp("captioner")
-    model.save_pretrained(folder)
-    return ca.Lfm2VlModel.from_pretrained(folder)
-
-
 def test_caption_equals_generating_from_the_prompt_and_features(captioner):
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     settings = ca.GenerationConfig(max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=[])

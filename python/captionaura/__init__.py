@@ -13,6 +13,9 @@ from captionaura.vl import Lfm2VlModel
 from captionaura.model import Lfm2Model, Lfm2Output
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 from captionaura.generate import GenerateOutput, GenerationConfig
+from captionaura.video import VideoFrames, sample_frames
+from captionaura.vl import CaptionContext, VideoContextConfig
+from captionaura.personal import PersonalCaptioner, StyleProfile, zero_shot_tags
 from captionaura.device import cuda_available, cuda_status
 
 __version__ = "0.1.0"
@@ -48,4 +51,6 @@ __all__ = [
     "ProcessorOutput",
     "Tokenizer",
     "load_image",
-    "set_num_threads", "get_num_threads", "cuda_available", "cuda_status", "__version__"]
+    "set_num_threads", "get_num_threads", "cuda_available", "__version__",
+    "VideoFrames", "sample_frames", "CaptionContext", "VideoContextConfig",
+    "PersonalCaptioner", "StyleProfile", "zero_shot_tags", "cuda_status"]

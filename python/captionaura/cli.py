@@ -71,6 +71,32 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Caption an image, optionally with the video that led up to it and in a user's style and language."""
+    import captionaura as ca
+    from captionaura.personal import StyleProfile
+    from captionaura.vl import VideoContextConfig
+
+    if args.model:
+        model = ca.Lfm2VlModel.from_pretrained(args.model)
+    elif hasattr(ca, "load_default"):
+        model = ca.load_default()
+    else:
+        raise ValueError("no built-in model in this installation: pass --model DIR (an LFM2-VL checkpoint folder)")
+    generation = None
+    if args.max_new_tokens is not None:
+        generation = model._caption_settings(None).replace(max_new_tokens=args.max_new_tokens)
+    style = StyleProfile.from_csv(args.style_from, args.caption_column) if args.style_from else None
+    video_config = VideoContextConfig(fps=args.fps, max_frames=args.max_frames,
+                                      frame_token_budget=args.frame_token_budget)
+    caption = model.caption(args.image, prompt=args.prompt, generation=generation, video=args.video,
+                            context_mode=args.context_mode, style=style, language=args.language,
+                            video_config=video_config, results_dir=args.results_dir,
+                            progressbar=not args.no_progress)
+    print(caption)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionaura", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--server-address", required=True, help="HOST:PORT the clients will connect to")
     prov.add_argument("--out", required=True, help="folder of the kits; running again adds missing clients only")
     prov.set_defaults(func=cmd_provision)
+
+    cap = sub.add_parser("caption", help=cmd_caption.__doc__, description=cmd_caption.__doc__)
+    cap.add_argument("image", help="the image file to caption")
+    cap.add_argument("--model", help="LFM2-VL checkpoint folder (default: the built-in model, when installed)")
+    cap.add_argument("--prompt", help="the caption request (default: a short-caption request)")
+    cap.add_argument("--video", help="a video file (mp4, webm, ...) of what led up to the image")
+    cap.add_argument("--context-mode", choices=("frames", "captions"), default="frames",
+                     help="frames: video frames as images in the prompt (default); captions: their captions as text")
+    cap.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second (default 1)")
+    cap.add_argument("--max-frames", type=int, default=12, help="at most this many video frames (default 12)")
+    cap.add_argument("--frame-token-budget", type=int, default=768,
+                     help="frames mode: image tokens allowed for the video frames (default 768)")
+    cap.add_argument("--style-from", help="CSV of the user's own posts (a caption/text column) to write like")
+    cap.add_argument("--caption-column", help="the CSV column holding the captions (default: found by name)")
+    cap.add_argument("--language", help="caption language: a code (fr, de, ...) or a name")
+    cap.add_argument("--max-new-tokens", type=int, help="longest caption in tokens")
+    cap.add_argument("--results-dir", help="write the frames, per-frame captions and captions.json here")
+    cap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cap.set_defaults(func=cmd_caption)
     return parser
 
 

@@ -211,7 +211,8 @@ class _StopStrings:
 def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation: GenerationConfig | None = None, *,
              return_scores: bool = False, stream: bool = False,
              callback: Callable[[int, int], bool | None] | None = None, tokenizer: Any = None,
-             features: tuple[np.ndarray, np.ndarray] | None = None, **overrides: Any) -> np.ndarray | GenerateOutput | Iterator[tuple[int, int]]:
+             features: tuple[np.ndarray, np.ndarray] | None = None,
+             **overrides: Any) -> np.ndarray | GenerateOutput | Iterator[tuple[int, int]]:
     """Continue each prompt of ``input_ids`` (1-D, or 2-D padded with ``attention_mask``, left or right).
 
     ``generation``: settings (default: ``model.generation_config`` if the model has one, else transformers'

@@ -155,6 +155,7 @@ class Lfm2Model:
         layers = np.array([t[0] for t in targets], dtype=np.int32)
         projections = np.array([t[1] for t in targets], dtype=np.int32)
         self._core.lora_add(layers, projections, config.r, config.scaling, config.lora_dropout)
+        self._core.set_lora_enabled(True)  # new adapters are active even after merge_lora() folded earlier ones
         if config.init_lora_weights is False:  # PEFT's debugging init: both factors random
             rng = np.random.default_rng(seed)
             flat = self._core.lora_params()

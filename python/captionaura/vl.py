@@ -9,8 +9,10 @@ vision tower and projector.
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -21,10 +23,49 @@ from captionaura.device import cuda_available, cuda_status, normalize_device
 from captionaura.generate import GenerationConfig
 from captionaura.model import ArrayLike, Lfm2Model, Lfm2Output, _token_array
 from captionaura.processor import Lfm2VlProcessor, ProcessorOutput
+from captionaura.video import CONTEXT_MODES, VideoFrames, aggregate_captions, fit_frames, sample_frames
 from captionaura.vision import VisionConfig, VisionTower
+
+if TYPE_CHECKING:  # pragma: no cover
+    from captionaura.personal import StyleProfile
 
 TEXT_PREFIX = "model.language_model."
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
+
+
+@dataclass
+class VideoContextConfig:
+    """How a video becomes caption context: sampling (``fps``, ``max_frames``, ``dedupe``, see
+    ``captionaura.video.sample_frames``; ``source_fps`` is the frame rate of a video given as an array) and,
+    in ``"frames"`` mode, the image-token budget of the context frames (``frame_token_budget``) and the tokens
+    each frame is shrunk to (``frame_image_tokens``, default the processor's ``min_image_tokens``)."""
+
+    fps: float = 1.0
+    max_frames: int = 12
+    dedupe: bool = True
+    source_fps: float | None = None
+    frame_token_budget: int = 768
+    frame_image_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_token_budget < 0:
+            raise ValueError(f"frame_token_budget must be >= 0, got {self.frame_token_budget}")
+
+
+@dataclass
+class CaptionContext:
+    """What went around the image in a caption prompt: the context ``mode`` (None without a video), the
+    context ``frames`` (frames mode: those in the prompt; captions mode: every sampled frame), their
+    ``frame_captions`` and aggregated ``sentence`` (captions mode), the image tokens of the frames
+    (``frame_tokens``), the retrieved style ``examples`` and the user ``text`` of the prompt."""
+
+    mode: str | None = None
+    frames: VideoFrames | None = None
+    frame_captions: list[str] = field(default_factory=list)
+    sentence: str = ""
+    frame_tokens: int = 0
+    examples: list[str] = field(default_factory=list)
+    text: str = ""
 
 
 class Lfm2VlModel:
@@ -177,35 +218,117 @@ class Lfm2VlModel:
                                 eos_token_id=eos if eos is not None else tok.eos_token_id,
                                 pad_token_id=tok.pad_token_id)
 
-    def _caption_inputs(self, image: Any, prompt: str | None):
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": prompt or DEFAULT_CAPTION_PROMPT}]}]
-        batch = self.processor(images=[image], messages=messages)
+    def _caption_inputs(self, image: Any, prompt: str | None, context_images: Sequence[Any] = ()):
+        """Prompt ids and image features of one user turn: the ``context_images``, the image, then the text."""
+        content = [{"type": "image"} for _ in range(len(context_images) + 1)]
+        content.append({"type": "text", "text": prompt or DEFAULT_CAPTION_PROMPT})
+        batch = self.processor(images=[*context_images, image], messages=[{"role": "user", "content": content}])
         ids = np.asarray(batch.input_ids)[0].astype(np.int32)
         positions, features = self._features(ids[None], batch.pixel_values, batch.spatial_shapes,
                                              batch.pixel_attention_mask, train=False)
         return ids, (positions, features)
 
+    def _generate_caption(self, ids: np.ndarray, features, settings: GenerationConfig) -> str:
+        out = self.text.generate(ids, generation=settings, features=features, return_scores=True)
+        tokens = out.sequences[0, : int(out.lengths[0])]
+        return self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def video_context(self, video: Any, context_mode: str = "frames", generation: GenerationConfig | None = None,
+                      video_config: VideoContextConfig | None = None, progressbar: bool = False) -> CaptionContext:
+        """The context of ``video`` (a file path, an (F, H, W, 3) uint8 array at ``video_config.source_fps``
+        frames per second, or ready ``VideoFrames``): in ``"frames"`` mode the frames that fit the token budget,
+        in ``"captions"`` mode every sampled frame captioned on its own and the captions aggregated into one
+        sentence."""
+        if context_mode not in CONTEXT_MODES:
+            raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+        cfg = video_config or VideoContextConfig()
+        frames = video if isinstance(video, VideoFrames) else \
+            sample_frames(video, fps=cfg.fps, max_frames=cfg.max_frames, source_fps=cfg.source_fps,
+                          dedupe=cfg.dedupe)
+        settings = self._caption_settings(generation)
+        if context_mode == "frames":
+            kept, tokens = fit_frames(frames, self.processor, cfg.frame_token_budget, cfg.frame_image_tokens)
+            return CaptionContext(mode="frames", frames=kept, frame_tokens=tokens)
+        from tqdm.auto import tqdm
+
+        captions = []
+        for frame in tqdm(frames.frames, desc="frame captions", disable=not progressbar):
+            ids, features = self._caption_inputs(frame, None)
+            captions.append(self._generate_caption(ids, features, settings))
+        return CaptionContext(mode="captions", frames=frames, frame_captions=captions,
+                              sentence=aggregate_captions(captions))
+
+    def caption_prompt(self, prompt: str | None = None, context: CaptionContext | None = None,
+                       style: "StyleProfile | None" = None, language: str | None = None,
+                       query: str = "", num_examples: int = 3) -> CaptionContext:
+        """The user text of a caption prompt (returned in ``context.text`` with the retrieved ``examples``):
+        the video context, the request, the user's style (the ``num_examples`` posts closest to ``query``),
+        and the language instruction."""
+        from captionaura.personal import language_name
+
+        context = context or CaptionContext()
+        parts = []
+        if context.mode == "frames" and context.frames is not None and len(context.frames):
+            n = len(context.frames)
+            parts.append(f"The first {n} image{'s are frames' if n > 1 else ' is a frame'} of a video, in time "
+                         "order, leading up to the last image.")
+        elif context.mode == "captions" and context.sentence:
+            parts.append(f"Context from a video taken just before: {context.sentence}")
+        parts.append(prompt or DEFAULT_CAPTION_PROMPT)
+        if style is not None:
+            context.examples = style.retrieve(query, num_examples)
+            parts.append(style.prompt_text(context.examples))
+        if language is not None:
+            parts.append(f"Write the caption in {language_name(language)}.")
+        context.text = "\n".join(parts)
+        return context
+
     def caption(self, images: Any, prompt: str | None = None, generation: GenerationConfig | None = None,
-                stream: bool = False) -> str | list[str] | Iterator[str]:
+                stream: bool = False, *, video: Any = None, context_mode: str = "frames",
+                style: "StyleProfile | None" = None, language: str | None = None,
+                video_config: VideoContextConfig | None = None, num_examples: int = 3,
+                results_dir: str | os.PathLike[str] | None = None,
+                progressbar: bool = False) -> str | list[str] | Iterator[str]:
         """Caption one image (a path, bytes, a Pillow image or an (H, W, 3) uint8 array) or a list of them.
 
         The image and ``prompt`` (default: a short-caption request) go through the chat template; decoding
         follows ``generation`` (default: the checkpoint's generation_config.json, else greedy up to 64 new
-        tokens ending at ``<|im_end|>``). ``stream=True`` (one image) yields the caption's text as it grows."""
+        tokens ending at ``<|im_end|>``). ``stream=True`` (one image) yields the caption's text as it grows.
+
+        ``video`` (a file, an array or ``VideoFrames``) adds what happened before the photo
+        (:meth:`video_context`): ``context_mode="frames"`` puts the frames as images before the target image in
+        the same prompt, ``"captions"`` puts the aggregated frame captions in the text. ``style`` (a
+        ``StyleProfile``) adds the user's closest posts as examples and a summary of their style; the posts are
+        retrieved by word overlap with the frame captions in captions mode, else with a plain draft caption of
+        the image. ``language`` (a code such as "fr", or a name) asks for the caption in that language.
+        ``results_dir`` receives ``frames/frame_NNN.png`` and ``captions.json`` (frame times, scene changes,
+        per-frame captions, the context sentence, examples, prompt text and caption), each written atomically."""
         settings = self._caption_settings(generation)
         single = not isinstance(images, (list, tuple))
-        if stream:
-            if not single:
-                raise ValueError("stream=True captions one image at a time")
-            ids, features = self._caption_inputs(images, prompt)
-            return self._stream_caption(ids, features, settings)
-        captions = []
-        for image in [images] if single else images:
-            ids, features = self._caption_inputs(image, prompt)
-            out = self.text.generate(ids, generation=settings, features=features, return_scores=True)
-            tokens = out.sequences[0, : int(out.lengths[0])]
-            captions.append(self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        targets = [images] if single else list(images)
+        if stream and (not single or results_dir is not None):
+            raise ValueError("stream=True captions one image at a time, without a results folder")
+        context = self.video_context(video, context_mode, settings, video_config, progressbar) \
+            if video is not None else CaptionContext()
+        context_images = list(context.frames.frames) if context.mode == "frames" and context.frames is not None \
+            else []
+        plain = video is None and style is None and language is None
+        captions, prompts = [], []
+        for image in targets:
+            text = prompt
+            if not plain:
+                query = " ".join([context.sentence, *context.frame_captions])
+                if style is not None and not query.strip():
+                    ids, features = self._caption_inputs(image, None)
+                    query = self._generate_caption(ids, features, settings)
+                text = self.caption_prompt(prompt, context, style, language, query, num_examples).text
+            prompts.append(text or DEFAULT_CAPTION_PROMPT)
+            ids, features = self._caption_inputs(image, text, context_images)
+            if stream:
+                return self._stream_caption(ids, features, settings)
+            captions.append(self._generate_caption(ids, features, settings))
+        if results_dir is not None:
+            _write_results(Path(results_dir), context, captions, prompts)
         return captions[0] if single else captions
 
     def _stream_caption(self, ids: np.ndarray, features, settings: GenerationConfig) -> Iterator[str]:
@@ -253,3 +376,39 @@ class Lfm2VlModel:
 
     def __repr__(self) -> str:
         return f"Lfm2VlModel(text={self.text!r}, vision={self.vision!r})"
+
+
+def _write_png_atomic(path: Path, frame: np.ndarray) -> None:
+    from PIL import Image
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(frame).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_results(folder: Path, context: CaptionContext, captions: list[str], prompts: list[str]) -> None:
+    """``frames/frame_NNN.png`` for the context frames and ``captions.json`` describing the whole caption."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for stale in (folder / "frames").glob("frame_*.png"):  # from an earlier caption into the same folder
+        stale.unlink()
+    if context.frames is not None:
+        (folder / "frames").mkdir(exist_ok=True)
+        for i, frame in enumerate(context.frames.frames):
+            name = f"frames/frame_{i:03d}.png"
+            _write_png_atomic(folder / name, frame)
+            entry = {"file": name, "timestamp": float(context.frames.timestamps[i]),
+                     "scene_change": bool(context.frames.scene_change[i])}
+            if context.frame_captions:
+                entry["caption"] = context.frame_captions[i]
+            frames.append(entry)
+    write_json_atomic(folder / "captions.json", {
+        "context_mode": context.mode, "video": context.frames.source if context.frames is not None else None,
+        "frames": frames, "context": context.sentence, "frame_tokens": context.frame_tokens,
+        "examples": context.examples, "prompts": prompts, "captions": captions})

@@ -28,7 +28,8 @@ from captionaura.federated.strategies import FedAvg, FedProx, Strategy, proximal
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
 from captionaura.optim import AdamWConfig
-from captionaura.trainer import Example, collate
+from captionaura.vl import Lfm2VlModel
+from captionaura.trainer import PIXEL_KEYS, Example, collate
 
 LORA_AGGREGATION = ("naive", "ffa", "exact")
 
@@ -70,7 +71,7 @@ class Simulation:
     ``run(resume=True)`` continues from it, reproducing the uninterrupted run.
     """
 
-    def __init__(self, model: Lfm2Model, clients: Sequence[FederatedClient], lora: LoraConfig,
+    def __init__(self, model: Lfm2Model | Lfm2VlModel, clients: Sequence[FederatedClient], lora: LoraConfig,
                  strategy: Strategy | None = None, rounds: int = 5, local_steps: int | None = 10,
                  local_epochs: int | None = None, batch_size: int = 8, fraction_fit: float = 1.0,
                  optimizer: AdamWConfig | None = None, lora_aggregation: str = "naive",
@@ -103,15 +104,17 @@ class Simulation:
         self.history: list[RoundRecord] = []
         self.round = 0
 
-        model.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
+        # the language model carries the adapters; an Lfm2VlModel's frozen vision tower only supplies features
+        self.lm: Lfm2Model = getattr(model, "text", model)
+        self.lm.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
         if lora_aggregation == "ffa":
-            model.freeze_lora_A()
-        self.global_vector = model.lora_vector().copy()
+            self.lm.freeze_lora_A()
+        self.global_vector = self.lm.lora_vector().copy()
         self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
 
     # -- one client ---------------------------------------------------------------------------------
     def _local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
-        model = self.model
+        model = self.lm
         model.set_lora_vector(self.global_vector)
         opt = model.set_optimizer(self.optimizer_config)
         saved = self.client_state.get(client.client_id)
@@ -131,7 +134,10 @@ class Simulation:
                 order, pos = rng.permutation(n), 0
             batch = collate([client.train[i] for i in order[pos: pos + self.batch_size]], _pad_id(model))
             pos += self.batch_size
-            loss = model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"])
+            pixels = {key: batch[key] for key in PIXEL_KEYS if key in batch}
+            if pixels:
+                pixels["train_vision"] = False
+            loss = self.model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"], **pixels)
             if mu:
                 loss += proximal_term(model.lora_vector(), self.global_vector, mu, model._core.lora_grads())
             opt.step()
@@ -171,7 +177,7 @@ class Simulation:
         """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
         total = sum(w for _, w in updates)
         out = self.global_vector.copy()
-        for m in self.model.lora_modules():
+        for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             delta = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -188,7 +194,7 @@ class Simulation:
         """‖Σ p_k B_k A_k − B A‖_F / ‖Σ p_k B_k A_k‖_F per module, (B, A) taken from the new global vector."""
         total = sum(w for _, w in updates)
         out = {}
-        for m in self.model.lora_modules():
+        for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             exact = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -218,7 +224,7 @@ class Simulation:
             new = self._refactorise(kept)
         error = self.aggregation_error([u for u, cid in zip(updates, ids) if cid in set(result.accepted)], new)
         self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
-        self.model.set_lora_vector(self.global_vector)
+        self.lm.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if self.dp is not None and self.dp.mode == "local":
             metrics["epsilon_local_per_round"] = float("nan")  # each client accounts for its own releases
@@ -293,7 +299,7 @@ class Simulation:
         self.round = int(meta["round"])
         self.history = [RoundRecord(**r) for r in meta["history"]]
         _restore_strategy(self.strategy, meta["strategy"])
-        self.model.set_lora_vector(self.global_vector)
+        self.lm.set_lora_vector(self.global_vector)
 
 
 def _inner(strategy: Strategy) -> Strategy:
