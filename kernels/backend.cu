@@ -6,6 +6,8 @@
  * stage such a pointer
  * through a temporary device copy (written back for outputs). Failures are recorded (see ca_cuda.h) and
  * reported by the table's status(). */
+#include <mutex>
+
 #include "cuda_internal.cuh"
 
 namespace {
@@ -41,6 +43,10 @@ class Staged {
     bool writeback_;
 };
 
+/* One table op at a time, process-wide: the ops share the stream, the scratch workspace and the error record,
+ * while two models may compute from two Python threads (each holding only its own model's lock). */
+std::mutex op_lock;
+
 /* Lazily starts the runtime; false (error recorded) without a device. */
 bool ready() {
     if (ca_cuda_failed()) return false;
@@ -65,6 +71,7 @@ void t_free(void *p) {
 ca_status t_status(void) { return ca_cuda_check(); }
 
 void t_embedding_forward(float *out, const int32_t *ids, const float *wte, int N, int C) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged o(out, (size_t)N * C * F, true), i(ids, (size_t)N * I, false);
@@ -74,6 +81,7 @@ void t_embedding_forward(float *out, const int32_t *ids, const float *wte, int N
 }
 
 void t_embedding_backward(float *dwte, const float *dout, const int32_t *ids, int N, int C) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged d(dout, (size_t)N * C * F, false), i(ids, (size_t)N * I, false);
@@ -83,6 +91,7 @@ void t_embedding_backward(float *dwte, const float *dout, const int32_t *ids, in
 }
 
 void t_linear_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged o(out, (size_t)N * OC * F, true), x(inp, (size_t)N * C * F, false);
@@ -95,6 +104,7 @@ void t_linear_forward(float *out, const float *inp, const float *weight, const f
 
 void t_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                        const float *weight, int N, int C, int OC, int accumulate) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged dx(dinp, (size_t)N * C * F, true), dw(dweight, (size_t)OC * C * F, true), db(dbias, (size_t)OC * F, true);
@@ -107,6 +117,7 @@ void t_linear_backward(float *dinp, float *dweight, float *dbias, const float *d
 }
 
 void t_scatter_rows(float *dst, const float *src, const int32_t *idx, int P, int C) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged s(src, (size_t)P * C * F, false), i(idx, (size_t)P * I, false);
@@ -116,6 +127,7 @@ void t_scatter_rows(float *dst, const float *src, const int32_t *idx, int P, int
 }
 
 void t_gather_rows(float *dst, const float *src, const int32_t *idx, int P, int C) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged d(dst, (size_t)P * C * F, true), i(idx, (size_t)P * I, false);
@@ -125,6 +137,7 @@ void t_gather_rows(float *dst, const float *src, const int32_t *idx, int P, int 
 }
 
 double t_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return 0.0;
     double total;
     {
@@ -136,6 +149,7 @@ double t_crossentropy_forward(float *losses, const float *logits, const int32_t 
 }
 
 void t_crossentropy_backward(float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged t(targets, (size_t)N * I, false);
@@ -145,6 +159,7 @@ void t_crossentropy_backward(float *dlogits, const float *logits, const int32_t 
 }
 
 void t_rope_forward(float *out, const float *inp, const int32_t *pos, int N, int NH, int HS, float theta) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged p(pos, (size_t)N * I, false);
@@ -154,6 +169,7 @@ void t_rope_forward(float *out, const float *inp, const int32_t *pos, int N, int
 }
 
 void t_rope_backward(float *dinp, const float *dout, const int32_t *pos, int N, int NH, int HS, float theta) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged p(pos, (size_t)N * I, false);
@@ -165,6 +181,7 @@ void t_rope_backward(float *dinp, const float *dout, const int32_t *pos, int N, 
 void t_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                          const int32_t *key_mask, int B, int Tq, int Tk, int NH, int NKV, int HS, int causal,
                          int q_offset) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
     {
         Staged m(key_mask, (size_t)B * Tk * I, false);
@@ -175,6 +192,7 @@ void t_attention_forward(float *out, float *att, const float *q, const float *k,
 }
 
 double t_sum_squares(const float *x, size_t n) {
+    std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return 0.0;
     return ca_cuda_sum_squares(x, n); /* synchronises itself */
 }
@@ -182,6 +200,7 @@ double t_sum_squares(const float *x, size_t n) {
 /* The remaining ops take backend buffers only: run, then wait. */
 #define CA_SYNC_OP(name, params, args)                                                                             \
     void t_##name params {                                                                                         \
+        std::lock_guard<std::mutex> guard(op_lock);                                                                \
         if (!ready()) return;                                                                                      \
         ca_cuda_##name args;                                                                                       \
         finish(#name);                                                                                             \
