@@ -533,8 +533,8 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
     const int N = B * T, C = c->hidden_size;
     if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
     if (hidden) { /* transformers' layout: embeddings, layers 0..L-2, then the final-normed last layer */
-        memcpy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
-        memcpy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
+        m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
+        m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
     }
     return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
@@ -897,7 +897,7 @@ void ca_lfm2_cache_free(ca_lfm2_cache *cache) {
 void ca_lfm2_cache_reset(ca_lfm2_cache *cache) {
     cache->length = 0;
     if (cache->conv) /* a fresh sequence starts from zero conv state */
-        memset(cache->conv, 0, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width * sizeof(float));
+        cache->be->zero(cache->conv, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width);
 }
 
 ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
@@ -908,11 +908,11 @@ ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
     /* only the filled prefix of each layer's keys and values matters */
     const size_t row = (size_t)src->kv_width * sizeof(float), layer = (size_t)src->capacity * src->kv_width;
     for (int a = 0; a < src->num_attention; a++) {
-        memcpy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
-        memcpy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
+        dst->be->copy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
+        dst->be->copy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
     }
     if (src->conv)
-        memcpy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
+        dst->be->copy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
     dst->length = src->length;
     return CA_OK;
 }
@@ -931,8 +931,8 @@ static void cached_attention(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache
         float *ao = a->ao + (size_t)b * T * QD;
         if (len == 0) continue;
         float *K = cache->k + (size_t)ordinal * cache->capacity * KD, *V = cache->v + (size_t)ordinal * cache->capacity * KD;
-        memcpy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
-        memcpy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->copy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->copy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
         m->be->attention_forward(ao, att, a->qr + (size_t)b * T * QD, K, V, NULL, 1, len, past + len, NH, NKV, HS, 1, past);
         if (len < T) m->be->zero(ao + (size_t)len * QD, (size_t)(T - len) * QD);
     }
@@ -955,10 +955,10 @@ static void cached_shortconv(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache
         if (len < T) m->be->zero(a->y + off + (size_t)len * C, (size_t)(T - len) * C);
         if (keep == 0) continue;
         if (len >= keep) {
-            memcpy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
+            m->be->copy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
         } else {
-            memmove(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
-            memcpy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
+            m->be->copy(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
+            m->be->copy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
         }
     }
 }
@@ -1010,7 +1010,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             m->has_padding |= !m->mask[n];
         }
     }
-    if (embeds) memcpy(m->hs, embeds, (size_t)N * C * sizeof(float));
+    if (embeds) m->be->copy(m->hs, embeds, (size_t)N * C * sizeof(float));
     else m->be->embedding_forward(m->hs, safe_ids, m->embed_tokens, N, C);
 
     for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
@@ -1052,12 +1052,12 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
         for (int b = 0; b < B; b++) {
             const int t = lengths[b] > 0 ? lengths[b] - 1 : 0;
-            memcpy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
+            m->be->copy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
         }
         m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
         m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
         for (int b = 0; b < B; b++)
-            if (lengths[b] > 0) memcpy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
+            if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }
     for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
     m->be->free(att);

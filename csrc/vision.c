@@ -492,8 +492,8 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
 
     /* embeddings: patch_embedding over the packed valid patches, plus the per-tile resized position table */
     for (int t = 0; t < T; t++)
-        memcpy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
-               (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
+        m->be->copy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
+                    (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
     be->linear_forward(m->hs, m->x_in, m->patch_w, m->patch_b, (int)N, K, D);
     for (int t = 0; t < T; t++)
         be->posresize_forward(m->pos + m->tile_off[t] * D, m->pos_table, G, G, m->tile_h[t], m->tile_w[t], D);
@@ -514,7 +514,7 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     be->linear_forward(m->p1, pin, m->l1_w, m->l1_b, (int)M, U, PH);
     be->gelu_forward(m->pa, m->p1, M * PH, c->projector_gelu_tanh);
     if (features) be->linear_forward(features, m->pa, m->l2_w, m->l2_b, (int)M, PH, TH);
-    if (hidden) memcpy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
+    if (hidden) m->be->copy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
     m->have_train_acts = train ? 1 : 0;
     return ca_backend_status(m->be); /* a device backend's deferred failure */
 }

@@ -70,6 +70,23 @@ void t_free(void *p) {
 
 ca_status t_status(void) { return ca_cuda_check(); }
 
+/* memmove between any two of host, device and managed memory (unified addressing tells them apart);
+ * overlapping ranges go through the scratch workspace. */
+void t_copy(void *dst, const void *src, size_t bytes) {
+    std::lock_guard<std::mutex> guard(op_lock);
+    if (!bytes || !ready()) return;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    cudaStream_t stream = ca_cuda_stream();
+    if (d < s + bytes && s < d + bytes) {
+        void *tmp = ca_cuda_workspace(bytes);
+        if (!tmp || !ca_cuda_ok(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDefault, stream), "copy (to scratch)"))
+            return;
+        src = tmp;
+    }
+    ca_cuda_ok(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream), "copy");
+    finish("copy");
+}
+
 void t_embedding_forward(float *out, const int32_t *ids, const float *wte, int N, int C) {
     std::lock_guard<std::mutex> guard(op_lock);
     if (!ready()) return;
@@ -272,6 +289,7 @@ ca_backend make_table() {
     b.name = "cuda";
     b.alloc = t_alloc;
     b.free = t_free;
+    b.copy = t_copy;
     b.embedding_forward = t_embedding_forward;
     b.embedding_backward = t_embedding_backward;
     b.rmsnorm_forward = t_rmsnorm_forward;

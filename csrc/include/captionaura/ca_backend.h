@@ -11,6 +11,8 @@ typedef struct ca_backend {
     /* memory */
     void *(*alloc)(size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
     void (*free)(void *p);
+    /* memmove semantics; either side may be host memory or this backend's (KV-cache appends, outputs) */
+    void (*copy)(void *dst, const void *src, size_t bytes);
     /* ops (see ca_ops.h) */
     void (*embedding_forward)(float *, const int32_t *, const float *, int, int);
     void (*embedding_backward)(float *, const float *, const int32_t *, int, int);
