@@ -114,6 +114,35 @@ static PyObject *py_linear_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- the optimiser on device buffers (the model's parameters stay on the GPU between steps) ---- */
+
+static PyObject *py_adamw_update(PyObject *self, PyObject *args) {
+    PyObject *op, *om, *ov, *og;
+    float lr, b1, b2, eps, wd, scale;
+    int step;
+    if (!PyArg_ParseTuple(args, "OOOOfffffif:cuda_adamw_update", &op, &om, &ov, &og, &lr, &b1, &b2, &eps, &wd, &step,
+                          &scale) ||
+        !started())
+        return NULL;
+    if (step < 1) return PyErr_Format(PyExc_ValueError, "step must be >= 1 (got %d)", step);
+    DEV(p, op, F32, 1, NULL, 1, "params");
+    npy_intp n = (npy_intp)LEN(p);
+    DEV(m, om, F32, 1, SHAPE(n), 1, "exp_avg");
+    DEV(v, ov, F32, 1, SHAPE(n), 1, "exp_avg_sq");
+    DEV(g, og, F32, 1, SHAPE(n), 0, "grads");
+    RUN(ca_cuda_adamw_update(DATA(p, float), DATA(m, float), DATA(v, float), DATA(g, float), (size_t)n, lr, b1, b2,
+                             eps, wd, step, scale));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sum_squares(PyObject *self, PyObject *arg) {
+    if (!started()) return NULL;
+    DEV(x, arg, F32, -1, NULL, 0, "x");
+    double total = 0.0;
+    RUN(total = ca_cuda_sum_squares(DATA(x, float), LEN(x)));
+    return PyFloat_FromDouble(total);
+}
+
 /* ---- federated aggregation ---- */
 
 static PyObject *py_fed_acc_add(PyObject *self, PyObject *args) {
@@ -205,6 +234,9 @@ PyMethodDef ca_py_cuda_methods[] = {
      "cuda_shortconv_step(y, u, c (B,C), state (B,L-1,C) advanced, z (B,3C), weight (C,L))"},
     {"cuda_linear_bf16", py_linear_bf16, METH_VARARGS,
      "cuda_linear_bf16(out (N,OC), inp (N,C), weight (OC,C) fp32 rounded to bf16, bias (OC,) or None)"},
+    {"cuda_adamw_update", py_adamw_update, METH_VARARGS,
+     "cuda_adamw_update(params, exp_avg, exp_avg_sq, grads, lr, beta1, beta2, eps, weight_decay, step, grad_scale)"},
+    {"cuda_sum_squares", py_sum_squares, METH_O, "sum of squares of a device float32 array, in float64"},
     {"cuda_fed_acc_add", py_fed_acc_add, METH_VARARGS, "cuda_fed_acc_add(sum_f64, x, w): sum += w*x"},
     {"cuda_fed_acc_mean", py_fed_acc_mean, METH_VARARGS, "cuda_fed_acc_mean(out, sum_f64, weight)"},
     {"cuda_fed_fedavgm_step", py_fed_fedavgm_step, METH_VARARGS,

@@ -349,16 +349,19 @@ class Lfm2Model:
 
         Raises RuntimeError naming the reason when CUDA cannot be used (see ``captionaura.cuda_status()``).
         NumPy views taken before (``parameters()``, ``gradients()``, ``lora_parameters()``) refer to the old
-        buffers: take them again. An optimiser already set keeps its state and follows the buffers.
+        buffers: take them again. An optimiser already set keeps its state and follows the buffers (on "cuda" its
+        moments move to the device and its update runs there).
         """
         self._core.to_device(normalize_device(device))
         if self.optimizer is not None:
-            self.optimizer.rebind(*self.trainable_buffers())
+            self.optimizer.rebind(*self.trainable_buffers(), device=self.device)
         return self
 
     def set_optimizer(self, config: AdamWConfig) -> AdamW:
         """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""
         self.optimizer = AdamW(*self.trainable_buffers(), config=config)
+        if self.device != "cpu":  # moments and updates on the model's device
+            self.optimizer.rebind(*self.trainable_buffers(), device=self.device)
         return self.optimizer
 
     def train_step(self, batch: Mapping[str, ArrayLike], lr: float | None = None) -> float:
