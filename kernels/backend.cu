@@ -3,9 +3,8 @@
  * loaded from safetensors, positions, masks, KV-cache appends), so every op here waits for its kernels before
  * returning. Buffers the caller hands in from outside (token ids, positions, masks, targets, image features,
  * logits and feature outputs that live in NumPy arrays) may be plain host memory: ops whose sizes are known
- * stage such a pointer
- * through a temporary device copy (written back for outputs). Failures are recorded (see ca_cuda.h) and
- * reported by the table's status(). */
+ * stage such a pointer through a temporary device copy (written back for outputs). Failures are recorded (see
+ * ca_cuda.h) and reported by the table's status(). */
 #include <mutex>
 
 #include "cuda_internal.cuh"
@@ -62,7 +61,14 @@ void finish(const char *name) {
 
 const size_t F = sizeof(float), I = sizeof(int32_t);
 
-void *t_alloc(size_t bytes) { return ready() ? ca_cuda_malloc_managed(bytes) : nullptr; }
+/* NULL is the whole report of a failed allocation (the model code raises MemoryError with the size): the
+ * runtime's record of it is dropped so that it does not fail the next, unrelated op. */
+void *t_alloc(size_t bytes) {
+    if (!ready()) return nullptr;
+    void *p = ca_cuda_malloc_managed(bytes);
+    if (!p) (void)ca_cuda_check();
+    return p;
+}
 
 void t_free(void *p) {
     if (p) ca_cuda_free(p);
