@@ -109,11 +109,10 @@ cuda-compile-check: install
 	inc=$$($(PY) -c "import nvidia.cu13 as c; print(list(c.__path__)[0] + '/include')" 2>/dev/null); \
 	gencode=""; for a in $(CUDA_ARCHS); do gencode="$$gencode -gencode arch=compute_$$a,code=sm_$$a"; done; \
 	mkdir -p $(CUDA_CHECK_DIR); \
-	set -e; for f in kernels/*.cu; do \
-	  echo "cuda-compile-check: $$f"; \
-	  $(NVCC) -std=c++17 -O3 $$gencode -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
-	    -Icsrc/include -Ikernels $${inc:+-I$$inc} -c $$f -o $(CUDA_CHECK_DIR)/$$(basename $$f .cu).o; \
-	done
+	ls kernels/*.cu | xargs -P $(JOBS) -I{} sh -c 'echo "cuda-compile-check: {}"; \
+	  $(NVCC) -std=c++17 -O3 '"$$gencode"' -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
+	    -Icsrc/include -Ikernels '"$${inc:+-I$$inc}"' -c {} -o $(CUDA_CHECK_DIR)/$$(basename {} .cu).o' \
+	  || { echo "cuda-compile-check: FAILED"; exit 1; }
 
 test: install system-deps c-tests fuzz-smoke cuda-compile-check
 	$(PY) -m pytest
