@@ -75,6 +75,12 @@ def test_to_cuda_without_a_device_raises_and_the_model_stays_usable():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         _core.cuda_array((2, 3), "float32")
     assert _core.set_ops_backend("cpu") == "cpu"  # the op bindings stayed on the CPU
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _core.cuda_fed_l2norm(np.zeros(4, np.float32), None)
+    optimizer = ca.AdamW([np.zeros(4, np.float32)], [np.zeros(4, np.float32)])
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        optimizer.rebind([np.zeros(4, np.float32)], [np.zeros(4, np.float32)], device="cuda")
+    assert optimizer.device == "cpu" and optimizer.exp_avg[0].flags.owndata  # left as it was
 
 
 @pytest.mark.skipif(HAVE_CUDA, reason="a CUDA device is present")
@@ -86,6 +92,21 @@ def test_vl_model_to_cuda_without_a_device_raises_before_moving_anything():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         model.vision.to("cuda")
     assert model.device == model.text.device == model.vision.device == "cpu"
+
+
+def test_optimizer_rebind_keeps_state_and_checks_sizes():
+    p, g = np.ones(6, np.float32), np.full(6, 0.5, np.float32)
+    opt = ca.AdamW([p], [g], ca.AdamWConfig(lr=0.1))
+    opt.step()
+    moments = [opt.exp_avg[0].copy(), opt.exp_avg_sq[0].copy()]
+    p2, g2 = p.copy(), g.copy()
+    opt.rebind([p2], [g2], device="cpu")
+    np.testing.assert_array_equal(opt.exp_avg[0], moments[0])
+    np.testing.assert_array_equal(opt.exp_avg_sq[0], moments[1])
+    opt.step()
+    assert not np.array_equal(p2, p) and opt.params[0] is not p  # the new buffers are updated, not the old
+    with pytest.raises(ValueError, match="sizes"):
+        opt.rebind([np.zeros(5, np.float32)], [np.zeros(5, np.float32)])
 
 
 def test_unknown_devices_are_value_errors():

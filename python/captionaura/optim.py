@@ -60,11 +60,11 @@ class AdamW:
         if [p.size for p in params] != [p.size for p in self.params] or \
                 [g.size for g in grads] != [p.size for p in self.params]:
             raise ValueError("rebind needs buffers of the sizes the optimiser was created with")
-        self.params, self.grads = params, grads
-        self.device = normalize_device(device)
-        place = _device_copy if self.device == "cuda" else np.array
-        self.exp_avg = [place(m) for m in self.exp_avg]
-        self.exp_avg_sq = [place(v) for v in self.exp_avg_sq]
+        device = normalize_device(device)
+        place = _device_copy if device == "cuda" else np.array
+        exp_avg, exp_avg_sq = [place(m) for m in self.exp_avg], [place(v) for v in self.exp_avg_sq]
+        self.params, self.grads, self.device = params, grads, device  # nothing changes when a copy fails
+        self.exp_avg, self.exp_avg_sq = exp_avg, exp_avg_sq
 
     def grad_norm(self) -> float:
         """The global L2 norm of all gradients (as torch.nn.utils.clip_grad_norm_ computes it)."""
