@@ -5,9 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD_DEPS := "scikit-build-core>=0.10" "numpy>=2.0" "scipy-openblas32>=0.3.27"
+# With nvcc on the PATH the CUDA backend is built (CAPTIONAURA_CUDA=AUTO); cuBLAS comes from NVIDIA's wheel
+# when the toolkit has none (the `cuda` extra in pyproject.toml).
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CUDA_BUILD_DEPS := $(if $(NVCC),"nvidia-cublas==13.*")
 JOBS ?= 2
 
-.PHONY: demo test install venv system-deps c-tests fuzz-smoke bench clean
+.PHONY: demo test install venv system-deps c-tests fuzz-smoke bench clean cuda-compile-check bench-cuda
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +21,7 @@ venv: $(PY)
 
 # Editable install: the build folder (build/<wheel tag>) is kept, so rebuilding after a C change is incremental.
 install: $(PY)
-	$(PY) -m pip install -q $(BUILD_DEPS)
+	$(PY) -m pip install -q $(BUILD_DEPS) $(CUDA_BUILD_DEPS)
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install -q --no-build-isolation -e ".[test]"
 
 # Debian packages some tests need (Java for the COCO PTB tokenizer jar, clang for libFuzzer).
@@ -96,7 +100,21 @@ fuzz-smoke:
 	  rm -rf $$work; \
 	done
 
-test: install system-deps c-tests fuzz-smoke
+# Every kernels/*.cu compiled on its own with warnings as errors, for each architecture of CMakeLists.txt,
+# so a kernel that does not compile fails `make test` on machines with nvcc (no GPU needed).
+CUDA_ARCHS ?= 80 90
+CUDA_CHECK_DIR := build/cuda-compile-check
+cuda-compile-check: install
+	@if [ -z "$(NVCC)" ]; then echo "cuda-compile-check: skipped (nvcc not found)"; exit 0; fi; \
+	inc=$$($(PY) -c "import nvidia.cu13 as c; print(list(c.__path__)[0] + '/include')" 2>/dev/null); \
+	gencode=""; for a in $(CUDA_ARCHS); do gencode="$$gencode -gencode arch=compute_$$a,code=sm_$$a"; done; \
+	mkdir -p $(CUDA_CHECK_DIR); \
+	ls kernels/*.cu | xargs -P $(JOBS) -I{} sh -c 'echo "cuda-compile-check: {}"; \
+	  $(NVCC) -std=c++17 -O3 '"$$gencode"' -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
+	    -Icsrc/include -Ikernels '"$${inc:+-I$$inc}"' -c {} -o $(CUDA_CHECK_DIR)/$$(basename {} .cu).o' \
+	  || { echo "cuda-compile-check: FAILED"; exit 1; }
+
+test: install system-deps c-tests fuzz-smoke cuda-compile-check
 	$(PY) -m pytest
 
 demo: install
@@ -105,6 +123,11 @@ demo: install
 bench: install
 	$(PY) -m pip install -q "torch==2.13.0" "transformers>=4.57"
 	$(PY) benchmarks/bench_lfm2.py
+
+# The CUDA backend against PyTorch on the same GPU (exits with a message without one; needs a CUDA torch build).
+bench-cuda: install
+	$(PY) -m pip install -q torch "transformers>=4.57" "peft>=0.17"
+	$(PY) benchmarks/bench_cuda.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -102,6 +102,56 @@ int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
     return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
 
+/* Moves every buffer to backend `be` (parameters, gradients, adapters; activations are re-made on the next
+ * call). The parameter views are re-bound through a fresh table; copies are plain memcpy, so each backend's
+ * memory must be host-addressable (the CUDA table's managed memory is). On failure nothing changes. */
+ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
+    if (be == m->be) return CA_OK;
+    const size_t P = m->num_parameters;
+    float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
+    if (m->grads && !(grads = be->alloc(P * sizeof(float)))) goto nomem;
+    if (m->lora_params && !(lora_params = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
+    if (m->lora_grads && !(lora_grads = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
+    ca_param_table tb = {0};
+    float *params = NULL, *old_params = m->params;
+    ca_param_info *info = NULL;
+    int count = 0;
+    size_t floats = 0;
+    ca_status st = build_param_table(m, &tb); /* the same layout: only the views are re-pointed by bind */
+    if (st == CA_OK) st = ca_param_table_bind(&tb, be, &params, &info, &count, &floats);
+    if (st != CA_OK) {
+        ca_param_table_discard(&tb);
+        if (grads) be->free(grads);
+        if (lora_params) be->free(lora_params);
+        if (lora_grads) be->free(lora_grads);
+        return st;
+    }
+    free(info); /* identical to m->param_info */
+    memcpy(params, old_params, P * sizeof(float));
+    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed_tokens;
+    if (grads) memcpy(grads, m->grads, P * sizeof(float));
+    if (lora_params) memcpy(lora_params, m->lora_params, m->lora_size * sizeof(float));
+    if (lora_grads) memcpy(lora_grads, m->lora_grads, m->lora_size * sizeof(float));
+    m->be->free(old_params);
+    m->be->free(m->grads);
+    if (m->lora_params) m->be->free(m->lora_params);
+    if (m->lora_grads) m->be->free(m->lora_grads);
+    m->be->free(m->acts);
+    m->params = params;
+    m->grads = grads;
+    m->lora_params = lora_params;
+    m->lora_grads = lora_grads;
+    m->acts = NULL;
+    m->acts_floats = 0;
+    m->act_B = m->act_T = 0;
+    m->be = be;
+    return CA_OK;
+nomem:
+    if (grads) be->free(grads);
+    if (lora_params) be->free(lora_params);
+    return ca_error(CA_ERR_NOMEM, "out of memory moving the model to the %s backend", be->name);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* seeded initialisation                                                                             */
 
@@ -483,10 +533,10 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
     const int N = B * T, C = c->hidden_size;
     if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
     if (hidden) { /* transformers' layout: embeddings, layers 0..L-2, then the final-normed last layer */
-        memcpy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
-        memcpy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
+        m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
+        m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
     }
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -600,7 +650,7 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     float *dwte = grad_of(m, m->embed_tokens);
     if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -847,7 +897,7 @@ void ca_lfm2_cache_free(ca_lfm2_cache *cache) {
 void ca_lfm2_cache_reset(ca_lfm2_cache *cache) {
     cache->length = 0;
     if (cache->conv) /* a fresh sequence starts from zero conv state */
-        memset(cache->conv, 0, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width * sizeof(float));
+        cache->be->zero(cache->conv, (size_t)cache->num_conv * cache->conv_rows * cache->conv_width);
 }
 
 ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
@@ -858,11 +908,11 @@ ca_status ca_lfm2_cache_copy(ca_lfm2_cache *dst, const ca_lfm2_cache *src) {
     /* only the filled prefix of each layer's keys and values matters */
     const size_t row = (size_t)src->kv_width * sizeof(float), layer = (size_t)src->capacity * src->kv_width;
     for (int a = 0; a < src->num_attention; a++) {
-        memcpy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
-        memcpy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
+        dst->be->copy(dst->k + a * layer, src->k + a * layer, (size_t)src->length * row);
+        dst->be->copy(dst->v + a * layer, src->v + a * layer, (size_t)src->length * row);
     }
     if (src->conv)
-        memcpy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
+        dst->be->copy(dst->conv, src->conv, (size_t)src->num_conv * src->conv_rows * src->conv_width * sizeof(float));
     dst->length = src->length;
     return CA_OK;
 }
@@ -881,8 +931,8 @@ static void cached_attention(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache
         float *ao = a->ao + (size_t)b * T * QD;
         if (len == 0) continue;
         float *K = cache->k + (size_t)ordinal * cache->capacity * KD, *V = cache->v + (size_t)ordinal * cache->capacity * KD;
-        memcpy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
-        memcpy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->copy(K + (size_t)past * KD, a->kr + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
+        m->be->copy(V + (size_t)past * KD, a->v + (size_t)b * T * KD, (size_t)len * KD * sizeof(float));
         m->be->attention_forward(ao, att, a->qr + (size_t)b * T * QD, K, V, NULL, 1, len, past + len, NH, NKV, HS, 1, past);
         if (len < T) m->be->zero(ao + (size_t)len * QD, (size_t)(T - len) * QD);
     }
@@ -905,10 +955,10 @@ static void cached_shortconv(ca_lfm2_model *m, int l, int ordinal, ca_lfm2_cache
         if (len < T) m->be->zero(a->y + off + (size_t)len * C, (size_t)(T - len) * C);
         if (keep == 0) continue;
         if (len >= keep) {
-            memcpy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
+            m->be->copy(state, a->u + off + (size_t)(len - keep) * C, (size_t)keep * C * sizeof(float));
         } else {
-            memmove(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
-            memcpy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
+            m->be->copy(state, state + (size_t)len * C, (size_t)(keep - len) * C * sizeof(float));
+            m->be->copy(state + (size_t)(keep - len) * C, a->u + off, (size_t)len * C * sizeof(float));
         }
     }
 }
@@ -924,6 +974,9 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     int longest = 0;
     for (int b = 0; b < B; b++) {
         if (!caches[b]) return ca_error(CA_ERR_VALUE, "sequence %d has no cache", b);
+        if (caches[b]->be != m->be)
+            return ca_error(CA_ERR_VALUE, "sequence %d: its cache lives on the %s backend, the model on %s (create "
+                            "caches after moving the model)", b, caches[b]->be->name, m->be->name);
         if (lengths[b] < 0 || lengths[b] > T)
             return ca_error(CA_ERR_VALUE, "lengths[%d] = %d is outside [0, %d]", b, lengths[b], T);
         if (caches[b]->length + lengths[b] > caches[b]->capacity)
@@ -957,7 +1010,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             m->has_padding |= !m->mask[n];
         }
     }
-    if (embeds) memcpy(m->hs, embeds, (size_t)N * C * sizeof(float));
+    if (embeds) m->be->copy(m->hs, embeds, (size_t)N * C * sizeof(float));
     else m->be->embedding_forward(m->hs, safe_ids, m->embed_tokens, N, C);
 
     for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
@@ -999,15 +1052,15 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
         for (int b = 0; b < B; b++) {
             const int t = lengths[b] > 0 ? lengths[b] - 1 : 0;
-            memcpy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
+            m->be->copy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
         }
         m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
         m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
         for (int b = 0; b < B; b++)
-            if (lengths[b] > 0) memcpy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
+            if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }
     for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
     m->be->free(att);
     m->be->free(last);
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }

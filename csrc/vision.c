@@ -252,6 +252,41 @@ void ca_vision_free(ca_vision_model *m) {
     free(m);
 }
 
+/* Moves parameters and gradients to backend `be` (activations are re-made by the next forward), re-binding the
+ * views through a fresh table as ca_lfm2_set_backend does. On failure nothing changes. */
+ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
+    if (be == m->be) return CA_OK;
+    const size_t P = m->num_parameters;
+    float *grads = NULL;
+    if (m->grads && !(grads = be->alloc(P * sizeof(float))))
+        return ca_error(CA_ERR_NOMEM, "out of memory moving the vision model to the %s backend", be->name);
+    ca_param_table tb = {0};
+    float *params = NULL, *old_params = m->params;
+    ca_param_info *info = NULL;
+    int count = 0;
+    size_t floats = 0;
+    ca_status st = build_param_table(m, &tb);
+    if (st == CA_OK) st = ca_param_table_bind(&tb, be, &params, &info, &count, &floats);
+    if (st != CA_OK) {
+        ca_param_table_discard(&tb);
+        if (grads) be->free(grads);
+        return st;
+    }
+    free(info); /* identical to m->param_info */
+    memcpy(params, old_params, P * sizeof(float));
+    if (grads) memcpy(grads, m->grads, P * sizeof(float));
+    m->be->free(old_params);
+    m->be->free(m->grads);
+    m->be->free(m->acts);
+    m->params = params;
+    m->grads = grads;
+    m->acts = NULL;
+    m->acts_floats = 0;
+    m->have_train_acts = 0;
+    m->be = be;
+    return CA_OK;
+}
+
 int ca_vision_find_param(const ca_vision_model *m, const char *name) {
     return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
@@ -457,8 +492,8 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
 
     /* embeddings: patch_embedding over the packed valid patches, plus the per-tile resized position table */
     for (int t = 0; t < T; t++)
-        memcpy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
-               (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
+        m->be->copy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
+                    (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
     be->linear_forward(m->hs, m->x_in, m->patch_w, m->patch_b, (int)N, K, D);
     for (int t = 0; t < T; t++)
         be->posresize_forward(m->pos + m->tile_off[t] * D, m->pos_table, G, G, m->tile_h[t], m->tile_w[t], D);
@@ -479,9 +514,9 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     be->linear_forward(m->p1, pin, m->l1_w, m->l1_b, (int)M, U, PH);
     be->gelu_forward(m->pa, m->p1, M * PH, c->projector_gelu_tanh);
     if (features) be->linear_forward(features, m->pa, m->l2_w, m->l2_b, (int)M, PH, TH);
-    if (hidden) memcpy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
+    if (hidden) m->be->copy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
     m->have_train_acts = train ? 1 : 0;
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -582,7 +617,7 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
                                D);
     be->free(s.base);
-    return CA_OK;
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* ------------------------------------------------------------------------------------------------ */

@@ -12,10 +12,15 @@ static void *cpu_alloc(size_t bytes) {
 
 static void cpu_free(void *p) { free(p); }
 
+static void cpu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) memmove(dst, src, bytes);
+}
+
 const ca_backend ca_cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .copy = cpu_copy,
     .embedding_forward = ca_cpu_embedding_forward,
     .embedding_backward = ca_cpu_embedding_backward,
     .rmsnorm_forward = ca_cpu_rmsnorm_forward,

@@ -161,11 +161,13 @@ static void p_mha_backward(float *dq, float *dk, float *dv, float *s, const floa
 
 static void *p_alloc(size_t bytes) { return ca_cpu_backend.alloc(bytes); }
 static void p_free(void *p) { ca_cpu_backend.free(p); }
+static void p_copy(void *dst, const void *src, size_t bytes) { ca_cpu_backend.copy(dst, src, bytes); }
 
 const ca_backend ca_cpu_profiling_backend = {
     .name = "cpu-profiled",
     .alloc = p_alloc,
     .free = p_free,
+    .copy = p_copy,
     .embedding_forward = p_embedding_forward,
     .embedding_backward = p_embedding_backward,
     .rmsnorm_forward = p_rmsnorm_forward,

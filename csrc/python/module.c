@@ -7,6 +7,9 @@
 
 #include "captionaura/ca_backend.h"
 #include "captionaura/ca_params.h"
+#ifdef CA_WITH_CUDA
+#include "captionaura/ca_cuda.h"
+#endif
 
 PyObject *ca_py_raise(ca_status status) {
     const char *msg = ca_last_error();
@@ -119,16 +122,119 @@ static PyObject *py_cuda_compiled(PyObject *self, PyObject *unused) {
 #endif
 }
 
+#define CA_NO_CUDA_BUILD "captionaura was built without the CUDA backend (no nvcc/cuBLAS at build time, or CAPTIONAURA_CUDA=OFF)"
+
+/* {compiled, device_count, device, reason}: reason is "" exactly when a device can be used. */
+static PyObject *py_cuda_status(PyObject *self, PyObject *unused) {
+#ifdef CA_WITH_CUDA
+    char name[256];
+    ca_cuda_device_name(name, sizeof name);
+    return Py_BuildValue("{s:O,s:i,s:s,s:s}", "compiled", Py_True, "device_count", ca_cuda_device_count(), "device",
+                         name, "reason", ca_cuda_unavailable_reason());
+#else
+    return Py_BuildValue("{s:O,s:i,s:s,s:s}", "compiled", Py_False, "device_count", 0, "device", "", "reason",
+                         CA_NO_CUDA_BUILD);
+#endif
+}
+
+const ca_backend *ca_py_cuda_backend(void) {
+#ifdef CA_WITH_CUDA
+    if (ca_cuda_device_count() == 0) {
+        PyErr_Format(PyExc_RuntimeError, "CUDA is not available: %s", ca_cuda_unavailable_reason());
+        return NULL;
+    }
+    ca_status st = ca_cuda_init();
+    if (st != CA_OK) {
+        ca_py_raise(st);
+        return NULL;
+    }
+    return &ca_cuda_backend;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "CUDA is not available: " CA_NO_CUDA_BUILD);
+    return NULL;
+#endif
+}
+
+#ifdef CA_WITH_CUDA
+static void free_managed(PyObject *capsule) { ca_cuda_free(PyCapsule_GetPointer(capsule, "captionaura.cuda_array")); }
+#endif
+
+/* cuda_array(shape, dtype): a zero-filled C-contiguous NumPy array in CUDA managed memory (float32, int32 or
+ * float64), readable and writable from Python and usable by the CUDA ops (tests compare backends with it). */
+static PyObject *py_cuda_array(PyObject *self, PyObject *args) {
+    PyObject *shape_obj;
+    PyArray_Descr *descr = NULL;
+    if (!PyArg_ParseTuple(args, "OO&:cuda_array", &shape_obj, PyArray_DescrConverter, &descr)) return NULL;
+    PyArray_Dims dims = {NULL, 0};
+    if (!PyArray_IntpConverter(shape_obj, &dims)) {
+        Py_DECREF(descr);
+        return NULL;
+    }
+    int ok = descr->type_num == NPY_FLOAT32 || descr->type_num == NPY_INT32 || descr->type_num == NPY_FLOAT64;
+    size_t count = 1;
+    for (int i = 0; i < dims.len; i++) {
+        if (dims.ptr[i] < 0) ok = 0;
+        count *= (size_t)(dims.ptr[i] > 0 ? dims.ptr[i] : 0);
+    }
+    if (!ok) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        PyErr_SetString(PyExc_ValueError, "cuda_array: dtype must be float32, int32 or float64 and sizes >= 0");
+        return NULL;
+    }
+    if (!ca_py_backend_named("cuda")) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return NULL;
+    }
+#ifdef CA_WITH_CUDA
+    void *data = ca_cuda_malloc_managed(count * (size_t)PyDataType_ELSIZE(descr));
+    if (!data) {
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return ca_py_raise(ca_cuda_check());
+    }
+    PyObject *capsule = PyCapsule_New(data, "captionaura.cuda_array", free_managed);
+    if (!capsule) {
+        ca_cuda_free(data);
+        PyDimMem_FREE(dims.ptr);
+        Py_DECREF(descr);
+        return NULL;
+    }
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, data, NPY_ARRAY_CARRAY, NULL);
+    PyDimMem_FREE(dims.ptr);
+    if (!arr || PyArray_SetBaseObject((PyArrayObject *)arr, capsule) < 0) {
+        Py_XDECREF(arr);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return arr;
+#else
+    return NULL; /* unreachable: ca_py_backend_named("cuda") failed above */
+#endif
+}
+
+const ca_backend *ca_py_backend_named(const char *device) {
+    if (strcmp(device, "cpu") == 0) return &ca_cpu_backend;
+    if (strcmp(device, "cuda") == 0) return ca_py_cuda_backend();
+    PyErr_Format(PyExc_ValueError, "unknown device '%s' (expected 'cpu' or 'cuda')", device);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA backend was compiled in."},
+    {"cuda_array", py_cuda_array, METH_VARARGS,
+     "cuda_array(shape, dtype): zero-filled NumPy array in CUDA managed memory (needs a device)."},
+    {"cuda_status", py_cuda_status, METH_NOARGS,
+     "CUDA backend status: {compiled, device_count, device, reason} (reason empty when usable)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef *area_tables[] = {module_methods, ca_py_ops_methods, ca_py_io_methods,
                                      ca_py_metrics_methods, ca_py_model_methods, ca_py_fed_methods,
-                                     ca_py_vision_methods, ca_py_generate_methods};
+                                     ca_py_vision_methods, ca_py_generate_methods, ca_py_cuda_methods};
 
 static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "_core",
                                          "captionaura's C core (see the captionaura package for the API).", -1,

@@ -17,6 +17,10 @@
 
 /* Raises the Python exception matching `status` with the core's thread-local message; returns NULL. */
 PyObject *ca_py_raise(ca_status status);
+/* The backend for a device name ("cpu", "cuda"); NULL with RuntimeError (no CUDA build or device, naming
+ * the reason) or ValueError (unknown name). */
+struct ca_backend;
+const struct ca_backend *ca_py_backend_named(const char *device);
 
 /* Checks that `obj` is a NumPy array of `typenum`, C-contiguous and aligned, with `ndim` dimensions (-1: any),
  * writable when asked; raises TypeError/ValueError naming `what` and returns NULL otherwise.
@@ -50,6 +54,7 @@ extern PyMethodDef ca_py_model_methods[];
 extern PyMethodDef ca_py_fed_methods[];
 extern PyMethodDef ca_py_vision_methods[];
 extern PyMethodDef ca_py_generate_methods[];
+extern PyMethodDef ca_py_cuda_methods[]; /* empty without the CUDA build */
 int ca_py_model_init(PyObject *module);  /* adds types; 0 on success, -1 with an exception set */
 int ca_py_vision_init(PyObject *module); /* adds _core.Vision */
 /* For other glue areas: the core model behind a _core.Lfm2 and its compute lock (a PyThread_type_lock),

@@ -234,11 +234,33 @@ static PyObject *Lfm2_set_profiling(Lfm2Object *self, PyObject *arg) {
     if (!ready(self)) return NULL;
     int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
+    if (self->model->be != &ca_cpu_backend && self->model->be != &ca_cpu_profiling_backend)
+        return PyErr_Format(PyExc_RuntimeError, "profiling times the CPU backend; the model is on %s (to('cpu') first)",
+                            self->model->be->name);
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
     self->model->be = on ? &ca_cpu_profiling_backend : &ca_cpu_backend;
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+/* to_device(name): moves the model's buffers to the "cpu" or "cuda" backend. Earlier parameter/gradient
+ * views (and caches) refer to the old buffers: callers take new ones. */
+static PyObject *Lfm2_to_device(Lfm2Object *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const ca_backend *be = ca_py_backend_named(name);
+    if (!be) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_lfm2_set_backend(self->model, be));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_get_backend(Lfm2Object *self, void *closure) {
+    if (!ready(self)) return NULL;
+    return PyUnicode_FromString(self->model->be->name);
 }
 
 /* ---- LoRA ---- */
@@ -518,6 +540,8 @@ static PyMethodDef Lfm2_methods[] = {
     {"set_trainable", (PyCFunction)Lfm2_set_trainable, METH_VARARGS,
      "set_trainable(index, on): whether base tensor `index` (param_table order) gets gradients."},
     {"trainable", (PyCFunction)Lfm2_trainable, METH_NOARGS, "Per base tensor: whether it gets gradients."},
+    {"to_device", (PyCFunction)Lfm2_to_device, METH_O,
+     "to_device(name): move parameters, gradients and adapters to the 'cpu' or 'cuda' backend."},
     {"set_profiling", (PyCFunction)Lfm2_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see profile_report)."},
     {NULL, NULL, 0, NULL},
@@ -525,6 +549,7 @@ static PyMethodDef Lfm2_methods[] = {
 
 static PyGetSetDef Lfm2_getset[] = {
     {"num_parameters", (getter)Lfm2_get_num_parameters, NULL, "Number of parameters.", NULL},
+    {"backend", (getter)Lfm2_get_backend, NULL, "Name of the compute backend ('cpu', 'cpu-profiled', 'cuda').", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

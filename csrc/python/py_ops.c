@@ -7,7 +7,12 @@
 
 #include <limits.h>
 
+#include "captionaura/ca_backend.h"
 #include "captionaura/ca_ops.h"
+
+/* The backend these bindings call (set_ops_backend): the CPU one, or the CUDA table to compare the two on
+ * the same inputs (its ops then need device-accessible arrays: _core.cuda_array). */
+static const ca_backend *ops_be = &ca_cpu_backend;
 
 #define F32 NPY_FLOAT32
 #define I32 NPY_INT32
@@ -65,11 +70,24 @@ static int check_range(PyArrayObject *a, int hi, int has_allowed, int allowed, c
     return 1;
 }
 
+/* Runs an op without the GIL, then raises a device backend's failure (the CPU's status is NULL). */
 #define NOGIL(call)                                                                                           \
     do {                                                                                                      \
         Py_BEGIN_ALLOW_THREADS call;                                                                          \
         Py_END_ALLOW_THREADS                                                                                  \
+        ca_status nogil_status_ = ca_backend_status(ops_be);                                                  \
+        if (nogil_status_ != CA_OK) return ca_py_raise(nogil_status_);                                        \
     } while (0)
+
+static PyObject *py_set_ops_backend(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const ca_backend *be = ca_py_backend_named(name);
+    if (!be) return NULL;
+    const char *previous = ops_be->name;
+    ops_be = be;
+    return PyUnicode_FromString(previous);
+}
 
 /* ---- embedding ---- */
 static PyObject *py_embedding_forward(PyObject *self, PyObject *args) {
@@ -80,7 +98,7 @@ static PyObject *py_embedding_forward(PyObject *self, PyObject *args) {
     int V = DIM(wte, 0), C = DIM(wte, 1), N = DIM(ids, 0);
     ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
     if (!check_range(ids, V, 0, 0, "ids")) return NULL;
-    NOGIL(ca_cpu_embedding_forward(FP(out), IP(ids), CFP(wte), N, C));
+    NOGIL(ops_be->embedding_forward(FP(out), IP(ids), CFP(wte), N, C));
     Py_RETURN_NONE;
 }
 
@@ -93,7 +111,7 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args) {
     if (!PyArray_ISWRITEABLE(dwte)) return PyErr_Format(PyExc_ValueError, "dwte must be writable");
     ARR(dout, o_dout, F32, 2, SHAPE(N, C), 0, "dout");
     if (!check_range(ids, V, 0, 0, "ids")) return NULL;
-    NOGIL(ca_cpu_embedding_backward(FP(dwte), CFP(dout), IP(ids), N, C));
+    NOGIL(ops_be->embedding_backward(FP(dwte), CFP(dout), IP(ids), N, C));
     Py_RETURN_NONE;
 }
 
@@ -107,7 +125,7 @@ static PyObject *py_rmsnorm_forward(PyObject *self, PyObject *args) {
     ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
     ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
     ARR(rstd, o_rstd, F32, 1, SHAPE(N), 1, "rstd");
-    NOGIL(ca_cpu_rmsnorm_forward(FP(out), FP(rstd), CFP(inp), CFP(w), N, C, eps));
+    NOGIL(ops_be->rmsnorm_forward(FP(out), FP(rstd), CFP(inp), CFP(w), N, C, eps));
     Py_RETURN_NONE;
 }
 
@@ -122,7 +140,7 @@ static PyObject *py_rmsnorm_backward(PyObject *self, PyObject *args) {
     ARR(dout, o_dout, F32, 2, SHAPE(N, C), 0, "dout");
     ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
     ARR(rstd, o_rstd, F32, 1, SHAPE(N), 0, "rstd");
-    NOGIL(ca_cpu_rmsnorm_backward(FP(dinp), OFP(dw), CFP(dout), CFP(inp), CFP(w), CFP(rstd), N, C));
+    NOGIL(ops_be->rmsnorm_backward(FP(dinp), OFP(dw), CFP(dout), CFP(inp), CFP(w), CFP(rstd), N, C));
     Py_RETURN_NONE;
 }
 
@@ -137,7 +155,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
     OPT(b, o_b, F32, 1, SHAPE(OC), 0, "bias");
     ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
-    NOGIL(ca_cpu_linear_forward(FP(out), CFP(inp), CFP(w), OFP(b), N, C, OC));
+    NOGIL(ops_be->linear_forward(FP(out), CFP(inp), CFP(w), OFP(b), N, C, OC));
     Py_RETURN_NONE;
 }
 
@@ -156,7 +174,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
     OPT(dw, o_dw, F32, 2, SHAPE(OC, C), 1, "dweight");
     OPT(db, o_db, F32, 1, SHAPE(OC), 1, "dbias");
     ARR(dout, o_dout, F32, 2, SHAPE(N, OC), 0, "dout");
-    NOGIL(ca_cpu_linear_backward(OFP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), N, C, OC, accumulate));
+    NOGIL(ops_be->linear_backward(OFP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), N, C, OC, accumulate));
     Py_RETURN_NONE;
 }
 
@@ -174,7 +192,7 @@ static PyObject *py_shortconv_forward(PyObject *self, PyObject *args) {
     ARR(u, o_u, F32, 3, SHAPE(B, T, C), 1, "u");
     ARR(c, o_c, F32, 3, SHAPE(B, T, C), 1, "c");
     OPT(state, o_state, F32, 3, SHAPE(B, L - 1, C), 0, "state");
-    NOGIL(ca_cpu_shortconv_forward(FP(y), FP(u), FP(c), CFP(z), CFP(w), OFP(state), B, T, C, L));
+    NOGIL(ops_be->shortconv_forward(FP(y), FP(u), FP(c), CFP(z), CFP(w), OFP(state), B, T, C, L));
     Py_RETURN_NONE;
 }
 
@@ -193,7 +211,7 @@ static PyObject *py_shortconv_backward(PyObject *self, PyObject *args) {
     ARR(dy, o_dy, F32, 3, SHAPE(B, T, C), 0, "dy");
     ARR(u, o_u, F32, 3, SHAPE(B, T, C), 0, "u");
     ARR(c, o_c, F32, 3, SHAPE(B, T, C), 0, "c");
-    NOGIL(ca_cpu_shortconv_backward(FP(dz), OFP(dw), CFP(dy), CFP(z), CFP(u), CFP(c), CFP(w), B, T, C, L));
+    NOGIL(ops_be->shortconv_backward(FP(dz), OFP(dw), CFP(dy), CFP(z), CFP(u), CFP(c), CFP(w), B, T, C, L));
     Py_RETURN_NONE;
 }
 
@@ -211,9 +229,9 @@ static PyObject *rope_common(PyObject *args, int backward) {
     ARR(out, o_out, F32, 3, SHAPE(N, NH, HS), 1, out_name);
     ARR(pos, o_pos, I32, 1, SHAPE(N), 0, "pos");
     if (backward)
-        NOGIL(ca_cpu_rope_backward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
+        NOGIL(ops_be->rope_backward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
     else
-        NOGIL(ca_cpu_rope_forward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
+        NOGIL(ops_be->rope_forward(FP(out), CFP(inp), IP(pos), N, NH, HS, theta));
     Py_RETURN_NONE;
 }
 static PyObject *py_rope_forward(PyObject *self, PyObject *args) { return rope_common(args, 0); }
@@ -237,7 +255,7 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args) {
     OPT(mask, o_mask, I32, 2, SHAPE(B, Tk), 0, "key_mask");
     ARR(out, o_out, F32, 4, SHAPE(B, Tq, NH, HS), 1, "out");
     ARR(att, o_att, F32, 4, SHAPE(B, NH, Tq, Tk), 1, "att");
-    NOGIL(ca_cpu_attention_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), OIP(mask), B, Tq, Tk, NH, NKV, HS,
+    NOGIL(ops_be->attention_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), OIP(mask), B, Tq, Tk, NH, NKV, HS,
                                    causal, q_offset));
     Py_RETURN_NONE;
 }
@@ -260,7 +278,7 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args) {
     ARR(dq, o_dq, F32, 4, SHAPE(B, Tq, NH, HS), 1, "dq");
     ARR(dk, o_dk, F32, 4, SHAPE(B, Tk, NKV, HS), 1, "dk");
     ARR(dv, o_dv, F32, 4, SHAPE(B, Tk, NKV, HS), 1, "dv");
-    NOGIL(ca_cpu_attention_backward(FP(dq), FP(dk), FP(dv), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), B, Tq, Tk,
+    NOGIL(ops_be->attention_backward(FP(dq), FP(dk), FP(dv), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), B, Tq, Tk,
                                     NH, NKV, HS));
     Py_RETURN_NONE;
 }
@@ -273,7 +291,7 @@ static PyObject *py_swiglu_forward(PyObject *self, PyObject *args) {
     int N = DIM(gate, 0), F = DIM(gate, 1);
     ARR(up, o_up, F32, 2, SHAPE(N, F), 0, "up");
     ARR(out, o_out, F32, 2, SHAPE(N, F), 1, "out");
-    NOGIL(ca_cpu_swiglu_forward(FP(out), CFP(gate), CFP(up), N, F));
+    NOGIL(ops_be->swiglu_forward(FP(out), CFP(gate), CFP(up), N, F));
     Py_RETURN_NONE;
 }
 
@@ -286,7 +304,7 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
     ARR(dout, o_dout, F32, 2, SHAPE(N, F), 0, "dout");
     ARR(dgate, o_dgate, F32, 2, SHAPE(N, F), 1, "dgate");
     ARR(dup, o_dup, F32, 2, SHAPE(N, F), 1, "dup");
-    NOGIL(ca_cpu_swiglu_backward(FP(dgate), FP(dup), CFP(dout), CFP(gate), CFP(up), N, F));
+    NOGIL(ops_be->swiglu_backward(FP(dgate), FP(dup), CFP(dout), CFP(gate), CFP(up), N, F));
     Py_RETURN_NONE;
 }
 
@@ -300,7 +318,7 @@ static PyObject *py_crossentropy_forward(PyObject *self, PyObject *args) {
     OPT(losses, o_losses, F32, 1, SHAPE(N), 1, "losses");
     if (!check_range(targets, V, 1, CA_IGNORE_INDEX, "targets")) return NULL;
     double total;
-    NOGIL(total = ca_cpu_crossentropy_forward(OFP(losses), CFP(logits), IP(targets), N, V));
+    NOGIL(total = ops_be->crossentropy_forward(OFP(losses), CFP(logits), IP(targets), N, V));
     return PyFloat_FromDouble(total);
 }
 
@@ -314,7 +332,7 @@ static PyObject *py_crossentropy_backward(PyObject *self, PyObject *args) {
     ARR(dlogits, o_dlogits, F32, 2, SHAPE(N, V), 1, "dlogits");
     ARR(targets, o_targets, I32, 1, SHAPE(N), 0, "targets");
     if (!check_range(targets, V, 1, CA_IGNORE_INDEX, "targets")) return NULL;
-    NOGIL(ca_cpu_crossentropy_backward(FP(dlogits), CFP(logits), IP(targets), scale, N, V));
+    NOGIL(ops_be->crossentropy_backward(FP(dlogits), CFP(logits), IP(targets), scale, N, V));
     Py_RETURN_NONE;
 }
 
@@ -325,7 +343,7 @@ static PyObject *py_add_inplace(PyObject *self, PyObject *args) {
     PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
     if (!y) return NULL;
     ARR(x, o_x, F32, PyArray_NDIM(y), PyArray_DIMS(y), 0, "x");
-    NOGIL(ca_cpu_add_inplace(FP(y), CFP(x), (size_t)PyArray_SIZE(y)));
+    NOGIL(ops_be->add_inplace(FP(y), CFP(x), (size_t)PyArray_SIZE(y)));
     Py_RETURN_NONE;
 }
 
@@ -335,7 +353,7 @@ static PyObject *py_scale_inplace(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Of:scale_inplace", &o_y, &s)) return NULL;
     PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
     if (!y) return NULL;
-    NOGIL(ca_cpu_scale_inplace(FP(y), s, (size_t)PyArray_SIZE(y)));
+    NOGIL(ops_be->scale_inplace(FP(y), s, (size_t)PyArray_SIZE(y)));
     Py_RETURN_NONE;
 }
 
@@ -344,7 +362,7 @@ static PyObject *py_zero(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O:zero", &o_y)) return NULL;
     PyArrayObject *y = ca_py_array(o_y, F32, -1, 1, "y");
     if (!y) return NULL;
-    NOGIL(ca_cpu_zero(FP(y), (size_t)PyArray_SIZE(y)));
+    NOGIL(ops_be->zero(FP(y), (size_t)PyArray_SIZE(y)));
     Py_RETURN_NONE;
 }
 
@@ -363,7 +381,7 @@ static PyObject *py_lora_forward(PyObject *self, PyObject *args) {
     ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
     ARR(h, o_h, F32, 2, SHAPE(N, r), 1, "h");
     (void)A2, (void)B2;
-    NOGIL(ca_cpu_lora_forward(FP(out), FP(h), CFP(x), CFP(A), CFP(B), scale, N, C, OC, r));
+    NOGIL(ops_be->lora_forward(FP(out), FP(h), CFP(x), CFP(A), CFP(B), scale, N, C, OC, r));
     Py_RETURN_NONE;
 }
 
@@ -386,7 +404,7 @@ static PyObject *py_lora_backward(PyObject *self, PyObject *args) {
     OPT(dA, o_dA, F32, 2, SHAPE(r, C), 1, "dA");
     OPT(dB, o_dB, F32, 2, SHAPE(OC, r), 1, "dB");
     (void)A2, (void)B2;
-    NOGIL(ca_cpu_lora_backward(OFP(dx), OFP(dA), OFP(dB), FP(dh), CFP(dout), CFP(x), CFP(h), CFP(A), CFP(B), scale, N,
+    NOGIL(ops_be->lora_backward(OFP(dx), OFP(dA), OFP(dB), FP(dh), CFP(dout), CFP(x), CFP(h), CFP(A), CFP(B), scale, N,
                                C, OC, r));
     Py_RETURN_NONE;
 }
@@ -401,7 +419,7 @@ static PyObject *py_lora_merge(PyObject *self, PyObject *args) {
     ARR(B2, o_B, F32, 2, SHAPE(OC, r), 0, "B");
     ARR(W, o_W, F32, 2, SHAPE(OC, C), 1, "W");
     (void)B2;
-    NOGIL(ca_cpu_lora_merge(FP(W), CFP(A), CFP(B), scale, C, OC, r));
+    NOGIL(ops_be->lora_merge(FP(W), CFP(A), CFP(B), scale, C, OC, r));
     Py_RETURN_NONE;
 }
 
@@ -415,7 +433,7 @@ static PyObject *py_dropout_forward(PyObject *self, PyObject *args) {
     int n = DIM(x, 0);
     ARR(out, o_out, F32, 1, SHAPE(n), 1, "out");
     if (!(p >= 0.0f && p < 1.0f)) return PyErr_Format(PyExc_ValueError, "dropout p must be in [0, 1), got %g", p);
-    NOGIL(ca_cpu_dropout_forward(FP(out), CFP(x), (size_t)n, p, seed));
+    NOGIL(ops_be->dropout_forward(FP(out), CFP(x), (size_t)n, p, seed));
     Py_RETURN_NONE;
 }
 
@@ -437,7 +455,7 @@ static PyObject *py_adamw_update(PyObject *self, PyObject *args, PyObject *kwds)
     ARR(g, o_g, F32, 1, SHAPE(n), 0, "grads");
     (void)p2;
     if (step < 1) return PyErr_Format(PyExc_ValueError, "step must be >= 1, got %d", step);
-    NOGIL(ca_cpu_adamw_update(FP(p), FP(m), FP(v), CFP(g), (size_t)n, lr, beta1, beta2, eps, wd, step, grad_scale));
+    NOGIL(ops_be->adamw_update(FP(p), FP(m), FP(v), CFP(g), (size_t)n, lr, beta1, beta2, eps, wd, step, grad_scale));
     Py_RETURN_NONE;
 }
 
@@ -445,7 +463,7 @@ static PyObject *py_sum_squares(PyObject *self, PyObject *arg) {
     PyArrayObject *x = ca_py_array(arg, F32, -1, 0, "x");
     if (!x) return NULL;
     double total;
-    NOGIL(total = ca_cpu_sum_squares(CFP(x), (size_t)PyArray_SIZE(x)));
+    NOGIL(total = ops_be->sum_squares(CFP(x), (size_t)PyArray_SIZE(x)));
     return PyFloat_FromDouble(total);
 }
 
@@ -462,7 +480,7 @@ static PyObject *py_layernorm_forward(PyObject *self, PyObject *args) {
     ARR(out, o_out, F32, 2, SHAPE(N, C), 1, "out");
     ARR(mean, o_mean, F32, 1, SHAPE(N), 1, "mean");
     ARR(rstd, o_rstd, F32, 1, SHAPE(N), 1, "rstd");
-    NOGIL(ca_cpu_layernorm_forward(FP(out), FP(mean), FP(rstd), CFP(inp), CFP(w), CFP(b), N, C, eps));
+    NOGIL(ops_be->layernorm_forward(FP(out), FP(mean), FP(rstd), CFP(inp), CFP(w), CFP(b), N, C, eps));
     Py_RETURN_NONE;
 }
 
@@ -480,7 +498,7 @@ static PyObject *py_layernorm_backward(PyObject *self, PyObject *args) {
     ARR(w, o_w, F32, 1, SHAPE(C), 0, "weight");
     ARR(mean, o_mean, F32, 1, SHAPE(N), 0, "mean");
     ARR(rstd, o_rstd, F32, 1, SHAPE(N), 0, "rstd");
-    NOGIL(ca_cpu_layernorm_backward(FP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), CFP(mean), CFP(rstd), N,
+    NOGIL(ops_be->layernorm_backward(FP(dinp), OFP(dw), OFP(db), CFP(dout), CFP(inp), CFP(w), CFP(mean), CFP(rstd), N,
                                     C));
     Py_RETURN_NONE;
 }
@@ -492,7 +510,7 @@ static PyObject *py_gelu_forward(PyObject *self, PyObject *args) {
     PyArrayObject *inp = ca_py_array(o_inp, F32, -1, 0, "inp");
     if (!inp) return NULL;
     ARR(out, o_out, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 1, "out");
-    NOGIL(ca_cpu_gelu_forward(FP(out), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
+    NOGIL(ops_be->gelu_forward(FP(out), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
     Py_RETURN_NONE;
 }
 
@@ -504,7 +522,7 @@ static PyObject *py_gelu_backward(PyObject *self, PyObject *args) {
     if (!inp) return NULL;
     ARR(dinp, o_dinp, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 1, "dinp");
     ARR(dout, o_dout, F32, PyArray_NDIM(inp), PyArray_DIMS(inp), 0, "dout");
-    NOGIL(ca_cpu_gelu_backward(FP(dinp), CFP(dout), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
+    NOGIL(ops_be->gelu_backward(FP(dinp), CFP(dout), CFP(inp), (size_t)PyArray_SIZE(inp), tanh_form));
     Py_RETURN_NONE;
 }
 
@@ -517,7 +535,7 @@ static PyObject *py_posresize_forward(PyObject *self, PyObject *args) {
     if (!out || !dims_ok(out, "out")) return NULL;
     int Hi = DIM(table, 0), Wi = DIM(table, 1), C = DIM(table, 2), Ho = DIM(out, 0), Wo = DIM(out, 1);
     if (DIM(out, 2) != C) return PyErr_Format(PyExc_ValueError, "out has %d channels, table has %d", DIM(out, 2), C);
-    NOGIL(ca_cpu_posresize_forward(FP(out), CFP(table), Hi, Wi, Ho, Wo, C));
+    NOGIL(ops_be->posresize_forward(FP(out), CFP(table), Hi, Wi, Ho, Wo, C));
     Py_RETURN_NONE;
 }
 
@@ -529,7 +547,7 @@ static PyObject *py_posresize_backward(PyObject *self, PyObject *args) {
     if (!dtable || !dims_ok(dtable, "dtable")) return NULL;
     int Hi = DIM(dtable, 0), Wi = DIM(dtable, 1), C = DIM(dtable, 2), Ho = DIM(dout, 0), Wo = DIM(dout, 1);
     if (DIM(dout, 2) != C) return PyErr_Format(PyExc_ValueError, "dout has %d channels, dtable has %d", DIM(dout, 2), C);
-    NOGIL(ca_cpu_posresize_backward(FP(dtable), CFP(dout), Hi, Wi, Ho, Wo, C));
+    NOGIL(ops_be->posresize_backward(FP(dtable), CFP(dout), Hi, Wi, Ho, Wo, C));
     Py_RETURN_NONE;
 }
 
@@ -543,7 +561,7 @@ static PyObject *py_mha_forward(PyObject *self, PyObject *args) {
     ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
     ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
     ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
-    NOGIL(ca_cpu_mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
+    NOGIL(ops_be->mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
     Py_RETURN_NONE;
 }
 
@@ -562,7 +580,7 @@ static PyObject *py_mha_backward(PyObject *self, PyObject *args) {
     ARR(dq, o_dq, F32, 3, SHAPE(T, NH, HS), 1, "dq");
     ARR(dk, o_dk, F32, 3, SHAPE(T, NH, HS), 1, "dk");
     ARR(dv, o_dv, F32, 3, SHAPE(T, NH, HS), 1, "dv");
-    NOGIL(ca_cpu_mha_backward(FP(dq), FP(dk), FP(dv), FP(scratch), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), T, NH, HS));
+    NOGIL(ops_be->mha_backward(FP(dq), FP(dk), FP(dv), FP(scratch), CFP(dout), CFP(q), CFP(k), CFP(v), CFP(att), T, NH, HS));
     Py_RETURN_NONE;
 }
 
@@ -576,7 +594,7 @@ static PyObject *py_unshuffle_forward(PyObject *self, PyObject *args) {
     if (f < 1 || H % f || W % f || (long long)f * f * C > INT_MAX)
         return PyErr_Format(PyExc_ValueError, "inp grid (%d, %d) is not divisible by the factor %d", H, W, f);
     ARR(out, o_out, F32, 3, SHAPE(H / f, W / f, f * f * C), 1, "out");
-    NOGIL(ca_cpu_unshuffle_forward(FP(out), CFP(inp), H, W, C, f));
+    NOGIL(ops_be->unshuffle_forward(FP(out), CFP(inp), H, W, C, f));
     Py_RETURN_NONE;
 }
 
@@ -590,11 +608,13 @@ static PyObject *py_unshuffle_backward(PyObject *self, PyObject *args) {
     if (f < 1 || H % f || W % f || (long long)f * f * C > INT_MAX)
         return PyErr_Format(PyExc_ValueError, "dinp grid (%d, %d) is not divisible by the factor %d", H, W, f);
     ARR(dout, o_dout, F32, 3, SHAPE(H / f, W / f, f * f * C), 0, "dout");
-    NOGIL(ca_cpu_unshuffle_backward(FP(dinp), CFP(dout), H, W, C, f));
+    NOGIL(ops_be->unshuffle_backward(FP(dinp), CFP(dout), H, W, C, f));
     Py_RETURN_NONE;
 }
 
 PyMethodDef ca_py_ops_methods[] = {
+    {"set_ops_backend", py_set_ops_backend, METH_O,
+     "set_ops_backend('cpu' | 'cuda'): the backend the op bindings call; returns the previous one's name"},
     {"embedding_forward", py_embedding_forward, METH_VARARGS, "embedding_forward(out (N,C), ids (N,) int32, wte (V,C))"},
     {"embedding_backward", py_embedding_backward, METH_VARARGS, "embedding_backward(dwte (V,C) +=, dout (N,C), ids (N,))"},
     {"rmsnorm_forward", py_rmsnorm_forward, METH_VARARGS, "rmsnorm_forward(out (N,C), rstd (N,), inp (N,C), weight (C,), eps)"},

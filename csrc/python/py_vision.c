@@ -221,11 +221,33 @@ static PyObject *Vision_set_profiling(VisionObject *self, PyObject *arg) {
     if (!ready(self)) return NULL;
     int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
+    if (self->model->be != &ca_cpu_backend && self->model->be != &ca_cpu_profiling_backend)
+        return PyErr_Format(PyExc_RuntimeError, "profiling times the CPU backend; the model is on %s (to('cpu') first)",
+                            self->model->be->name);
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
     self->model->be = on ? &ca_cpu_profiling_backend : &ca_cpu_backend;
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+/* to_device(name): moves the model's buffers to the "cpu" or "cuda" backend. Earlier parameter/gradient
+ * views (and caches) refer to the old buffers: callers take new ones. */
+static PyObject *Vision_to_device(VisionObject *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const ca_backend *be = ca_py_backend_named(name);
+    if (!be) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_set_backend(self->model, be));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_get_backend(VisionObject *self, void *closure) {
+    if (!ready(self)) return NULL;
+    return PyUnicode_FromString(self->model->be->name);
 }
 
 static PyObject *Vision_get_resolved(VisionObject *self, void *closure) {
@@ -252,6 +274,8 @@ static PyMethodDef Vision_methods[] = {
      "load_safetensors(paths): reads every vision and projector tensor."},
     {"save_safetensors", (PyCFunction)Vision_save_safetensors, METH_VARARGS,
      "save_safetensors(path): writes the vision and projector tensors as float32, atomically."},
+    {"to_device", (PyCFunction)Vision_to_device, METH_O,
+     "to_device(name): move parameters, gradients and adapters to the 'cpu' or 'cuda' backend."},
     {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
     {NULL, NULL, 0, NULL},
@@ -259,6 +283,7 @@ static PyMethodDef Vision_methods[] = {
 
 static PyGetSetDef Vision_getset[] = {
     {"resolved", (getter)Vision_get_resolved, NULL, "Resolved sizes (num_layers_run, ...).", NULL},
+    {"backend", (getter)Vision_get_backend, NULL, "Name of the compute backend ('cpu', 'cpu-profiled', 'cuda').", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -16,6 +16,7 @@ from captionaura.generate import GenerateOutput, GenerationConfig
 from captionaura.video import VideoFrames, sample_frames
 from captionaura.vl import CaptionContext, VideoContextConfig
 from captionaura.personal import PersonalCaptioner, StyleProfile, zero_shot_tags
+from captionaura.device import cuda_available, cuda_status
 
 __version__ = "0.1.0"
 
@@ -28,11 +29,6 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads used by the C core's OpenMP loops."""
     return _core.get_num_threads()
-
-
-def cuda_available() -> bool:
-    """True when the CUDA backend was compiled in (device checks come with the CUDA backend)."""
-    return bool(_core.cuda_compiled())
 
 
 __all__ = [
@@ -57,4 +53,4 @@ __all__ = [
     "load_image",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__",
     "VideoFrames", "sample_frames", "CaptionContext", "VideoContextConfig",
-    "PersonalCaptioner", "StyleProfile", "zero_shot_tags"]
+    "PersonalCaptioner", "StyleProfile", "zero_shot_tags", "cuda_status"]

@@ -14,6 +14,7 @@ import numpy as np
 from captionaura import _core
 from captionaura._io import write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.device import backend_device, normalize_device
 from captionaura.lora import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX, LoraConfig, peft_key,
                               resolve_targets)
 from captionaura.optim import AdamW, AdamWConfig
@@ -337,9 +338,30 @@ class Lfm2Model:
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
 
+    # -- device -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """"cuda" when the model computes on the CUDA backend, else "cpu"."""
+        return backend_device(self._core.backend)
+
+    def to(self, device: str) -> "Lfm2Model":
+        """Move parameters, gradients and LoRA adapters to ``device`` ("cpu" or "cuda") and return self.
+
+        Raises RuntimeError naming the reason when CUDA cannot be used (see ``captionaura.cuda_status()``).
+        NumPy views taken before (``parameters()``, ``gradients()``, ``lora_parameters()``) refer to the old
+        buffers: take them again. An optimiser already set keeps its state and follows the buffers (on "cuda" its
+        moments move to the device and its update runs there).
+        """
+        self._core.to_device(normalize_device(device))
+        if self.optimizer is not None:
+            self.optimizer.rebind(*self.trainable_buffers(), device=self.device)
+        return self
+
     def set_optimizer(self, config: AdamWConfig) -> AdamW:
         """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""
         self.optimizer = AdamW(*self.trainable_buffers(), config=config)
+        if self.device != "cpu":  # moments and updates on the model's device
+            self.optimizer.rebind(*self.trainable_buffers(), device=self.device)
         return self.optimizer
 
     def train_step(self, batch: Mapping[str, ArrayLike], lr: float | None = None) -> float:

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from captionaura import _core
+from captionaura.device import normalize_device
 
 
 @dataclass
@@ -49,10 +50,26 @@ class AdamW:
         self.exp_avg = [np.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p) for p in self.params]
         self.step_count = 0
+        self.device = "cpu"  # where the moments live and the update runs (see rebind)
+
+    def rebind(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], device: str = "cpu") -> None:
+        """Point the optimiser at moved buffers of the same sizes (after ``model.to(device)``), keeping its state,
+        which moves along: on "cuda" the moments live in device memory and the update runs on the GPU."""
+        params = [_flat(p, "params") for p in params]
+        grads = [_flat(g, "grads") for g in grads]
+        if [p.size for p in params] != [p.size for p in self.params] or \
+                [g.size for g in grads] != [p.size for p in self.params]:
+            raise ValueError("rebind needs buffers of the sizes the optimiser was created with")
+        device = normalize_device(device)
+        place = _device_copy if device == "cuda" else np.array
+        exp_avg, exp_avg_sq = [place(m) for m in self.exp_avg], [place(v) for v in self.exp_avg_sq]
+        self.params, self.grads, self.device = params, grads, device  # nothing changes when a copy fails
+        self.exp_avg, self.exp_avg_sq = exp_avg, exp_avg_sq
 
     def grad_norm(self) -> float:
         """The global L2 norm of all gradients (as torch.nn.utils.clip_grad_norm_ computes it)."""
-        return math.sqrt(sum(_core.sum_squares(g) for g in self.grads))
+        sum_squares = _core.cuda_sum_squares if self.device == "cuda" else _core.sum_squares
+        return math.sqrt(sum(sum_squares(g) for g in self.grads))
 
     def step(self, lr: float | None = None) -> float:
         """One AdamW step (after global-norm clipping when configured); returns the pre-clip gradient norm."""
@@ -65,8 +82,12 @@ class AdamW:
             scale = min(1.0, c.max_grad_norm / (norm + 1e-6))  # torch's clip_coef, clamped at 1
         self.step_count += 1
         for p, m, v, g in zip(self.params, self.exp_avg, self.exp_avg_sq, self.grads):
-            _core.adamw_update(p, m, v, g, c.lr if lr is None else lr, c.betas[0], c.betas[1], c.eps,
-                               c.weight_decay, self.step_count, scale)
+            if self.device == "cuda":
+                _core.cuda_adamw_update(p, m, v, g, c.lr if lr is None else lr, c.betas[0], c.betas[1], c.eps,
+                                        c.weight_decay, self.step_count, scale)
+            else:
+                _core.adamw_update(p, m, v, g, c.lr if lr is None else lr, c.betas[0], c.betas[1], c.eps,
+                                   c.weight_decay, self.step_count, scale)
         return norm
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
@@ -80,6 +101,13 @@ class AdamW:
         for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
             m[...] = state[f"exp_avg.{i}"]
             v[...] = state[f"exp_avg_sq.{i}"]
+
+
+def _device_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` in CUDA managed memory (readable from NumPy, usable by the kernels)."""
+    out = _core.cuda_array(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _flat(a: np.ndarray, what: str) -> np.ndarray:

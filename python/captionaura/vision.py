@@ -26,6 +26,7 @@ import numpy as np
 
 from captionaura import _core
 from captionaura._io import read_json
+from captionaura.device import backend_device, normalize_device
 from captionaura.model import weight_files
 
 VISION_PREFIX = "model.vision_tower.vision_model."
@@ -215,6 +216,17 @@ class VisionTower:
     # -- parameters -----------------------------------------------------------------------------
     def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {name: flat[off:off + numel].reshape(shape) for name, shape, off, numel in self._table}
+
+    @property
+    def device(self) -> str:
+        """"cuda" when the tower computes on the CUDA backend, else "cpu"."""
+        return backend_device(self._core.backend)
+
+    def to(self, device: str) -> "VisionTower":
+        """Move parameters and gradients to ``device`` ("cpu" or "cuda") and return self; RuntimeError naming
+        the reason when CUDA cannot be used. Earlier ``parameters()``/``gradients()`` views must be taken again."""
+        self._core.to_device(normalize_device(device))
+        return self
 
     def parameters(self) -> dict[str, np.ndarray]:
         return self._views(self._core.params())

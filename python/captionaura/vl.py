@@ -19,6 +19,7 @@ import numpy as np
 from captionaura import _core
 from captionaura._io import read_json, write_json_atomic
 from captionaura.config import Lfm2Config
+from captionaura.device import cuda_available, cuda_status, normalize_device
 from captionaura.generate import GenerationConfig
 from captionaura.model import ArrayLike, Lfm2Model, Lfm2Output, _token_array
 from captionaura.processor import Lfm2VlProcessor, ProcessorOutput
@@ -357,6 +358,21 @@ class Lfm2VlModel:
 
     def num_parameters(self) -> int:
         return self.text.num_parameters() + self.vision.num_parameters()
+
+    @property
+    def device(self) -> str:
+        """"cuda" when both towers compute on the CUDA backend, else "cpu"."""
+        return "cuda" if self.text.device == self.vision.device == "cuda" else "cpu"
+
+    def to(self, device: str) -> "Lfm2VlModel":
+        """Move the language model and the vision tower to ``device`` ("cpu" or "cuda") and return self;
+        RuntimeError naming the reason when CUDA cannot be used (nothing moves then)."""
+        device = normalize_device(device)
+        if device == "cuda" and not cuda_available():
+            raise RuntimeError(f"CUDA is not available: {cuda_status()['reason']}")
+        self.vision.to(device)
+        self.text.to(device)
+        return self
 
     def __repr__(self) -> str:
         return f"Lfm2VlModel(text={self.text!r}, vision={self.vision!r})"

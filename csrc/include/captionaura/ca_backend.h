@@ -11,6 +11,8 @@ typedef struct ca_backend {
     /* memory */
     void *(*alloc)(size_t bytes); /* zero-filled, 64-byte aligned; NULL on failure */
     void (*free)(void *p);
+    /* memmove semantics; either side may be host memory or this backend's (KV-cache appends, outputs) */
+    void (*copy)(void *dst, const void *src, size_t bytes);
     /* ops (see ca_ops.h) */
     void (*embedding_forward)(float *, const int32_t *, const float *, int, int);
     void (*embedding_backward)(float *, const float *, const int32_t *, int, int);
@@ -53,7 +55,12 @@ typedef struct ca_backend {
     void (*unshuffle_backward)(float *, const float *, int, int, int, int);
     void (*mha_forward)(float *, float *, const float *, const float *, const float *, int, int, int);
     void (*mha_backward)(float *, float *, float *, float *, const float *, const float *, const float *, const float *, const float *, int, int, int);
+    /* device backends: the first failure since the last call (then cleared) as a ca_status with its message;
+     * NULL for backends whose ops cannot fail (the CPU). Model code checks it once per public call. */
+    ca_status (*status)(void);
 } ca_backend;
+
+static inline ca_status ca_backend_status(const ca_backend *be) { return be->status ? be->status() : CA_OK; }
 
 extern const ca_backend ca_cpu_backend;
 

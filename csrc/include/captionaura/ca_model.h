@@ -129,6 +129,9 @@ typedef struct ca_lfm2_model {
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
 ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);
 void ca_lfm2_free(ca_lfm2_model *m);
+/* Moves parameters, gradients and adapters to backend `be` (e.g. &ca_cuda_backend); activations are re-made
+ * on the next call and caches must be created after the move. On failure the model is unchanged. */
+ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be);
 
 /* Seeded initialisation: N(0, std) for matrices and embeddings, ones for norms. */
 ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std);

@@ -122,6 +122,8 @@ typedef struct ca_vision_model {
 
 ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, const ca_backend *be);
 void ca_vision_free(ca_vision_model *m);
+/* Moves the model's buffers to backend `be` (e.g. &ca_cuda_backend); CA_ERR_NOMEM leaves it unchanged. */
+ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be);
 /* N(0, std) for matrices and the position table, ones for LayerNorm weights, zeros for biases. */
 ca_status ca_vision_init_random(ca_vision_model *m, uint64_t seed, float std);
 int ca_vision_find_param(const ca_vision_model *m, const char *name);
