@@ -2,7 +2,7 @@
 send (size, pixels, type by magic bytes, rate), per-connection context, captions streamed over the WebSocket
 equal to the model's own captions of the same prompt, settings, ratings, errors, the CLI.
 
-Helpers here (``tiny_captioner``, ``running_server``, ``encode``) are shared with test_serve_browser.py and
+Helpers here (``tiny_captioner``, ``served``, ``encode``) are shared with test_serve_browser.py and
 test_serve_load.py."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import contextlib
 import io
 import json
 import socket
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -68,29 +70,28 @@ def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
 
 
 @contextlib.contextmanager
-def running_server(app):
-    """A real uvicorn server for ``app`` on a free loopback port (bound before the server starts)."""
-    import uvicorn
-
-    from captionaura.serve import WS_MAX_BYTES
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, ws_max_size=WS_MAX_BYTES, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+def served(model_dir: Path):
+    """``captionaura serve --model model_dir`` in its own process on a free loopback port, until the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "captionaura", "serve", "--model", str(model_dir),
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"captionaura serve exited: {process.stdout.read()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=1):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("captionaura serve did not answer within 30 s")
+            time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")

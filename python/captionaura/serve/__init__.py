@@ -8,8 +8,9 @@ import os
 from captionaura.serve.app import ServeConfig, create_app
 from captionaura.serve.service import CaptionRequest, CaptionService
 
-#: WebSocket frames larger than this are refused by uvicorn itself; up to it the app answers with a clear error.
-WS_MAX_BYTES = 16 * 1024 * 1024
+#: uvicorn settings: its sans-I/O websockets protocol; WebSocket messages over 16 MiB are refused by uvicorn
+#: itself (up to that the app answers an image over its 10 MB limit with a clear error).
+UVICORN_OPTIONS = {"ws": "websockets-sansio", "ws_max_size": 16 * 1024 * 1024}
 
 
 def load_model(path: str | os.PathLike[str] | None):
@@ -31,7 +32,7 @@ def run(service: CaptionService, host: str = "127.0.0.1", port: int = 8000, conf
     """Serve until interrupted (uvicorn)."""
     import uvicorn
 
-    uvicorn.run(create_app(service, config), host=host, port=port, ws_max_size=WS_MAX_BYTES, log_level=log_level)
+    uvicorn.run(create_app(service, config), host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
 
 
 __all__ = ["CaptionRequest", "CaptionService", "ServeConfig", "create_app", "load_model", "run"]

@@ -23,6 +23,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)     # caption request → last token
     first_token_ms: list[float] = field(default_factory=list)   # caption request → first token
     errors: list[str] = field(default_factory=list)
+    per_client: list[int] = field(default_factory=list)         # captions each client received
 
     def percentiles(self, values: Sequence[float] | None = None) -> dict[str, float]:
         values = self.latencies_ms if values is None else values
@@ -36,7 +37,8 @@ class LoadResult:
         first = self.percentiles(self.first_token_ms)
         rate = len(self.latencies_ms) / self.seconds if self.seconds else 0.0
         return (f"{self.clients} clients, {self.seconds:.1f} s: {len(self.latencies_ms)} captions "
-                f"({rate:.1f}/s), {len(self.errors)} errors\n"
+                f"({rate:.1f}/s; per client {min(self.per_client, default=0)} to {max(self.per_client, default=0)}), "
+                f"{len(self.errors)} errors\n"
                 f"caption latency ms    p50 {total['p50']:.1f}  p90 {total['p90']:.1f}  p99 {total['p99']:.1f}\n"
                 f"first token ms        p50 {first['p50']:.1f}  p90 {first['p90']:.1f}  p99 {first['p99']:.1f}")
 
@@ -57,6 +59,8 @@ async def _client(url: str, frames: Sequence[bytes], deadline: float, rate: floa
         await reply(("ready",))
         await ws.send(json.dumps({"type": "settings", "live": False, "generation": generation}))
         await reply(("settings",))
+        client = len(result.per_client)
+        result.per_client.append(0)
         sent = 0
         while time.monotonic() < deadline:
             started = time.perf_counter()
@@ -77,6 +81,7 @@ async def _client(url: str, frames: Sequence[bytes], deadline: float, rate: floa
                     else:
                         result.latencies_ms.append(1000 * (end - started))
                         result.first_token_ms.append(1000 * ((first or end) - started))
+                        result.per_client[client] += 1
                     break
             await asyncio.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - started)))
 
