@@ -184,16 +184,30 @@ async function upload(input, kind) {
     showError(`unsupported image type ${file.type || "(unknown)"}: use JPEG, PNG or WebP`);
     return;
   }
-  if (!(await sendImage(kind, file))) return;
   const url = URL.createObjectURL(file);
-  if (kind === KIND.reference) {
-    $("reference-preview").src = url;
-  } else {
-    $("still").src = url;
+  if (!(await readable(url))) {
+    URL.revokeObjectURL(url);
+    showError(`${file.name} is not a readable image`);
+    return;
+  }
+  if (!(await sendImage(kind, file))) return;
+  const target = kind === KIND.reference ? $("reference-preview") : $("still");
+  if (target.src) URL.revokeObjectURL(target.src);
+  target.src = url;
+  if (kind === KIND.upload) {
     $("still").hidden = false;
     $("camera").hidden = true;
     $("no-camera").hidden = true;
   }
+}
+
+function readable(url) {
+  return new Promise((resolve) => {
+    const probe = new Image();
+    probe.onload = () => resolve(true);
+    probe.onerror = () => resolve(false);
+    probe.src = url;
+  });
 }
 
 async function copyCaption() {
