@@ -2,19 +2,14 @@
 send (size, pixels, type by magic bytes, rate), per-connection context, captions streamed over the WebSocket
 equal to the model's own captions of the same prompt, settings, ratings, errors, the CLI.
 
-Helpers here (``tiny_captioner``, ``served``, ``encode``) are shared with test_serve_browser.py and
+Helpers here (``tiny_captioner``, ``picture``, ``encode``) are shared with test_serve_browser.py and
 test_serve_load.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +17,17 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("starlette", reason="the web app needs the serve extra (starlette, uvicorn)")
-from starlette.testclient import TestClient  # noqa: E402
-
-import captionaura as ca  # noqa: E402
-from captionaura import cli  # noqa: E402
-from captionaura.serve import CaptionRequest, CaptionService, ServeConfig, create_app  # noqa: E402
-from captionaura.serve.context import ContextBuffer, ContextConfig  # noqa: E402
-from captionaura.serve.validation import InputError, RateLimiter, decode_image, sniff_image_type  # noqa: E402
+import captionaura as ca
+from captionaura import cli
+from captionaura.serve import CaptionRequest, CaptionService, ServeConfig, create_app
+from captionaura.serve.context import ContextBuffer, ContextConfig
+from captionaura.serve.validation import (
+    InputError,
+    RateLimiter,
+    decode_image,
+    sniff_image_type,
+)
+from starlette.testclient import TestClient
 
 PROCESSOR = Path(__file__).parent / "reference" / "fixtures" / "lfm2vl_processor" / "lfm2vl_450m"
 SETTINGS = {"max_new_tokens": 8}
@@ -67,31 +66,6 @@ def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, fmt)
     return buf.getvalue()
-
-
-@contextlib.contextmanager
-def served(model_dir: Path):
-    """``captionaura serve --model model_dir`` in its own process on a free loopback port, until the end."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "captionaura", "serve", "--model", str(model_dir),
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"captionaura serve exited: {process.stdout.read()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=1):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("captionaura serve did not answer within 30 s")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (test extra)")
 pytest.importorskip("uvicorn", reason="the web app needs the serve extra (starlette, uvicorn)")
 
-from test_serve import encode, picture, served, tiny_captioner  # noqa: E402
+from captionaura.serve.load import serve_process
+from test_serve import encode, picture, tiny_captioner
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -27,7 +28,7 @@ TIMEOUT_MS = 20_000
 def address(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_vl")
     tiny_captioner(folder)
-    with served(folder) as where:
+    with serve_process(folder, threads=1) as where:
         yield where
 
 

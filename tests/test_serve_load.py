@@ -11,9 +11,8 @@ import pytest
 pytest.importorskip("uvicorn", reason="the web app needs the serve extra (starlette, uvicorn)")
 pytest.importorskip("websockets", reason="the load client needs websockets")
 
-from test_serve import encode, picture, served, tiny_captioner  # noqa: E402
-
-from captionaura.serve.load import run_load  # noqa: E402
+from captionaura.serve.load import run_load, serve_process
+from test_serve import encode, picture, tiny_captioner
 
 CLIENTS = 20
 
@@ -27,7 +26,7 @@ def model_dir(tmp_path_factory):
 
 def hold_load(model_dir, seconds: float):
     frames = [encode(picture(seed)) for seed in range(8)]
-    with served(model_dir) as address:
+    with serve_process(model_dir, threads=1) as address:
         result = asyncio.run(run_load(f"ws://{address}/ws", frames, clients=CLIENTS, seconds=seconds, rate=5.0,
                                       generation={"max_new_tokens": 12}))
     print("\n" + result.report())

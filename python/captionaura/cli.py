@@ -79,6 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ValueError(f"the web app needs the serve extra: pip install 'captionaura[serve]' ({err})") from None
 
+    if args.threads is not None:
+        import captionaura
+
+        captionaura.set_num_threads(args.threads)
     model = serve.load_model(args.model)
     service = serve.CaptionService(model, name=args.model or "default model")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", help="LFM2-VL checkpoint folder (default: the packaged default model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--threads", type=int, help="threads of the C core (default: every core)")
     srv.set_defaults(func=cmd_serve)
     return parser
 

@@ -30,8 +30,20 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from captionaura.serve.context import ContextBuffer, ContextConfig
-from captionaura.serve.service import CONTEXT_MODES, MAX_LANGUAGE_CHARS, CaptionRequest, CaptionService, parse_posts
-from captionaura.serve.validation import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, InputError, RateLimiter, decode_image
+from captionaura.serve.service import (
+    CONTEXT_MODES,
+    MAX_LANGUAGE_CHARS,
+    CaptionRequest,
+    CaptionService,
+    parse_posts,
+)
+from captionaura.serve.validation import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    InputError,
+    RateLimiter,
+    decode_image,
+)
 
 STATIC = Path(__file__).parent / "static"
 FRAME, REFERENCE, UPLOAD = 1, 2, 3
@@ -119,9 +131,7 @@ class Session:
             return
         scene_change = self.context.add(image)
         await self.send({"type": "context", "scene_change": scene_change, **self.context.state()})
-        if kind == UPLOAD:
-            await self.start_caption(image)
-        elif self.live and not self.busy():
+        if kind == UPLOAD or self.live and not self.busy():
             await self.start_caption(image)
 
     async def on_command(self, text: str) -> None:

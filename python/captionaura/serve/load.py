@@ -1,4 +1,5 @@
-"""A load-test client for a running server: ``clients`` WebSocket connections, each sending a camera frame and
+"""Load tests of the web app. ``serve_process`` runs ``captionaura serve`` in a child process on a free
+loopback port; ``run_load`` is the client: ``clients`` WebSocket connections, each sending a camera frame and
 asking for its caption in a loop (at most ``rate`` captions a second per client, like the page at that frame
 rate) for ``seconds``; caption latencies measured at the client. Used by the load tests and
 benchmarks/bench_serve.py."""
@@ -6,14 +7,49 @@ benchmarks/bench_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from captionaura.serve.app import FRAME
+
+
+@contextlib.contextmanager
+def serve_process(model_dir: str | os.PathLike[str], threads: int | None = None,
+                  start_timeout: float = 30.0) -> Iterator[str]:
+    """``captionaura serve --model model_dir [--threads threads]`` in a child process on a free 127.0.0.1 port;
+    yields "127.0.0.1:port" once the server answers, and stops it on leaving."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "captionaura", "serve", "--model", str(model_dir), "--port", str(port)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"captionaura serve exited: {process.stdout.read()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"captionaura serve did not answer within {start_timeout:g} s")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @dataclass

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import inspect
 import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import numpy as np
 
+from captionaura import _core
 from captionaura.generate import GenerationConfig
 from captionaura.serve.validation import InputError
 from captionaura.vl import Lfm2VlModel
@@ -70,7 +72,9 @@ class CaptionService:
             raise ValueError("the server needs a model with its processor (tokenizer.json and processor config)")
         self.model = model
         self.name = name
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionaura-model")
+        # OpenMP's thread count is per thread: the worker takes the count in effect where the service is made
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionaura-model",
+                                          initializer=_core.set_num_threads, initargs=(_core.get_num_threads(),))
         tok = model.processor.tokenizer
         eos = tok.token_to_id("<|im_end|>")
         self.default_generation = model.generation_config or GenerationConfig(
@@ -130,13 +134,9 @@ class CaptionService:
         def work() -> None:
             try:
                 if not stop.is_set():
-                    with contextlib.closing(self.caption_pieces(request)) as produced:
-                        for piece in produced:
-                            if stop.is_set():
-                                break
-                            post(piece)
+                    self.caption_into(request, post, stop)
                 post(done)
-            except Exception as err:  # handed to the consumer
+            except Exception as err:  # noqa: BLE001 (any failure is handed to the consumer, which reports it)
                 post(err)
 
         loop.run_in_executor(self._worker, work)
@@ -148,19 +148,24 @@ class CaptionService:
         finally:
             stop.set()
 
-    def caption_pieces(self, request: CaptionRequest) -> Iterator[str]:
-        """Runs on the worker thread: the one place that calls the model."""
+    def caption_into(self, request: CaptionRequest, emit: Callable[[str], None], stop: threading.Event) -> None:
+        """Runs on the worker thread: the one place that calls the model. Each new piece of the caption goes
+        to ``emit``; ``stop`` set ends the generation at its next token."""
         settings = request.generation or self.default_generation
         if self.model_takes_context:
             style = StyleProfile.from_posts(request.posts) if StyleProfile is not None and request.posts else None
             images = [request.reference] if request.reference is not None else []
-            return self.model.caption(request.image, video=images + request.earlier_frames + [request.image],
-                                      context_mode=request.context_mode, style=style,
-                                      language=request.language or None, generation=settings, stream=True)
+            pieces = self.model.caption(request.image, video=images + request.earlier_frames + [request.image],
+                                        context_mode=request.context_mode, style=style,
+                                        language=request.language or None, generation=settings, stream=True)
+            with contextlib.closing(pieces):
+                for piece in pieces:
+                    if stop.is_set():
+                        break
+                    emit(piece)
+            return
         images, prompt = self.prompt(request)
-        if len(images) == 1:
-            return self.model.caption(images[0], prompt=prompt, generation=settings, stream=True)
-        return self._stream_images(images, prompt, settings)
+        self._generate(images, prompt, settings, emit, stop)
 
     @staticmethod
     def prompt(request: CaptionRequest) -> tuple[list[np.ndarray], str]:
@@ -185,8 +190,10 @@ class CaptionService:
                      else "Write a short caption for this image.")
         return images, "\n".join(lines)
 
-    def _stream_images(self, images: list[np.ndarray], prompt: str, settings: GenerationConfig) -> Iterator[str]:
-        """A caption of several images in one user turn (the model's caption() takes one image)."""
+    def _generate(self, images: list[np.ndarray], prompt: str, settings: GenerationConfig,
+                  emit: Callable[[str], None], stop: threading.Event) -> None:
+        """The images and the prompt in one user turn (as ``Lfm2VlModel.caption`` builds it for one image),
+        decoded with a per-token callback on this thread: no thread hand-off per token."""
         model, tok = self.model, self.model.processor.tokenizer
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
         batch = model.processor(images=images, messages=[{"role": "user", "content": content}])
@@ -194,13 +201,17 @@ class CaptionService:
         positions = np.flatnonzero(ids == model.image_token_id).astype(np.int32)
         features = model.image_features(batch.pixel_values, batch.spatial_shapes, batch.pixel_attention_mask)
         tokens: list[int] = []
-        shown = ""
-        for _, token in model.text.generate(ids, generation=settings, features=(positions, features), stream=True):
+        shown = [""]
+
+        def on_token(row: int, token: int) -> bool:
             tokens.append(token)
             text = tok.decode(tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd") and len(text) > len(shown):  # wait for incomplete characters
-                yield text[len(shown):]
-                shown = text
+            if not text.endswith("\ufffd") and len(text) > len(shown[0]):  # wait for incomplete characters
+                emit(text[len(shown[0]):])
+                shown[0] = text
+            return stop.is_set()
+
+        model.text.generate(ids, generation=settings, features=(positions, features), callback=on_token)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
