@@ -131,7 +131,7 @@ class Session:
             return
         scene_change = self.context.add(image)
         await self.send({"type": "context", "scene_change": scene_change, **self.context.state()})
-        if kind == UPLOAD or self.live and not self.busy():
+        if kind == UPLOAD or (self.live and not self.busy()):
             await self.start_caption(image)
 
     async def on_command(self, text: str) -> None:

@@ -5,9 +5,11 @@ The model runs on one worker thread per service (a single-thread executor is the
 every connection queue there in order), never on the event loop; pieces come back through an asyncio queue.
 
 Two plug-in points, both in this file only: the video-context caption API (``model.caption(image, video=...,
-context_mode=..., style=..., language=...)``) and ``captionaura.personal.StyleProfile``. While they are not
-there, the context is put into the prompt itself (earlier captions as text, earlier frames as extra images)
-and the user's past posts become few-shot examples in the prompt text.
+context_mode=..., style=..., language=...)``, detected from the signature) and
+``captionaura.personal.StyleProfile`` (imported when present), used together in ``caption_into``. Until they
+are merged (and whenever a reference image is given, which that API does not take) the context is put into
+the prompt itself: earlier captions as text or earlier frames as extra images, the user's past posts as
+few-shot examples of their voice.
 """
 
 from __future__ import annotations
@@ -152,10 +154,9 @@ class CaptionService:
         """Runs on the worker thread: the one place that calls the model. Each new piece of the caption goes
         to ``emit``; ``stop`` set ends the generation at its next token."""
         settings = request.generation or self.default_generation
-        if self.model_takes_context:
+        if self.model_takes_context and request.reference is None:  # that API has no reference image
             style = StyleProfile.from_posts(request.posts) if StyleProfile is not None and request.posts else None
-            images = [request.reference] if request.reference is not None else []
-            pieces = self.model.caption(request.image, video=images + request.earlier_frames + [request.image],
+            pieces = self.model.caption(request.image, video=request.earlier_frames + [request.image],
                                         context_mode=request.context_mode, style=style,
                                         language=request.language or None, generation=settings, stream=True)
             with contextlib.closing(pieces):
