@@ -31,15 +31,18 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 def anchor(model_dir: Path, frames: list[bytes], captions: int, max_new_tokens: int, threads: int) -> list[float]:
     """Milliseconds per caption of model.caption on decoded frames, in this process, sequentially."""
     import captionaura as ca
+    from captionaura.serve import CaptionService
     from captionaura.serve.validation import decode_image
 
     ca.set_num_threads(threads)
     model = ca.Lfm2VlModel.from_pretrained(model_dir)
-    service_settings = ca.serve.CaptionService(model).generation({"max_new_tokens": max_new_tokens})
+    service = CaptionService(model)
+    settings = service.generation({"max_new_tokens": max_new_tokens})
+    service.close()
     times = []
     for i in range(captions):
         start = time.perf_counter()
-        model.caption(decode_image(frames[i % len(frames)]), generation=service_settings)
+        model.caption(decode_image(frames[i % len(frames)]), generation=settings)
         times.append(1000 * (time.perf_counter() - start))
     return times
 
@@ -54,7 +57,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads of the C core, here and in the server")
     args = parser.parse_args()
 
-    import captionaura.serve  # noqa: F401  (the serve extra must be installed)
     from captionaura.serve.load import run_load, serve_process
     from test_serve import encode, picture, tiny_captioner
 
