@@ -28,6 +28,7 @@ from captionaura.serve.validation import (
     sniff_image_type,
 )
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 PROCESSOR = Path(__file__).parent / "reference" / "fixtures" / "lfm2vl_processor" / "lfm2vl_450m"
 SETTINGS = {"max_new_tokens": 8}
@@ -306,6 +307,15 @@ def test_bad_messages_get_a_clear_error_and_the_connection_stays(client, connect
     assert error in msg["message"]
     ws.send_json({"type": "settings", "live": False})
     assert receive_until(ws, "settings")[0]["live"] is False
+
+
+def test_other_sites_cannot_open_the_socket(client):
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            client.websocket_connect("/ws", headers={"origin": "https://elsewhere.example"}):
+        pass
+    assert refused.value.code == 1008
+    with client.websocket_connect("/ws", headers={"origin": "http://testserver"}) as ws:
+        assert ws.receive_json()["type"] == "ready"
 
 
 def test_rate_limit_per_connection(model, connect):

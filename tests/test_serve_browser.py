@@ -82,8 +82,14 @@ def test_fake_camera_streams_frames_and_a_caption_appears(address, launch, tmp_p
     assert int(page.text_content("#ctx-frames").split("/")[0]) >= 1
     assert page.is_visible("#camera") and page.is_enabled("#copy") and page.is_enabled("#rate-up")
     assert page.evaluate("document.querySelector('#history').children.length") >= 1
+    # live captions off (the shown caption stays), then rate it and copy it
+    page.uncheck("#live")
+    page.wait_for_function("document.body.dataset.live === 'false'", timeout=TIMEOUT_MS)  # the server's answer
+    page.wait_for_function("!document.querySelector('#caption').classList.contains('writing')", timeout=TIMEOUT_MS)
     page.click("#rate-up")
     page.wait_for_selector("#rate-up.active", timeout=TIMEOUT_MS)
+    page.click("#copy")
+    page.wait_for_function("document.querySelector('#caption-meta').textContent === 'copied'", timeout=TIMEOUT_MS)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve_camera.png"), full_page=True)
     assert page.is_hidden("#error"), page.text_content("#error-text")

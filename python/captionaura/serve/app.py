@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
@@ -242,6 +243,11 @@ def create_app(service: CaptionService, config: ServeConfig | None = None) -> St
         return JSONResponse({"ratings": list(feedback)})
 
     async def socket(websocket: WebSocket) -> None:
+        # browsers send any page's origin: only the page served here may use the camera socket
+        origin = websocket.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != websocket.headers.get("host"):
+            await websocket.close(code=1008, reason="cross-origin WebSocket refused")
+            return
         await websocket.accept()
         await Session(websocket, service, config, feedback).run()
 

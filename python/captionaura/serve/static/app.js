@@ -84,6 +84,7 @@ function handle(msg) {
       $("clear-reference").hidden = $("reference-preview").hidden = msg.width === 0;
       break;
     case "settings":
+      document.body.dataset.live = msg.live;
       $("style-state").textContent = msg.posts ? `style from ${msg.posts} past post${msg.posts > 1 ? "s" : ""}`
                                                : "no past posts: neutral style";
       break;
