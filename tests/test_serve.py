@@ -138,6 +138,8 @@ def test_size_pixel_and_corruption_limits():
     assert len(big) < 1_000_000
     with pytest.raises(InputError, match="18000000 pixels, more than the limit of 16777216"):
         decode_image(big)
+    wide = decode_image(encode(picture(3, (1500, 3000)), "PNG"))       # kept at most 2048 px long
+    assert wide.shape == (1024, 2048, 3)
     with pytest.raises(InputError, match="invalid JPEG image"):
         decode_image(encode(picture(2))[:200])
     with pytest.raises(InputError, match="empty"):

@@ -41,6 +41,7 @@ from captionaura.serve.service import (
 from captionaura.serve.validation import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
     InputError,
     RateLimiter,
     decode_image,
@@ -53,10 +54,12 @@ KEPT_FEEDBACK = 1000
 
 @dataclass
 class ServeConfig:
-    """Limits of the server; ``prompt_frames`` earlier frames go with a caption in the "frames" mode."""
+    """Limits of the server (images larger than ``max_image_side`` are scaled down to it); ``prompt_frames``
+    earlier frames go with a caption in the "frames" mode."""
 
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_image_side: int = MAX_IMAGE_SIDE
     messages_per_second: float = 12.0
     burst: int = 24
     prompt_frames: int = 2
@@ -64,6 +67,7 @@ class ServeConfig:
 
     def limits(self) -> dict[str, Any]:
         return {"max_image_bytes": self.max_image_bytes, "max_image_pixels": self.max_image_pixels,
+                "max_image_side": self.max_image_side,
                 "messages_per_second": self.messages_per_second, "burst": self.burst,
                 "context_frames": self.context.capacity}
 
@@ -125,7 +129,7 @@ class Session:
             raise InputError("binary messages must start with a kind byte: 1 frame, 2 reference, 3 upload")
         kind = data[0]
         image = await asyncio.to_thread(decode_image, data[1:], self.config.max_image_bytes,
-                                        self.config.max_image_pixels)
+                                        self.config.max_image_pixels, self.config.max_image_side)
         if kind == REFERENCE:
             self.reference = image
             await self.send({"type": "reference", "width": image.shape[1], "height": image.shape[0]})

@@ -53,8 +53,9 @@ async function sendImage(kind, blob) {
 
 function handle(msg) {
   switch (msg.type) {
-    case "ready":
+    case "ready":  // a new connection: the server holds no reference image yet
       state.limits = msg.limits;
+      $("reference-preview").hidden = $("clear-reference").hidden = true;
       setStatus(`connected · ${msg.model}`, true);
       sendSettings();
       break;
