@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +364,15 @@ def test_cli_serve_defaults_and_missing_model(monkeypatch, capsys):
     assert "no --model given" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "/nonexistent/model"]) == 2
     assert "checkpoint folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_page_ships_in_the_wheel(tmp_path):
+    """The page's files are package data: a built wheel holds them (builds the C extension: slow)."""
+    root = Path(__file__).parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(root)], check=True)
+    (wheel,) = tmp_path.glob("captionaura-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("index.html", "app.js", "style.css"):
+        assert f"captionaura/serve/static/{name}" in names
