@@ -24,11 +24,14 @@ install: $(PY)
 	$(PY) -m pip install -q $(BUILD_DEPS) $(CUDA_BUILD_DEPS)
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install -q --no-build-isolation -e ".[test]"
 
-# Debian packages some tests need (Java for the COCO PTB tokenizer jar, clang for libFuzzer).
+# Debian packages some tests need (Java for the COCO PTB tokenizer jar, Chromium for the web app's browser
+# tests; clang for libFuzzer is installed by fuzz-smoke).
 # Without root or apt the affected tests skip and say why.
 system-deps:
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq default-jre-headless) \
 		|| echo "warning: Java not installed; PTB-parity tests will skip"
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: chromium not installed; the web app's browser tests will skip"
 
 # The C core's own tests, built with AddressSanitizer + UndefinedBehaviorSanitizer. Every tests/c/test_*.c
 # is one program; it names the core sources it links in a comment line `CA_TEST_SOURCES: csrc/a.c ...`

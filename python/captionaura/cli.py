@@ -1,6 +1,7 @@
 """The ``captionaura`` command line: one function per subcommand, registered in :func:`build_parser`.
 
     captionaura evaluate --refs annotations.json --results results.json [--out scores.json]
+    captionaura serve [--model DIR] [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -150,6 +151,25 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the live captioning web page (camera or uploads, streamed captions) on HOST:PORT."""
+    try:
+        from captionaura import serve
+    except ImportError as err:
+        raise ValueError(f"the web app needs the serve extra: pip install 'captionaura[serve]' ({err})") from None
+
+    if args.threads is not None:
+        import captionaura
+
+        captionaura.set_num_threads(args.threads)
+    model = serve.load_model(args.model)
+    service = serve.CaptionService(model, name=args.model or "default model")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
+    serve.run(service, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captionaura", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--results-dir", help="write the frames, per-frame captions and captions.json here")
     cap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cap.set_defaults(func=cmd_caption)
+
+    srv = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    srv.add_argument("--model", help="LFM2-VL checkpoint folder (default: the packaged default model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--threads", type=int, help="threads of the C core (default: every core)")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 
