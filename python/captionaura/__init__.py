@@ -13,6 +13,7 @@ from captionaura.vl import Lfm2VlModel
 from captionaura.model import Lfm2Model, Lfm2Output
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, ProcessorOutput, Tokenizer
 from captionaura.generate import GenerateOutput, GenerationConfig
+from captionaura.default import load_default
 
 __version__ = "0.1.0"
 
@@ -52,4 +53,5 @@ __all__ = [
     "ProcessorOutput",
     "Tokenizer",
     "load_image",
+    "load_default",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__"]
