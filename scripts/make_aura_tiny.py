@@ -79,14 +79,36 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(hf, config, CHAT_TEMPLATE)
 
 
-def tokenizer_texts(world: Any, examples: Sequence[Any]) -> list[str]:
-    """What the tokenizer learns from: the public captions, the caption prompt, and (when the world has users)
-    their styled captions, so emoji and hashtags get tokens of their own."""
-    texts = [c for ex in examples for c in ex.captions] + [DEFAULT_CAPTION_PROMPT] * 100
-    if hasattr(world, "users"):
-        for user in world.users(8):
-            texts.extend(c for ex in user.public_split(64) for c in ex.captions)
-    return texts
+#: emoji for the words of AuraScenes captions, so the tokenizer also learns the styled captions users write
+EMOJI = {"beach": "🏖️", "sea": "🌊", "city": "🏙️", "forest": "🌲", "mountains": "⛰️", "snow": "❄️", "night": "🌙",
+         "desert": "🏜️", "lake": "🏞️", "field": "🌾", "harbour": "⚓", "boat": "⛵", "umbrella": "☂️", "person": "🧍",
+         "dog": "🐶", "bird": "🐦", "balloon": "🎈", "car": "🚗", "house": "🏠", "tree": "🌳", "tent": "⛺",
+         "morning": "🌄", "sunset": "🌅", "rain": "🌧️", "rainy": "🌧️", "cloudy": "☁️", "foggy": "🌫️", "snowy": "🌨️",
+         "clear": "☀️", "sun": "☀️", "stars": "✨"}
+MOOD_EMOJI = ["😍", "✨", "📸", "❤️", "🔥", "🌈", "😊", "🙌", "💫", "🥰"]
+MOOD_TAGS = ["#nofilter", "#photooftheday", "#instagood", "#travel", "#nature", "#weekend", "#vibes", "#aurascenes"]
+
+
+def styled(caption: str, rng: np.random.Generator) -> str:
+    """A caption rewritten in one of the personal styles users post in: emoji-rich, hashtag-heavy, or terse
+    lowercase."""
+    words = [w.strip(".,!").lower() for w in caption.split()]
+    topics = [w for w in dict.fromkeys(words) if w in EMOJI]
+    style = rng.integers(3)
+    if style == 0:
+        return caption + " " + "".join(EMOJI[w] for w in topics) + str(rng.choice(MOOD_EMOJI))
+    if style == 1:
+        tags = ["#" + w for w in topics] + list(rng.choice(MOOD_TAGS, 2, replace=False))
+        return caption + " " + " ".join(tags)
+    return caption.lower().rstrip(".")
+
+
+def tokenizer_texts(examples: Sequence[Any], seed: int) -> list[str]:
+    """What the tokenizer learns from: the public captions, each also in a personal style (emoji, hashtags,
+    lowercase), and the caption prompt."""
+    rng = np.random.default_rng([seed, 7])
+    captions = [c for ex in examples for c in ex.captions]
+    return captions + [styled(c, rng) for c in captions] + [DEFAULT_CAPTION_PROMPT] * 100
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"data: {len(public)} public images ({sum(len(e.captions) for e in public)} captions), "
           f"{len(heldout)} held-out images", flush=True)
 
-    tokenizer = train_tokenizer(tokenizer_texts(world, public), args.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_texts(public, args.seed), args.vocab_size)
     print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size} tokens", flush=True)
     config = aura_tiny_config(tokenizer.vocab_size, tokenizer.token_to_id("<image>"), tokenizer.pad_token_id,
                               tokenizer.bos_token_id, tokenizer.eos_token_id)
