@@ -232,7 +232,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--public-images", type=int, default=6000)
     p.add_argument("--heldout-images", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     progress = not args.no_progress
     started = time.time()
     world = AuraScenes(seed=args.seed, image_size=IMAGE_SIZE)
-    public = world.public_split(args.public_images)
+    public = world.public_split(args.public_images, progressbar=progress)
     heldout = world.heldout_split(args.heldout_images)
     print(f"data: {len(public)} public images ({sum(len(e.captions) for e in public)} captions), "
           f"{len(heldout)} held-out images", flush=True)
