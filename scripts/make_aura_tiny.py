@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 import captionaura as ca
 import captionaura.metrics as cm
-from captionaura.data import AuraScenes
+from captionaura.data import STYLES, AuraScenes, style_caption
 from captionaura.processor import ImageProcessorConfig, Lfm2VlProcessor, Tokenizer
 from captionaura.vl import DEFAULT_CAPTION_PROMPT
 
@@ -79,36 +79,18 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(hf, config, CHAT_TEMPLATE)
 
 
-#: emoji for the words of AuraScenes captions, so the tokenizer also learns the styled captions users write
-EMOJI = {"beach": "🏖️", "sea": "🌊", "city": "🏙️", "forest": "🌲", "mountains": "⛰️", "snow": "❄️", "night": "🌙",
-         "desert": "🏜️", "lake": "🏞️", "field": "🌾", "harbour": "⚓", "boat": "⛵", "umbrella": "☂️", "person": "🧍",
-         "dog": "🐶", "bird": "🐦", "balloon": "🎈", "car": "🚗", "house": "🏠", "tree": "🌳", "tent": "⛺",
-         "morning": "🌄", "sunset": "🌅", "rain": "🌧️", "rainy": "🌧️", "cloudy": "☁️", "foggy": "🌫️", "snowy": "🌨️",
-         "clear": "☀️", "sun": "☀️", "stars": "✨"}
-MOOD_EMOJI = ["😍", "✨", "📸", "❤️", "🔥", "🌈", "😊", "🙌", "💫", "🥰"]
-MOOD_TAGS = ["#nofilter", "#photooftheday", "#instagood", "#travel", "#nature", "#weekend", "#vibes", "#aurascenes"]
-
-
-def styled(caption: str, rng: np.random.Generator) -> str:
-    """A caption rewritten in one of the personal styles users post in: emoji-rich, hashtag-heavy, or terse
-    lowercase."""
-    words = [w.strip(".,!").lower() for w in caption.split()]
-    topics = [w for w in dict.fromkeys(words) if w in EMOJI]
-    style = rng.integers(3)
-    if style == 0:
-        return caption + " " + "".join(EMOJI[w] for w in topics) + str(rng.choice(MOOD_EMOJI))
-    if style == 1:
-        tags = ["#" + w for w in topics] + list(rng.choice(MOOD_TAGS, 2, replace=False))
-        return caption + " " + " ".join(tags)
-    return caption.lower().rstrip(".")
-
-
 def tokenizer_texts(examples: Sequence[Any], seed: int) -> list[str]:
-    """What the tokenizer learns from: the public captions, each also in a personal style (emoji, hashtags,
-    lowercase), and the caption prompt."""
+    """What the tokenizer learns from: the public captions, each also rewritten in one of the world's personal
+    styles (emoji-rich, hashtag-heavy, poetic, terse lowercase, enthusiastic), and the caption prompt, so the
+    styles' emoji and hashtags get tokens of their own for personalisation."""
     rng = np.random.default_rng([seed, 7])
-    captions = [c for ex in examples for c in ex.captions]
-    return captions + [styled(c, rng) for c in captions] + [DEFAULT_CAPTION_PROMPT] * 100
+    styles = [s for s in STYLES if s != "plain"]
+    texts = [DEFAULT_CAPTION_PROMPT] * 100
+    for ex in examples:
+        for caption in ex.captions:
+            style = styles[rng.integers(len(styles))]
+            texts += [caption, style_caption(caption, ex.scene, style)]
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------------------
