@@ -214,7 +214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--public-images", type=int, default=6000)
     p.add_argument("--heldout-images", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")

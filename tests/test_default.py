@@ -33,7 +33,12 @@ def heldout() -> list:
 
 
 def world_captions(heldout) -> list[str]:
-    return [c for ex in heldout for c in ex.captions] + STYLED
+    """Held-out references, every user style's captions and posts (emoji, hashtags, signatures), and a few
+    captions the world never writes."""
+    users = AuraScenes(seed=0, image_size=128).users(6, train_per_user=3, test_per_user=0, posts_per_user=3)
+    styled = [c for user in users for ex in user.train for c in ex.captions] + [p for u in users for p in u.posts]
+    assert any("#" in c for c in styled) and any(not c.isascii() for c in styled)
+    return [c for ex in heldout for c in ex.captions] + styled + STYLED
 
 
 def test_load_default_gives_the_packaged_captioner(model):
