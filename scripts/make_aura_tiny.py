@@ -7,7 +7,7 @@ and cosine decay), and its held-out caption scores (BLEU-1..4, CIDEr-D, ROUGE-L 
     python scripts/make_aura_tiny.py --steps 5 --public-images 32 --out /tmp/t   # a smoke run
 
 Everything is drawn from ``--seed`` (data, tokenizer, initialisation, batch order), so a run on the same
-machine with the same thread count writes the same bytes. The folder is written to a temporary sibling and
+machine with the same ``--threads`` (default 1, the packaged run's) writes the same bytes. The folder is written to a temporary sibling and
 renamed into place.
 """
 
@@ -222,15 +222,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=0, help="caption 48 held-out images every N steps (0: never)")
     p.add_argument("--checkpoint-dir", type=str, default=None,
                    help="save resumable checkpoints here every --eval-every steps (and resume from them)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="C core threads (1: the packaged run's setting; floating-point sums depend on it)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        ca.set_num_threads(args.threads)
+    threads = ca.get_num_threads()
+    ca.set_num_threads(args.threads)
+    try:
+        return make(args)
+    finally:
+        ca.set_num_threads(threads)
+
+
+def make(args: argparse.Namespace) -> dict:
     progress = not args.no_progress
     started = time.time()
     world = AuraScenes(seed=args.seed, image_size=IMAGE_SIZE)
