@@ -139,3 +139,43 @@ def test_lora_learns_image_captions_with_only_caption_tokens_scored(captioner):
     finally:
         captioner.text.remove_lora()
     assert history[0]["loss"] > 1.0 and history[-1]["loss"] < 0.05
+
+
+def test_full_training_updates_every_parameter_and_resumes_exactly(captioner, tmp_path):
+    """train_vision=True: one AdamW over the language model and the vision tower + projector; every tensor moves,
+    the loss falls, and a run resumed from its checkpoint ends where the uninterrupted run ends."""
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 240)]
+    images = [np.full((32, 32, 3), c, np.uint8) for c in colours]
+    captions = ["a red kite", "green grass", "blue sea", "white snow"]
+
+    def fresh():
+        model = ca.Lfm2VlModel.from_config(captioner.config, seed=3)
+        model.processor = captioner.processor
+        return model, [model.caption_example(img, cap) for img, cap in zip(images, captions)]
+
+    cfg = dict(max_steps=6, batch_size=2, train_vision=True, lr_scheduler="cosine", warmup_steps=2, save_every=3,
+               progressbar=False, optimizer=ca.AdamWConfig(lr=3e-3, weight_decay=0.0))
+    straight, data = fresh()
+    before = {k: v.copy() for k, v in straight.parameters().items()}
+    history = ca.Trainer(straight, data, ca.TrainingConfig(**cfg, output_dir=str(tmp_path / "a"))).train()
+    assert history[-1]["loss"] < history[0]["loss"]
+    unchanged = [k for k, v in straight.parameters().items() if np.array_equal(v, before[k])]
+    assert not unchanged, f"not trained: {unchanged[:3]}"
+
+    first, data = fresh()
+    part = ca.Trainer(first, data, ca.TrainingConfig(**cfg, output_dir=str(tmp_path / "b")))
+    part.total_steps = 3  # stop after the first checkpoint, as a killed run would (with 2 warmup steps the
+    part.train()          # first 3 learning rates do not depend on the run's length)
+    resumed, data = fresh()
+    ca.Trainer(resumed, data, ca.TrainingConfig(**cfg, output_dir=str(tmp_path / "b"))).train(resume=True)
+    for name, value in straight.parameters().items():
+        np.testing.assert_array_equal(resumed.parameters()[name], value, err_msg=name)
+
+
+def test_train_vision_needs_a_vision_model():
+    text = ca.Lfm2Model.from_config(ca.Lfm2Config(vocab_size=16, hidden_size=16, intermediate_size=32,
+                                                  num_hidden_layers=1, num_attention_heads=2,
+                                                  num_key_value_heads=1), seed=0)
+    example = {"input_ids": np.arange(1, 5, dtype=np.int32), "labels": np.arange(1, 5, dtype=np.int32)}
+    with pytest.raises(ValueError, match="train_vision"):
+        ca.Trainer(text, [example], ca.TrainingConfig(max_steps=1, train_vision=True))

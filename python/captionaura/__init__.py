@@ -17,6 +17,7 @@ from captionaura.video import VideoFrames, sample_frames
 from captionaura.vl import CaptionContext, VideoContextConfig
 from captionaura.personal import PersonalCaptioner, StyleProfile, zero_shot_tags
 from captionaura.device import cuda_available, cuda_status
+from captionaura.default import load_default
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "ProcessorOutput",
     "Tokenizer",
     "load_image",
+    "load_default",
     "set_num_threads", "get_num_threads", "cuda_available", "__version__",
     "VideoFrames", "sample_frames", "CaptionContext", "VideoContextConfig",
     "PersonalCaptioner", "StyleProfile", "zero_shot_tags", "cuda_status"]

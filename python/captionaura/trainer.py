@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from captionaura import _core
 from captionaura.model import Lfm2Model
-from captionaura.optim import AdamWConfig
+from captionaura.optim import AdamW, AdamWConfig
 
 Example = Mapping[str, Sequence[int] | np.ndarray]
 SCHEDULES = ("constant", "linear", "cosine")
@@ -46,6 +46,9 @@ class TrainingConfig:
     output_dir: str | None = None
     seed: int = 0
     progressbar: bool = True
+    #: ``Lfm2VlModel`` only: train the vision tower and projector too (with the language model's trainable
+    #: buffers: every parameter without adapters), i.e. full pre-training of the whole captioner
+    train_vision: bool = False
 
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.num_epochs is None):
@@ -115,7 +118,11 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.
 
 class Trainer:
     """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`. For an
-    ``Lfm2VlModel`` the language model trains (its adapters) while the frozen vision tower supplies features.
+    ``Lfm2VlModel`` the language model trains (its adapters) while the frozen vision tower supplies features,
+    unless ``config.train_vision``: then the tower and projector train too, in the same AdamW step.
+
+    ``examples`` is any sequence (indexable, with a length): a list, or a lazy view that builds each example
+    when asked, so a large image set need not be preprocessed up front.
 
     ``eval_fn(model) -> dict`` runs every ``eval_every`` steps and at the end; its figures join the
     history. Checkpoints go to ``output_dir/checkpoint-<step>/`` (written to a temporary folder, then
@@ -126,15 +133,27 @@ class Trainer:
                  eval_fn: Callable[[Lfm2Model], Mapping[str, float]] | None = None) -> None:
         if not examples:
             raise ValueError("no training examples")
-        self.model, self.examples, self.config, self.eval_fn = model, list(examples), config, eval_fn
+        self.model, self.examples, self.config, self.eval_fn = model, examples, config, eval_fn
         self.lm: Lfm2Model = getattr(model, "text", model)  # what the optimiser updates and checkpoints hold
+        self.vision = getattr(model, "vision", None) if config.train_vision else None
+        if config.train_vision and self.vision is None:
+            raise ValueError("train_vision needs an Lfm2VlModel (a model with a vision tower)")
         self.pad_token_id = self.lm.config.pad_token_id if self.lm.config.pad_token_id is not None else 0
         micro = math.ceil(len(self.examples) / config.batch_size)
         self.steps_per_epoch = max(1, micro // config.gradient_accumulation_steps)
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
         self.step = 0
         self.history: list[dict] = []
-        self.lm.set_optimizer(config.optimizer)
+        self.optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> AdamW:
+        """The language model's AdamW (kept on it, as ``train_step`` uses it), or with ``train_vision`` one AdamW
+        over its trainable buffers and the vision tower's flat parameter buffer."""
+        if self.vision is None:
+            return self.lm.set_optimizer(self.config.optimizer)
+        params, grads = self.lm.trainable_buffers()
+        return AdamW(params + [self.vision._core.params()], grads + [self.vision._core.grads()],
+                     self.config.optimizer)
 
     def _micro_batches(self, start_step: int):
         """Micro-batches from optimiser step `start_step` on; each epoch is a fresh seeded permutation."""
@@ -165,14 +184,14 @@ class Trainer:
                     b = next(batches)
                     pixels = {key: b[key] for key in PIXEL_KEYS if key in b}
                     if pixels:
-                        pixels["train_vision"] = False
+                        pixels["train_vision"] = self.vision is not None
                     loss += model.loss_and_grad(b["input_ids"], b["labels"], b["attention_mask"], accumulate=k > 0,
                                                 **pixels)
                 if c.gradient_accumulation_steps > 1:  # the mean over micro-batches, as HF's Trainer scales it
-                    for g in lm.optimizer.grads:
+                    for g in self.optimizer.grads:
                         _core.scale_inplace(g, 1.0 / c.gradient_accumulation_steps)
                 lr = c.optimizer.lr * lr_factor(c.lr_scheduler, self.step, c.warmup_steps, self.total_steps)
-                grad_norm = lm.optimizer.step(lr)
+                grad_norm = self.optimizer.step(lr)
                 self.step += 1
                 record = {"step": self.step, "loss": loss / c.gradient_accumulation_steps, "lr": lr,
                           "grad_norm": grad_norm}
@@ -194,11 +213,15 @@ class Trainer:
         final = out / f"checkpoint-{self.step}"
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".checkpoint-{self.step}."))
         try:
-            if self.lm.lora_config is not None:
+            if self.vision is not None:
+                self.model.save_pretrained(tmp / "vl_model")
+                if self.lm.lora_config is not None:
+                    self.lm.save_adapter(tmp / "adapter")
+            elif self.lm.lora_config is not None:
                 self.lm.save_adapter(tmp / "adapter")
             else:
                 self.lm.save_pretrained(tmp / "model")
-            state = self.lm.optimizer.state_dict()
+            state = self.optimizer.state_dict()
             np.savez(tmp / "optimizer.npz", **{k: np.asarray(v) for k, v in state.items()})
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": self.step, "history": self.history, "config": _jsonable(asdict(self.config))}, indent=1))
@@ -216,14 +239,18 @@ class Trainer:
         if not checkpoints:
             return
         latest = checkpoints[-1]
+        if (latest / "vl_model").is_dir():
+            saved_model = type(self.model).from_pretrained(latest / "vl_model")
+            self.lm._core.params()[:] = saved_model.text._core.params()
+            self.vision._core.params()[:] = saved_model.vision._core.params()
         if (latest / "adapter").is_dir():
             self.lm.load_adapter(latest / "adapter")
-            self.lm.set_optimizer(self.config.optimizer)
-        else:
+            self.optimizer = self._make_optimizer()
+        elif (latest / "model").is_dir():
             loaded = Lfm2Model.from_pretrained(latest / "model")
             self.lm._core.params()[:] = loaded._core.params()
         with np.load(latest / "optimizer.npz") as state:
-            self.lm.optimizer.load_state_dict({k: state[k] for k in state.files})
+            self.optimizer.load_state_dict({k: state[k] for k in state.files})
         saved = json.loads((latest / "trainer_state.json").read_text())
         self.step, self.history = int(saved["step"]), list(saved["history"])
 
