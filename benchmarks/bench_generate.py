@@ -1,9 +1,11 @@
 """Generation throughput for the LFM2-350M shape (random weights, float32, batch 1): prefill of a 512-token prompt
 and greedy decode of 128 new tokens, captionaura vs transformers ``generate`` (same config, same thread count),
-run side by side, plus the decode roofline: weight bytes read per token / memory bandwidth measured in the same run
-(a STREAM-like NumPy "add" over 3 x 256 MiB arrays, one NumPy call per thread).
+run side by side, captionaura's streaming iterator (``stream=True``) next to its plain call, plus the decode
+roofline: weight bytes read per token / memory bandwidth measured in the same run (a STREAM-like NumPy "add" over
+3 x 256 MiB arrays, one NumPy call per thread). ``--shape tiny`` (bench_lfm2's tiny LFM2) shows the per-token
+overhead of streaming, which the 350M shape's decode time hides.
 
-    python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3]
+    python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3] [--shape 350m]
                                         [--torch-python .venv-ref/bin/python] [--no-torch] [--json out.json]
 
 Each new token is timestamped as it is emitted (captionaura: the per-token callback; transformers: a streamer).
@@ -66,7 +68,26 @@ def ours(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dic
                              callback=lambda row, tok: stamp())
         assert out.shape == (1, n)
 
-    return {**rates(measure(run, new, repeats), prompt, new), "parameters": model.num_parameters()}
+    # streaming: each token handled by some Python code (a caption streamer detokenises and sends a piece), on
+    # the decoding thread through the callback, or on the caller's thread from the stream=True iterator
+    def run_handled(n: int, stamp) -> None:
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, eos_token_id=config["eos_token_id"],
+                       callback=lambda row, tok: (handle_token(tok), stamp()) and None)
+
+    def run_streamed(n: int, stamp) -> None:
+        for _, tok in model.generate(ids, max_new_tokens=n, min_new_tokens=n, eos_token_id=config["eos_token_id"],
+                                     stream=True):
+            handle_token(tok)
+            stamp()
+
+    return {**rates(measure(run, new, repeats), prompt, new), "parameters": model.num_parameters(),
+            "handled": rates(measure(run_handled, new, repeats), prompt, new),
+            "streamed": rates(measure(run_streamed, new, repeats), prompt, new)}
+
+
+def handle_token(token: int) -> str:
+    """About 50 µs of Python per token (what a caption streamer spends detokenising and sending a piece)."""
+    return "".join(chr(97 + (token + i) % 26) for i in range(400))
 
 
 def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dict:
@@ -145,6 +166,7 @@ def main() -> None:
     parser.add_argument("--torch-python")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--shape", default="350m", choices=("tiny", "350m"))
     parser.add_argument("--torch-worker", type=int, help=argparse.SUPPRESS)  # internal: run the torch side
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,7 +176,7 @@ def main() -> None:
         return
     from bench_lfm2 import SHAPES
 
-    config = SHAPES["350m"]
+    config = {"eos_token_id": 7, **SHAPES[args.shape]}
     py = None if args.no_torch else torch_python(args.torch_python)
     results = {}
     for threads in [int(t) for t in args.threads.split(",")]:
@@ -170,7 +192,7 @@ def main() -> None:
         results[threads] = row
 
     weight_bytes = 4 * next(iter(results.values()))["ours"]["parameters"]  # f32; tied lm_head read once
-    print(f"\nLFM2-350M shape, f32, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
+    print(f"\nLFM2 {args.shape} shape, f32, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
           f"tokens (greedy), best of {args.repeats}")
     head = (f"{'threads':>7} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} {'ratio':>6} "
             f"{'roofline tok/s':>15} {'of roofline':>11}")
@@ -185,6 +207,16 @@ def main() -> None:
             ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
             rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase != "prefill" else f"{'':>15} {'':>11}"
             print(f"{threads:>7} {phase:<12} {o[key]:18.1f} {tv} {ratio} {rf}")
+    print("\nstreaming: each token handled by Python code (handle_token), from the plain call's callback vs from the "
+          "stream=True iterator, same run")
+    head = f"{'threads':>7} {'phase':<12} {'callback tok/s':>15} {'streamed tok/s':>15} {'ratio':>6}"
+    print(head)
+    print("-" * len(head))
+    for threads, row in results.items():
+        o, st = row["ours"]["handled"], row["ours"]["streamed"]
+        for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
+                           ("decode mean", "decode_mean_tok_s")):
+            print(f"{threads:>7} {phase:<12} {o[key]:15.1f} {st[key]:15.1f} {st[key] / o[key]:6.2f}")
     for threads, row in results.items():
         print(f"memory bandwidth ({threads} thread(s), NumPy add): {row['bandwidth'] / 1e9:.1f} GB/s; "
               f"weights {weight_bytes / 1e9:.2f} GB per decoded token")

@@ -232,6 +232,21 @@ def test_streaming_yields_the_same_tokens(mixed):
     assert [t for _, t in first] == full_prompt_greedy(mixed)[:3]
 
 
+def test_closing_a_stream_ends_the_decoding_and_hooks_still_stop_rows(mixed):
+    produced = []
+    it = mixed.generate(PROMPT, stream=True, max_new_tokens=4000, min_new_tokens=4000, eos_token_id=2,
+                        callback=lambda row, token: produced.append(token))
+    assert len([next(it) for _ in range(3)]) == 3
+    it.close()  # returns once the decoding thread has ended
+    assert 3 <= len(produced) < 4000
+    # a hook (here the callback) still ends its row at the token it returns true for
+    greedy = full_prompt_greedy(mixed)
+    stop = greedy[4]
+    streamed = [t for _, t in mixed.generate(PROMPT, stream=True, max_new_tokens=20, min_new_tokens=20,
+                                             eos_token_id=2, callback=lambda row, token: token == stop)]
+    assert streamed == greedy[: greedy.index(stop) + 1]
+
+
 def full_prompt_greedy(model):
     return model.generate(PROMPT, max_new_tokens=50, min_new_tokens=50, eos_token_id=2)[0].tolist()
 

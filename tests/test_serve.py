@@ -30,6 +30,8 @@ from captionaura.serve.validation import (
     decode_image,
     sniff_image_type,
 )
+from captionaura.video import VideoFrames, aggregate_captions, fit_frames
+from captionaura.vl import REFERENCE_PROMPT
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -163,40 +165,44 @@ def test_rate_limiter_allows_bursts_then_the_rate(monkeypatch):
 # ---- context and prompt -------------------------------------------------------------------------------
 
 def test_context_keeps_distinct_frames_counts_scene_changes_and_is_bounded():
-    ctx = ContextBuffer(ContextConfig(capacity=3, keep_threshold=0.01, scene_threshold=0.12))
+    # video.py's frame distance and thresholds: dropped below 0.02, a new scene above 0.15
+    assert (ContextConfig().keep_threshold, ContextConfig().scene_threshold) == (0.02, 0.15)
+    ctx = ContextBuffer(ContextConfig(capacity=3))
     grey = np.full((48, 64, 3), 100, np.uint8)
-    assert ctx.add(grey) is False and ctx.add(grey.copy()) is False   # a duplicate is seen, not kept
+    assert ctx.add(grey) is False and ctx.add(grey + 2) is False       # 2/255 = 0.008: seen, not kept
     assert ctx.state()["frames_kept"] == 1 and ctx.frames_seen == 2
     assert ctx.add(grey + 8) is False                                  # 8/255 = 0.03: kept, same scene
+    earlier = ctx.scene_video(5)                                       # the scene's frames before the latest
+    assert len(earlier) == 1 and earlier.frames[0].tolist() == grey.tolist() and earlier.scene_change.tolist() == [True]
     assert ctx.add(np.full_like(grey, 230)) is True                    # 0.48: a new scene
     ctx.note_caption("a grey wall")
-    assert ctx.scene_frames(5) == []                                   # the new scene has only its latest frame
-    for level in (190, 150, 110):                                     # 40/255 = 0.16 apart
+    assert ctx.scene_video(5) is None                                  # the new scene has only its latest frame
+    for level in (190, 150, 110):                                     # 40/255 = 0.157 apart
         ctx.add(np.full_like(grey, level))
     assert ctx.state()["frames_kept"] == 3 and ctx.state()["scene_changes"] == 4
     ctx.note_caption("darker")
-    ctx.note_caption("darker still")                                   # same scene: replaces
-    assert ctx.summary() == "Scene 2: a grey wall. Scene 5: darker still."
+    ctx.note_caption("darker still.")                                  # same scene: replaces
+    assert ctx.scene_captions() == ["a grey wall", "darker still."]
+    assert ctx.summary() == "First a grey wall, and finally darker still."   # aggregate_captions' sentence
     ctx.reset()
     assert ctx.state() == {"frames_kept": 0, "capacity": 3, "frames_seen": 0, "scene": 1, "scene_changes": 0,
                            "summary": ""}
 
 
-def test_prompt_carries_reference_context_posts_and_language(model):
-    frame, ref, earlier = picture(3), picture(4), [picture(5), picture(6)]
-    request = CaptionRequest(image=frame, earlier_frames=earlier, summary="Scene 1: a cat.",
-                             posts=["sunday pancakes", "new city, same coffee"], language="French")
-    images, text = CaptionService.prompt(request)
-    assert len(images) == 1 and images[0] is frame
-    assert text == ("Earlier in this video: Scene 1: a cat.\n"
-                    "Write in the user's own voice, like these past posts of theirs:\n"
-                    "- sunday pancakes\n- new city, same coffee\n"
-                    "Write the caption in French.\nWrite a short caption for this image.")
-    request.context_mode, request.reference = "frames", ref
-    images, text = CaptionService.prompt(request)
-    assert [id(i) for i in images] == [id(ref), *map(id, earlier), id(frame)]
-    assert "Earlier in this video" not in text and "3 last images are consecutive frames" in text
-    assert text.endswith("Write a short caption for the last image.")
+def test_request_context_is_the_frames_or_the_aggregated_captions():
+    frame, ctx = np.full((96, 128, 3), 125, np.uint8), ContextBuffer()
+    for level in (90, 110, 125):                                       # one scene
+        ctx.add(np.full((96, 128, 3), level, np.uint8))
+    assert len(ctx.scene_video(5)) == 2
+    request = CaptionRequest(image=frame, earlier_frames=ctx.scene_video(1), scene_captions=["a cat", "a cat.", "a dog"],
+                             context_mode="frames", posts=["sunday pancakes", "new city, same coffee"])
+    video, context = request.context()
+    assert context is None and len(video) == 1 and video.frames[0].tolist() == [[[110] * 3] * 128] * 96
+    assert request.style().posts == ["sunday pancakes", "new city, same coffee"]
+    request.context_mode = "captions"
+    video, context = request.context()
+    assert video is None and (context.mode, context.sentence) == ("captions", "First a cat, and finally a dog.")
+    assert CaptionRequest(image=frame).context() == (None, None) and CaptionRequest(image=frame).style() is None
 
 
 def test_generation_settings_are_bounded(model):
@@ -239,19 +245,21 @@ def test_live_frame_streams_the_models_caption_token_by_token(client, model, con
     assert text == model.caption(frame, generation=settings)     # the plain caption API, same prompt
     assert sum(m["type"] == "token" for m in seen) >= 2
     ctx, _ = receive_until(ws, "context")
-    assert ctx["summary"] == f"Scene 1: {text}" + ("" if text.endswith((".", "!", "?")) else ".")
-    # the next caption is told what came before
+    assert ctx["summary"] == aggregate_captions([text])                # the panel shows the context sentence
+    # the next caption is told what came before: captions mode's prompt with that sentence
     frame2 = picture(11)
     ws.send_bytes(b"\x01" + encode(frame2, "PNG"))
     text2, _ = caption_of(ws)
-    prompt = f"Earlier in this video: {ctx['summary']}\nWrite a short caption for this image."
+    prompt = f"Context from a video taken just before: {ctx['summary']}\nWrite a short caption for this image."
+    assert model.caption_prompt(context=ca.CaptionContext(mode="captions", sentence=ctx["summary"])).text == prompt
     assert text2 == model.caption(frame2, prompt=prompt, generation=settings)
 
 
 def test_reference_image_and_frames_mode_put_several_images_in_one_turn(client, model, connect):
     ws = connect(live=False, context_mode="frames")
     ref = picture(20)
-    frames = [picture(21), np.clip(picture(21).astype(int) + 12, 0, 255).astype(np.uint8)]  # one scene
+    big = picture(21, (384, 512))                               # large enough for fit_frames to shrink it
+    frames = [big, np.clip(big.astype(int) + 12, 0, 255).astype(np.uint8)]  # one scene
     ws.send_bytes(b"\x02" + encode(ref, "PNG"))
     assert receive_until(ws, "reference")[0] == {"type": "reference", "width": 128, "height": 96}
     for f in frames:
@@ -259,11 +267,16 @@ def test_reference_image_and_frames_mode_put_several_images_in_one_turn(client, 
         receive_until(ws, "context")
     ws.send_json({"type": "caption"})
     text, _ = caption_of(ws)
-    # greedy decoding by hand with the whole model's forward over reference + earlier frame + frame
-    prompt = ("The first image is a reference photo from the user: mention it if it appears.\n"
-              "The 2 last images are consecutive frames of a live video.\nWrite a short caption for the last image.")
+    # greedy decoding by hand with the whole model's forward over three images: the reference, the earlier
+    # frame as frames mode's video (shrunk to the frame budget by fit_frames), the frame
+    video = VideoFrames(frames[0][None], np.zeros(1), np.ones(1, bool))
+    kept, _ = fit_frames(video, model.processor, ca.VideoContextConfig().frame_token_budget)
+    assert len(kept) == 1 and kept.frames[0].shape[0] * kept.frames[0].shape[1] < 384 * 512
+    prompt = model.caption_prompt(context=ca.CaptionContext(mode="frames", frames=kept), reference=True).text
+    assert prompt == (f"{REFERENCE_PROMPT}\nThe next 1 image is a frame of a video, in time order, leading up to the "
+                      "last image.\nWrite a short caption for this image.")
     content = [{"type": "image"}] * 3 + [{"type": "text", "text": prompt}]
-    batch = model.processor(images=[ref, *frames], messages=[{"role": "user", "content": content}])
+    batch = model.processor(images=[ref, kept.frames[0], frames[1]], messages=[{"role": "user", "content": content}])
     tok, tokens = model.processor.tokenizer, []
     while len(tokens) < SETTINGS["max_new_tokens"]:
         ids = np.concatenate([batch.input_ids, np.asarray([tokens], np.int64).reshape(1, -1)], axis=1)
@@ -281,10 +294,15 @@ def test_style_posts_upload_and_rating(client, model, connect):
     ws.send_bytes(b"\x03" + encode(image, "WEBP"))               # an upload is captioned even when not live
     text, _ = caption_of(ws)
     settings = ca.GenerationConfig(max_new_tokens=8, eos_token_id=model.processor.tokenizer.token_to_id("<|im_end|>"))
-    prompt = ("Write in the user's own voice, like these past posts of theirs:\n- sunday pancakes\n"
-              "- new city, same coffee\nWrite the caption in French.\nWrite a short caption for this image.")
     decoded = decode_image(encode(image, "WEBP"))
+    # the posts as a StyleProfile: examples retrieved with a plain draft caption, then the style's prompt
+    draft = model.caption(decoded, generation=settings)
+    style = ca.StyleProfile.from_posts(["sunday pancakes", "new city, same coffee"])
+    prompt = model.caption_prompt(style=style, language="French", query=draft).text
+    assert style.prompt_text(style.retrieve(draft, 3)) in prompt and prompt.endswith("Write the caption in French.")
     assert text == model.caption(decoded, prompt=prompt, generation=settings)
+    with pytest.raises(ValueError, match="either video or a ready context"):
+        model.caption(decoded, video=np.stack([decoded]), context=ca.CaptionContext(mode="captions", sentence="x."))
     ws.send_json({"type": "rate", "id": 1, "rating": 1})
     assert receive_until(ws, "rated")[0] == {"type": "rated", "id": 1, "rating": 1}
     feedback = client.get("/api/feedback").json()["ratings"]
@@ -299,7 +317,7 @@ def test_style_posts_upload_and_rating(client, model, connect):
     ('{"type": "dance"}', "unknown command 'dance'"),
     ('{"type": "caption"}', "no frame yet"),
     ('{"type": "rate", "id": 9, "rating": 1}', "no finished caption with id 9"),
-    ('{"type": "settings", "context_mode": "audio"}', "context_mode must be one of captions, frames"),
+    ('{"type": "settings", "context_mode": "audio"}', "context_mode must be one of frames, captions"),
     ('{"type": "settings", "generation": {"top_p": 0}}', "top_p must be between"),
 ])
 def test_bad_messages_get_a_clear_error_and_the_connection_stays(client, connect, message, error):

@@ -114,6 +114,10 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(ca_get_num_threads());
 }
 
+static PyObject *py_thread_team_size(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong(ca_threads_team_size());
+}
+
 static PyObject *py_cuda_compiled(PyObject *self, PyObject *unused) {
 #ifdef CA_WITH_CUDA
     Py_RETURN_TRUE;
@@ -224,6 +228,8 @@ const ca_backend *ca_py_backend_named(const char *device) {
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
+    {"thread_team_size", py_thread_team_size, METH_NOARGS,
+     "Threads an OpenMP loop started on the calling thread gets now (the count applied by its last compute call)."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA backend was compiled in."},
     {"cuda_array", py_cuda_array, METH_VARARGS,
      "cuda_array(shape, dtype): zero-filled NumPy array in CUDA managed memory (needs a device)."},
@@ -249,6 +255,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     }
     if (ca_py_model_init(m) < 0) goto fail;
     if (ca_py_vision_init(m) < 0) goto fail;
+    if (ca_py_generate_init(m) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -13,6 +13,7 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include "captionaura/ca_backend.h"
 #include "captionaura/ca_status.h"
 
 /* Raises the Python exception matching `status` with the core's thread-local message; returns NULL. */
@@ -32,10 +33,12 @@ PyArrayObject *ca_py_array_shape(PyObject *obj, int typenum, int ndim, const npy
                                  const char *what);
 
 /* Runs `stmt` with the GIL released and `obj->lock` (a PyThread_type_lock) held: one compute call at a
- * time per core object, whose activation arena is shared between calls. */
+ * time per core object, whose activation arena is shared between calls. The calling thread first takes the
+ * process-wide thread count (ca_threads_apply). */
 #define CA_COMPUTE(obj, stmt)                                                                      \
     do {                                                                                           \
-        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock((obj)->lock, WAIT_LOCK);                      \
+        Py_BEGIN_ALLOW_THREADS ca_threads_apply();                                                 \
+        PyThread_acquire_lock((obj)->lock, WAIT_LOCK);                                             \
         stmt;                                                                                      \
         PyThread_release_lock((obj)->lock);                                                        \
         Py_END_ALLOW_THREADS                                                                       \
@@ -57,6 +60,7 @@ extern PyMethodDef ca_py_generate_methods[];
 extern PyMethodDef ca_py_cuda_methods[]; /* empty without the CUDA build */
 int ca_py_model_init(PyObject *module);  /* adds types; 0 on success, -1 with an exception set */
 int ca_py_vision_init(PyObject *module); /* adds _core.Vision */
+int ca_py_generate_init(PyObject *module); /* adds _core.TokenChannel */
 /* For other glue areas: the core model behind a _core.Lfm2 and its compute lock (a PyThread_type_lock),
  * or NULL with TypeError/RuntimeError set. */
 struct ca_lfm2_model *ca_py_lfm2_unwrap(PyObject *obj, void **lock);

@@ -16,7 +16,7 @@
 
 #define NOGIL(call)                                                                                           \
     do {                                                                                                      \
-        Py_BEGIN_ALLOW_THREADS call;                                                                          \
+        Py_BEGIN_ALLOW_THREADS ca_threads_apply(); call;                                                      \
         Py_END_ALLOW_THREADS                                                                                  \
     } while (0)
 

@@ -80,6 +80,7 @@ static PyObject *py_caption_metrics(PyObject *self, PyObject *args, PyObject *kw
 
     ca_status st;
     Py_BEGIN_ALLOW_THREADS
+    ca_threads_apply();
     st = ca_caption_metrics((int64_t)n, texts, offsets, texts + n, metrics, &sc);
     Py_END_ALLOW_THREADS
     if (st != CA_OK) {

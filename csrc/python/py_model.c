@@ -604,7 +604,8 @@ static PyObject *py_sgemm_seconds(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "ppiiii", &ta, &tb, &M, &N, &K, &reps)) return NULL;
     double seconds = 0;
     ca_status st;
-    Py_BEGIN_ALLOW_THREADS st = ca_sgemm_seconds(&seconds, ta, tb, M, N, K, reps);
+    Py_BEGIN_ALLOW_THREADS ca_threads_apply();
+    st = ca_sgemm_seconds(&seconds, ta, tb, M, N, K, reps);
     Py_END_ALLOW_THREADS
     if (st != CA_OK) return ca_py_raise(st);
     return PyFloat_FromDouble(seconds);

@@ -73,7 +73,7 @@ static int check_range(PyArrayObject *a, int hi, int has_allowed, int allowed, c
 /* Runs an op without the GIL, then raises a device backend's failure (the CPU's status is NULL). */
 #define NOGIL(call)                                                                                           \
     do {                                                                                                      \
-        Py_BEGIN_ALLOW_THREADS call;                                                                          \
+        Py_BEGIN_ALLOW_THREADS ca_threads_apply(); call;                                                      \
         Py_END_ALLOW_THREADS                                                                                  \
         ca_status nogil_status_ = ca_backend_status(ops_be);                                                  \
         if (nogil_status_ != CA_OK) return ca_py_raise(nogil_status_);                                        \

@@ -30,7 +30,8 @@ __version__ = "0.1.0"
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads used by the C core (OpenMP loops and OpenBLAS)."""
+    """Set the threads of the C core's OpenMP loops, for every thread of the process (a server's workers
+    too: each compute call applies it); OpenBLAS stays single-threaded."""
     _core.set_num_threads(int(n))
 
 

@@ -70,9 +70,14 @@ def thumbnail(frame: np.ndarray) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
+def thumbnail_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two thumbnails (:func:`thumbnail`), in [0, 1] (0: same picture)."""
+    return float(np.mean(np.abs(a - b)))
+
+
 def frame_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of the two frames' thumbnails, in [0, 1] (0: same picture)."""
-    return float(np.mean(np.abs(thumbnail(a) - thumbnail(b))))
+    """The distance of two frames: :func:`thumbnail_distance` of their thumbnails."""
+    return thumbnail_distance(thumbnail(a), thumbnail(b))
 
 
 def evenly_spaced(n_items: int, n_keep: int) -> np.ndarray:
@@ -112,7 +117,7 @@ def sample_frames(video: VideoInput, fps: float = 1.0, max_frames: int = 12, *, 
     last = thumbnail(frames[0])
     for i in range(1, len(frames)):
         thumb = thumbnail(frames[i])
-        distance = float(np.mean(np.abs(thumb - last)))
+        distance = thumbnail_distance(thumb, last)
         if dedupe and distance < dedupe_threshold:
             continue
         keep.append(i)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TEXT_PREFIX = "model.language_model."
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
+REFERENCE_PROMPT = "The first image is a reference photo from the user: mention what it shows if it appears."
 
 
 @dataclass
@@ -260,18 +261,20 @@ class Lfm2VlModel:
 
     def caption_prompt(self, prompt: str | None = None, context: CaptionContext | None = None,
                        style: "StyleProfile | None" = None, language: str | None = None,
-                       query: str = "", num_examples: int = 3) -> CaptionContext:
+                       query: str = "", num_examples: int = 3, reference: bool = False) -> CaptionContext:
         """The user text of a caption prompt (returned in ``context.text`` with the retrieved ``examples``):
-        the video context, the request, the user's style (the ``num_examples`` posts closest to ``query``),
-        and the language instruction."""
+        the reference image (first in the prompt, when there is one), the video context, the request, the
+        user's style (the ``num_examples`` posts closest to ``query``), and the language instruction."""
         from captionaura.personal import language_name
 
         context = context or CaptionContext()
         parts = []
+        if reference:
+            parts.append(REFERENCE_PROMPT)
         if context.mode == "frames" and context.frames is not None and len(context.frames):
             n = len(context.frames)
-            parts.append(f"The first {n} image{'s are frames' if n > 1 else ' is a frame'} of a video, in time "
-                         "order, leading up to the last image.")
+            parts.append(f"The {'next' if reference else 'first'} {n} image{'s are frames' if n > 1 else ' is a frame'}"
+                         " of a video, in time order, leading up to the last image.")
         elif context.mode == "captions" and context.sentence:
             parts.append(f"Context from a video taken just before: {context.sentence}")
         parts.append(prompt or DEFAULT_CAPTION_PROMPT)
@@ -285,6 +288,7 @@ class Lfm2VlModel:
 
     def caption(self, images: Any, prompt: str | None = None, generation: GenerationConfig | None = None,
                 stream: bool = False, *, video: Any = None, context_mode: str = "frames",
+                context: CaptionContext | None = None, reference: Any = None,
                 style: "StyleProfile | None" = None, language: str | None = None,
                 video_config: VideoContextConfig | None = None, num_examples: int = 3,
                 results_dir: str | os.PathLike[str] | None = None,
@@ -297,7 +301,11 @@ class Lfm2VlModel:
 
         ``video`` (a file, an array or ``VideoFrames``) adds what happened before the photo
         (:meth:`video_context`): ``context_mode="frames"`` puts the frames as images before the target image in
-        the same prompt, ``"captions"`` puts the aggregated frame captions in the text. ``style`` (a
+        the same prompt, ``"captions"`` puts the aggregated frame captions in the text. ``context``: a context
+        built beforehand instead of ``video`` (from :meth:`video_context`, or from captions already written:
+        ``CaptionContext("captions", frame_captions=captions, sentence=aggregate_captions(captions))``).
+        ``reference``: an image of the user's (their dog, their bike) put first in the prompt, with an
+        instruction to mention it if it appears. ``style`` (a
         ``StyleProfile``) adds the user's closest posts as examples and a summary of their style; the posts are
         retrieved by word overlap with the frame captions in captions mode, else with a plain draft caption of
         the image. ``language`` (a code such as "fr", or a name) asks for the caption in that language.
@@ -308,11 +316,16 @@ class Lfm2VlModel:
         targets = [images] if single else list(images)
         if stream and (not single or results_dir is not None):
             raise ValueError("stream=True captions one image at a time, without a results folder")
-        context = self.video_context(video, context_mode, settings, video_config, progressbar) \
-            if video is not None else CaptionContext()
+        if video is not None and context is not None:
+            raise ValueError("give either video or a ready context, not both")
+        if video is not None:
+            context = self.video_context(video, context_mode, settings, video_config, progressbar)
+        context = context or CaptionContext()
         context_images = list(context.frames.frames) if context.mode == "frames" and context.frames is not None \
             else []
-        plain = video is None and style is None and language is None
+        if reference is not None:
+            context_images.insert(0, reference)
+        plain = video is None and style is None and language is None and context.mode is None and reference is None
         captions, prompts = [], []
         for image in targets:
             text = prompt
@@ -321,7 +334,8 @@ class Lfm2VlModel:
                 if style is not None and not query.strip():
                     ids, features = self._caption_inputs(image, None)
                     query = self._generate_caption(ids, features, settings)
-                text = self.caption_prompt(prompt, context, style, language, query, num_examples).text
+                text = self.caption_prompt(prompt, context, style, language, query, num_examples,
+                                           reference is not None).text
             prompts.append(text or DEFAULT_CAPTION_PROMPT)
             ids, features = self._caption_inputs(image, text, context_images)
             if stream:
@@ -341,6 +355,9 @@ class Lfm2VlModel:
             if len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
+        text = tok.decode(tokens, skip_special_tokens=True)
+        if len(text) > len(shown):  # the caption ended inside a character: as the plain caption shows it
+            yield text[len(shown):]
 
     # -- parameters -----------------------------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:

@@ -64,8 +64,13 @@ static inline ca_status ca_backend_status(const ca_backend *be) { return be->sta
 
 extern const ca_backend ca_cpu_backend;
 
-/* Threads used by OpenMP loops and OpenBLAS (0 = leave as is). */
+/* Threads used by OpenMP loops, process-wide (0 = leave as is); OpenBLAS stays at one. */
 void ca_set_num_threads(int n);
+/* The count set by ca_set_num_threads, else the calling thread's OpenMP default. */
 int ca_get_num_threads(void);
+/* Gives the calling thread the process-wide count (OpenMP keeps it per thread): every compute entry calls it. */
+void ca_threads_apply(void);
+/* Threads an OpenMP parallel region opened on the calling thread gets now, as the ops' loops see it. */
+int ca_threads_team_size(void);
 
 #endif

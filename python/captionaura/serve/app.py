@@ -31,13 +31,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from captionaura.serve.context import ContextBuffer, ContextConfig
-from captionaura.serve.service import (
-    CONTEXT_MODES,
-    MAX_LANGUAGE_CHARS,
-    CaptionRequest,
-    CaptionService,
-    parse_posts,
-)
+from captionaura.serve.service import MAX_LANGUAGE_CHARS, CaptionRequest, CaptionService, parse_posts
+from captionaura.video import CONTEXT_MODES
 from captionaura.serve.validation import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -200,8 +195,8 @@ class Session:
         if self.busy():
             raise InputError("a caption is still being written: wait for it to finish")
         self.next_id += 1
-        request = CaptionRequest(image=image, earlier_frames=self.context.scene_frames(self.config.prompt_frames),
-                                 summary=self.context.summary(), context_mode=self.context_mode,
+        request = CaptionRequest(image=image, earlier_frames=self.context.scene_video(self.config.prompt_frames),
+                                 scene_captions=self.context.scene_captions(), context_mode=self.context_mode,
                                  reference=self.reference, posts=list(self.posts), language=self.language,
                                  generation=self.generation)
         self.task = asyncio.create_task(self.write_caption(self.next_id, request))
