@@ -4,7 +4,6 @@ tests/artifacts/notebooks/ for a look."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

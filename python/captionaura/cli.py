@@ -42,10 +42,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the main job on the built-in default and print its figures."""
+    """Federated, secure-aggregated LoRA personalisation of the packaged aura-tiny captioner for simulated
+    AuraScenes users: metrics per user (base / federated / personal), sample captions, a video with and
+    without context, report.json and report.png."""
     from captionaura.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(steps=args.steps, seed=args.seed, progressbar=not args.no_progress, report_path=args.report))
+    sizes = {name: getattr(args, name) for name in ("clients", "rounds", "local_steps", "personal_steps",
+                                                    "train_per_user", "test_per_user", "seed", "model")}
+    run_demo(DemoConfig(**{k: v for k, v in sizes.items() if v is not None}, out_dir=args.out,
+                        secure_aggregation=not args.no_secure_aggregation, video=not args.no_video,
+                        progressbar=not args.no_progress))
     return 0
 
 
@@ -187,10 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    demo.add_argument("--steps", type=int, default=60)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--report", help="also write the figures to this JSON file")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    # sizes left out take DemoConfig's defaults
+    demo.add_argument("--clients", type=int, help="simulated users, one client each")
+    demo.add_argument("--rounds", type=int, help="federated rounds")
+    demo.add_argument("--local-steps", type=int, help="client steps per round")
+    demo.add_argument("--personal-steps", type=int, help="on-device steps of each personal adapter (0: none)")
+    demo.add_argument("--train-per-user", type=int, help="private photos per user")
+    demo.add_argument("--test-per-user", type=int, help="held-out photos per user")
+    demo.add_argument("--no-secure-aggregation", action="store_true", help="aggregate plain updates")
+    demo.add_argument("--no-video", action="store_true", help="skip the video-context section")
+    demo.add_argument("--model", help="captioner checkpoint folder (default: the packaged aura-tiny)")
+    demo.add_argument("--out", default="demo_output", help="output folder (report.json, report.png, kits)")
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=cmd_demo)
 
     merge = sub.add_parser("merge", help=cmd_merge.__doc__, description=cmd_merge.__doc__)
