@@ -15,9 +15,9 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (test extra)")
 pytest.importorskip("uvicorn", reason="the web app needs the serve extra (starlette, uvicorn)")
 
-from captionaura.serve.load import serve_process
-from captionaura.video import aggregate_captions
-from test_serve import encode, picture, tiny_captioner
+from captionaura.serve.load import serve_process  # noqa: E402
+from captionaura.video import aggregate_captions  # noqa: E402
+from test_serve import encode, picture, tiny_captioner  # noqa: E402
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -1,5 +1,5 @@
-"""Load on a real server (``captionaura serve`` in its own process) over loopback: 20 concurrent WebSocket clients each sending camera frames
-and asking for captions (at most 5 a second each, the page's rate) with no error; latency percentiles
+"""Load on a real server (``captionaura serve`` in its own process) over loopback: 20 concurrent WebSocket clients
+each sending camera frames and asking for captions (at most 5 a second each, the page's rate) with no error; latency percentiles
 printed. The default run holds the load 5 s; ``pytest -m slow`` 30 s."""
 
 from __future__ import annotations
