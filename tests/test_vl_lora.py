@@ -161,3 +161,26 @@ def test_vision_lora_freezes_the_base_and_trains_the_adapters(tmp_path):
     assert vision and all(np.abs(moved[m["a_offset"]: m["b_offset"] + m["out_features"] * m["r"]]).max() > 0
                           for m in vision)
     assert (tmp_path / "checkpoint-8" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_moving_backends_keeps_vision_adapters_and_their_gradients():
+    """ca_vision_set_backend with adapters, exercised on the CPU: the profiling table is a distinct backend, so
+    to("cpu") from it allocates, copies and re-points the LoRA buffers exactly as a move to CUDA does."""
+    ref = np.load(HERE / "vl_lora" / "all_linear" / "reference.npz")
+    models = []
+    for _ in range(2):
+        m = ca.Lfm2VlModel.from_pretrained(BASE)
+        m.load_adapter(HERE / "vl_lora" / "all_linear" / "adapter")
+        m.loss_and_grad(ref["input_ids"], ref["labels"], **pixel_args())
+        models.append(m)
+    stay, moved = models
+    moved.vision._core.set_profiling(True)
+    old = moved.vision._core.lora_params()
+    moved.vision.to("cpu")
+    assert moved.vision._core.lora_params().ctypes.data != old.ctypes.data
+    np.testing.assert_array_equal(moved.lora_vector(), stay.lora_vector())
+    np.testing.assert_array_equal(moved.vision._core.lora_grads(), stay.vision._core.lora_grads())
+    assert moved.loss_and_grad(ref["input_ids"], ref["labels"], **pixel_args()) == \
+        stay.loss_and_grad(ref["input_ids"], ref["labels"], **pixel_args())
+    for key, g in stay.lora_gradients().items():
+        np.testing.assert_array_equal(moved.lora_gradients()[key], g, err_msg=key)

@@ -119,7 +119,9 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.
 class Trainer:
     """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`. For an
     ``Lfm2VlModel`` the language model trains (its adapters) while the frozen vision tower supplies features,
-    unless ``config.train_vision``: then the tower and projector train too, in the same AdamW step.
+    unless ``config.train_vision``: then the tower and projector train too, in the same AdamW step. With
+    adapters on the whole LFM2-VL model (``Lfm2VlModel.add_lora``) only adapters train: the language model's,
+    and with ``train_vision`` the tower's and projector's, their base weights frozen.
 
     ``examples`` is any sequence (indexable, with a length): a list, or a lazy view that builds each example
     when asked, so a large image set need not be preprocessed up front.
