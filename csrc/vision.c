@@ -657,8 +657,9 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
 /* ------------------------------------------------------------------------------------------------ */
 /* backward                                                                                          */
 
+/* The gradient slot of a parameter view; NULL for an absent tensor or a frozen base. */
 static float *grad_of(const ca_vision_model *m, const float *param) {
-    return param ? m->grads + (param - m->params) : NULL;
+    return (param && m->grads && !m->base_frozen) ? m->grads + (param - m->params) : NULL;
 }
 
 typedef struct {
@@ -686,7 +687,9 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
     const int f = c->downsample_factor, U = D * f * f, PH = c->projector_hidden_size;
     const int NH = c->num_attention_heads, HS = D / NH, L = c->num_layers_run, G = (int)lround(sqrt((double)c->num_patches));
     const int T = m->num_tiles, N = (int)m->tile_off[T], M = (int)m->tile_tok[T];
-    if (!m->grads) {
+    if (m->base_frozen) {
+        /* LoRA: no base gradient to fill */
+    } else if (!m->grads) {
         m->grads = be->alloc(m->num_parameters * sizeof(float));
         if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating vision gradients");
     } else if (!accumulate) {
@@ -758,7 +761,7 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
     }
     /* embeddings: h_0 = x_in · Wpatchᵀ + b + resize(pos_table) */
     proj_backward(m, -1, CA_VPROJ_PATCH, NULL, s.dres, m->x_in, N, 0, &s.lora);
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T && grad_of(m, m->pos_table); t++)
         be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
                                D);
     be->free(s.base);

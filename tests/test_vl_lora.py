@@ -124,7 +124,10 @@ def test_vision_lora_gradients_match_finite_differences():
                                  target_modules=["q_proj", "fc1", "fc2", "patch_embedding", "linear_1", "linear_2"]))
     ref = np.load(HERE / "vl_lora" / "all_linear" / "reference.npz")
     ids, labels = ref["input_ids"], ref["labels"]
+    base_grads = model.vision._core.grads()
+    base_grads[:] = 7.0
     model.loss_and_grad(ids, labels, **pixel_args())
+    assert (base_grads == 7.0).all()  # the frozen tower's base weights take no gradient under LoRA
     params, grads = model.lora_parameters(), {k: v.copy() for k, v in model.lora_gradients().items()}
     checked = 0
     for key in sorted(k for k in params if "vision_tower" in k or "projector" in k):

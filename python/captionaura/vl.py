@@ -420,6 +420,7 @@ class Lfm2VlModel:
         else:
             core.lora_clear()
         core.set_lora_enabled(True)
+        core.set_base_frozen(True)  # the tower's and projector's base weights take no gradient under LoRA
         self.lora_config = config
         self._merged = False
 
@@ -554,6 +555,7 @@ class Lfm2VlModel:
         self.text.remove_lora()
         self.vision._core.lora_clear()
         self.vision._core.set_lora_enabled(True)
+        self.vision._core.set_base_frozen(False)
         self.lora_config = None
         self._merged = False
 

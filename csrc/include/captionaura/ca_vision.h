@@ -150,6 +150,7 @@ typedef struct ca_vision_model {
     float *lora_grads;         /* (lora_size) */
     size_t lora_size;
     int lora_enabled;          /* 0 while disabled or merged */
+    int base_frozen;           /* LoRA training: backward fills only the adapters' gradients */
     uint64_t dropout_seed;     /* advanced by every train forward; backward regenerates the same masks */
 } ca_vision_model;
 
@@ -172,8 +173,8 @@ ca_status ca_vision_num_tokens(const ca_vision_model *m, int64_t *tokens, int64_
 ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, const float *pixel_values,
                             const int32_t *spatial_shapes, const int32_t *mask, int T, int P, int train);
 
-/* Backward of the last (train) forward from d features (M, TH): every parameter's gradient into m->grads,
- * overwritten, or added to when `accumulate`. */
+/* Backward of the last (train) forward from d features (M, TH): every parameter's gradient into m->grads (none
+ * while base_frozen) and every adapter's into m->lora_grads, overwritten, or added to when `accumulate`. */
 ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int accumulate);
 
 /* Reads every vision and projector tensor from safetensors files (a single file or all shards). Tensors of
