@@ -6,6 +6,7 @@ differences of vision LoRA gradients and a short vision-LoRA training run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,20 @@ def test_moving_backends_keeps_vision_adapters_and_their_gradients():
         stay.loss_and_grad(ref["input_ids"], ref["labels"], **pixel_args())
     for key, g in stay.lora_gradients().items():
         np.testing.assert_array_equal(moved.lora_gradients()[key], g, err_msg=key)
+
+
+def test_training_resumes_from_a_vl_adapter_checkpoint(tmp_path):
+    ref = np.load(HERE / "vl_lora" / "all_linear" / "reference.npz")
+    example = {"input_ids": ref["input_ids"][0], "labels": ref["labels"][0], **pixel_args()}
+    config = ca.LoraConfig(r=2, lora_alpha=4, target_modules=["fc2", "linear_2", "w1"])
+    vectors = []
+    for resume in (False, True):
+        model = ca.Lfm2VlModel.from_pretrained(BASE)
+        model.add_lora(config, seed=5 if resume else 0)  # resuming must overwrite this init
+        trainer = ca.Trainer(model, [example], ca.TrainingConfig(max_steps=4, train_vision=True, progressbar=False,
+                                                                 output_dir=str(tmp_path), save_every=2))
+        if resume:
+            shutil.rmtree(tmp_path / "checkpoint-4")
+        trainer.train(resume=resume)
+        vectors.append(model.lora_vector())
+    np.testing.assert_allclose(vectors[1], vectors[0], rtol=0, atol=1e-6)
