@@ -822,19 +822,22 @@ ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs
     return CA_OK;
 }
 
+void ca_lora_init_A(float *A, int r, int in, ca_rng *rng, int gaussian) {
+    const size_t numel = (size_t)r * in;
+    if (gaussian) { /* N(0, 1/r²) */
+        ca_rng_fill_normal(rng, A, numel, 1.0 / r);
+    } else { /* kaiming_uniform(a=sqrt(5)): bound = sqrt(6 / ((1 + 5)·fan_in)) = 1/sqrt(fan_in) */
+        const double bound = 1.0 / sqrt((double)in);
+        for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * ca_rng_uniform(rng) - 1.0) * bound);
+    }
+}
+
 ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
     ca_rng rng;
     ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_lora; i++) {
         const ca_lora_adapter *a = &m->lora[i];
-        float *A = m->lora_params + a->a_offset;
-        const size_t numel = (size_t)a->r * a->in;
-        if (gaussian) { /* N(0, 1/r²) */
-            ca_rng_fill_normal(&rng, A, numel, 1.0 / a->r);
-        } else { /* kaiming_uniform(a=sqrt(5)): bound = sqrt(6 / ((1 + 5)·fan_in)) = 1/sqrt(fan_in) */
-            const double bound = 1.0 / sqrt((double)a->in);
-            for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * ca_rng_uniform(&rng) - 1.0) * bound);
-        }
+        ca_lora_init_A(m->lora_params + a->a_offset, a->r, a->in, &rng, gaussian);
         memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
     }
     return CA_OK;

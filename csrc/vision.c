@@ -222,8 +222,13 @@ ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, c
     m->be = be ? be : &ca_cpu_backend;
     m->layers = calloc((size_t)cfg->num_layers_run, sizeof *m->layers);
     m->lacts = calloc((size_t)cfg->num_layers_run, sizeof *m->lacts);
+    m->lora_slot = malloc(((size_t)cfg->num_layers_run * CA_VPROJ_PER_LAYER + 3) * sizeof *m->lora_slot);
+    m->lora_enabled = 1;
     ca_param_table tb = {0};
-    ca_status st = (m->layers && m->lacts) ? CA_OK : ca_error(CA_ERR_NOMEM, "out of memory allocating vision layers");
+    ca_status st = (m->layers && m->lacts && m->lora_slot)
+                       ? CA_OK
+                       : ca_error(CA_ERR_NOMEM, "out of memory allocating vision layers");
+    for (int i = 0; m->lora_slot && i < cfg->num_layers_run * CA_VPROJ_PER_LAYER + 3; i++) m->lora_slot[i] = -1;
     if (st == CA_OK) st = build_param_table(m, &tb);
     if (st == CA_OK)
         st = ca_param_table_bind(&tb, m->be, &m->params, &m->param_info, &m->num_param_tensors, &m->num_parameters);
@@ -241,6 +246,8 @@ void ca_vision_free(ca_vision_model *m) {
     m->be->free(m->params);
     m->be->free(m->grads);
     m->be->free(m->acts);
+    ca_vision_lora_clear(m);
+    free(m->lora_slot);
     free(m->param_info);
     free(m->layers);
     free(m->lacts);
@@ -257,9 +264,14 @@ void ca_vision_free(ca_vision_model *m) {
 ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
     const size_t P = m->num_parameters;
-    float *grads = NULL;
-    if (m->grads && !(grads = be->alloc(P * sizeof(float))))
+    float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
+    if ((m->grads && !(grads = be->alloc(P * sizeof(float)))) ||
+        (m->lora_params && !(lora_params = be->alloc(m->lora_size * sizeof(float)))) ||
+        (m->lora_grads && !(lora_grads = be->alloc(m->lora_size * sizeof(float))))) {
+        if (grads) be->free(grads);
+        if (lora_params) be->free(lora_params);
         return ca_error(CA_ERR_NOMEM, "out of memory moving the vision model to the %s backend", be->name);
+    }
     ca_param_table tb = {0};
     float *params = NULL, *old_params = m->params;
     ca_param_info *info = NULL;
@@ -270,16 +282,24 @@ ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
     if (st != CA_OK) {
         ca_param_table_discard(&tb);
         if (grads) be->free(grads);
+        if (lora_params) be->free(lora_params);
+        if (lora_grads) be->free(lora_grads);
         return st;
     }
     free(info); /* identical to m->param_info */
     memcpy(params, old_params, P * sizeof(float));
     if (grads) memcpy(grads, m->grads, P * sizeof(float));
+    if (lora_params) memcpy(lora_params, m->lora_params, m->lora_size * sizeof(float));
+    if (lora_grads) memcpy(lora_grads, m->lora_grads, m->lora_size * sizeof(float));
     m->be->free(old_params);
     m->be->free(m->grads);
+    if (m->lora_params) m->be->free(m->lora_params);
+    if (m->lora_grads) m->be->free(m->lora_grads);
     m->be->free(m->acts);
     m->params = params;
     m->grads = grads;
+    m->lora_params = lora_params;
+    m->lora_grads = lora_grads;
     m->acts = NULL;
     m->acts_floats = 0;
     m->have_train_acts = 0;
@@ -350,6 +370,11 @@ ca_status ca_vision_num_tokens(const ca_vision_model *m, int64_t *tokens, int64_
     return check_tiles(m, spatial_shapes, mask, T, P, patches, tokens);
 }
 
+/* Rows an adapter's linear sees: the N packed patches in the tower, the M output tokens in the projector. */
+static size_t lora_rows(const ca_vision_lora_adapter *a, size_t N, size_t M) {
+    return (a->proj == CA_VPROJ_LINEAR_1 || a->proj == CA_VPROJ_LINEAR_2) ? M : N;
+}
+
 /* Lays out (base == NULL: only measures) every activation buffer for N packed patches, M output tokens and
  * A attention probabilities per layer; `slots` layer-activation sets (all layers for training, else one). */
 static size_t layout_acts(ca_vision_model *m, float *base, size_t N, size_t M, size_t A, int slots) {
@@ -395,6 +420,14 @@ static size_t layout_acts(ca_vision_model *m, float *base, size_t N, size_t M, s
     TAKE(m->rstdp, M);
     TAKE(m->p1, M * PH);
     TAKE(m->pa, M * PH);
+    size_t max_drop = 0;
+    for (int i = 0; i < m->num_lora; i++) {
+        ca_vision_lora_adapter *a = &m->lora[i];
+        const size_t rows = lora_rows(a, N, M);
+        TAKE(a->h, rows * a->r);
+        if (a->dropout > 0 && rows * a->in > max_drop) max_drop = rows * a->in;
+    }
+    TAKE(m->lora_xdrop, max_drop);
 #undef TAKE
     return used;
 }
@@ -432,9 +465,110 @@ static ca_status ensure_acts(ca_vision_model *m, size_t N, size_t M, size_t A, i
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* projections: the one choke point where every linear of the vision side runs, LoRA included          */
+
+static const char *const vproj_names[CA_NUM_VPROJ] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2",
+    "embeddings.patch_embedding", "linear_1", "linear_2",
+};
+
+const char *ca_vision_proj_name(ca_vision_proj proj) {
+    return proj >= 0 && proj < CA_NUM_VPROJ ? vproj_names[proj] : "?";
+}
+
+/* The weight (out, in) and bias of linear `proj` (of encoder layer `l` for the per-layer ones). */
+static float *proj_weight(const ca_vision_model *m, int l, ca_vision_proj proj, float **bias, int *in, int *out) {
+    const ca_vision_config *c = &m->cfg;
+    const int D = c->hidden_size, F = c->intermediate_size, K = c->num_channels * c->patch_size * c->patch_size;
+    const int U = D * c->downsample_factor * c->downsample_factor, PH = c->projector_hidden_size;
+    const ca_vision_layer *w = proj < CA_VPROJ_PER_LAYER ? &m->layers[l] : NULL;
+    switch (proj) {
+    case CA_VPROJ_Q: *in = D, *out = D, *bias = w->q_b; return w->q_w;
+    case CA_VPROJ_K: *in = D, *out = D, *bias = w->k_b; return w->k_w;
+    case CA_VPROJ_V: *in = D, *out = D, *bias = w->v_b; return w->v_w;
+    case CA_VPROJ_OUT: *in = D, *out = D, *bias = w->o_b; return w->o_w;
+    case CA_VPROJ_FC1: *in = D, *out = F, *bias = w->fc1_b; return w->fc1_w;
+    case CA_VPROJ_FC2: *in = F, *out = D, *bias = w->fc2_b; return w->fc2_w;
+    case CA_VPROJ_PATCH: *in = K, *out = D, *bias = m->patch_b; return m->patch_w;
+    case CA_VPROJ_LINEAR_1: *in = U, *out = PH, *bias = m->l1_b; return m->l1_w;
+    case CA_VPROJ_LINEAR_2: *in = PH, *out = c->text_hidden_size, *bias = m->l2_b; return m->l2_w;
+    default: return NULL;
+    }
+}
+
+static int slot_index(const ca_vision_model *m, int l, ca_vision_proj proj) {
+    return proj < CA_VPROJ_PER_LAYER ? l * CA_VPROJ_PER_LAYER + proj
+                                     : m->cfg.num_layers_run * CA_VPROJ_PER_LAYER + (proj - CA_VPROJ_PER_LAYER);
+}
+
+static const ca_vision_lora_adapter *lora_at(const ca_vision_model *m, int l, ca_vision_proj proj) {
+    if (!m->lora_enabled || !m->num_lora) return NULL;
+    int slot = m->lora_slot[slot_index(m, l, proj)];
+    return slot < 0 ? NULL : &m->lora[slot];
+}
+
+/* Each adapter draws its own dropout mask per train forward from (step seed, adapter index). */
+static uint64_t lora_dropout_seed(const ca_vision_model *m, const ca_vision_lora_adapter *a) {
+    return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
+}
+
+/* out (rows, outd) = inp (rows, in) · Wᵀ + b  [+ s · B(A·dropout(inp)) when the linear has an adapter] */
+static void proj_forward(ca_vision_model *m, int l, ca_vision_proj proj, float *out, const float *inp, int rows,
+                         int train) {
+    int in, outd;
+    float *bias;
+    const float *W = proj_weight(m, l, proj, &bias, &in, &outd);
+    m->be->linear_forward(out, inp, W, bias, rows, in, outd);
+    const ca_vision_lora_adapter *a = lora_at(m, l, proj);
+    if (!a) return;
+    const float *x = inp;
+    if (a->dropout > 0 && train) {
+        m->be->dropout_forward(m->lora_xdrop, inp, (size_t)rows * in, a->dropout, lora_dropout_seed(m, a));
+        x = m->lora_xdrop;
+    }
+    m->be->lora_forward(out, a->h, x, m->lora_params + a->a_offset, m->lora_params + a->b_offset, a->scaling, rows,
+                        in, outd, a->r);
+}
+
+/* Backward scratch of the LoRA path: (rows, max r) dh, and (rows, max in) regenerated dropout input and its
+ * gradient before dropout's backward. */
+typedef struct {
+    float *dh, *xdrop, *dxl;
+} lora_scratch;
+
+static float *grad_of(const ca_vision_model *m, const float *param);
+
+/* dinp (= or += by accumulate; NULL: not wanted) and the gradients of W, b and of the adapter, from dout. */
+static void proj_backward(ca_vision_model *m, int l, ca_vision_proj proj, float *dinp, const float *dout,
+                          const float *inp, int rows, int accumulate, const lora_scratch *s) {
+    int in, outd;
+    float *bias;
+    const float *W = proj_weight(m, l, proj, &bias, &in, &outd);
+    m->be->linear_backward(dinp, grad_of(m, W), grad_of(m, bias), dout, inp, W, rows, in, outd, accumulate);
+    const ca_vision_lora_adapter *a = lora_at(m, l, proj);
+    if (!a) return;
+    const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
+    float *dA = m->lora_grads + a->a_offset, *dB = m->lora_grads + a->b_offset;
+    if (a->dropout > 0) {
+        const uint64_t seed = lora_dropout_seed(m, a);
+        const size_t n = (size_t)rows * in;
+        m->be->dropout_forward(s->xdrop, inp, n, a->dropout, seed);
+        if (dinp) m->be->zero(s->dxl, n);
+        m->be->lora_backward(dinp ? s->dxl : NULL, dA, dB, s->dh, dout, s->xdrop, a->h, A, Bw, a->scaling, rows, in,
+                             outd, a->r);
+        if (dinp) {
+            m->be->dropout_backward(s->dxl, s->dxl, n, a->dropout, seed);
+            m->be->add_inplace(dinp, s->dxl, n);
+        }
+    } else {
+        m->be->lora_backward(dinp, dA, dB, s->dh, dout, inp, a->h, A, Bw, a->scaling, rows, in, outd, a->r);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
 /* forward                                                                                           */
 
-static void layer_forward(ca_vision_model *m, int l) {
+static void layer_forward(ca_vision_model *m, int l, int train) {
     const ca_backend *be = m->be;
     const ca_vision_config *c = &m->cfg;
     const int N = (int)m->tile_off[m->num_tiles], D = c->hidden_size, F = c->intermediate_size;
@@ -446,20 +580,20 @@ static void layer_forward(ca_vision_model *m, int l) {
     float *hout = m->hs + (size_t)(l + 1) * N * D; /* (N, D) layer output */
 
     be->layernorm_forward(a->x1, a->mean1, a->rstd1, h, w->ln1_w, w->ln1_b, N, D, eps);
-    be->linear_forward(a->q, a->x1, w->q_w, w->q_b, N, D, D);
-    be->linear_forward(a->k, a->x1, w->k_w, w->k_b, N, D, D);
-    be->linear_forward(a->v, a->x1, w->v_w, w->v_b, N, D, D);
+    proj_forward(m, l, CA_VPROJ_Q, a->q, a->x1, N, train);
+    proj_forward(m, l, CA_VPROJ_K, a->k, a->x1, N, train);
+    proj_forward(m, l, CA_VPROJ_V, a->v, a->x1, N, train);
     for (int t = 0; t < m->num_tiles; t++) { /* bidirectional attention within each tile's valid patches */
         size_t off = m->tile_off[t] * D;
         int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
         be->mha_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH, HS);
     }
-    be->linear_forward(a->mid, a->ao, w->o_w, w->o_b, N, D, D);
+    proj_forward(m, l, CA_VPROJ_OUT, a->mid, a->ao, N, train);
     be->add_inplace(a->mid, h, (size_t)N * D);
     be->layernorm_forward(a->x2, a->mean2, a->rstd2, a->mid, w->ln2_w, w->ln2_b, N, D, eps);
-    be->linear_forward(a->h1, a->x2, w->fc1_w, w->fc1_b, N, D, F);
+    proj_forward(m, l, CA_VPROJ_FC1, a->h1, a->x2, N, train);
     be->gelu_forward(a->act, a->h1, (size_t)N * F, c->mlp_gelu_tanh);
-    be->linear_forward(hout, a->act, w->fc2_w, w->fc2_b, N, F, D);
+    proj_forward(m, l, CA_VPROJ_FC2, hout, a->act, N, train);
     be->add_inplace(hout, a->mid, (size_t)N * D);
 }
 
@@ -473,7 +607,7 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     CA_TRY(ensure_tiles(m, T));
     const int D = c->hidden_size, K = c->num_channels * c->patch_size * c->patch_size, f = c->downsample_factor;
     const int NH = c->num_attention_heads, G = (int)lround(sqrt((double)c->num_patches));
-    const int U = D * f * f, PH = c->projector_hidden_size, TH = c->text_hidden_size, L = c->num_layers_run;
+    const int U = D * f * f, PH = c->projector_hidden_size, L = c->num_layers_run;
     size_t A = 0;
     m->num_tiles = T;
     m->tile_off[0] = m->tile_tok[0] = 0;
@@ -489,17 +623,18 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     const size_t N = (size_t)N64, M = (size_t)M64;
     m->att_floats = A;
     CA_TRY(ensure_acts(m, N, M, A, train ? L : 1));
+    if (train) m->dropout_seed++; /* a fresh dropout mask every step, the same in forward and backward */
 
     /* embeddings: patch_embedding over the packed valid patches, plus the per-tile resized position table */
     for (int t = 0; t < T; t++)
         m->be->copy(m->x_in + m->tile_off[t] * K, pixel_values + (size_t)t * P * K,
                     (m->tile_off[t + 1] - m->tile_off[t]) * K * sizeof(float));
-    be->linear_forward(m->hs, m->x_in, m->patch_w, m->patch_b, (int)N, K, D);
+    proj_forward(m, -1, CA_VPROJ_PATCH, m->hs, m->x_in, (int)N, train);
     for (int t = 0; t < T; t++)
         be->posresize_forward(m->pos + m->tile_off[t] * D, m->pos_table, G, G, m->tile_h[t], m->tile_w[t], D);
     be->add_inplace(m->hs, m->pos, N * D);
 
-    for (int l = 0; l < L; l++) layer_forward(m, l);
+    for (int l = 0; l < L; l++) layer_forward(m, l, train);
     be->layernorm_forward(m->xf, m->meanf, m->rstdf, m->hs + (size_t)L * N * D, m->post_w, m->post_b, (int)N, D,
                           (float)c->layer_norm_eps);
 
@@ -511,9 +646,9 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
         be->layernorm_forward(m->pn, m->meanp, m->rstdp, m->un, m->pln_w, m->pln_b, (int)M, U, PROJECTOR_LN_EPS);
         pin = m->pn;
     }
-    be->linear_forward(m->p1, pin, m->l1_w, m->l1_b, (int)M, U, PH);
+    proj_forward(m, -1, CA_VPROJ_LINEAR_1, m->p1, pin, (int)M, train);
     be->gelu_forward(m->pa, m->p1, M * PH, c->projector_gelu_tanh);
-    if (features) be->linear_forward(features, m->pa, m->l2_w, m->l2_b, (int)M, PH, TH);
+    if (features) proj_forward(m, -1, CA_VPROJ_LINEAR_2, features, m->pa, (int)M, train);
     if (hidden) m->be->copy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
     m->have_train_acts = train ? 1 : 0;
     return ca_backend_status(m->be); /* a device backend's deferred failure */
@@ -522,8 +657,9 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
 /* ------------------------------------------------------------------------------------------------ */
 /* backward                                                                                          */
 
+/* The gradient slot of a parameter view; NULL for an absent tensor or a frozen base. */
 static float *grad_of(const ca_vision_model *m, const float *param) {
-    return param ? m->grads + (param - m->params) : NULL;
+    return (param && m->grads && !m->base_frozen) ? m->grads + (param - m->params) : NULL;
 }
 
 typedef struct {
@@ -538,6 +674,7 @@ typedef struct {
     float *dpa;  /* (M, PH) */
     float *dp1;  /* (M, PH) */
     float *dS;   /* Σ_t NH·S_t² attention-score gradients (mha_backward workspace) */
+    lora_scratch lora; /* dh (max rows, max r), xdrop and dxl (max rows, max in) */
     float *base;
 } vision_scratch;
 
@@ -546,21 +683,32 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         return ca_error(CA_ERR_VALUE, "vision backward needs a preceding forward with train=True on the same model");
     const ca_vision_config *c = &m->cfg;
     const ca_backend *be = m->be;
-    const int D = c->hidden_size, F = c->intermediate_size, K = c->num_channels * c->patch_size * c->patch_size;
-    const int f = c->downsample_factor, U = D * f * f, PH = c->projector_hidden_size, TH = c->text_hidden_size;
+    const int D = c->hidden_size, F = c->intermediate_size;
+    const int f = c->downsample_factor, U = D * f * f, PH = c->projector_hidden_size;
     const int NH = c->num_attention_heads, HS = D / NH, L = c->num_layers_run, G = (int)lround(sqrt((double)c->num_patches));
     const int T = m->num_tiles, N = (int)m->tile_off[T], M = (int)m->tile_tok[T];
-    if (!m->grads) {
+    if (m->base_frozen) {
+        /* LoRA: no base gradient to fill */
+    } else if (!m->grads) {
         m->grads = be->alloc(m->num_parameters * sizeof(float));
         if (!m->grads) return ca_error(CA_ERR_NOMEM, "out of memory allocating vision gradients");
     } else if (!accumulate) {
         be->zero(m->grads, m->num_parameters);
     }
+    if (m->num_lora && m->lora_enabled && !accumulate) be->zero(m->lora_grads, m->lora_size);
+    size_t max_rh = 0, max_drop = 0;
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_vision_lora_adapter *a = &m->lora[i];
+        const size_t rows = lora_rows(a, (size_t)N, (size_t)M);
+        if (rows * a->r > max_rh) max_rh = rows * a->r;
+        if (a->dropout > 0 && rows * a->in > max_drop) max_drop = rows * a->in;
+    }
     vision_scratch s;
     const size_t sizes[] = {(size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D, (size_t)N * D,
                             (size_t)N * F, (size_t)N * F, (size_t)M * U, (size_t)M * U, (size_t)M * PH, (size_t)M * PH,
-                            m->att_floats};
-    float **slots[] = {&s.dres, &s.dx, &s.dao, &s.dq, &s.dk, &s.dv, &s.dact, &s.dh1, &s.du, &s.dpn, &s.dpa, &s.dp1, &s.dS};
+                            m->att_floats, max_rh, max_drop, max_drop};
+    float **slots[] = {&s.dres, &s.dx, &s.dao, &s.dq, &s.dk, &s.dv, &s.dact, &s.dh1, &s.du, &s.dpn, &s.dpa, &s.dp1, &s.dS,
+                       &s.lora.dh, &s.lora.xdrop, &s.lora.dxl};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
     s.base = be->alloc(total * sizeof(float));
@@ -571,15 +719,15 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
     }
 
     /* projector: features = linear_2(gelu(linear_1(pn))) */
-    be->linear_backward(s.dpa, grad_of(m, m->l2_w), grad_of(m, m->l2_b), d_features, m->pa, m->l2_w, M, PH, TH, 0);
+    proj_backward(m, -1, CA_VPROJ_LINEAR_2, s.dpa, d_features, m->pa, M, 0, &s.lora);
     be->gelu_backward(s.dp1, s.dpa, m->p1, (size_t)M * PH, c->projector_gelu_tanh);
     if (m->pln_w) {
-        be->linear_backward(s.dpn, grad_of(m, m->l1_w), grad_of(m, m->l1_b), s.dp1, m->pn, m->l1_w, M, U, PH, 0);
+        proj_backward(m, -1, CA_VPROJ_LINEAR_1, s.dpn, s.dp1, m->pn, M, 0, &s.lora);
         be->zero(s.du, (size_t)M * U); /* layernorm_backward accumulates */
         be->layernorm_backward(s.du, grad_of(m, m->pln_w), grad_of(m, m->pln_b), s.dpn, m->un, m->pln_w, m->meanp,
                                m->rstdp, M, U);
     } else {
-        be->linear_backward(s.du, grad_of(m, m->l1_w), grad_of(m, m->l1_b), s.dp1, m->un, m->l1_w, M, U, PH, 0);
+        proj_backward(m, -1, CA_VPROJ_LINEAR_1, s.du, s.dp1, m->un, M, 0, &s.lora);
     }
     for (int t = 0; t < T; t++)
         be->unshuffle_backward(s.dx + m->tile_off[t] * D, s.du + m->tile_tok[t] * U, m->tile_h[t], m->tile_w[t], D, f);
@@ -592,28 +740,28 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         const ca_vision_layer_acts *a = &m->lacts[l];
         const float *h = m->hs + (size_t)l * N * D;
         /* MLP: hout = mid + fc2(gelu(fc1(x2))); s.dres = d hout on entry, d mid after layer_norm2's backward */
-        be->linear_backward(s.dact, grad_of(m, w->fc2_w), grad_of(m, w->fc2_b), s.dres, a->act, w->fc2_w, N, F, D, 0);
+        proj_backward(m, l, CA_VPROJ_FC2, s.dact, s.dres, a->act, N, 0, &s.lora);
         be->gelu_backward(s.dh1, s.dact, a->h1, (size_t)N * F, c->mlp_gelu_tanh);
-        be->linear_backward(s.dx, grad_of(m, w->fc1_w), grad_of(m, w->fc1_b), s.dh1, a->x2, w->fc1_w, N, D, F, 0);
+        proj_backward(m, l, CA_VPROJ_FC1, s.dx, s.dh1, a->x2, N, 0, &s.lora);
         be->layernorm_backward(s.dres, grad_of(m, w->ln2_w), grad_of(m, w->ln2_b), s.dx, a->mid, w->ln2_w, a->mean2,
                                a->rstd2, N, D);
         /* attention: mid = h + out_proj(attn(q, k, v)) */
-        be->linear_backward(s.dao, grad_of(m, w->o_w), grad_of(m, w->o_b), s.dres, a->ao, w->o_w, N, D, D, 0);
+        proj_backward(m, l, CA_VPROJ_OUT, s.dao, s.dres, a->ao, N, 0, &s.lora);
         for (int t = 0; t < T; t++) {
             size_t off = m->tile_off[t] * D;
             int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
             be->mha_backward(s.dq + off, s.dk + off, s.dv + off, s.dS + m->tile_att[t], s.dao + off, a->q + off,
                              a->k + off, a->v + off, a->att + m->tile_att[t], S, NH, HS);
         }
-        be->linear_backward(s.dx, grad_of(m, w->q_w), grad_of(m, w->q_b), s.dq, a->x1, w->q_w, N, D, D, 0);
-        be->linear_backward(s.dx, grad_of(m, w->k_w), grad_of(m, w->k_b), s.dk, a->x1, w->k_w, N, D, D, 1);
-        be->linear_backward(s.dx, grad_of(m, w->v_w), grad_of(m, w->v_b), s.dv, a->x1, w->v_w, N, D, D, 1);
+        proj_backward(m, l, CA_VPROJ_Q, s.dx, s.dq, a->x1, N, 0, &s.lora);
+        proj_backward(m, l, CA_VPROJ_K, s.dx, s.dk, a->x1, N, 1, &s.lora);
+        proj_backward(m, l, CA_VPROJ_V, s.dx, s.dv, a->x1, N, 1, &s.lora);
         be->layernorm_backward(s.dres, grad_of(m, w->ln1_w), grad_of(m, w->ln1_b), s.dx, h, w->ln1_w, a->mean1,
                                a->rstd1, N, D);
     }
     /* embeddings: h_0 = x_in · Wpatchᵀ + b + resize(pos_table) */
-    be->linear_backward(NULL, grad_of(m, m->patch_w), grad_of(m, m->patch_b), s.dres, m->x_in, m->patch_w, N, K, D, 0);
-    for (int t = 0; t < T; t++)
+    proj_backward(m, -1, CA_VPROJ_PATCH, NULL, s.dres, m->x_in, N, 0, &s.lora);
+    for (int t = 0; t < T && grad_of(m, m->pos_table); t++)
         be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
                                D);
     be->free(s.base);
@@ -732,4 +880,91 @@ ca_status ca_vision_save_safetensors(const ca_vision_model *m, const char *path)
     ca_status st = ca_safetensors_write(path, items, m->num_param_tensors, metadata, 1);
     free(items);
     return st;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* LoRA adapters                                                                                     */
+
+void ca_vision_lora_clear(ca_vision_model *m) {
+    if (m->lora_params) m->be->free(m->lora_params);
+    if (m->lora_grads) m->be->free(m->lora_grads);
+    free(m->lora);
+    m->lora = NULL;
+    m->lora_params = m->lora_grads = NULL;
+    m->num_lora = 0;
+    m->lora_size = 0;
+    for (int i = 0; m->lora_slot && i < m->cfg.num_layers_run * CA_VPROJ_PER_LAYER + 3; i++) m->lora_slot[i] = -1;
+    m->have_train_acts = 0; /* the arena layout changes */
+}
+
+ca_status ca_vision_lora_add(ca_vision_model *m, const int *layers, const int *projs, int n, int r, float scaling,
+                             float dropout) {
+    if (r <= 0) return ca_error(CA_ERR_VALUE, "LoRA rank r must be positive, got %d", r);
+    if (n <= 0) return ca_error(CA_ERR_VALUE, "no LoRA target module given");
+    if (!(dropout >= 0.0f && dropout < 1.0f)) return ca_error(CA_ERR_VALUE, "lora_dropout must be in [0, 1), got %g", dropout);
+    if (!isfinite(scaling)) return ca_error(CA_ERR_VALUE, "LoRA scaling must be finite");
+    for (int i = 0; i < n; i++) {
+        const int per_layer = projs[i] >= 0 && projs[i] < CA_VPROJ_PER_LAYER;
+        if (projs[i] < 0 || projs[i] >= CA_NUM_VPROJ ||
+            (per_layer ? layers[i] < 0 || layers[i] >= m->cfg.num_layers_run : layers[i] != -1))
+            return ca_error(CA_ERR_VALUE, "vision LoRA target %d: layer %d / projection %d out of range", i, layers[i],
+                            projs[i]);
+        for (int j = 0; j < i; j++)
+            if (layers[j] == layers[i] && projs[j] == projs[i])
+                return ca_error(CA_ERR_VALUE, "vision LoRA target %d (layer %d, %s) given twice", i, layers[i],
+                                vproj_names[projs[i]]);
+    }
+    ca_vision_lora_clear(m);
+    m->lora = calloc((size_t)n, sizeof *m->lora);
+    if (!m->lora) return ca_error(CA_ERR_NOMEM, "out of memory adding vision LoRA adapters");
+    size_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        ca_vision_lora_adapter *a = &m->lora[i];
+        float *bias;
+        a->layer = layers[i];
+        a->proj = (ca_vision_proj)projs[i];
+        proj_weight(m, a->layer, a->proj, &bias, &a->in, &a->out);
+        a->r = r;
+        a->scaling = scaling;
+        a->dropout = dropout;
+        a->a_offset = offset;
+        offset += (size_t)r * a->in;
+        a->b_offset = offset;
+        offset += (size_t)a->out * r;
+        m->lora_slot[slot_index(m, a->layer, a->proj)] = i;
+    }
+    m->num_lora = n;
+    m->lora_size = offset;
+    m->lora_params = m->be->alloc(offset * sizeof(float));
+    m->lora_grads = m->be->alloc(offset * sizeof(float));
+    if (!m->lora_params || !m->lora_grads) {
+        ca_vision_lora_clear(m);
+        return ca_error(CA_ERR_NOMEM, "out of memory allocating %zu vision LoRA parameters", offset);
+    }
+    m->be->zero(m->lora_params, offset);
+    m->be->zero(m->lora_grads, offset);
+    return CA_OK;
+}
+
+ca_status ca_vision_lora_init(ca_vision_model *m, uint64_t seed, int gaussian) {
+    ca_rng rng;
+    ca_rng_seed(&rng, seed);
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_vision_lora_adapter *a = &m->lora[i];
+        ca_lora_init_A(m->lora_params + a->a_offset, a->r, a->in, &rng, gaussian);
+        memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
+    }
+    return CA_OK;
+}
+
+ca_status ca_vision_lora_merge(ca_vision_model *m, float sign) {
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_vision_lora_adapter *a = &m->lora[i];
+        int in = 0, out = 0;
+        float *bias;
+        float *W = proj_weight(m, a->layer, a->proj, &bias, &in, &out);
+        m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out,
+                          a->r);
+    }
+    return CA_OK;
 }

@@ -353,6 +353,28 @@ def test_vision_language_model_forward_and_gradients_match_cpu():
         assert float(np.sum(diff ** 2)) / max(float(np.sum(g.astype(np.float64) ** 2)), floor2) <= NMSE_TOL, name
 
 
+@gpu
+@needs_device
+def test_vision_language_lora_gradients_match_cpu():
+    """LoRA on every linear of the language model, the vision tower and the projector (PEFT's adapter
+    fixture): the LoRA gradients on CUDA equal the CPU ones."""
+    base = FIXTURES / "lfm2vl" / "base"
+    case = FIXTURES / "vl_lora" / "all_linear"
+    pixels, ref = dict(np.load(base / "reference.npz")), dict(np.load(case / "reference.npz"))
+    args = dict(pixel_values=pixels["pixel_values"], spatial_shapes=pixels["spatial_shapes"],
+                pixel_attention_mask=pixels["pixel_attention_mask"])
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = ca.Lfm2VlModel.from_pretrained(base)
+        model.load_adapter(case / "adapter")
+        model.to(device)
+        loss = model.loss_and_grad(ref["input_ids"], ref["labels"], **args)
+        out[device] = (loss, {k: np.array(v) for k, v in model.lora_gradients().items()})
+    assert out["cuda"][0] == pytest.approx(out["cpu"][0], rel=1e-5)
+    for name, g in out["cpu"][1].items():
+        assert nmse(out["cuda"][1][name], g) <= NMSE_TOL, name
+
+
 # ---- with a device: the CUDA-only launchers (decode kernels, bf16 GEMM, federated aggregation) ----------------
 
 @gpu

@@ -260,6 +260,100 @@ static PyObject *Vision_get_resolved(VisionObject *self, void *closure) {
                          (int)self->model->num_parameters);
 }
 
+/* ---- LoRA (the same surface as _core.Lfm2's) ---- */
+static PyObject *Vision_lora_add(VisionObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"layers", "projections", "r", "scaling", "dropout", NULL};
+    PyObject *layers_obj, *projs_obj;
+    int r;
+    float scaling, dropout = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOif|f", kwlist, &layers_obj, &projs_obj, &r, &scaling, &dropout))
+        return NULL;
+    if (!ready(self)) return NULL;
+    PyArrayObject *layers = ca_py_array(layers_obj, NPY_INT32, 1, 0, "layers");
+    if (!layers) return NULL;
+    npy_intp n = PyArray_DIM(layers, 0);
+    PyArrayObject *projs = ca_py_array_shape(projs_obj, NPY_INT32, 1, (npy_intp[]){n}, 0, "projections");
+    if (!projs) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_lora_add(self->model, PyArray_DATA(layers), PyArray_DATA(projs), (int)n, r,
+                                             scaling, dropout));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_lora_clear(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    CA_COMPUTE(self, ca_vision_lora_clear(self->model));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_lora_init(VisionObject *self, PyObject *args) {
+    unsigned long long seed;
+    int gaussian;
+    if (!PyArg_ParseTuple(args, "Kp", &seed, &gaussian) || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_lora_init(self->model, seed, gaussian));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_lora_params(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return ca_py_float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
+}
+
+static PyObject *Vision_lora_grads(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    if (!self->model->num_lora) Py_RETURN_NONE;
+    return ca_py_float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
+}
+
+static PyObject *Vision_lora_table(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    const ca_vision_model *m = self->model;
+    PyObject *list = PyList_New(m->num_lora);
+    if (!list) return NULL;
+    for (int i = 0; i < m->num_lora; i++) {
+        const ca_vision_lora_adapter *a = &m->lora[i];
+        PyObject *row = Py_BuildValue("(isiiinnff)", a->layer, ca_vision_proj_name(a->proj), a->r, a->in, a->out,
+                                      (Py_ssize_t)a->a_offset, (Py_ssize_t)a->b_offset, a->scaling, a->dropout);
+        if (!row) return Py_DECREF(list), NULL;
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
+static PyObject *Vision_set_lora_enabled(VisionObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_enabled = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_set_base_frozen(VisionObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->base_frozen = on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_set_dropout_seed(VisionObject *self, PyObject *arg) {
+    unsigned long long seed = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->dropout_seed = seed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_lora_merge(VisionObject *self, PyObject *arg) {
+    double sign = PyFloat_AsDouble(arg);
+    if (PyErr_Occurred() || !ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_lora_merge(self->model, (float)sign));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Vision_methods[] = {
     {"param_table", (PyCFunction)Vision_param_table, METH_NOARGS,
      "[(name, shape, offset, numel)] of every vision/projector tensor, in buffer order."},
@@ -278,6 +372,20 @@ static PyMethodDef Vision_methods[] = {
      "to_device(name): move parameters, gradients and adapters to the 'cpu' or 'cuda' backend."},
     {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
+    {"lora_add", (PyCFunction)(void (*)(void))Vision_lora_add, METH_VARARGS | METH_KEYWORDS,
+     "lora_add(layers, projections, r, scaling, dropout=0): adapters on (layer, projection) pairs (int32 arrays; "
+     "layer -1 for the patch embedding and the projector)."},
+    {"lora_clear", (PyCFunction)Vision_lora_clear, METH_NOARGS, "Remove every LoRA adapter."},
+    {"lora_init", (PyCFunction)Vision_lora_init, METH_VARARGS, "lora_init(seed, gaussian): PEFT's A init, B = 0."},
+    {"lora_params", (PyCFunction)Vision_lora_params, METH_NOARGS, "The flat LoRA buffer (a view), or None."},
+    {"lora_grads", (PyCFunction)Vision_lora_grads, METH_NOARGS, "The flat LoRA gradient buffer (a view), or None."},
+    {"lora_table", (PyCFunction)Vision_lora_table, METH_NOARGS,
+     "[(layer, projection, r, in, out, a_offset, b_offset, scaling, dropout)] of every adapter."},
+    {"set_lora_enabled", (PyCFunction)Vision_set_lora_enabled, METH_O, "Run with (True) or without (False) adapters."},
+    {"set_dropout_seed", (PyCFunction)Vision_set_dropout_seed, METH_O, "Seed of the LoRA dropout masks."},
+    {"set_base_frozen", (PyCFunction)Vision_set_base_frozen, METH_O,
+     "set_base_frozen(on): backward fills only the adapters' gradients (LoRA training)."},
+    {"lora_merge", (PyCFunction)Vision_lora_merge, METH_O, "lora_merge(sign): W += sign*scaling*B@A for every adapter."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -320,6 +428,13 @@ PyMethodDef ca_py_vision_methods[] = {
 
 int ca_py_vision_init(PyObject *module) {
     if (PyType_Ready(&VisionType) < 0) return -1;
+    PyObject *names = PyTuple_New(CA_NUM_VPROJ);
+    if (!names) return -1;
+    for (int i = 0; i < CA_NUM_VPROJ; i++) PyTuple_SET_ITEM(names, i, PyUnicode_FromString(ca_vision_proj_name(i)));
+    if (PyModule_AddObject(module, "VISION_PROJECTIONS", names) < 0) {
+        Py_DECREF(names);
+        return -1;
+    }
     Py_INCREF(&VisionType);
     if (PyModule_AddObject(module, "Vision", (PyObject *)&VisionType) < 0) {
         Py_DECREF(&VisionType);

@@ -29,7 +29,9 @@ class LoraConfig:
 
     ``target_modules``: a list of module names (a module matches when its path equals a name or ends with
     ``"." + name``), a regular expression matched against the whole module path, or ``"all-linear"``
-    (every linear projection of the decoder layers; the output layer is excluded, as in PEFT).
+    (every linear projection of the decoder layers; the output layer is excluded, as in PEFT; on an
+    ``Lfm2VlModel`` also every linear of the vision tower and the projector, matched on the full LFM2-VL module
+    paths such as ``model.vision_tower.encoder.layers.0.self_attn.q_proj``).
     ``init_lora_weights``: True (A kaiming-uniform, B = 0), ``"gaussian"`` (A ~ N(0, 1/r²), B = 0) or False
     (A and B random: useful only for tests). ``modules_to_save``: base modules trained fully and saved in
     the adapter file (e.g. ``["embedding_norm"]``).

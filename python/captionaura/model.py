@@ -151,7 +151,11 @@ class Lfm2Model:
     def add_lora(self, config: LoraConfig, seed: int = 0) -> None:
         """Put adapters on every projection ``config.target_modules`` matches and freeze the base model
         (except ``modules_to_save``). Replaces existing adapters; A is initialised as PEFT does, B = 0."""
-        targets = resolve_targets(config, self.config.layer_types, _core.LFM2_PROJECTIONS)
+        self._add_lora_targets(config, resolve_targets(config, self.config.layer_types, _core.LFM2_PROJECTIONS),
+                               seed)
+
+    def _add_lora_targets(self, config: LoraConfig, targets: Sequence[tuple[int, int]], seed: int = 0) -> None:
+        """``add_lora`` on already-resolved (layer, projection index) pairs (LFM2-VL resolves its own names)."""
         layers = np.array([t[0] for t in targets], dtype=np.int32)
         projections = np.array([t[1] for t in targets], dtype=np.int32)
         self._core.lora_add(layers, projections, config.r, config.scaling, config.lora_dropout)

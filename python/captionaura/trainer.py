@@ -119,7 +119,9 @@ def collate(examples: Sequence[Example], pad_token_id: int = 0) -> dict[str, np.
 class Trainer:
     """Trains `model` (its LoRA adapters, or every parameter when it has none) on `examples`. For an
     ``Lfm2VlModel`` the language model trains (its adapters) while the frozen vision tower supplies features,
-    unless ``config.train_vision``: then the tower and projector train too, in the same AdamW step.
+    unless ``config.train_vision``: then the tower and projector train too, in the same AdamW step. With
+    adapters on the whole LFM2-VL model (``Lfm2VlModel.add_lora``) only adapters train: the language model's,
+    and with ``train_vision`` the tower's and projector's, their base weights frozen.
 
     ``examples`` is any sequence (indexable, with a length): a list, or a lazy view that builds each example
     when asked, so a large image set need not be preprocessed up front.
@@ -138,6 +140,9 @@ class Trainer:
         self.vision = getattr(model, "vision", None) if config.train_vision else None
         if config.train_vision and self.vision is None:
             raise ValueError("train_vision needs an Lfm2VlModel (a model with a vision tower)")
+        # an Lfm2VlModel with adapters (add_lora/load_adapter on the whole model): its adapters train, with
+        # train_vision those of the tower and projector too, every base weight stays frozen
+        self.vl_lora = hasattr(model, "vision") and getattr(model, "lora_config", None) is not None
         self.pad_token_id = self.lm.config.pad_token_id if self.lm.config.pad_token_id is not None else 0
         micro = math.ceil(len(self.examples) / config.batch_size)
         self.steps_per_epoch = max(1, micro // config.gradient_accumulation_steps)
@@ -149,6 +154,8 @@ class Trainer:
     def _make_optimizer(self) -> AdamW:
         """The language model's AdamW (kept on it, as ``train_step`` uses it), or with ``train_vision`` one AdamW
         over its trainable buffers and the vision tower's flat parameter buffer."""
+        if self.vl_lora:
+            return AdamW(*self.model.trainable_buffers(vision=self.vision is not None), self.config.optimizer)
         if self.vision is None:
             return self.lm.set_optimizer(self.config.optimizer)
         params, grads = self.lm.trainable_buffers()
@@ -180,6 +187,8 @@ class Trainer:
                 loss = 0.0
                 # dropout masks depend only on (seed, step), so a resumed run draws the same ones
                 lm._core.set_dropout_seed(c.seed * 1_000_003 + self.step * c.gradient_accumulation_steps)
+                if self.vl_lora:
+                    model.vision._core.set_dropout_seed(c.seed * 1_000_003 + self.step * c.gradient_accumulation_steps)
                 for k in range(c.gradient_accumulation_steps):
                     b = next(batches)
                     pixels = {key: b[key] for key in PIXEL_KEYS if key in b}
@@ -213,7 +222,9 @@ class Trainer:
         final = out / f"checkpoint-{self.step}"
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".checkpoint-{self.step}."))
         try:
-            if self.vision is not None:
+            if self.vl_lora:
+                self.model.save_adapter(tmp / "adapter")
+            elif self.vision is not None:
                 self.model.save_pretrained(tmp / "vl_model")
                 if self.lm.lora_config is not None:
                     self.lm.save_adapter(tmp / "adapter")
@@ -244,7 +255,7 @@ class Trainer:
             self.lm._core.params()[:] = saved_model.text._core.params()
             self.vision._core.params()[:] = saved_model.vision._core.params()
         if (latest / "adapter").is_dir():
-            self.lm.load_adapter(latest / "adapter")
+            (self.model if self.vl_lora else self.lm).load_adapter(latest / "adapter")
             self.optimizer = self._make_optimizer()
         elif (latest / "model").is_dir():
             loaded = Lfm2Model.from_pretrained(latest / "model")

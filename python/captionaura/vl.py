@@ -8,6 +8,7 @@ vision tower and projector.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from captionaura._io import read_json, write_json_atomic
 from captionaura.config import Lfm2Config
 from captionaura.device import cuda_available, cuda_status, normalize_device
 from captionaura.generate import GenerationConfig
+from captionaura.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX, LoraConfig, peft_key
 from captionaura.model import ArrayLike, Lfm2Model, Lfm2Output, _token_array
 from captionaura.processor import Lfm2VlProcessor, ProcessorOutput
 from captionaura.video import CONTEXT_MODES, VideoFrames, aggregate_captions, fit_frames, sample_frames
@@ -30,6 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from captionaura.personal import StyleProfile
 
 TEXT_PREFIX = "model.language_model."
+#: module paths of the vision side as transformers 5 names them in Lfm2VlForConditionalGeneration (what PEFT
+#: matches and saves); checkpoints may also spell the tower "model.vision_tower.vision_model."
+TOWER_MODULE_PREFIX = "model.vision_tower."
+PROJECTOR_MODULE_PREFIX = "model.multi_modal_projector."
 DEFAULT_CAPTION_PROMPT = "Write a short caption for this image."
 REFERENCE_PROMPT = "The first image is a reference photo from the user: mention what it shows if it appears."
 
@@ -87,6 +93,8 @@ class Lfm2VlModel:
             raise KeyError("config.json has neither image_token_id nor image_token_index")
         self.image_token_id = int(token)
         self.generation_config: GenerationConfig | None = None
+        self.lora_config: LoraConfig | None = None
+        self._merged = False
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -358,6 +366,281 @@ class Lfm2VlModel:
         text = tok.decode(tokens, skip_special_tokens=True)
         if len(text) > len(shown):  # the caption ended inside a character: as the plain caption shows it
             yield text[len(shown):]
+
+
+    # -- LoRA -----------------------------------------------------------------------------------------
+    def _lora_candidates(self) -> list[tuple[str, str, int, int]]:
+        """(module path, "text" or "vision", layer, projection index) of every linear that can carry an adapter,
+        under the module paths of transformers' Lfm2VlForConditionalGeneration. lm_head is not among them
+        (PEFT's "all-linear" leaves the output layer out)."""
+        out = []
+        for layer, kind in enumerate(self.text.config.layer_types):
+            for p, name in enumerate(_core.LFM2_PROJECTIONS):
+                if (name.startswith("self_attn.") and kind != "full_attention") or \
+                        (name.startswith("conv.") and kind != "conv"):
+                    continue
+                out.append((f"{TEXT_PREFIX}layers.{layer}.{name}", "text", layer, p))
+        names = _core.VISION_PROJECTIONS  # six per encoder layer, then patch embedding, linear_1, linear_2
+        for layer in range(self.vision.config.num_layers_run):
+            for p in range(6):
+                out.append((f"{TOWER_MODULE_PREFIX}encoder.layers.{layer}.{names[p]}", "vision", layer, p))
+        out.append((f"{TOWER_MODULE_PREFIX}{names[6]}", "vision", -1, 6))
+        out += [(f"{PROJECTOR_MODULE_PREFIX}{names[p]}", "vision", -1, p) for p in (7, 8)]
+        return out
+
+    def _check_unsupported_targets(self, config: LoraConfig) -> None:
+        if config.target_modules == "all-linear":
+            return
+        unsupported = [f"{TEXT_PREFIX}layers.{i}.conv.conv" for i, kind in enumerate(self.text.config.layer_types)
+                       if kind == "conv"]
+        unsupported += [f"{TEXT_PREFIX}embed_tokens", f"{TOWER_MODULE_PREFIX}embeddings.position_embedding",
+                        "lm_head"]
+        for path in unsupported:
+            if config.matches(path):
+                raise NotImplementedError(f"target_modules matches {path}, which is not a linear projection; "
+                                          "LoRA is supported on linear layers only")
+
+    def add_lora(self, config: LoraConfig, seed: int = 0) -> None:
+        """Put adapters on every linear of the language model, the vision tower and the projector whose module
+        path (``model.language_model.layers.0.conv.in_proj``, ``model.vision_tower.encoder.layers.0.self_attn
+        .q_proj``, ``model.vision_tower.embeddings.patch_embedding``, ``model.multi_modal_projector.linear_1``
+        ...) ``config.target_modules`` matches, with PEFT's rules ("all-linear": every linear but lm_head), and
+        freeze every base weight except the language model's ``modules_to_save``. Replaces existing adapters."""
+        self._check_unsupported_targets(config)
+        targets = [c for c in self._lora_candidates() if config.matches(c[0])]
+        if not targets:
+            raise ValueError(f"target_modules={config.target_modules!r} matches no linear module of this model")
+        text_modules = self._text_modules_to_save(config)
+        if self.lora_config is not None:
+            self.remove_lora()
+        text_targets = [(layer, p) for _, part, layer, p in targets if part == "text"]
+        vision_targets = [(layer, p) for _, part, layer, p in targets if part == "vision"]
+        text_config = LoraConfig(**{**config.__dict__, "modules_to_save": text_modules or None})
+        if text_targets:
+            self.text._add_lora_targets(text_config, text_targets, seed)
+        else:  # no text adapter: the language model stays frozen but for its modules_to_save
+            self.text.remove_lora()
+            save = self.text._modules_to_save(text_config)
+            for index, (name, *_rest) in enumerate(self.text._table):
+                self.text._core.set_trainable(index, name in save)
+        core = self.vision._core
+        if vision_targets:
+            core.lora_add(np.array([t[0] for t in vision_targets], np.int32),
+                          np.array([t[1] for t in vision_targets], np.int32), config.r, config.scaling,
+                          config.lora_dropout)
+            if config.init_lora_weights is False:  # PEFT's debugging init: both factors random
+                flat = core.lora_params()
+                flat[:] = np.random.default_rng([seed, 1]).normal(0.0, 0.02, flat.size)
+            else:
+                core.lora_init(int(seed) + 1, config.init_lora_weights == "gaussian")
+            core.set_dropout_seed(int(seed))
+        else:
+            core.lora_clear()
+        core.set_lora_enabled(True)
+        core.set_base_frozen(True)  # the tower's and projector's base weights take no gradient under LoRA
+        self.lora_config = config
+        self._merged = False
+
+    def _text_modules_to_save(self, config: LoraConfig) -> list[str]:
+        """modules_to_save in the language model's own names (only language-model modules are supported)."""
+        out = []
+        for wanted in config.modules_to_save or ():
+            name = "model." + wanted[len(TEXT_PREFIX):] if wanted.startswith(TEXT_PREFIX) else wanted
+            if wanted.startswith(("model.vision_tower", "model.multi_modal_projector", "vision_tower",
+                                  "multi_modal_projector")):
+                raise NotImplementedError(f"modules_to_save entry {wanted!r}: only language-model modules are "
+                                          "supported")
+            out.append(name)
+        return out
+
+    def _require_lora(self) -> LoraConfig:
+        if self.lora_config is None:
+            raise RuntimeError("this model has no LoRA adapters; call add_lora() or load_adapter() first")
+        return self.lora_config
+
+    def lora_modules(self) -> list[dict]:
+        """One entry per adapter, language model first: module path, r, in/out features, scaling, dropout, and
+        the offsets of A and B in ``lora_vector()``."""
+        self._require_lora()
+        out = []
+        text_size = 0
+        if self.text.lora_config is not None:
+            for m in self.text.lora_modules():
+                out.append({**m, "module": TEXT_PREFIX + m["module"][len("model."):]})
+            text_size = self.text.lora_vector().size
+        for layer, proj, r, fin, fout, a, b, scale, drop in self.vision._core.lora_table():
+            if layer >= 0:
+                module = f"{TOWER_MODULE_PREFIX}encoder.layers.{layer}.{proj}"
+            elif proj.startswith("linear_"):
+                module = PROJECTOR_MODULE_PREFIX + proj
+            else:
+                module = TOWER_MODULE_PREFIX + proj
+            out.append({"module": module, "r": r, "in_features": fin, "out_features": fout,
+                        "a_offset": text_size + a, "b_offset": text_size + b, "scaling": scale, "dropout": drop})
+        return out
+
+    def _lora_flats(self, grads: bool) -> list[np.ndarray]:
+        """The language model's and the vision side's flat LoRA buffers (those that exist), in that order."""
+        flats = []
+        if self.text.lora_config is not None:
+            flats.append(self.text._core.lora_grads() if grads else self.text._core.lora_params())
+        flat = self.vision._core.lora_grads() if grads else self.vision._core.lora_params()
+        if flat is not None:
+            flats.append(flat)
+        return flats
+
+    def _lora_views(self, grads: bool) -> dict[str, np.ndarray]:
+        text = self.text.lora_vector().size if self.text.lora_config is not None else 0
+        flats = self._lora_flats(grads)
+        out = {}
+        for m in self.lora_modules():
+            r, fin, fout = m["r"], m["in_features"], m["out_features"]
+            flat, base = (flats[0], 0) if m["a_offset"] < text else (flats[-1], text)
+            a, b = m["a_offset"] - base, m["b_offset"] - base
+            out[peft_key(m["module"], "lora_A")] = flat[a: a + r * fin].reshape(r, fin)
+            out[peft_key(m["module"], "lora_B")] = flat[b: b + fout * r].reshape(fout, r)
+        return out
+
+    def lora_parameters(self) -> dict[str, np.ndarray]:
+        """PEFT key (``base_model.model.<module path>.lora_A.weight`` [r, in], ``…lora_B.weight`` [out, r]) →
+        view, for every adapter of the language model, the vision tower and the projector."""
+        self._require_lora()
+        return self._lora_views(grads=False)
+
+    def lora_gradients(self) -> dict[str, np.ndarray]:
+        self._require_lora()
+        return self._lora_views(grads=True)
+
+    def lora_vector(self) -> np.ndarray:
+        """Every adapter's A and B in one flat float32 array (a copy): the language model's buffer, then the
+        vision side's — the federated update vector of the whole captioner (offsets in ``lora_modules()``)."""
+        self._require_lora()
+        return np.concatenate(self._lora_flats(grads=False))
+
+    def set_lora_vector(self, vector: np.ndarray) -> None:
+        self._require_lora()
+        flats = self._lora_flats(grads=False)
+        v = np.asarray(vector)
+        size = sum(f.size for f in flats)
+        if v.shape != (size,):
+            raise ValueError(f"LoRA vector has shape {v.shape}, expected ({size},)")
+        if not np.isfinite(v).all():
+            raise ValueError("LoRA vector contains NaN or Inf")
+        start = 0
+        for flat in flats:
+            flat[:] = v[start: start + flat.size]
+            start += flat.size
+
+    def _set_lora_enabled(self, on: bool) -> None:
+        if self.text.lora_config is not None:
+            self.text._core.set_lora_enabled(on)
+        self.vision._core.set_lora_enabled(on)
+
+    @contextlib.contextmanager
+    def disable_lora(self) -> Iterator[None]:
+        """Inside the block the whole model computes with its base weights only."""
+        self._require_lora()
+        self._set_lora_enabled(False)
+        try:
+            yield
+        finally:
+            self._set_lora_enabled(not self._merged)
+
+    def merge_lora(self) -> None:
+        """Fold every adapter into its base weight (W += s·B·A); the adapters stay, inactive, for unmerge."""
+        self._require_lora()
+        if not self._merged:
+            if self.text.lora_config is not None:
+                self.text.merge_lora()
+            self.vision._core.lora_merge(1.0)
+            self._set_lora_enabled(False)
+            self._merged = True
+
+    def unmerge_lora(self) -> None:
+        self._require_lora()
+        if self._merged:
+            if self.text.lora_config is not None:
+                self.text.unmerge_lora()
+            self.vision._core.lora_merge(-1.0)
+            self._set_lora_enabled(True)
+            self._merged = False
+
+    def remove_lora(self) -> None:
+        """Drop every adapter (unmerging first if merged) and make every base tensor trainable again."""
+        if self.lora_config is not None and self._merged:
+            self.unmerge_lora()
+        self.text.remove_lora()
+        self.vision._core.lora_clear()
+        self.vision._core.set_lora_enabled(True)
+        self.vision._core.set_base_frozen(False)
+        self.lora_config = None
+        self._merged = False
+
+    def _saved_modules(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """PEFT key → (parameter, gradient) views of the language model's modules_to_save."""
+        config = self._require_lora()
+        text_config = LoraConfig(**{**config.__dict__, "modules_to_save": self._text_modules_to_save(config) or None})
+        params, grads = self.text.parameters(), self.text.gradients()
+        return {PEFT_PREFIX + TEXT_PREFIX + name[len("model."):] if name.startswith("model.") else PEFT_PREFIX + name:
+                (params[name], grads[name]) for name in sorted(self.text._modules_to_save(text_config))}
+
+    def save_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Write PEFT's adapter_config.json and adapter_model.safetensors for the whole LFM2-VL model (keys
+        ``base_model.model.model.{language_model,vision_tower,multi_modal_projector}.…``), each atomically."""
+        config = self._require_lora()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.lora_parameters().items()}
+        tensors.update({k: p for k, (p, _) in self._saved_modules().items()})
+        _core.safetensors_save(str(path / ADAPTER_WEIGHTS_NAME), tensors, {"format": "pt"})
+        write_json_atomic(path / ADAPTER_CONFIG_NAME, config.to_dict())
+
+    def load_adapter(self, path: str | os.PathLike[str]) -> None:
+        """Load a PEFT adapter folder of this LFM2-VL model strictly: every expected key present with its shape,
+        nothing else (a tower spelled ``model.vision_tower.vision_model.`` is accepted too)."""
+        path = Path(path)
+        weights = path / ADAPTER_WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")
+        self.add_lora(LoraConfig.from_pretrained(path))
+        expected = {**self.lora_parameters(), **{k: p for k, (p, _) in self._saved_modules().items()}}
+        old_tower = PEFT_PREFIX + TOWER_MODULE_PREFIX + "vision_model."
+
+        def canonical(key: str) -> str:
+            return PEFT_PREFIX + TOWER_MODULE_PREFIX + key[len(old_tower):] if key.startswith(old_tower) else key
+
+        header = {canonical(name): tuple(shape) for name, _, shape, *_ in _core.safetensors_header(str(weights))}
+        missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+        if missing or unexpected:
+            self.remove_lora()
+            raise KeyError(f"adapter {path} does not fit this model: missing {missing[:3]}"
+                           f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                           f"{'...' if len(unexpected) > 3 else ''}")
+        for name, view in expected.items():
+            if header[name] != view.shape:
+                self.remove_lora()
+                raise ValueError(f"adapter tensor {name} has shape {header[name]}, expected {view.shape}")
+        for name, array in _core.safetensors_load(str(weights)).items():
+            expected[canonical(name)][...] = array
+
+    def trainable_buffers(self, vision: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(parameters, gradients) LoRA training updates: the language model's adapters and modules_to_save,
+        and with ``vision`` the vision tower's and projector's adapters (their base weights stay frozen)."""
+        self._require_lora()
+        if self.text.lora_config is not None:
+            params, grads = self.text.trainable_buffers()
+        else:
+            params, grads = [], []
+            for p, g in self._saved_modules().values():
+                params.append(p.reshape(-1))
+                grads.append(g.reshape(-1))
+        if vision and self.vision._core.lora_params() is not None:
+            params.append(self.vision._core.lora_params())
+            grads.append(self.vision._core.lora_grads())
+        return params, grads
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.size for p in self.trainable_buffers()[0])
 
     # -- parameters -----------------------------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:

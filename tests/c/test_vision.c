@@ -118,6 +118,74 @@ int main(void) {
         CHECK(fabs(fd - g1[idx]) <= 2e-2 * fmax(1.0, fabs(fd)));
     }
 
+    /* LoRA on every linear kind (both layers run, the patch embedding, the projector): B = 0 leaves the
+     * features alone; with random A, B (and dropout) the backward's adapter gradients match central finite
+     * differences of <features, dfeat> over train forwards that draw the same dropout masks; merge reproduces
+     * the adapted forward */
+    {
+        int layers[2 * CA_VPROJ_PER_LAYER + 3], projs[2 * CA_VPROJ_PER_LAYER + 3], n = 0;
+        for (int l = 0; l < 2; l++)
+            for (int p = 0; p < CA_VPROJ_PER_LAYER; p++) layers[n] = l, projs[n++] = p;
+        for (int p = CA_VPROJ_PATCH; p < CA_NUM_VPROJ; p++) layers[n] = -1, projs[n++] = p;
+        int bad_layer[1] = {2}, bad_proj[1] = {CA_VPROJ_Q};
+        CHECK(ca_vision_lora_add(m, bad_layer, bad_proj, 1, 2, 1.0f, 0.0f) == CA_ERR_VALUE); /* layer 2 does not run */
+        CHECK(ca_vision_lora_add(m, layers, projs, n, 2, 1.5f, 0.1f) == CA_OK);
+        CHECK(m->num_lora == n);
+        CHECK(ca_vision_lora_init(m, 3, 0) == CA_OK);
+        CHECK(ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 0) == CA_OK);
+        CHECK(memcmp(f2, feats, (size_t)M * TH * sizeof(float)) == 0);
+        for (size_t i = 0; i < m->lora_size; i++) m->lora_params[i] = 0.3f * frand(&seed);
+        const uint64_t s0 = 11;
+        m->dropout_seed = s0;
+        CHECK(ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 1) == CA_OK);
+        CHECK(ca_vision_backward(m, dfeat, 0) == CA_OK);
+        CHECK(all_finite(m->lora_grads, m->lora_size));
+        float *lg = malloc(m->lora_size * sizeof(float));
+        memcpy(lg, m->lora_grads, m->lora_size * sizeof(float));
+        for (int i = 0; i < m->num_lora; i++) { /* the largest A and B entry of every adapter */
+            const ca_vision_lora_adapter *a = &m->lora[i];
+            for (int which = 0; which < 2; which++) {
+                size_t off = which ? a->b_offset : a->a_offset, len = (size_t)a->r * (which ? a->out : a->in), best = off;
+                for (size_t j = off; j < off + len; j++)
+                    if (fabsf(lg[j]) > fabsf(lg[best])) best = j;
+                double eps = 1e-2, lp = 0, lm = 0;
+                float keep = m->lora_params[best];
+                m->lora_params[best] = keep + (float)eps;
+                m->dropout_seed = s0;
+                ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 1);
+                for (int64_t k = 0; k < M * TH; k++) lp += (double)f2[k] * dfeat[k];
+                m->lora_params[best] = keep - (float)eps;
+                m->dropout_seed = s0;
+                ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 1);
+                for (int64_t k = 0; k < M * TH; k++) lm += (double)f2[k] * dfeat[k];
+                m->lora_params[best] = keep;
+                double fdv = (lp - lm) / (2 * eps);
+                CHECK(fabs(fdv - lg[best]) <= 2e-2 * fmax(1e-2, fabs(fdv)));
+                if (fabs(fdv - lg[best]) > 2e-2 * fmax(1e-2, fabs(fdv)))
+                    fprintf(stderr, "adapter %d (%s, layer %d) %c: fd %g vs grad %g\n", i,
+                            ca_vision_proj_name(a->proj), a->layer, which ? 'B' : 'A', fdv, lg[best]);
+            }
+        }
+        /* merge: the base forward with W + s·B·A equals the adapted inference forward */
+        float *adapted = calloc((size_t)M * TH, sizeof(float));
+        CHECK(ca_vision_forward(m, adapted, NULL, pv, shapes, mask, T, P, 0) == CA_OK);
+        CHECK(ca_vision_lora_merge(m, 1.0f) == CA_OK);
+        m->lora_enabled = 0;
+        CHECK(ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 0) == CA_OK);
+        worst = 0.0f;
+        for (int64_t i = 0; i < M * TH; i++) worst = fmaxf(worst, fabsf(f2[i] - adapted[i]));
+        CHECK(worst < 1e-4f);
+        CHECK(ca_vision_lora_merge(m, -1.0f) == CA_OK);
+        CHECK(ca_vision_forward(m, f2, NULL, pv, shapes, mask, T, P, 0) == CA_OK);
+        worst = 0.0f;
+        for (int64_t i = 0; i < M * TH; i++) worst = fmaxf(worst, fabsf(f2[i] - feats[i]));
+        CHECK(worst < 1e-4f);
+        m->lora_enabled = 1;
+        ca_vision_lora_clear(m);
+        free(adapted);
+        free(lg);
+    }
+
     /* validation errors */
     int32_t bad[T * 2] = {4, 6, 3, 2, 6, 2};
     CHECK(ca_vision_forward(m, f2, NULL, pv, bad, NULL, T, P, 0) == CA_ERR_SHAPE);

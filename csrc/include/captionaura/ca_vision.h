@@ -63,6 +63,28 @@ typedef struct {
     float *fc2_w, *fc2_b;  /* (D, F), (D) */
 } ca_vision_layer;
 
+/* The linears of the vision side that can carry a LoRA adapter: six per encoder layer, then the patch
+ * embedding and the projector's two (those three with layer -1). */
+typedef enum {
+    CA_VPROJ_Q, CA_VPROJ_K, CA_VPROJ_V, CA_VPROJ_OUT, /* encoder.layers.<l>.self_attn.{q,k,v,out}_proj */
+    CA_VPROJ_FC1, CA_VPROJ_FC2,                       /* encoder.layers.<l>.mlp.fc{1,2} */
+    CA_VPROJ_PATCH,                                   /* embeddings.patch_embedding */
+    CA_VPROJ_LINEAR_1, CA_VPROJ_LINEAR_2,             /* multi_modal_projector.linear_{1,2} */
+    CA_NUM_VPROJ
+} ca_vision_proj;
+#define CA_VPROJ_PER_LAYER 6
+
+/* One vision LoRA adapter: y = W·x + b + scaling · B(A·dropout(x)); A and B live in the flat LoRA buffer. */
+typedef struct {
+    int layer;            /* encoder layer, -1 for the patch embedding and the projector */
+    ca_vision_proj proj;
+    int r, in, out;
+    float scaling, dropout;
+    size_t a_offset;      /* A (r, in) = lora_A.weight, in floats into lora_params */
+    size_t b_offset;      /* B (out, r) = lora_B.weight */
+    float *h;             /* (rows, r) activation A·x̃, in the arena (rows = N patches or M tokens) */
+} ca_vision_lora_adapter;
+
 /* Saved activations of one encoder layer over the N packed valid patches of all tiles. */
 typedef struct {
     float *x1;            /* (N, D) layer_norm1 output */
@@ -118,6 +140,18 @@ typedef struct ca_vision_model {
     float *meanp, *rstdp;      /* (M) */
     float *p1;                 /* (M, PH) linear_1 output */
     float *pa;                 /* (M, PH) gelu(linear_1) */
+    float *lora_xdrop;         /* (max rows, max in) dropped-out adapter input (forward scratch) */
+
+    /* LoRA: one flat buffer for every adapter's A and B, with a mirrored gradient buffer (as ca_lfm2_model) */
+    ca_vision_lora_adapter *lora; /* (num_lora) */
+    int num_lora;
+    int *lora_slot;            /* (num_layers_run·CA_VPROJ_PER_LAYER + 3) adapter index or -1 */
+    float *lora_params;        /* (lora_size) */
+    float *lora_grads;         /* (lora_size) */
+    size_t lora_size;
+    int lora_enabled;          /* 0 while disabled or merged */
+    int base_frozen;           /* LoRA training: backward fills only the adapters' gradients */
+    uint64_t dropout_seed;     /* advanced by every train forward; backward regenerates the same masks */
 } ca_vision_model;
 
 ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, const ca_backend *be);
@@ -139,8 +173,8 @@ ca_status ca_vision_num_tokens(const ca_vision_model *m, int64_t *tokens, int64_
 ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, const float *pixel_values,
                             const int32_t *spatial_shapes, const int32_t *mask, int T, int P, int train);
 
-/* Backward of the last (train) forward from d features (M, TH): every parameter's gradient into m->grads,
- * overwritten, or added to when `accumulate`. */
+/* Backward of the last (train) forward from d features (M, TH): every parameter's gradient into m->grads (none
+ * while base_frozen) and every adapter's into m->lora_grads, overwritten, or added to when `accumulate`. */
 ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int accumulate);
 
 /* Reads every vision and projector tensor from safetensors files (a single file or all shards). Tensors of
@@ -149,5 +183,16 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
  * layers past the feature layer (index in [num_layers_run, num_hidden_layers)) are accepted and not read. */
 ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *paths, int num_paths);
 ca_status ca_vision_save_safetensors(const ca_vision_model *m, const char *path);
+
+/* Adds LoRA adapters on the given (layer, projection) pairs (layer -1 for CA_VPROJ_PATCH / LINEAR_1 /
+ * LINEAR_2), all of rank r; replaces any previous adapters. A and B start at zero: see ca_vision_lora_init. */
+ca_status ca_vision_lora_add(ca_vision_model *m, const int *layers, const int *projs, int n, int r, float scaling,
+                             float dropout);
+void ca_vision_lora_clear(ca_vision_model *m);
+/* PEFT's init: A kaiming-uniform (or N(0, 1/r²) when gaussian), B = 0. */
+ca_status ca_vision_lora_init(ca_vision_model *m, uint64_t seed, int gaussian);
+/* W += sign · scaling · B·A for every adapter (sign 1 merges, −1 unmerges). */
+ca_status ca_vision_lora_merge(ca_vision_model *m, float sign);
+const char *ca_vision_proj_name(ca_vision_proj proj);
 
 #endif
