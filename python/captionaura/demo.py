@@ -150,7 +150,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = _load_model(cfg.model)
-    generation = GenerationConfig(max_new_tokens=40, do_sample=False, no_repeat_ngram_size=3,
+    generation = GenerationConfig(max_new_tokens=40, do_sample=False,
                                   eos_token_id=model.processor.tokenizer.token_to_id("<|im_end|>"))
     print(f"model: {model.num_parameters() / 1e6:.2f}M parameters "
           f"({'packaged aura-tiny' if cfg.model is None else cfg.model})")
