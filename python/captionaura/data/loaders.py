@@ -15,7 +15,9 @@ Layouts read:
 
 Bad input raises a clear error: FileNotFoundError for a missing file or image, ValueError for missing columns or
 keys, malformed lines, an image without captions (unless ``skip_empty=True``), an unreadable image (at once
-with ``verify=True``, else when ``.image`` is first read, as :class:`captionaura.ImageLoadError`).
+with ``verify=True``, else when ``.image`` is first read, as :class:`captionaura.ImageLoadError`). Real dumps
+have flaws (Flickr8k's token file names a few images that are not in the archive, some Instagram rows have no
+caption): ``skip_missing=True`` and ``skip_empty=True`` drop those entries instead.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _verify_image(path: Path) -> None:
         raise ImageLoadError(f"unreadable image {path}: {err}") from None
 
 
-def _build(groups: dict[Path, list[str]], source: str, skip_empty: bool, verify: bool) -> list[CaptionExample]:
+def _build(groups: dict[Path, list[str]], source: str, skip_empty: bool, skip_missing: bool,
+           verify: bool) -> list[CaptionExample]:
     examples = []
     for path, captions in groups.items():
         captions = [c.strip() for c in captions if c and c.strip()]
@@ -67,7 +70,10 @@ def _build(groups: dict[Path, list[str]], source: str, skip_empty: bool, verify:
                 continue
             raise ValueError(f"{source}: image {path} has an empty caption list (pass skip_empty=True to drop it)")
         if not path.is_file():
-            raise FileNotFoundError(f"{source} references a missing image: {path}")
+            if skip_missing:
+                continue
+            raise FileNotFoundError(f"{source} references a missing image: {path} (pass skip_missing=True to "
+                                    "drop such entries)")
         if verify:
             _verify_image(path)
         examples.append(CaptionExample(captions=captions, path=path, image_id=path.name))
@@ -112,7 +118,8 @@ def _read_csv(path: Path, header: bool, columns: tuple[str, ...]) -> list[dict[s
 
 
 def load_instagram(csv_path: PathLike, image_root: PathLike | None = None, *, header: bool = True,
-                   skip_empty: bool = False, verify: bool = False) -> list[CaptionExample]:
+                   skip_empty: bool = False, skip_missing: bool = False,
+                   verify: bool = False) -> list[CaptionExample]:
     """The Kaggle "Instagram Images with Captions" layout: columns ``Image File`` and ``Caption``.
 
     ``image_root`` defaults to the CSV's folder; ``header=False`` reads the headerless ``captions_csv2.csv``
@@ -127,11 +134,11 @@ def load_instagram(csv_path: PathLike, image_root: PathLike | None = None, *, he
         if not name:
             raise ValueError(f"{path}: a row has an empty 'Image File' (caption {row['Caption'][:40]!r})")
         groups.setdefault(_resolve_image(root, name), []).append(row["Caption"])
-    return _build(groups, str(path), skip_empty, verify)
+    return _build(groups, str(path), skip_empty, skip_missing, verify)
 
 
 def load_coco(annotations_path: PathLike, image_dir: PathLike, *, skip_empty: bool = False,
-              verify: bool = False) -> list[CaptionExample]:
+              skip_missing: bool = False, verify: bool = False) -> list[CaptionExample]:
     """COCO captions JSON: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``)."""
     path = _require_file(annotations_path, "COCO captions JSON")
     root = _require_dir(image_dir, "COCO image folder")
@@ -158,11 +165,11 @@ def load_coco(annotations_path: PathLike, image_dir: PathLike, *, skip_empty: bo
         if ann["image_id"] not in by_id:
             raise ValueError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']!r}, not in 'images'")
         groups[by_id[ann["image_id"]]].append(str(ann["caption"]))
-    return _build(groups, str(path), skip_empty, verify)
+    return _build(groups, str(path), skip_empty, skip_missing, verify)
 
 
 def load_flickr8k(token_path: PathLike, image_dir: PathLike, *, skip_empty: bool = False,
-                  verify: bool = False) -> list[CaptionExample]:
+                  skip_missing: bool = False, verify: bool = False) -> list[CaptionExample]:
     """Flickr8k's ``Flickr8k.token.txt``: ``<name>.jpg#<k><TAB><caption>`` per line, five per image."""
     path = _require_file(token_path, "Flickr8k token file")
     root = _require_dir(image_dir, "Flickr8k image folder")
@@ -176,7 +183,7 @@ def load_flickr8k(token_path: PathLike, image_dir: PathLike, *, skip_empty: bool
             if not tab or not hash_ or not k.strip().isdigit() or not name:
                 raise ValueError(f"{path}:{lineno}: expected '<image>#<k><TAB><caption>', got {line.strip()[:80]!r}")
             groups.setdefault(root / name, []).append(caption)
-    return _build(groups, str(path), skip_empty, verify)
+    return _build(groups, str(path), skip_empty, skip_missing, verify)
 
 
 def _folder_rows_jsonl(path: Path) -> Iterable[tuple[str, list[str]]]:
@@ -210,7 +217,8 @@ def _folder_rows_csv(path: Path) -> Iterable[tuple[str, list[str]]]:
         yield row["file_name"], [row[c] for c in caption_cols]
 
 
-def load_folder(folder: PathLike, *, skip_empty: bool = False, verify: bool = False) -> list[CaptionExample]:
+def load_folder(folder: PathLike, *, skip_empty: bool = False, skip_missing: bool = False,
+                verify: bool = False) -> list[CaptionExample]:
     """A folder of images with ``captions.csv`` or ``captions.jsonl`` naming each image's ``file_name``."""
     root = _require_dir(folder, "image folder")
     if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
@@ -226,4 +234,4 @@ def load_folder(folder: PathLike, *, skip_empty: bool = False, verify: bool = Fa
         if not name.strip():
             raise ValueError(f"{source}: a row has an empty 'file_name'")
         groups.setdefault(root / name.strip(), []).extend(captions)
-    return _build(groups, str(source), skip_empty, verify)
+    return _build(groups, str(source), skip_empty, skip_missing, verify)

@@ -105,7 +105,7 @@ def _background_rgb(kind: str, time: str, where: str) -> np.ndarray:
     return np.array(GROUND_RGB[kind], float) * LIGHT[time]
 
 
-def _object_place(kind: str, name: str) -> str:
+def _object_place(name: str) -> str:
     if name in SKY_OBJECTS:
         return "sky"
     if name in WATER_OBJECTS:
@@ -128,7 +128,10 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None) -> SceneSpec
     for name, position in zip(names, positions):
         count = int(rng.integers(1, 4))
         size = "small" if count == 3 else SIZES[rng.integers(2)]
-        backs = [_background_rgb(kind, time, _object_place(kind, name))]
+        place = _object_place(name)
+        backs = [_background_rgb(kind, time, place)]
+        if place == "ground" and kind in ("lake", "harbour"):  # people on the pier, trees by the shore
+            backs.append(_background_rgb(kind, time, "water"))
         backs += [np.array(rgb, float) * LIGHT[time] for rgb in SCENERY_RGB.get(kind, ())]
         allowed = [c for c, rgb in COLOURS.items()
                    if min(np.abs(np.array(rgb, float) - back).sum() for back in backs) > 200
@@ -139,7 +142,8 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None) -> SceneSpec
     return SceneSpec(kind, time, weather, tuple(groups))
 
 
-# Colours that would read as a different object (a white balloon in fog, a black bird at night ...).
+# Colours that would read as something else: a white balloon or bird as a cloud, a white shirt as a snowman,
+# a black tree as a shadow.
 NATURAL_CLASH = {"balloon": ("white",), "bird": ("white",), "tree": ("black",), "person": ("white",)}
 
 # ---------------------------------------------------------------------------------------------------------

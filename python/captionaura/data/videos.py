@@ -146,7 +146,7 @@ def make_video(world_seed: int, kind: str, frames: int = 24, seed: int = 0, imag
 
 
 def _pick_codec() -> str:
-    import av
+    import av  # imported on use: the rest of captionaura.data works where PyAV is not installed yet
 
     for name in VIDEO_CODECS:
         try:
