@@ -107,49 +107,25 @@ int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
  * memory must be host-addressable (the CUDA table's managed memory is). On failure nothing changes. */
 ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
-    const size_t P = m->num_parameters;
-    float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
-    if (m->grads && !(grads = be->alloc(P * sizeof(float)))) goto nomem;
-    if (m->lora_params && !(lora_params = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
-    if (m->lora_grads && !(lora_grads = be->alloc(m->lora_size * sizeof(float)))) goto nomem;
     ca_param_table tb = {0};
-    float *params = NULL, *old_params = m->params;
-    ca_param_info *info = NULL;
-    int count = 0;
-    size_t floats = 0;
-    ca_status st = build_param_table(m, &tb); /* the same layout: only the views are re-pointed by bind */
-    if (st == CA_OK) st = ca_param_table_bind(&tb, be, &params, &info, &count, &floats);
+    ca_status st = build_param_table(m, &tb); /* the same layout: only the views are re-pointed by the move */
     if (st != CA_OK) {
         ca_param_table_discard(&tb);
-        if (grads) be->free(grads);
-        if (lora_params) be->free(lora_params);
-        if (lora_grads) be->free(lora_grads);
         return st;
     }
-    free(info); /* identical to m->param_info */
-    memcpy(params, old_params, P * sizeof(float));
+    ca_train_buffers bufs = {m->grads, m->lora_params, m->lora_grads};
+    st = ca_params_move(&tb, m->be, be, &m->params, m->num_parameters, &bufs, m->lora_size, "model");
+    if (st != CA_OK) return st;
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed_tokens;
-    if (grads) memcpy(grads, m->grads, P * sizeof(float));
-    if (lora_params) memcpy(lora_params, m->lora_params, m->lora_size * sizeof(float));
-    if (lora_grads) memcpy(lora_grads, m->lora_grads, m->lora_size * sizeof(float));
-    m->be->free(old_params);
-    m->be->free(m->grads);
-    if (m->lora_params) m->be->free(m->lora_params);
-    if (m->lora_grads) m->be->free(m->lora_grads);
+    m->grads = bufs.grads;
+    m->lora_params = bufs.lora_params;
+    m->lora_grads = bufs.lora_grads;
     m->be->free(m->acts);
-    m->params = params;
-    m->grads = grads;
-    m->lora_params = lora_params;
-    m->lora_grads = lora_grads;
     m->acts = NULL;
     m->acts_floats = 0;
     m->act_B = m->act_T = 0;
     m->be = be;
     return CA_OK;
-nomem:
-    if (grads) be->free(grads);
-    if (lora_params) be->free(lora_params);
-    return ca_error(CA_ERR_NOMEM, "out of memory moving the model to the %s backend", be->name);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -822,7 +798,7 @@ ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs
     return CA_OK;
 }
 
-void ca_lora_init_A(float *A, int r, int in, ca_rng *rng, int gaussian) {
+void ca_lora_init_adapter(float *A, float *B, int r, int in, int out, ca_rng *rng, int gaussian) {
     const size_t numel = (size_t)r * in;
     if (gaussian) { /* N(0, 1/r²) */
         ca_rng_fill_normal(rng, A, numel, 1.0 / r);
@@ -830,6 +806,7 @@ void ca_lora_init_A(float *A, int r, int in, ca_rng *rng, int gaussian) {
         const double bound = 1.0 / sqrt((double)in);
         for (size_t j = 0; j < numel; j++) A[j] = (float)((2.0 * ca_rng_uniform(rng) - 1.0) * bound);
     }
+    memset(B, 0, (size_t)out * r * sizeof(float));
 }
 
 ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
@@ -837,8 +814,8 @@ ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
     ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_lora; i++) {
         const ca_lora_adapter *a = &m->lora[i];
-        ca_lora_init_A(m->lora_params + a->a_offset, a->r, a->in, &rng, gaussian);
-        memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
+        ca_lora_init_adapter(m->lora_params + a->a_offset, m->lora_params + a->b_offset, a->r, a->in, a->out, &rng,
+                             gaussian);
     }
     return CA_OK;
 }

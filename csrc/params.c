@@ -101,3 +101,41 @@ void ca_rng_fill_normal(ca_rng *rng, float *x, size_t n, double std) {
         if (j + 1 < n) x[j + 1] = (float)(std * radius * sin(angle));
     }
 }
+
+static void train_buffers_free(const ca_train_buffers *b, const ca_backend *be) {
+    if (b->grads) be->free(b->grads);
+    if (b->lora_params) be->free(b->lora_params);
+    if (b->lora_grads) be->free(b->lora_grads);
+}
+
+ca_status ca_params_move(ca_param_table *tb, const ca_backend *from, const ca_backend *to, float **params, size_t P,
+                         ca_train_buffers *bufs, size_t L, const char *what) {
+    ca_train_buffers moved = {NULL, NULL, NULL};
+    if ((bufs->grads && !(moved.grads = to->alloc(P * sizeof(float)))) ||
+        (bufs->lora_params && !(moved.lora_params = to->alloc(L * sizeof(float)))) ||
+        (bufs->lora_grads && !(moved.lora_grads = to->alloc(L * sizeof(float))))) {
+        train_buffers_free(&moved, to);
+        ca_param_table_discard(tb);
+        return ca_error(CA_ERR_NOMEM, "out of memory moving the %s to the %s backend", what, to->name);
+    }
+    float *moved_params = NULL;
+    ca_param_info *info = NULL;
+    int count = 0;
+    size_t floats = 0;
+    ca_status st = ca_param_table_bind(tb, to, &moved_params, &info, &count, &floats);
+    if (st != CA_OK) {
+        ca_param_table_discard(tb);
+        train_buffers_free(&moved, to);
+        return st;
+    }
+    free(info); /* identical to the model's own table */
+    memcpy(moved_params, *params, P * sizeof(float));
+    if (moved.grads) memcpy(moved.grads, bufs->grads, P * sizeof(float));
+    if (moved.lora_params) memcpy(moved.lora_params, bufs->lora_params, L * sizeof(float));
+    if (moved.lora_grads) memcpy(moved.lora_grads, bufs->lora_grads, L * sizeof(float));
+    from->free(*params);
+    train_buffers_free(bufs, from);
+    *params = moved_params;
+    *bufs = moved;
+    return CA_OK;
+}

@@ -263,43 +263,19 @@ void ca_vision_free(ca_vision_model *m) {
  * views through a fresh table as ca_lfm2_set_backend does. On failure nothing changes. */
 ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
-    const size_t P = m->num_parameters;
-    float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
-    if ((m->grads && !(grads = be->alloc(P * sizeof(float)))) ||
-        (m->lora_params && !(lora_params = be->alloc(m->lora_size * sizeof(float)))) ||
-        (m->lora_grads && !(lora_grads = be->alloc(m->lora_size * sizeof(float))))) {
-        if (grads) be->free(grads);
-        if (lora_params) be->free(lora_params);
-        return ca_error(CA_ERR_NOMEM, "out of memory moving the vision model to the %s backend", be->name);
-    }
     ca_param_table tb = {0};
-    float *params = NULL, *old_params = m->params;
-    ca_param_info *info = NULL;
-    int count = 0;
-    size_t floats = 0;
     ca_status st = build_param_table(m, &tb);
-    if (st == CA_OK) st = ca_param_table_bind(&tb, be, &params, &info, &count, &floats);
     if (st != CA_OK) {
         ca_param_table_discard(&tb);
-        if (grads) be->free(grads);
-        if (lora_params) be->free(lora_params);
-        if (lora_grads) be->free(lora_grads);
         return st;
     }
-    free(info); /* identical to m->param_info */
-    memcpy(params, old_params, P * sizeof(float));
-    if (grads) memcpy(grads, m->grads, P * sizeof(float));
-    if (lora_params) memcpy(lora_params, m->lora_params, m->lora_size * sizeof(float));
-    if (lora_grads) memcpy(lora_grads, m->lora_grads, m->lora_size * sizeof(float));
-    m->be->free(old_params);
-    m->be->free(m->grads);
-    if (m->lora_params) m->be->free(m->lora_params);
-    if (m->lora_grads) m->be->free(m->lora_grads);
+    ca_train_buffers bufs = {m->grads, m->lora_params, m->lora_grads};
+    st = ca_params_move(&tb, m->be, be, &m->params, m->num_parameters, &bufs, m->lora_size, "vision model");
+    if (st != CA_OK) return st;
+    m->grads = bufs.grads;
+    m->lora_params = bufs.lora_params;
+    m->lora_grads = bufs.lora_grads;
     m->be->free(m->acts);
-    m->params = params;
-    m->grads = grads;
-    m->lora_params = lora_params;
-    m->lora_grads = lora_grads;
     m->acts = NULL;
     m->acts_floats = 0;
     m->have_train_acts = 0;
@@ -951,8 +927,8 @@ ca_status ca_vision_lora_init(ca_vision_model *m, uint64_t seed, int gaussian) {
     ca_rng_seed(&rng, seed);
     for (int i = 0; i < m->num_lora; i++) {
         const ca_vision_lora_adapter *a = &m->lora[i];
-        ca_lora_init_A(m->lora_params + a->a_offset, a->r, a->in, &rng, gaussian);
-        memset(m->lora_params + a->b_offset, 0, (size_t)a->out * a->r * sizeof(float));
+        ca_lora_init_adapter(m->lora_params + a->a_offset, m->lora_params + a->b_offset, a->r, a->in, a->out, &rng,
+                             gaussian);
     }
     return CA_OK;
 }

@@ -49,6 +49,23 @@ PyObject *ca_py_float_view(PyObject *owner, float *data, size_t count);
 /* [(name, shape, offset, numel)] of a parameter table (ca_param_info array). */
 PyObject *ca_py_param_table(const void *info, int count);
 
+/* LoRA and backend glue shared by _core.Lfm2 and _core.Vision (py_lora.c). */
+typedef struct {
+    const int *layers, *projections; /* (count) int32, borrowed from the caller's arrays */
+    int count, r;
+    float scaling, dropout;
+} ca_py_lora_spec;
+/* Parses lora_add(layers, projections, r, scaling, dropout=0); 0 with an exception set. */
+int ca_py_lora_spec_parse(ca_py_lora_spec *spec, PyObject *args, PyObject *kwds);
+/* The flat LoRA buffer as a float32 view kept alive by `owner`, or None when there is no adapter. */
+PyObject *ca_py_lora_buffer(PyObject *owner, int num_lora, float *data, size_t size);
+/* One lora_table() row: (layer, projection, r, in, out, a_offset, b_offset, scaling, dropout). */
+PyObject *ca_py_lora_row(int layer, const char *proj, int r, int in, int out, size_t a_offset, size_t b_offset,
+                         float scaling, float dropout);
+/* set_profiling(on): swaps a CPU model's backend `*be` for the timing one (or back) under `lock`;
+ * RuntimeError when the model is on another device. */
+PyObject *ca_py_set_profiling(const ca_backend **be, PyThread_type_lock lock, PyObject *arg);
+
 /* Each area registers its functions and types here; module.c gathers them into captionaura._core. */
 extern PyMethodDef ca_py_ops_methods[];
 extern PyMethodDef ca_py_io_methods[];

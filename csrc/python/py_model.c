@@ -232,16 +232,7 @@ static PyObject *Lfm2_save_safetensors(Lfm2Object *self, PyObject *args, PyObjec
 
 static PyObject *Lfm2_set_profiling(Lfm2Object *self, PyObject *arg) {
     if (!ready(self)) return NULL;
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    if (self->model->be != &ca_cpu_backend && self->model->be != &ca_cpu_profiling_backend)
-        return PyErr_Format(PyExc_RuntimeError, "profiling times the CPU backend; the model is on %s (to('cpu') first)",
-                            self->model->be->name);
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    self->model->be = on ? &ca_cpu_profiling_backend : &ca_cpu_backend;
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return ca_py_set_profiling(&self->model->be, self->lock, arg);
 }
 
 /* to_device(name): moves the model's buffers to the "cpu" or "cuda" backend. Earlier parameter/gradient
@@ -265,21 +256,11 @@ static PyObject *Lfm2_get_backend(Lfm2Object *self, void *closure) {
 
 /* ---- LoRA ---- */
 static PyObject *Lfm2_lora_add(Lfm2Object *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"layers", "projections", "r", "scaling", "dropout", NULL};
-    PyObject *layers_obj, *projs_obj;
-    int r;
-    float scaling, dropout = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOif|f", kwlist, &layers_obj, &projs_obj, &r, &scaling, &dropout))
-        return NULL;
-    if (!ready(self)) return NULL;
-    PyArrayObject *layers = ca_py_array(layers_obj, NPY_INT32, 1, 0, "layers");
-    if (!layers) return NULL;
-    npy_intp n = PyArray_DIM(layers, 0);
-    PyArrayObject *projs = ca_py_array_shape(projs_obj, NPY_INT32, 1, (npy_intp[]){n}, 0, "projections");
-    if (!projs) return NULL;
+    ca_py_lora_spec spec;
+    if (!ca_py_lora_spec_parse(&spec, args, kwds) || !ready(self)) return NULL;
     ca_status st;
-    CA_COMPUTE(self, st = ca_lfm2_lora_add(self->model, PyArray_DATA(layers), PyArray_DATA(projs), (int)n, r, scaling,
-                                           dropout));
+    CA_COMPUTE(self, st = ca_lfm2_lora_add(self->model, spec.layers, spec.projections, spec.count, spec.r,
+                                             spec.scaling, spec.dropout));
     if (st != CA_OK) return ca_py_raise(st);
     Py_RETURN_NONE;
 }
@@ -302,25 +283,22 @@ static PyObject *Lfm2_lora_init(Lfm2Object *self, PyObject *args) {
 
 static PyObject *Lfm2_lora_params(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    if (!self->model->num_lora) Py_RETURN_NONE;
-    return ca_py_float_view((PyObject *)self, self->model->lora_params, self->model->lora_size);
+    return ca_py_lora_buffer((PyObject *)self, self->model->num_lora, self->model->lora_params, self->model->lora_size);
 }
 
 static PyObject *Lfm2_lora_grads(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    if (!self->model->num_lora) Py_RETURN_NONE;
-    return ca_py_float_view((PyObject *)self, self->model->lora_grads, self->model->lora_size);
+    return ca_py_lora_buffer((PyObject *)self, self->model->num_lora, self->model->lora_grads, self->model->lora_size);
 }
 
 static PyObject *Lfm2_lora_table(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     const ca_lfm2_model *m = self->model;
     PyObject *list = PyList_New(m->num_lora);
-    if (!list) return NULL;
-    for (int i = 0; i < m->num_lora; i++) {
+    for (int i = 0; list && i < m->num_lora; i++) {
         const ca_lora_adapter *a = &m->lora[i];
-        PyObject *row = Py_BuildValue("(isiiinnff)", a->layer, ca_lfm2_proj_name(a->proj), a->r, a->in, a->out,
-                                      (Py_ssize_t)a->a_offset, (Py_ssize_t)a->b_offset, a->scaling, a->dropout);
+        PyObject *row = ca_py_lora_row(a->layer, ca_lfm2_proj_name(a->proj), a->r, a->in, a->out, a->a_offset,
+                                       a->b_offset, a->scaling, a->dropout);
         if (!row) return Py_DECREF(list), NULL;
         PyList_SET_ITEM(list, i, row);
     }

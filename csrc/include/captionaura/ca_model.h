@@ -214,8 +214,9 @@ ca_status ca_lfm2_lora_add(ca_lfm2_model *m, const int *layers, const int *projs
 void ca_lfm2_lora_clear(ca_lfm2_model *m);
 /* PEFT's init: A ~ kaiming_uniform(a=sqrt(5)) = U(−1/sqrt(in), 1/sqrt(in)), or N(0, 1/r²) when gaussian; B = 0. */
 ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian);
-/* PEFT's initialisation of one lora_A (r, in): kaiming_uniform(a=√5), or N(0, 1/r²) when gaussian. */
-void ca_lora_init_A(float *A, int r, int in, ca_rng *rng, int gaussian);
+/* PEFT's initialisation of one adapter: lora_A (r, in) ~ kaiming_uniform(a=√5), or N(0, 1/r²) when gaussian;
+ * lora_B (out, r) = 0. */
+void ca_lora_init_adapter(float *A, float *B, int r, int in, int out, ca_rng *rng, int gaussian);
 /* W += sign · scaling · B·A for every adapter (sign +1 merges, −1 unmerges). */
 ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign);
 /* Whether base tensor `index` of the parameter table receives gradients. */

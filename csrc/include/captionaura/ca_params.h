@@ -39,6 +39,20 @@ ca_status ca_param_table_bind(ca_param_table *tb, const ca_backend *be, float **
 void ca_param_table_discard(ca_param_table *tb);
 int ca_param_find(const ca_param_info *info, int count, const char *name);
 
+/* What a model moves between backends along with its parameters; a NULL buffer stays NULL. */
+typedef struct {
+    float *grads;       /* (P) */
+    float *lora_params; /* (L) flat LoRA buffer */
+    float *lora_grads;  /* (L) */
+} ca_train_buffers;
+
+/* Moves a model's parameters (P floats at *params) and `bufs` (LoRA buffers of L floats) from backend `from` to
+ * `to`: `tb` is the model's table built again (the same layout), bound to a fresh buffer so every view is
+ * re-pointed; copies are plain memcpy, so both backends' memory must be host-addressable. The builder is
+ * emptied either way; on failure (CA_ERR_NOMEM naming `what`) nothing else changes. */
+ca_status ca_params_move(ca_param_table *tb, const ca_backend *from, const ca_backend *to, float **params, size_t P,
+                         ca_train_buffers *bufs, size_t L, const char *what);
+
 /* xoshiro256** seeded through splitmix64: reproducible across platforms. */
 typedef struct {
     uint64_t s[4];

@@ -203,15 +203,10 @@ class Simulation:
 
     def _refactorise(self, updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
         """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
-        total = sum(w for _, w in updates)
         out = self.global_vector.copy()
         for m in self.lm.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
-            delta = np.zeros((fout, fin), np.float64)
-            for vec, w in updates:
-                A = vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
-                B = vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
-                delta += (w / total) * (B @ A)
+            delta = _weighted_delta(m, updates)
             U, S, Vt = np.linalg.svd(delta, full_matrices=False)
             root = np.sqrt(S[:r])
             out[m["a_offset"]: m["a_offset"] + r * fin] = (root[:, None] * Vt[:r]).reshape(-1)
@@ -221,17 +216,10 @@ class Simulation:
     def _fold_residual(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray) -> dict[str, np.ndarray]:
         """"fedex": per module, R = s·(Σ p_k B_k A_k − B A) with (B, A) from `new`, added to the base weight
         (and to `base_residual`). Returns this round's residuals in units of B A (R / s)."""
-        total = sum(w for _, w in updates)
         folded, residuals = {}, {}
         for m in self.lm.lora_modules():
-            r, fin, fout = m["r"], m["in_features"], m["out_features"]
-            delta = np.zeros((fout, fin), np.float64)
-            for vec, w in updates:
-                A = vec[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
-                B = vec[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
-                delta += (w / total) * (B @ A)
-            A = new[m["a_offset"]: m["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
-            B = new[m["b_offset"]: m["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+            delta = _weighted_delta(m, updates)
+            B, A = _lora_factors(m, new)
             delta -= B @ A
             residuals[m["module"]] = (m["scaling"] * delta).astype(np.float32)
             folded[m["module"]] = delta
@@ -462,3 +450,21 @@ def _restore_strategy(strategy: Strategy, state: dict) -> None:
         strategy.accountant.rdp = np.asarray(dp["rdp"])
         strategy.accountant.history = [tuple(h) for h in dp["history"]]
         strategy.rng.bit_generator.state = dp["rng"]
+
+
+def _lora_factors(module: dict, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B (out, r), A (r, in)) of one LoRA module inside a flat adapter vector, as float64."""
+    r, fin, fout = module["r"], module["in_features"], module["out_features"]
+    A = vec[module["a_offset"]: module["a_offset"] + r * fin].reshape(r, fin).astype(np.float64)
+    B = vec[module["b_offset"]: module["b_offset"] + fout * r].reshape(fout, r).astype(np.float64)
+    return B, A
+
+
+def _weighted_delta(module: dict, updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Σ p_k B_k A_k of one module over the clients' adapter vectors, p_k = w_k / Σ w (float64, (out, in))."""
+    total = sum(w for _, w in updates)
+    delta = np.zeros((module["out_features"], module["in_features"]), np.float64)
+    for vec, w in updates:
+        B, A = _lora_factors(module, vec)
+        delta += (w / total) * (B @ A)
+    return delta
