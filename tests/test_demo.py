@@ -12,7 +12,7 @@ import pytest
 
 from captionaura.demo import DemoConfig, run_demo
 
-SMALL = {"clients": 3, "rounds": 3, "local_steps": 8, "personal_steps": 4, "train_per_user": 8, "test_per_user": 4,
+SMALL = {"clients": 3, "rounds": 4, "local_steps": 8, "personal_steps": 4, "train_per_user": 8, "test_per_user": 6,
          "samples": 1, "progressbar": False}
 
 
