@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "captionaura/ca_model.h"
+#include "captionaura/ca_profile.h"
 #include "captionaura/ca_safetensors.h"
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -89,6 +90,7 @@ void ca_lfm2_free(ca_lfm2_model *m) {
     m->be->free(m->params);
     m->be->free(m->grads);
     m->be->free(m->acts);
+    free(m->params_bf16);
     ca_lfm2_lora_clear(m);
     free(m->param_info);
     free(m->trainable);
@@ -107,6 +109,9 @@ int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
  * memory must be host-addressable (the CUDA table's managed memory is). On failure nothing changes. */
 ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
+    if (m->params_bf16)
+        return ca_error(CA_ERR_VALUE, "bf16 inference weights run on the CPU only: call to_inference_dtype('fp32') "
+                                      "before moving the model to %s", be->name);
     const size_t P = m->num_parameters;
     float *grads = NULL, *lora_params = NULL, *lora_grads = NULL;
     if (m->grads && !(grads = be->alloc(P * sizeof(float)))) goto nomem;
@@ -153,6 +158,34 @@ nomem:
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* inference dtype                                                                                   */
+
+/* Rounds params to bf16 values and packs them: params[i] = widen(bf16(params[i])) exactly. */
+static void repack_bf16(ca_lfm2_model *m) {
+    if (!m->params_bf16) return;
+    ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
+    ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
+}
+
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
+    if (!strcmp(dtype, "fp32")) {
+        free(m->params_bf16);
+        m->params_bf16 = NULL;
+        return CA_OK;
+    }
+    if (strcmp(dtype, "bf16"))
+        return ca_error(CA_ERR_VALUE, "inference dtype '%s' is not one of 'fp32', 'bf16'", dtype);
+    if (m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
+        return ca_error(CA_ERR_VALUE, "bf16 inference weights run on the CPU only (the model is on %s)", m->be->name);
+    if (!m->params_bf16 && !(m->params_bf16 = malloc(m->num_parameters * sizeof(uint16_t))))
+        return ca_error(CA_ERR_NOMEM, "out of memory for %zu bf16 weights", m->num_parameters);
+    repack_bf16(m);
+    return CA_OK;
+}
+
+const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m) { return m->params_bf16 ? "bf16" : "fp32"; }
+
+/* ------------------------------------------------------------------------------------------------ */
 /* seeded initialisation                                                                             */
 
 ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
@@ -171,6 +204,7 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
     const ca_lfm2_config *c = &m->cfg;
     if (c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size)
         memset(m->embed_tokens + (size_t)c->pad_token_id * c->hidden_size, 0, (size_t)c->hidden_size * sizeof(float));
+    repack_bf16(m);
     return CA_OK;
 }
 
@@ -373,11 +407,20 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
+/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token reads the packed bf16 copy when there is
+ * one (memory-bound GEMV); several tokens go to the fp32 GEMM on the same (bf16-rounded) values. */
+static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
+    if (m->params_bf16 && N == 1)
+        ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + (W - m->params), N, C, OC);
+    else
+        m->be->linear_forward(out, inp, W, NULL, N, C, OC);
+}
+
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
 static void proj_forward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *out, const float *inp, int N) {
     int in, outd;
     const float *W = proj_weight(m, l, proj, &in, &outd);
-    m->be->linear_forward(out, inp, W, NULL, N, in, outd);
+    head_forward(m, out, inp, W, N, in, outd);
     const ca_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *x = inp;
@@ -592,6 +635,9 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size, V = c->vocab_size;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    if (m->params_bf16)
+        return ca_error(CA_ERR_VALUE, "the model holds bf16 inference weights: call to_inference_dtype('fp32') "
+                                      "before training");
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {
@@ -738,6 +784,7 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
+    repack_bf16(m);
     return st;
 }
 
@@ -847,6 +894,7 @@ ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign) {
         float *W = proj_weight(m, a->layer, a->proj, &in, &out);
         m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out, a->r);
     }
+    repack_bf16(m);
     return CA_OK;
 }
 
@@ -1047,7 +1095,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     const float *top = m->hs + (size_t)c->num_hidden_layers * N * C;
     if (all_logits) {
         m->be->rmsnorm_forward(m->xf, m->rstdf, top, m->embedding_norm, N, C, eps);
-        m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, V);
+        head_forward(m, logits, m->xf, m->lm_head, N, C, V);
     } else { /* only each row's last real token reaches the (V × C) head */
         float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
         for (int b = 0; b < B; b++) {
@@ -1055,7 +1103,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             m->be->copy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
         }
         m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
-        m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
+        head_forward(m, row_logits, normed, m->lm_head, B, C, V);
         for (int b = 0; b < B; b++)
             if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }

@@ -124,7 +124,17 @@ typedef struct ca_lfm2_model {
     int lora_freeze_A;         /* FFA-LoRA: A stays at its (shared-seed) init, only B trains */
     uint64_t dropout_seed;     /* advanced every training step */
     int training;              /* dropout active (inside loss_and_grad) */
+
+    /* bf16 inference weights (CPU): params rounded in place to bf16 values, and packed here for the decoding
+     * GEMV (one token reads half the bytes); NULL in fp32 mode */
+    uint16_t *params_bf16;     /* (num_parameters) */
 } ca_lfm2_model;
+
+/* "fp32" | "bf16": weights used for inference. bf16 rounds every parameter to bf16 in place (the prefill
+ * GEMMs and the decoding GEMVs then use identical weights) and packs them for the decoding GEMV; "fp32" drops
+ * the packed copy (the rounding stays). Training refuses a bf16 model; loading, init and LoRA merge re-pack. */
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype);
+const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m);
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
 ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);

@@ -54,6 +54,19 @@ void ca_cpu_linear_backward(float *dinp,         /* (N, C): = dout·W, or += whe
                             const float *weight, /* (OC, C) */
                             int N, int C, int OC, int accumulate);
 
+/* ---- linear_lowp.c: decoding GEMV with bf16 weights, fp32 input and accumulation ---- */
+void ca_cpu_bf16_from_f32(uint16_t *out, /* (n) round to nearest even */
+                          const float *in, /* (n) */
+                          size_t n);
+void ca_cpu_f32_from_bf16(float *out, const uint16_t *in, size_t n);
+void ca_cpu_linear_bf16_forward(float *out,             /* (N, OC) */
+                                const float *inp,       /* (N, C) */
+                                const uint16_t *weight, /* (OC, C) bf16 */
+                                int N, int C, int OC);
+/* "auto" | "avx512" | "avx2": the GEMV variant; -1 for an unknown name or an ISA this CPU lacks */
+int ca_cpu_lowp_set_isa(const char *isa);
+const char *ca_cpu_lowp_isa(void);
+
 /* ---- shortconv.c: the gated depthwise causal convolution inside the LFM2 conv block (lfm2.md §2.4)
  *   z = [Bg | Cg | xv] (the in_proj output, chunked in that order)
  *   u[t] = Bg[t] ⊙ xv[t]
