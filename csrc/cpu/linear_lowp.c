@@ -1,5 +1,5 @@
-/* Low-precision weight-only GEMV for decoding: out (OC) = W (OC, C) · x (C) with W stored in bf16 and x, the
- * products and the sums in fp32. Decoding one token reads every weight once and does 2 FLOP per weight, so it
+/* Low-precision weight-only GEMV for decoding: out (OC) = W (OC, C) · x (C) with W stored in bf16, or in int8
+ * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]), and x, the products and the sums in fp32. Decoding one token reads every weight once and does 2 FLOP per weight, so it
  * is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core); bf16 halves the bytes per token.
  *
  * bf16 is the top half of an fp32: widening is a 16-bit left shift, exact, so the only error is the rounding of
@@ -8,11 +8,14 @@
  * below the memory time. The AVX-512 variant is chosen at run time (cpuid); the core's baseline is
  * x86-64-v3, so the AVX2 variant always runs.
  *
+ * int8 quarters the bytes; widening is a sign extension and an exact int → float conversion.
+ *
  * Four rows share each load of x; the rows are split over the OpenMP threads in 16-row blocks. */
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
 #include <immintrin.h>
+#include <math.h>
 
 /* fp32 → bf16, round to nearest even (as torch's .to(torch.bfloat16)); NaNs stay (quiet) NaNs. */
 static inline uint16_t bf16_round(float f) {
@@ -116,6 +119,90 @@ static void gemv_bf16_rows_avx2(float *restrict out, const float *restrict x, co
 #undef CA_WIDEN256
 }
 
+/* q (OC, C) = round(W / scale), scale (OC) = max_k |W[o, k]| / 127 (0 for an all-zero row); W is overwritten
+ * with scale · q, the values the int8 GEMV multiplies by. */
+void ca_cpu_q8_quantize_rows(int8_t *restrict q, float *restrict scale, float *restrict W, int OC, int C) {
+#pragma omp parallel for if ((size_t)OC * C > CA_PAR_MIN) schedule(static)
+    for (int o = 0; o < OC; o++) {
+        float *w = W + (size_t)o * C;
+        int8_t *qo = q + (size_t)o * C;
+        float amax = 0.0f;
+        for (int k = 0; k < C; k++) amax = fmaxf(amax, fabsf(w[k]));
+        const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < C; k++) {
+            float r = nearbyintf(w[k] * inv);
+            r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+            qo[k] = (int8_t)r;
+            w[k] = s * r;
+        }
+        scale[o] = s;
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_q8_rows_avx512(
+    float *restrict out, const float *restrict x, const int8_t *restrict W, const float *restrict scale, int C,
+    int o0, int o1) {
+    const int C16 = C & ~15;
+#define CA_Q8_512(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (int k = 0; k < C16; k += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + k);
+            a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), xv, a0);
+            a1 = _mm512_fmadd_ps(CA_Q8_512(w1 + k), xv, a1);
+            a2 = _mm512_fmadd_ps(CA_Q8_512(w2 + k), xv, a2);
+            a3 = _mm512_fmadd_ps(CA_Q8_512(w3 + k), xv, a3);
+        }
+        float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+        float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+        for (int k = C16; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
+        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
+        out[o + 3] = scale[o + 3] * s3;
+    }
+    for (; o < o1; o++) {
+        const int8_t *w0 = W + (size_t)o * C;
+        __m512 a0 = _mm512_setzero_ps();
+        for (int k = 0; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), _mm512_loadu_ps(x + k), a0);
+        float s0 = _mm512_reduce_add_ps(a0);
+        for (int k = C16; k < C; k++) s0 += w0[k] * x[k];
+        out[o] = scale[o] * s0;
+    }
+#undef CA_Q8_512
+}
+
+static void gemv_q8_rows_avx2(float *restrict out, const float *restrict x, const int8_t *restrict W,
+                              const float *restrict scale, int C, int o0, int o1) {
+    const int C8 = C & ~7;
+#define CA_Q8_256(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+    int o = o0;
+    for (; o + 4 <= o1; o += 4) {
+        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int k = 0; k < C8; k += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), xv, a0);
+            a1 = _mm256_fmadd_ps(CA_Q8_256(w1 + k), xv, a1);
+            a2 = _mm256_fmadd_ps(CA_Q8_256(w2 + k), xv, a2);
+            a3 = _mm256_fmadd_ps(CA_Q8_256(w3 + k), xv, a3);
+        }
+        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
+        for (int k = C8; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
+        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
+        out[o + 3] = scale[o + 3] * s3;
+    }
+    for (; o < o1; o++) {
+        const int8_t *w0 = W + (size_t)o * C;
+        __m256 a0 = _mm256_setzero_ps();
+        for (int k = 0; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), _mm256_loadu_ps(x + k), a0);
+        float s0 = hsum256(a0);
+        for (int k = C8; k < C; k++) s0 += w0[k] * x[k];
+        out[o] = scale[o] * s0;
+    }
+#undef CA_Q8_256
+}
+
 typedef void (*gemv_bf16_rows_fn)(float *, const float *, const uint16_t *, int, int, int);
 
 static int cpu_has_avx512(void) {
@@ -158,6 +245,29 @@ void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
             int o0, o1;
             ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
             if (o0 < o1) rows(y, x, weight, C, o0, o1);
+        }
+    }
+}
+
+void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
+                              const float *restrict inp,    /* (N, C) */
+                              const int8_t *restrict weight, /* (OC, C) */
+                              const float *restrict scale,  /* (OC) */
+                              int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    const int avx512 = gemv_bf16_rows() == gemv_bf16_rows_avx512; /* the same ISA choice */
+    const int par = (size_t)OC * C > CA_PAR_MIN * 8;
+    for (int n = 0; n < N; n++) {
+        float *y = out + (size_t)n * OC;
+        const float *x = inp + (size_t)n * C;
+#pragma omp parallel if (par)
+        {
+            int o0, o1;
+            ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
+            if (o0 < o1) {
+                if (avx512) gemv_q8_rows_avx512(y, x, weight, scale, C, o0, o1);
+                else gemv_q8_rows_avx2(y, x, weight, scale, C, o0, o1);
+            }
         }
     }
 }

@@ -529,8 +529,8 @@ static PyObject *Lfm2_inference_dtype(Lfm2Object *self, PyObject *unused) {
 
 static PyMethodDef Lfm2_methods[] = {
     {"set_inference_dtype", (PyCFunction)Lfm2_set_inference_dtype, METH_O,
-     "set_inference_dtype('fp32' | 'bf16'): weights used for inference (bf16 rounds them in place)."},
-    {"inference_dtype", (PyCFunction)Lfm2_inference_dtype, METH_NOARGS, "'fp32' or 'bf16'."},
+     "set_inference_dtype('fp32' | 'bf16' | 'int8'): weights used for inference (bf16 and int8 round them in place)."},
+    {"inference_dtype", (PyCFunction)Lfm2_inference_dtype, METH_NOARGS, "'fp32', 'bf16' or 'int8'."},
     {"param_table", (PyCFunction)Lfm2_param_table, METH_NOARGS,
      "[(name, shape, offset, numel)] of every parameter tensor, in buffer order."},
     {"params", (PyCFunction)Lfm2_params, METH_NOARGS, "The flat float32 parameter buffer (a view)."},
