@@ -5,11 +5,13 @@ bandwidth measured in the same run (a STREAM-like NumPy "add" over 3 x 256 MiB a
 and optionally llama.cpp's ``llama-bench`` on GGUFs converted from the same weights (below).
 
     python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3]
-                                        [--dtypes fp32,bf16] [--torch-python .venv-ref/bin/python] [--no-torch]
+                                        [--dtypes fp32,bf16,int8] [--torch-python .venv-ref/bin/python] [--no-torch]
                                         [--json out.json]
 
 bf16: ours is ``model.to_inference_dtype("bf16")`` (bf16 weights in the decoding GEMVs, fp32 activations);
-transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and activations).
+transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and activations). int8 (ours only, per-row scales;
+compared with llama.cpp's q8_0, which has one scale per 32 weights): ``model.to_inference_dtype("int8")``.
+The roofline counts 4, 2 or 1 bytes per parameter.
 
 llama.cpp (optional, when the environment variable LLAMA_CPP_DIR names a llama.cpp source tree with a CPU
 build of llama-bench in LLAMA_CPP_DIR/build/bin). Nothing of llama.cpp is part of this project; the manual steps:
@@ -221,7 +223,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16,int8")
     parser.add_argument("--torch-python")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json")
@@ -244,7 +246,7 @@ def main() -> None:
         row: dict = {"bandwidth": bandwidth(threads), "ours": {}, "torch": {}}
         for dtype in dtypes:
             row["ours"][dtype] = ours(config, threads, args.prompt, args.new, args.repeats, dtype)
-            if not py:
+            if not py or dtype == "int8":  # transformers has no int8 weight-only CPU path of its own
                 continue
             cmd = [py, __file__, "--torch-worker", str(threads), "--prompt", str(args.prompt), "--new",
                    str(args.new), "--repeats", str(args.repeats), "--config-json", json.dumps(config),
@@ -271,7 +273,7 @@ def main() -> None:
         base = row["torch"].get("fp32")
         for dtype in dtypes:
             o, t = row["ours"][dtype], row["torch"].get(dtype)
-            roof = row["bandwidth"] / (params * (4 if dtype == "fp32" else 2))
+            roof = row["bandwidth"] / (params * {"fp32": 4, "bf16": 2, "int8": 1}[dtype])
             for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
                                ("decode mean", "decode_mean_tok_s")):
                 tv = f"{t[key]:19.1f}" if t else f"{'-':>19}"
@@ -288,7 +290,7 @@ def main() -> None:
         for threads, by_type in llama.items():
             ours_row = results[threads]["ours"]
             for gtype, rate in by_type.items():
-                mine = ours_row.get({"f32": "fp32", "bf16": "bf16"}.get(gtype, ""), {}).get("decode_tok_s")
+                mine = ours_row.get({"f32": "fp32", "bf16": "bf16", "q8_0": "int8"}[gtype], {}).get("decode_tok_s")
                 vs = f"ours/llama.cpp {mine / rate:.2f}" if mine else ""
                 print(f"{threads:>7} {gtype:<5} {rate:8.1f}  {vs}")
         for threads in llama:
