@@ -1,12 +1,37 @@
-"""Generation throughput for the LFM2-350M shape (random weights, float32, batch 1): prefill of a 512-token prompt
-and greedy decode of 128 new tokens, captionaura vs transformers ``generate`` (same config, same thread count),
-run side by side, captionaura's streaming iterator (``stream=True``) next to its plain call, plus the decode
-roofline: weight bytes read per token / memory bandwidth measured in the same run (a STREAM-like NumPy "add" over
-3 x 256 MiB arrays, one NumPy call per thread). ``--shape tiny`` (bench_lfm2's tiny LFM2) shows the per-token
-overhead of streaming, which the 350M shape's decode time hides.
+"""Generation throughput for the LFM2-350M shape (random weights, batch 1): prefill of a 512-token prompt
+and greedy decode of 128 new tokens, captionaura vs transformers ``generate`` (same config, same thread count,
+each in fp32 and bf16 weights), run side by side, plus the decode roofline: weight bytes read per token / memory
+bandwidth measured in the same run (a STREAM-like NumPy "add" over 3 x 256 MiB arrays, one NumPy call per thread),
+and optionally llama.cpp's ``llama-bench`` on GGUFs converted from the same weights (below).
 
     python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3] [--shape 350m]
-                                        [--torch-python .venv-ref/bin/python] [--no-torch] [--json out.json]
+                                        [--dtypes fp32,bf16,int8] [--torch-python .venv-ref/bin/python] [--no-torch]
+                                        [--json out.json]
+
+captionaura's streaming iterator (``stream=True``) is timed next to its plain call (each token handled by the
+same Python code); ``--shape tiny`` (bench_lfm2's tiny LFM2) shows the per-token overhead of streaming, which the
+350M shape's decode time hides.
+
+bf16: ours is ``model.to_inference_dtype("bf16")`` (bf16 weights in the decoding GEMVs, fp32 activations);
+transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and activations). int8 (ours only, per-row scales;
+compared with llama.cpp's q8_0, which has one scale per 32 weights): ``model.to_inference_dtype("int8")``.
+The roofline counts 4, 2 or 1 bytes per parameter.
+
+llama.cpp (optional, when the environment variable LLAMA_CPP_DIR names a llama.cpp source tree with a CPU
+build of llama-bench in LLAMA_CPP_DIR/build/bin). Nothing of llama.cpp is part of this project; the manual steps:
+
+    # a llama.cpp source tree (e.g. the one vendored in the llama-cpp-python sdist: pip download
+    # llama-cpp-python --no-binary :all: --no-deps, then unpack vendor/llama.cpp) at $LLAMA_CPP_DIR, then
+    cmake -S $LLAMA_CPP_DIR -B $LLAMA_CPP_DIR/build -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF
+    cmake --build $LLAMA_CPP_DIR/build -j 2 --target llama-bench
+    python3 -m venv /work/refvenv && /work/refvenv/bin/pip install torch transformers safetensors numpy sentencepiece
+    LLAMA_CPP_DIR=... LLAMA_CPP_PYTHON=/work/refvenv/bin/python python benchmarks/bench_generate.py
+
+The benchmark then saves our random 350M model (save_pretrained), converts it with llama.cpp's own
+convert_hf_to_gguf.py (run by LLAMA_CPP_PYTHON, default the --torch-python interpreter) to f32, bf16 and q8_0
+GGUFs, giving it a placeholder vocabulary because a random checkpoint has no tokenizer (token ids are all
+llama-bench uses), and runs ``llama-bench -p 0 -n <new> -d <prompt> -t <threads> -r <repeats>``: token generation
+after a <prompt>-token context, as ours. Its tok/s is the median of llama-bench's per-repeat figures.
 
 Each new token is timestamped as it is emitted (captionaura: the per-token callback; transformers: a streamer).
 prefill tok/s = prompt / best time to the first token; decode tok/s = 1 / median gap between tokens over all
@@ -22,6 +47,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -56,11 +82,12 @@ def rates(m: dict, prompt: int, new: int) -> dict:
             "decode_mean_tok_s": (new - 1) / m["decode_span_s"]}
 
 
-def ours(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dict:
+def ours(config: dict, threads: int, prompt: int, new: int, repeats: int, dtype: str = "fp32",
+         streaming: bool = False) -> dict:
     import captionaura as ca
 
     ca.set_num_threads(threads)
-    model = ca.Lfm2Model.from_config(config, seed=0)
+    model = ca.Lfm2Model.from_config(config, seed=0).to_inference_dtype(dtype)
     ids = np.random.default_rng(0).integers(3, config["vocab_size"], prompt).astype(np.int32)
 
     def run(n: int, stamp) -> None:
@@ -80,9 +107,11 @@ def ours(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dic
             handle_token(tok)
             stamp()
 
-    return {**rates(measure(run, new, repeats), prompt, new), "parameters": model.num_parameters(),
-            "handled": rates(measure(run_handled, new, repeats), prompt, new),
-            "streamed": rates(measure(run_streamed, new, repeats), prompt, new)}
+    result = {**rates(measure(run, new, repeats), prompt, new), "parameters": model.num_parameters()}
+    if streaming:
+        result["handled"] = rates(measure(run_handled, new, repeats), prompt, new)
+        result["streamed"] = rates(measure(run_streamed, new, repeats), prompt, new)
+    return result
 
 
 def handle_token(token: int) -> str:
@@ -90,7 +119,7 @@ def handle_token(token: int) -> str:
     return "".join(chr(97 + (token + i) % 26) for i in range(400))
 
 
-def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int) -> dict:
+def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int, dtype: str = "fp32") -> dict:
     import torch
     from bench_lfm2_torch import _make_config
     from transformers import Lfm2ForCausalLM
@@ -99,7 +128,7 @@ def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int) -> d
     torch.manual_seed(0)
     cfg = _make_config(config, "sdpa")
     cfg.use_cache = True
-    model = Lfm2ForCausalLM(cfg).eval()
+    model = Lfm2ForCausalLM(cfg).eval().to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     ids = torch.tensor(np.random.default_rng(0).integers(3, config["vocab_size"], (1, prompt)))
     mask = torch.ones_like(ids)
 
@@ -148,6 +177,63 @@ def bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
     return 3 * n * 8 / best
 
 
+# convert_hf_to_gguf.py with a placeholder SentencePiece-style vocabulary (unk, bos, eos, the 256 byte tokens,
+# then "<tN>"): llama.cpp's LFM2 converter reads the tokenizer files a random checkpoint does not have.
+GGUF_CONVERT = r"""
+import sys
+llama, src, out, outtype = sys.argv[1:5]
+sys.path[:0] = [llama, llama + "/gguf-py"]
+import convert_hf_to_gguf
+from conversion import lfm2
+
+def set_vocab(self):
+    V = self.hparams["vocab_size"]
+    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    tokens += [f"<t{i}>".encode() for i in range(len(tokens), V)]
+    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)
+    self.gguf_writer.add_tokenizer_model("llama")
+    self.gguf_writer.add_tokenizer_pre("default")
+    self.gguf_writer.add_token_list(tokens)
+    self.gguf_writer.add_token_scores([0.0] * V)
+    self.gguf_writer.add_token_types(types)
+    self.gguf_writer.add_bos_token_id(1)
+    self.gguf_writer.add_eos_token_id(2)
+    self.gguf_writer.add_unk_token_id(0)
+
+lfm2.LFM2Model.set_vocab = set_vocab
+sys.argv = ["convert_hf_to_gguf.py", src, "--outtype", outtype, "--outfile", out]
+convert_hf_to_gguf.main()
+"""
+
+
+def llama_cpp(config: dict, thread_list: list[int], prompt: int, new: int, repeats: int,
+              python: str) -> dict[int, dict[str, float]]:
+    """llama-bench token-generation tok/s per thread count and GGUF type, on GGUFs of our seed-0 model."""
+    import tempfile
+
+    import captionaura as ca
+
+    llama = Path(os.environ["LLAMA_CPP_DIR"])
+    bench = llama / "build" / "bin" / "llama-bench"
+    if not bench.exists():
+        raise FileNotFoundError(f"{bench} is missing: build llama-bench first (see this file's docstring)")
+    out: dict[int, dict[str, float]] = {t: {} for t in thread_list}
+    with tempfile.TemporaryDirectory() as tmp:
+        ca.Lfm2Model.from_config(config, seed=0).save_pretrained(Path(tmp) / "hf")
+        for outtype in ("f32", "bf16", "q8_0"):
+            gguf = Path(tmp) / f"model-{outtype}.gguf"
+            subprocess.run([python, "-c", GGUF_CONVERT, str(llama), str(Path(tmp) / "hf"), str(gguf), outtype],
+                           check=True, capture_output=True, text=True)
+            for threads in thread_list:
+                done = subprocess.run([str(bench), "-m", str(gguf), "-p", "0", "-n", str(new), "-d", str(prompt),
+                                       "-t", str(threads), "-r", str(repeats), "-o", "json"],
+                                      check=True, capture_output=True, text=True)
+                samples = json.loads(done.stdout)[0]["samples_ts"]
+                out[threads][outtype] = float(np.median(samples))
+            gguf.unlink()
+    return out
+
+
 def torch_python(arg: str | None) -> str | None:
     if arg:
         return arg
@@ -163,63 +249,90 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="fp32,bf16,int8")
     parser.add_argument("--torch-python")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json")
     parser.add_argument("--shape", default="350m", choices=("tiny", "350m"))
     parser.add_argument("--torch-worker", type=int, help=argparse.SUPPRESS)  # internal: run the torch side
     parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-dtype", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:  # the reference interpreter has no captionaura: the config comes as JSON
         config = json.loads(args.config_json)
-        print(json.dumps(theirs(config, args.torch_worker, args.prompt, args.new, args.repeats)))
+        print(json.dumps(theirs(config, args.torch_worker, args.prompt, args.new, args.repeats, args.torch_dtype)))
         return
     from bench_lfm2 import SHAPES
 
     config = {"eos_token_id": 7, **SHAPES[args.shape]}
+    dtypes = args.dtypes.split(",")
+    thread_list = [int(t) for t in args.threads.split(",")]
     py = None if args.no_torch else torch_python(args.torch_python)
-    results = {}
-    for threads in [int(t) for t in args.threads.split(",")]:
-        row = {"ours": ours(config, threads, args.prompt, args.new, args.repeats), "bandwidth": bandwidth(threads)}
-        if py:
+    results: dict = {}
+    for threads in thread_list:
+        row: dict = {"bandwidth": bandwidth(threads), "ours": {}, "torch": {}}
+        for dtype in dtypes:
+            row["ours"][dtype] = ours(config, threads, args.prompt, args.new, args.repeats, dtype,
+                                      streaming=dtype == dtypes[0])
+            if not py or dtype == "int8":  # transformers has no int8 weight-only CPU path of its own
+                continue
             cmd = [py, __file__, "--torch-worker", str(threads), "--prompt", str(args.prompt), "--new",
-                   str(args.new), "--repeats", str(args.repeats), "--config-json", json.dumps(config)]
+                   str(args.new), "--repeats", str(args.repeats), "--config-json", json.dumps(config),
+                   "--torch-dtype", dtype]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
-                row["torch"] = json.loads(done.stdout.strip().splitlines()[-1])
+                row["torch"][dtype] = json.loads(done.stdout.strip().splitlines()[-1])
             else:
-                print(f"(transformers side failed: {done.stderr.strip().splitlines()[-1:]})")
+                print(f"(transformers {dtype} side failed: {done.stderr.strip().splitlines()[-1:]})")
         results[threads] = row
+    llama = {}
+    if os.environ.get("LLAMA_CPP_DIR"):
+        llama = llama_cpp(config, thread_list, args.prompt, args.new, args.repeats,
+                          os.environ.get("LLAMA_CPP_PYTHON") or py or sys.executable)
 
-    weight_bytes = 4 * next(iter(results.values()))["ours"]["parameters"]  # f32; tied lm_head read once
-    print(f"\nLFM2 {args.shape} shape, f32, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
-          f"tokens (greedy), best of {args.repeats}")
-    head = (f"{'threads':>7} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} {'ratio':>6} "
-            f"{'roofline tok/s':>15} {'of roofline':>11}")
+    params = next(iter(results.values()))["ours"][dtypes[0]]["parameters"]  # tied lm_head read once
+    print(f"\nLFM2 {args.shape} shape, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
+          f"tokens (greedy), {args.repeats} repeats; load average {os.getloadavg()[0]:.1f} at the end")
+    head = (f"{'threads':>7} {'dtype':<5} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} "
+            f"{'ratio':>6} {'vs torch fp32':>13} {'roofline tok/s':>15} {'of roofline':>11}")
     print(head)
     print("-" * len(head))
     for threads, row in results.items():
-        o, t = row["ours"], row.get("torch")
-        roof = row["bandwidth"] / weight_bytes
-        for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
-                           ("decode mean", "decode_mean_tok_s")):
-            tv = f"{t[key]:19.1f}" if t else f"{'-':>19}"
-            ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
-            rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase != "prefill" else f"{'':>15} {'':>11}"
-            print(f"{threads:>7} {phase:<12} {o[key]:18.1f} {tv} {ratio} {rf}")
+        base = row["torch"].get("fp32")
+        for dtype in dtypes:
+            o, t = row["ours"][dtype], row["torch"].get(dtype)
+            roof = row["bandwidth"] / (params * {"fp32": 4, "bf16": 2, "int8": 1}[dtype])
+            for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
+                               ("decode mean", "decode_mean_tok_s")):
+                tv = f"{t[key]:19.1f}" if t else f"{'-':>19}"
+                ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
+                vs = f"{o[key] / base[key]:13.2f}" if base else f"{'-':>13}"
+                rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase != "prefill" else f"{'':>15} {'':>11}"
+                print(f"{threads:>7} {dtype:<5} {phase:<12} {o[key]:18.1f} {tv} {ratio} {vs} {rf}")
     print("\nstreaming: each token handled by Python code (handle_token), from the plain call's callback vs from the "
-          "stream=True iterator, same run")
+          f"stream=True iterator, same run ({dtypes[0]})")
     head = f"{'threads':>7} {'phase':<12} {'callback tok/s':>15} {'streamed tok/s':>15} {'ratio':>6}"
     print(head)
     print("-" * len(head))
     for threads, row in results.items():
-        o, st = row["ours"]["handled"], row["ours"]["streamed"]
+        o, st = row["ours"][dtypes[0]]["handled"], row["ours"][dtypes[0]]["streamed"]
         for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
                            ("decode mean", "decode_mean_tok_s")):
             print(f"{threads:>7} {phase:<12} {o[key]:15.1f} {st[key]:15.1f} {st[key] / o[key]:6.2f}")
     for threads, row in results.items():
         print(f"memory bandwidth ({threads} thread(s), NumPy add): {row['bandwidth'] / 1e9:.1f} GB/s; "
-              f"weights {weight_bytes / 1e9:.2f} GB per decoded token")
+              f"weights {4 * params / 1e9:.2f} GB (fp32) per decoded token")
+    if llama:
+        print(f"\nllama.cpp llama-bench tg{args.new} after a {args.prompt}-token context (median of {args.repeats}), "
+              "tok/s; ours = decode median above")
+        for threads, by_type in llama.items():
+            ours_row = results[threads]["ours"]
+            for gtype, rate in by_type.items():
+                mine = ours_row.get({"f32": "fp32", "bf16": "bf16", "q8_0": "int8"}[gtype], {}).get("decode_tok_s")
+                vs = f"ours/llama.cpp {mine / rate:.2f}" if mine else ""
+                print(f"{threads:>7} {gtype:<5} {rate:8.1f}  {vs}")
+        for threads in llama:
+            results[threads]["llama_cpp"] = llama[threads]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

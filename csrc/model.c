@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "captionaura/ca_model.h"
+#include "captionaura/ca_profile.h"
 #include "captionaura/ca_safetensors.h"
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -84,11 +85,14 @@ ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const c
     return CA_OK;
 }
 
+static void drop_lowp(ca_lfm2_model *m);
+
 void ca_lfm2_free(ca_lfm2_model *m) {
     if (!m) return;
     m->be->free(m->params);
     m->be->free(m->grads);
     m->be->free(m->acts);
+    drop_lowp(m);
     ca_lfm2_lora_clear(m);
     free(m->param_info);
     free(m->trainable);
@@ -107,6 +111,9 @@ int ca_lfm2_find_param(const ca_lfm2_model *m, const char *name) {
  * memory must be host-addressable (the CUDA table's managed memory is). On failure nothing changes. */
 ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
+    if (m->params_bf16 || m->params_q8)
+        return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only: call to_inference_dtype('fp32') "
+                                      "before moving the model to %s", ca_lfm2_inference_dtype(m), be->name);
     ca_param_table tb = {0};
     ca_status st = build_param_table(m, &tb); /* the same layout: only the views are re-pointed by the move */
     if (st != CA_OK) {
@@ -129,6 +136,58 @@ ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+/* inference dtype                                                                                   */
+
+static void drop_lowp(ca_lfm2_model *m) {
+    free(m->params_bf16), free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
+    m->params_bf16 = NULL, m->params_q8 = NULL, m->q8_scales = NULL, m->q8_scale_at = NULL;
+}
+
+/* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). */
+static void repack_lowp(ca_lfm2_model *m) {
+    if (m->params_bf16) {
+        ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
+        ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
+    }
+    for (int i = 0; m->params_q8 && i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        if (p->ndim == 2)
+            ca_cpu_q8_quantize_rows(m->params_q8 + p->offset, m->q8_scales + m->q8_scale_at[i], m->params + p->offset,
+                                    (int)p->shape[0], (int)p->shape[1]);
+    }
+}
+
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
+    const int bf16 = !strcmp(dtype, "bf16"), int8 = !strcmp(dtype, "int8");
+    if (!bf16 && !int8 && strcmp(dtype, "fp32"))
+        return ca_error(CA_ERR_VALUE, "inference dtype '%s' is not one of 'fp32', 'bf16', 'int8'", dtype);
+    if ((bf16 || int8) && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
+        return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
+                        m->be->name);
+    drop_lowp(m);
+    if (bf16 && !(m->params_bf16 = malloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
+    if (int8) {
+        size_t rows = 0;
+        if (!(m->q8_scale_at = malloc((size_t)m->num_param_tensors * sizeof(size_t)))) goto nomem;
+        for (int i = 0; i < m->num_param_tensors; i++) {
+            m->q8_scale_at[i] = rows;
+            if (m->param_info[i].ndim == 2) rows += (size_t)m->param_info[i].shape[0];
+        }
+        if (!(m->params_q8 = malloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
+            goto nomem;
+    }
+    repack_lowp(m);
+    return CA_OK;
+nomem:
+    drop_lowp(m);
+    return ca_error(CA_ERR_NOMEM, "out of memory for %zu %s weights", m->num_parameters, dtype);
+}
+
+const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m) {
+    return m->params_bf16 ? "bf16" : m->params_q8 ? "int8" : "fp32";
+}
+
+/* ------------------------------------------------------------------------------------------------ */
 /* seeded initialisation                                                                             */
 
 ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
@@ -147,6 +206,7 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
     const ca_lfm2_config *c = &m->cfg;
     if (c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size)
         memset(m->embed_tokens + (size_t)c->pad_token_id * c->hidden_size, 0, (size_t)c->hidden_size * sizeof(float));
+    repack_lowp(m);
     return CA_OK;
 }
 
@@ -349,11 +409,29 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
+/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token reads the packed bf16 / int8 copy when
+ * there is one (memory-bound GEMV); several tokens go to the fp32 GEMM on the same (bf16-rounded) values. */
+static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
+    const size_t at = (size_t)(W - m->params);
+    if (m->params_bf16 && N == 1) {
+        ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + at, N, C, OC);
+    } else if (m->params_q8 && N == 1) { /* W's tensor: the last one starting at or before `at` */
+        int lo = 0, hi = m->num_param_tensors - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (m->param_info[mid].offset <= at) lo = mid;
+            else hi = mid - 1;
+        }
+        ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, m->q8_scales + m->q8_scale_at[lo], N, C, OC);
+    } else
+        m->be->linear_forward(out, inp, W, NULL, N, C, OC);
+}
+
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
 static void proj_forward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *out, const float *inp, int N) {
     int in, outd;
     const float *W = proj_weight(m, l, proj, &in, &outd);
-    m->be->linear_forward(out, inp, W, NULL, N, in, outd);
+    head_forward(m, out, inp, W, N, in, outd);
     const ca_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *x = inp;
@@ -568,6 +646,9 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size, V = c->vocab_size;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    if (m->params_bf16 || m->params_q8)
+        return ca_error(CA_ERR_VALUE, "the model holds %s inference weights: call to_inference_dtype('fp32') "
+                                      "before training", ca_lfm2_inference_dtype(m));
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {
@@ -714,6 +795,7 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
+    repack_lowp(m);
     return st;
 }
 
@@ -827,6 +909,7 @@ ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign) {
         float *W = proj_weight(m, a->layer, a->proj, &in, &out);
         m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out, a->r);
     }
+    repack_lowp(m);
     return CA_OK;
 }
 
@@ -1027,7 +1110,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     const float *top = m->hs + (size_t)c->num_hidden_layers * N * C;
     if (all_logits) {
         m->be->rmsnorm_forward(m->xf, m->rstdf, top, m->embedding_norm, N, C, eps);
-        m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, V);
+        head_forward(m, logits, m->xf, m->lm_head, N, C, V);
     } else { /* only each row's last real token reaches the (V × C) head */
         float *rows = last, *normed = last + (size_t)B * C, *row_logits = last + (size_t)2 * B * C;
         for (int b = 0; b < B; b++) {
@@ -1035,7 +1118,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             m->be->copy(rows + (size_t)b * C, top + ((size_t)b * T + t) * C, (size_t)C * sizeof(float));
         }
         m->be->rmsnorm_forward(normed, m->rstdf, rows, m->embedding_norm, B, C, eps);
-        m->be->linear_forward(row_logits, normed, m->lm_head, NULL, B, C, V);
+        head_forward(m, row_logits, normed, m->lm_head, B, C, V);
         for (int b = 0; b < B; b++)
             if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }

@@ -110,6 +110,17 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_lowp_isa(PyObject *self, PyObject *arg) {
+    const char *isa = PyUnicode_AsUTF8(arg);
+    if (!isa) return NULL;
+    if (ca_cpu_lowp_set_isa(isa) != 0) {
+        PyErr_Format(PyExc_ValueError, "GEMV instruction set '%s' is not one of 'auto', 'avx512', 'avx2' or this CPU "
+                     "lacks it", isa);
+        return NULL;
+    }
+    return PyUnicode_FromString(ca_cpu_lowp_isa());
+}
+
 static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(ca_get_num_threads());
 }
@@ -227,6 +238,7 @@ const ca_backend *ca_py_backend_named(const char *device) {
 
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Threads used by OpenMP loops and OpenBLAS."},
+    {"lowp_isa", py_lowp_isa, METH_O, "lowp_isa('auto' | 'avx512' | 'avx2') -> the bf16 GEMV variant now in use."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by OpenMP loops."},
     {"thread_team_size", py_thread_team_size, METH_NOARGS,
      "Threads an OpenMP loop started on the calling thread gets now (the count applied by its last compute call)."},

@@ -487,7 +487,28 @@ static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     return PyLong_FromSize_t(total);
 }
 
+static PyObject *Lfm2_set_inference_dtype(Lfm2Object *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    const char *dtype = PyUnicode_AsUTF8(arg);
+    if (!dtype) return NULL;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    st = ca_lfm2_set_inference_dtype(self->model, dtype);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_inference_dtype(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    return PyUnicode_FromString(ca_lfm2_inference_dtype(self->model));
+}
+
 static PyMethodDef Lfm2_methods[] = {
+    {"set_inference_dtype", (PyCFunction)Lfm2_set_inference_dtype, METH_O,
+     "set_inference_dtype('fp32' | 'bf16' | 'int8'): weights used for inference (bf16 and int8 round them in place)."},
+    {"inference_dtype", (PyCFunction)Lfm2_inference_dtype, METH_NOARGS, "'fp32', 'bf16' or 'int8'."},
     {"param_table", (PyCFunction)Lfm2_param_table, METH_NOARGS,
      "[(name, shape, offset, numel)] of every parameter tensor, in buffer order."},
     {"params", (PyCFunction)Lfm2_params, METH_NOARGS, "The flat float32 parameter buffer (a view)."},

@@ -361,6 +361,28 @@ class Lfm2Model:
             self.optimizer.rebind(*self.trainable_buffers(), device=self.device)
         return self
 
+    def to_inference_dtype(self, dtype: str) -> "Lfm2Model":
+        """Choose the weights used for inference ("fp32", "bf16" or "int8") and return self.
+
+        "bf16" rounds every parameter to bf16 in place (irreversibly, as ``torch_model.to(torch.bfloat16)``) and
+        keeps a packed bf16 copy that one-token decoding steps read: half the memory traffic of fp32, with fp32
+        activations and sums. Prompts (several tokens) use the fp32 GEMMs on the same rounded values, so batched
+        and one-by-one generation agree. Loading weights, ``init`` and ``merge_lora`` re-pack; writing into
+        ``parameters()`` by hand needs another ``to_inference_dtype(...)``. "int8" does the same with each
+        matrix rounded to ``scale[row] * q`` (q an int8, scale = max |row| / 127; vectors stay fp32): a quarter of
+        the fp32 traffic. Training a bf16/int8 model raises: go back with ``to_inference_dtype("fp32")`` (which
+        keeps the rounded values). CPU only.
+        """
+        if dtype not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")
+        self._core.set_inference_dtype(dtype)
+        return self
+
+    @property
+    def inference_dtype(self) -> str:
+        """"fp32", "bf16" or "int8" (see ``to_inference_dtype``)."""
+        return self._core.inference_dtype()
+
     def set_optimizer(self, config: AdamWConfig) -> AdamW:
         """(Re)create the AdamW that ``train_step`` uses, over the current trainable buffers."""
         self.optimizer = AdamW(*self.trainable_buffers(), config=config)

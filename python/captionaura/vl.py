@@ -674,6 +674,12 @@ class Lfm2VlModel:
         self.text.to(device)
         return self
 
+    def to_inference_dtype(self, dtype: str) -> "Lfm2VlModel":
+        """The language model's inference weights ("fp32", "bf16" or "int8", see ``Lfm2Model.to_inference_dtype``);
+        decoding is where they matter (the vision tower runs once per image and stays fp32). Returns self."""
+        self.text.to_inference_dtype(dtype)
+        return self
+
     def __repr__(self) -> str:
         return f"Lfm2VlModel(text={self.text!r}, vision={self.vision!r})"
 

@@ -124,7 +124,21 @@ typedef struct ca_lfm2_model {
     int lora_freeze_A;         /* FFA-LoRA: A stays at its (shared-seed) init, only B trains */
     uint64_t dropout_seed;     /* advanced every training step */
     int training;              /* dropout active (inside loss_and_grad) */
+
+    /* bf16 / int8 inference weights (CPU): params rounded in place to the low-precision values, and packed
+     * here for the decoding GEMV (one token reads a half / a quarter of the bytes); NULL in fp32 mode */
+    uint16_t *params_bf16;     /* (num_parameters) */
+    int8_t *params_q8;         /* (num_parameters): the matrices' entries; vectors stay fp32 in params */
+    float *q8_scales;          /* one per row of every matrix */
+    size_t *q8_scale_at;       /* (num_param_tensors) its first row's index in q8_scales */
 } ca_lfm2_model;
+
+/* "fp32" | "bf16" | "int8": weights used for inference. bf16 rounds every parameter to bf16 in place, int8
+ * every matrix to scale[row] · int8 (the prefill GEMMs and the decoding GEMVs then use identical weights), and
+ * packs them for the decoding GEMV; "fp32" drops the packed copy (the rounding stays). Training refuses a
+ * low-precision model; loading, init and LoRA merge re-pack. */
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype);
+const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m);
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
 ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);

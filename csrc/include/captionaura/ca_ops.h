@@ -54,6 +54,29 @@ void ca_cpu_linear_backward(float *dinp,         /* (N, C): = dout·W, or += whe
                             const float *weight, /* (OC, C) */
                             int N, int C, int OC, int accumulate);
 
+/* ---- linear_lowp.c: decoding GEMV with bf16 or int8 weights, fp32 input and accumulation ---- */
+void ca_cpu_bf16_from_f32(uint16_t *out, /* (n) round to nearest even */
+                          const float *in, /* (n) */
+                          size_t n);
+void ca_cpu_f32_from_bf16(float *out, const uint16_t *in, size_t n);
+void ca_cpu_linear_bf16_forward(float *out,             /* (N, OC) */
+                                const float *inp,       /* (N, C) */
+                                const uint16_t *weight, /* (OC, C) bf16 */
+                                int N, int C, int OC);
+/* int8 weights with one scale per row: q = round(W / scale), scale = max|W[o]| / 127; W becomes scale · q */
+void ca_cpu_q8_quantize_rows(int8_t *q,    /* (OC, C) */
+                             float *scale, /* (OC) */
+                             float *W,     /* (OC, C) rounded in place */
+                             int OC, int C);
+void ca_cpu_linear_q8_forward(float *out,           /* (N, OC) */
+                              const float *inp,     /* (N, C) */
+                              const int8_t *weight, /* (OC, C) */
+                              const float *scale,   /* (OC) */
+                              int N, int C, int OC);
+/* "auto" | "avx512" | "avx2": the GEMV variant; -1 for an unknown name or an ISA this CPU lacks */
+int ca_cpu_lowp_set_isa(const char *isa);
+const char *ca_cpu_lowp_isa(void);
+
 /* ---- shortconv.c: the gated depthwise causal convolution inside the LFM2 conv block (lfm2.md §2.4)
  *   z = [Bg | Cg | xv] (the in_proj output, chunked in that order)
  *   u[t] = Bg[t] ⊙ xv[t]

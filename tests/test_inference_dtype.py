@@ -1,0 +1,171 @@
+"""bf16 / int8 inference weights (``to_inference_dtype``): the bf16 rounding is IEEE round-to-nearest-even as
+torch's ``.to(torch.bfloat16)``, int8 is symmetric per-row absmax (as a NumPy version here); the low-precision
+decoding GEMVs equal the fp32 GEMM on the same rounded weights; logits stay close to the fp32 model's and greedy
+tokens equal transformers' (fp32) for a short horizon where the margins allow, on the fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import captionaura as ca
+from captionaura import _core
+
+FIXTURES = Path(__file__).parent / "reference" / "fixtures"
+NAMES = ["mixed", "odd", "conv_only", "attn_only"]
+# step-logit error vs fp32, as fractions of the logits' spread: (mean bound, worst bound). Measured on the
+# fixtures: bf16 mean 0.6-1.2%, worst 3.6-8.3%; int8 (per-row scales over rows of 32-64) mean 1.7-3.4%,
+# worst 12-25%.
+ERROR_BOUND = {"bf16": (0.02, 0.15), "int8": (0.05, 0.35)}
+# greedy steps are compared while fp32's top-2 margin exceeds this fraction of the spread (about 4x the mean
+# error), and at least this many steps must be compared over the three prompts
+GREEDY_MARGIN = {"bf16": (0.05, 12), "int8": (0.15, 4)}
+
+
+def load(name: str) -> ca.Lfm2Model:
+    return ca.Lfm2Model.from_pretrained(FIXTURES / "lfm2" / name)
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even to the top 16 bits of each float32 (finite inputs)."""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def q8_round(w: np.ndarray) -> np.ndarray:
+    """Rows rounded to scale * q, q = rint(w * 127 / max|row|) in [-127, 127], scale = max|row| / 127."""
+    amax = np.abs(w).max(axis=1, keepdims=True).astype(np.float32)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(w * inv), -127, 127).astype(np.float32)
+    return (amax / np.float32(127)) * q
+
+
+def steps(model, ids: np.ndarray, prefill: int) -> np.ndarray:
+    """Logits of a prefill of `prefill` tokens then one-token steps over the rest of `ids`, (T, V)."""
+    V = model.config.vocab_size
+    cache = model._core.new_cache(len(ids))
+    out = []
+    for lo, hi in [(0, prefill)] + [(t, t + 1) for t in range(prefill, len(ids))]:
+        logits = np.empty((1, hi - lo, V), np.float32)
+        model._core.forward_cached([cache], ids[None, lo:hi], np.array([hi - lo], np.int32), logits, True)
+        out.append(logits[0])
+    return np.concatenate(out)
+
+
+def test_rounding_is_round_to_nearest_even():
+    model = load("mixed")
+    before = model._core.params().copy()
+    model.to_inference_dtype("bf16")
+    assert model.inference_dtype == "bf16"
+    np.testing.assert_array_equal(model._core.params(), bf16_round(before))
+    # hand-checked values: ties go to the even neighbour, others to the nearest
+    one = np.float32(1.0)
+    cases = {1 + 2.0**-8: one, 1 + 3 * 2.0**-8: 1 + 2.0**-6, 1 + 2.0**-8 + 2.0**-20: 1 + 2.0**-7, -2.5: -2.5}
+    for x, want in cases.items():
+        assert bf16_round(np.array([x], np.float32))[0] == np.float32(want)
+    model.to_inference_dtype("fp32")  # keeps the rounded values
+    assert model.inference_dtype == "fp32"
+    np.testing.assert_array_equal(model._core.params(), bf16_round(before))
+
+
+def test_int8_rounds_each_matrix_row():
+    model = load("odd")
+    before = {name: w.copy() for name, w in model.parameters().items()}
+    model.to_inference_dtype("int8")
+    assert model.inference_dtype == "int8"
+    for name, w in model.parameters().items():
+        want = q8_round(before[name]) if w.ndim == 2 else before[name]
+        np.testing.assert_allclose(w, want, rtol=1e-6, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("name", NAMES)
+def test_lowp_steps_equal_fp32_gemm_on_rounded_weights(name, isa, dtype):
+    """One-token steps run the bf16/int8 GEMV; the full forward runs fp32 GEMMs on the same rounded weights."""
+    if isa == "avx512":
+        try:
+            _core.lowp_isa("avx512")
+        except ValueError:
+            pytest.skip("this CPU has no AVX-512")
+    else:
+        _core.lowp_isa(isa)
+    try:
+        model = load(name).to_inference_dtype(dtype)
+        ids = np.random.default_rng(0).integers(1, model.config.vocab_size, 20).astype(np.int32)
+        np.testing.assert_allclose(steps(model, ids, 5), model.forward(ids).logits[0], atol=1e-4, rtol=0)
+    finally:
+        _core.lowp_isa("auto")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("name", NAMES)
+def test_lowp_logits_close_to_fp32(name, dtype):
+    """bf16 rounds each weight by up to 2⁻⁹ relative, int8 by up to half a step of max|row| / 127; the step
+    logits' error is bounded by ERROR_BOUND, and the argmax agrees wherever fp32's top-2 margin exceeds the
+    worst-case bound."""
+    mean_bound, worst_bound = ERROR_BOUND[dtype]
+    fp32 = load(name)
+    ids = np.random.default_rng(1).integers(1, fp32.config.vocab_size, 20).astype(np.int32)
+    want = steps(fp32, ids, 5)
+    got = steps(load(name).to_inference_dtype(dtype), ids, 5)
+    err, spread = np.abs(got - want), want.std()
+    assert err.mean() <= mean_bound * spread and err.max() <= worst_bound * spread
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * worst_bound * spread
+    np.testing.assert_array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["mixed", "odd", "attn_only"])
+def test_lowp_greedy_tokens_equal_transformers_fp32(name, dtype):
+    """transformers' fp32 greedy tokens (tests/reference/make_generate_reference.py) up to the first step whose
+    fp32 top-2 margin is under GREEDY_MARGIN, at most 16 steps."""
+    margin, at_least = GREEDY_MARGIN[dtype]
+    fp32, lowp = load(name), load(name).to_inference_dtype(dtype)
+    ref = dict(np.load(FIXTURES / "generate" / f"{name}.npz"))
+    checked = 0
+    for i in range(3):
+        prompt, new = ref[f"prompt.{i}"].ravel().astype(np.int32), ref[f"greedy__new.{i}"][0, :16].astype(np.int32)
+        logits = steps(fp32, np.concatenate([prompt, new]), len(prompt))[len(prompt) - 1:-1]  # (16, V)
+        top2 = np.sort(logits, axis=-1)[:, -2:]
+        small = np.flatnonzero(top2[:, 1] - top2[:, 0] < margin * logits.std())
+        horizon = int(small[0]) if len(small) else len(new)
+        out = lowp.generate(prompt, max_new_tokens=16, min_new_tokens=16, eos_token_id=ref["eos.greedy"].tolist(),
+                            pad_token_id=0)
+        np.testing.assert_array_equal(out[0, :horizon], new[:horizon])
+        checked += horizon
+    assert checked >= at_least  # the margins leave enough steps for the test to mean something
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_lowp_batched_equals_one_by_one(dtype):
+    model = load("mixed").to_inference_dtype(dtype)
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(1, model.config.vocab_size, n).astype(np.int32) for n in (5, 9, 3)]
+    one = [model.generate(p, max_new_tokens=12, min_new_tokens=12, eos_token_id=0)[0] for p in prompts]
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((3, width), np.int32)
+    mask = np.zeros((3, width), np.int32)
+    for b, p in enumerate(prompts):  # left padding, as transformers batches decoder-only prompts
+        ids[b, width - len(p):], mask[b, width - len(p):] = p, 1
+    batched = model.generate(ids, mask, max_new_tokens=12, min_new_tokens=12, eos_token_id=0)
+    for b in range(3):
+        np.testing.assert_array_equal(batched[b], one[b])
+
+
+def test_bad_settings_raise():
+    model = load("mixed")
+    with pytest.raises(ValueError, match="inference dtype"):
+        model.to_inference_dtype("fp16")
+    with pytest.raises(ValueError, match="instruction set"):
+        _core.lowp_isa("neon")
+    model.to_inference_dtype("int8")
+    ids = np.arange(1, 9, dtype=np.int32)[None]
+    with pytest.raises(ValueError, match="before training"):
+        model.loss_and_grad(ids, ids)
+    model.to_inference_dtype("fp32")
+    assert np.isfinite(model.loss_and_grad(ids, ids))
