@@ -5,7 +5,8 @@ their own (emoji-rich, hashtag-heavy, poetic, terse lowercase, ...), favourite s
 that never leave their device. The demo:
 
 1. provisions one kit per client (CA, TLS server certificate, node-authentication keys);
-2. scores the base model on every user's held-out photos against that user's own captions;
+2. scores the base model on every user's held-out photos against that user's own captions, asked with its plain
+   request and with the user's request (a few of their posts and a summary of their style);
 3. federates one shared LoRA adapter over the users for several rounds, with secure aggregation, so the
    server only ever sees the sum of the adapter updates;
 4. personalises: each user fine-tunes a copy of the shared adapter on their own photos (it stays on the
@@ -73,6 +74,8 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.personal_steps < 0 or self.samples < 0:
             raise ValueError("personal_steps and samples must be >= 0")
+        if self.secure_aggregation and self.clients < 2:
+            raise ValueError("secure aggregation needs at least 2 clients")
 
 
 def _load_model(path: str | None) -> Lfm2VlModel:
@@ -163,10 +166,9 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     # the user's caption request: a few of their posts and a summary of their style, the same in training and use
     prompts = {u.name: model.caption_prompt(style=profiles[u.name], num_examples=cfg.style_examples).text
                for u in users}
-    kits = provision([u.name for u in users], "127.0.0.1:9092", out / "kits")
+    provision([u.name for u in users], "127.0.0.1:9092", out / "kits")
     print(f"provisioned {len(users)} client kits under {out / 'kits'} (CA, server TLS, node keys): "
           + ", ".join(f"{u.name} ({u.style})" for u in users))
-    del kits
 
     scores: dict[str, dict[str, dict[str, float]]] = {u.name: {} for u in users}
     samples: dict[str, dict[str, list[str]]] = {u.name: {} for u in users}
