@@ -831,6 +831,7 @@ void ca_lfm2_lora_clear(ca_lfm2_model *m) {
     m->num_lora = 0;
     m->lora_size = 0;
     for (int i = 0; m->lora_slot && i < m->cfg.num_hidden_layers * CA_NUM_PROJ; i++) m->lora_slot[i] = -1;
+    m->lora_freeze_A = 0;   /* new adapters train both factors until frozen again */
     m->act_B = m->act_T = 0; /* the arena layout changes */
 }
 
