@@ -222,6 +222,9 @@ static void lora_extents(const ca_lfm2_model *m, size_t *max_r, size_t *max_drop
     }
 }
 
+/* floats of one block of LM-head logits in training (16 MB): 64 rows of a 65536-token vocabulary */
+#define CA_HEAD_BLOCK_FLOATS ((size_t)4 << 20)
+
 /* Lays out (or, with base == NULL, only measures) every activation buffer for (B, T). */
 static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     const ca_lfm2_config *c = &m->cfg;
@@ -235,6 +238,9 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         if (base) (ptr) = base + used;                                                             \
         used += n_;                                                                                \
     } while (0)
+    /* silu(gate)·up is cheap to recompute from gate and up, so every layer shares one buffer (L·N·F floats less) */
+    float *act = NULL;
+    CA_TAKE(act, N * F);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer_acts a = {0};
         CA_TAKE(a.x1, N * C);
@@ -244,7 +250,7 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         CA_TAKE(a.rstd2, N);
         CA_TAKE(a.gate, N * F);
         CA_TAKE(a.up, N * F);
-        CA_TAKE(a.act, N * F);
+        a.act = act;
         if (c->layer_is_attention[l]) {
             CA_TAKE(a.q, N * QD);
             CA_TAKE(a.k, N * KD);
@@ -266,7 +272,10 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     CA_TAKE(m->hs, (size_t)(c->num_hidden_layers + 1) * N * C);
     CA_TAKE(m->xf, N * C);
     CA_TAKE(m->rstdf, N);
-    CA_TAKE(m->logits, N * V);
+    /* the LM head and the loss run over blocks of rows: a (rows, V) block of at most CA_HEAD_BLOCK_FLOATS */
+    const size_t head_rows = V >= CA_HEAD_BLOCK_FLOATS ? 1 : CA_HEAD_BLOCK_FLOATS / V;
+    if (base) m->head_rows = (int)(head_rows < N ? head_rows : N);
+    CA_TAKE(m->logits, (head_rows < N ? head_rows : N) * V);
     size_t max_r = 0, max_drop_in = 0;
     lora_extents(m, &max_r, &max_drop_in);
     for (int i = 0; i < m->num_lora; i++) CA_TAKE(m->lora[i].h, N * m->lora[i].r);
@@ -607,6 +616,7 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     const float *h = m->hs + (size_t)l * N * C;
 
     /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward */
+    be->swiglu_forward(a->act, a->gate, a->up, N, F); /* the shared act buffer holds another layer's */
     proj_backward(m, l, CA_PROJ_W2, s->dact, s->dres, a->act, N, 0, s);
     be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
     proj_backward(m, l, CA_PROJ_W1, s->dx, s->dgate, a->x2, N, 0, s);
@@ -686,11 +696,20 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     backward_scratch s;
     CA_TRY(scratch_alloc(m, &s, B, T));
 
-    m->be->linear_forward(m->logits, m->xf, m->lm_head, NULL, N, C, V);
-    *loss = m->be->crossentropy_forward(NULL, m->logits, m->targets, N, V) / (double)count;
-    m->be->crossentropy_backward(m->logits, m->logits, m->targets, (float)(1.0 / (double)count), N, V);
-    /* logits = xf · lm_headᵀ */
-    m->be->linear_backward(s.dx, grad_of(m, m->lm_head), NULL, m->logits, m->xf, m->lm_head, N, C, V, 0);
+    /* logits = xf · lm_headᵀ, the loss and d logits in place, then dxf = d logits · lm_head, block by block of
+     * rows: the rows are independent, and dlm_head (when it trains) adds up over the blocks */
+    double loss_sum = 0.0;
+    for (int r0 = 0; r0 < N; r0 += m->head_rows) {
+        const int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
+        const float *xf = m->xf + (size_t)r0 * C;
+        const int32_t *targets = m->targets + r0;
+        m->be->linear_forward(m->logits, xf, m->lm_head, NULL, rows, C, V);
+        loss_sum += m->be->crossentropy_forward(NULL, m->logits, targets, rows, V);
+        m->be->crossentropy_backward(m->logits, m->logits, targets, (float)(1.0 / (double)count), rows, V);
+        m->be->linear_backward(s.dx + (size_t)r0 * C, grad_of(m, m->lm_head), NULL, m->logits, xf, m->lm_head, rows,
+                               C, V, 0);
+    }
+    *loss = loss_sum / (double)count;
     m->be->zero(s.dres, (size_t)N * C);
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);

@@ -62,7 +62,7 @@ typedef struct {
     float *rstd2;  /* (N) */
     float *gate;   /* (N, F) w1 output */
     float *up;     /* (N, F) w3 output */
-    float *act;    /* (N, F) silu(gate) ⊙ up */
+    float *act;    /* (N, F) silu(gate) ⊙ up: one buffer shared by every layer, recomputed in backward */
     /* conv */
     float *z;      /* (N, 3C) in_proj output */
     float *u;      /* (N, C) B ⊙ x */
@@ -103,7 +103,8 @@ typedef struct ca_lfm2_model {
     float *hs;                 /* (L+1, N, C) residual stream entering each layer; hs[L] = last layer output */
     float *xf;                 /* (N, C) final norm output */
     float *rstdf;              /* (N) */
-    float *logits;             /* (N, V) */
+    float *logits;             /* (head_rows, V) loss_and_grad's logits, a block of rows at a time */
+    int head_rows;             /* rows per block: the (N, V) logits are never held whole */
     int32_t *pos;              /* (N) positions */
     int32_t *targets;          /* (N) shifted labels */
     int32_t *mask;             /* (N) attention mask (all ones when none was given) */
