@@ -238,15 +238,16 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         if (base) (ptr) = base + used;                                                             \
         used += n_;                                                                                \
     } while (0)
-    /* silu(gate)·up is cheap to recompute from gate and up, so every layer shares one buffer (L·N·F floats less) */
-    float *act = NULL;
+    /* cheap to recompute in backward, so every layer shares one buffer of each (2·L·N·C + L·N·F floats less):
+     * the RMSNorm outputs x1 and x2 (x1 is used up before x2 is made), and silu(gate)·up */
+    float *normed = NULL, *act = NULL;
+    CA_TAKE(normed, N * C);
     CA_TAKE(act, N * F);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer_acts a = {0};
-        CA_TAKE(a.x1, N * C);
+        a.x1 = a.x2 = normed;
         CA_TAKE(a.rstd1, N);
         CA_TAKE(a.mid, N * C);
-        CA_TAKE(a.x2, N * C);
         CA_TAKE(a.rstd2, N);
         CA_TAKE(a.gate, N * F);
         CA_TAKE(a.up, N * F);
@@ -612,18 +613,22 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     const int N = B * T, C = c->hidden_size, F = c->ffn_dim, HS = c->head_dim;
     const int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
     const ca_lfm2_layer *w = &m->layers[l];
-    const ca_lfm2_layer_acts *a = &m->lacts[l];
+    ca_lfm2_layer_acts *a = &m->lacts[l];
     const float *h = m->hs + (size_t)l * N * C;
+    const float eps = (float)c->norm_eps;
 
-    /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward */
-    be->swiglu_forward(a->act, a->gate, a->up, N, F); /* the shared act buffer holds another layer's */
+    /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward.
+     * act and x2 live in buffers every layer shares: recompute this layer's (bit-identical to the forward) */
+    be->swiglu_forward(a->act, a->gate, a->up, N, F);
     proj_backward(m, l, CA_PROJ_W2, s->dact, s->dres, a->act, N, 0, s);
     be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
+    be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
     proj_backward(m, l, CA_PROJ_W1, s->dx, s->dgate, a->x2, N, 0, s);
     proj_backward(m, l, CA_PROJ_W3, s->dx, s->dup, a->x2, N, 1, s);
     be->rmsnorm_backward(s->dres, grad_of(m, w->ffn_norm), s->dx, a->mid, w->ffn_norm, a->rstd2, N, C);
 
     /* mixer: mid = h + mixer(x1) */
+    be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps); /* x1 shares x2's buffer */
     if (w->is_attention) {
         proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
         be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);

@@ -55,10 +55,10 @@ typedef struct {
 
 /* Saved activations of one decoder layer for (B, T) tokens, N = B*T (NULL where the kind has none). */
 typedef struct {
-    float *x1;     /* (N, C) operator_norm output */
+    float *x1;     /* (N, C) operator_norm output (one buffer, with x2, for every layer) */
     float *rstd1;  /* (N) */
     float *mid;    /* (N, C) residual after the mixer: h + mixer(x1) */
-    float *x2;     /* (N, C) ffn_norm output */
+    float *x2;     /* (N, C) ffn_norm output (the buffer of x1) */
     float *rstd2;  /* (N) */
     float *gate;   /* (N, F) w1 output */
     float *up;     /* (N, F) w3 output */
