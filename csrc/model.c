@@ -238,11 +238,15 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         if (base) (ptr) = base + used;                                                             \
         used += n_;                                                                                \
     } while (0)
-    /* cheap to recompute in backward, so every layer shares one buffer of each (2·L·N·C + L·N·F floats less):
-     * the RMSNorm outputs x1 and x2 (x1 is used up before x2 is made), and silu(gate)·up */
-    float *normed = NULL, *act = NULL;
+    /* cheap to recompute in backward, so every layer shares one buffer of each: the RMSNorm outputs x1 and x2
+     * (x1 is used up before x2 is made), silu(gate)·up, and the attention layers' normed and rotated q, k and
+     * their probabilities (O(T²) per layer otherwise) */
+    float *normed = NULL, *act = NULL, *qr = NULL, *kr = NULL, *att = NULL;
     CA_TAKE(normed, N * C);
     CA_TAKE(act, N * F);
+    CA_TAKE(qr, N * QD);
+    CA_TAKE(kr, N * KD);
+    CA_TAKE(att, (size_t)B * NH * T * T);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer_acts a = {0};
         a.x1 = a.x2 = normed;
@@ -258,9 +262,9 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
             CA_TAKE(a.v, N * KD);
             CA_TAKE(a.qrstd, N * NH);
             CA_TAKE(a.krstd, N * NKV);
-            CA_TAKE(a.qr, N * QD);
-            CA_TAKE(a.kr, N * KD);
-            CA_TAKE(a.att, (size_t)B * NH * T * T);
+            a.qr = qr;
+            a.kr = kr;
+            a.att = att;
             CA_TAKE(a.ao, N * QD);
         } else {
             CA_TAKE(a.z, N * 3 * C);
@@ -631,6 +635,13 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps); /* x1 shares x2's buffer */
     if (w->is_attention) {
         proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
+        /* qr, kr and the probabilities as the forward made them (ao is rewritten with its own values) */
+        be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
+        be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
+        be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
+        be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
+        be->attention_forward(a->ao, a->att, a->qr, a->kr, a->v, m->has_padding ? m->mask : NULL, B, T, T, NH, NKV,
+                              HS, 1, 0);
         be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);
         be->rope_backward(s->dq, s->dq, m->pos, N, NH, HS, (float)c->rope_theta);
         be->rope_backward(s->dk, s->dk, m->pos, N, NKV, HS, (float)c->rope_theta);

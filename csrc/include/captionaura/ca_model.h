@@ -74,7 +74,7 @@ typedef struct {
     float *v;      /* (N, NKV*HS) */
     float *qrstd;  /* (N*NH) */
     float *krstd;  /* (N*NKV) */
-    float *qr;     /* (N, NH*HS) normed + rotated */
+    float *qr;     /* (N, NH*HS) normed + rotated (qr, kr, att: one buffer each for every layer) */
     float *kr;     /* (N, NKV*HS) */
     float *att;    /* (B, NH, T, T) probabilities */
     float *ao;     /* (N, NH*HS) attention output, out_proj input */
