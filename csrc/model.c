@@ -278,19 +278,24 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     CA_TAKE(m->xf, N * C);
     CA_TAKE(m->rstdf, N);
     /* the LM head and the loss run over blocks of rows: a (rows, V) block of at most CA_HEAD_BLOCK_FLOATS */
-    const size_t head_rows = V >= CA_HEAD_BLOCK_FLOATS ? 1 : CA_HEAD_BLOCK_FLOATS / V;
-    if (base) m->head_rows = (int)(head_rows < N ? head_rows : N);
-    CA_TAKE(m->logits, (head_rows < N ? head_rows : N) * V);
+    const size_t max_rows = V >= CA_HEAD_BLOCK_FLOATS ? 1 : CA_HEAD_BLOCK_FLOATS / V;
+    const size_t head_rows = max_rows < N ? max_rows : N;
+    if (base) m->head_rows = (int)head_rows;
+    CA_TAKE(m->logits, head_rows * V);
+    CA_TAKE(m->head_x, head_rows * C);
+    CA_TAKE(m->head_dx, head_rows * C);
     size_t max_r = 0, max_drop_in = 0;
     lora_extents(m, &max_r, &max_drop_in);
     for (int i = 0; i < m->num_lora; i++) CA_TAKE(m->lora[i].h, N * m->lora[i].r);
     CA_TAKE(m->lora_xdrop, N * max_drop_in);
     float *ints = NULL;
-    CA_TAKE(ints, 3 * N); /* positions, targets, mask as int32 */
+    CA_TAKE(ints, 5 * N); /* positions, targets, mask, head_index, head_targets as int32 */
     if (base) {
         m->pos = (int32_t *)ints;
         m->targets = m->pos + N;
         m->mask = m->targets + N;
+        m->head_index = m->mask + N;
+        m->head_targets = m->head_index + N;
     }
 #undef CA_TAKE
     return used;
@@ -694,7 +699,11 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
         for (int t = 0; t < T; t++) {
             int32_t y = t + 1 < T ? labels[(size_t)b * T + t + 1] : CA_IGNORE_INDEX;
             m->targets[(size_t)b * T + t] = y;
-            count += y != CA_IGNORE_INDEX;
+            if (y != CA_IGNORE_INDEX) {
+                m->head_index[count] = b * T + t;
+                m->head_targets[count] = y;
+                count++;
+            }
         }
     }
     if (count == 0) return ca_error(CA_ERR_VALUE, "labels leave no token to predict (all -100 after the shift)");
@@ -712,18 +721,21 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     backward_scratch s;
     CA_TRY(scratch_alloc(m, &s, B, T));
 
-    /* logits = xf · lm_headᵀ, the loss and d logits in place, then dxf = d logits · lm_head, block by block of
-     * rows: the rows are independent, and dlm_head (when it trains) adds up over the blocks */
+    /* Only rows with a target reach the LM head (a caption's prompt and image rows have none and get dxf = 0).
+     * They go in blocks of head_rows: x = xf[head_index], logits = x · lm_headᵀ, the loss and d logits in place,
+     * dx = d logits · lm_head scattered back to dxf; dlm_head (when it trains) adds up over the blocks. */
     double loss_sum = 0.0;
-    for (int r0 = 0; r0 < N; r0 += m->head_rows) {
-        const int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
-        const float *xf = m->xf + (size_t)r0 * C;
-        const int32_t *targets = m->targets + r0;
-        m->be->linear_forward(m->logits, xf, m->lm_head, NULL, rows, C, V);
+    m->be->zero(s.dx, (size_t)N * C);
+    for (int64_t r0 = 0; r0 < count; r0 += m->head_rows) {
+        const int rows = count - r0 < m->head_rows ? (int)(count - r0) : m->head_rows;
+        const int32_t *index = m->head_index + r0, *targets = m->head_targets + r0;
+        m->be->gather_rows(m->head_x, m->xf, index, rows, C);
+        m->be->linear_forward(m->logits, m->head_x, m->lm_head, NULL, rows, C, V);
         loss_sum += m->be->crossentropy_forward(NULL, m->logits, targets, rows, V);
         m->be->crossentropy_backward(m->logits, m->logits, targets, (float)(1.0 / (double)count), rows, V);
-        m->be->linear_backward(s.dx + (size_t)r0 * C, grad_of(m, m->lm_head), NULL, m->logits, xf, m->lm_head, rows,
-                               C, V, 0);
+        m->be->linear_backward(m->head_dx, grad_of(m, m->lm_head), NULL, m->logits, m->head_x, m->lm_head, rows, C,
+                               V, 0);
+        m->be->scatter_rows(s.dx, m->head_dx, index, rows, C);
     }
     *loss = loss_sum / (double)count;
     m->be->zero(s.dres, (size_t)N * C);

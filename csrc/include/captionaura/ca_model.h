@@ -104,10 +104,14 @@ typedef struct ca_lfm2_model {
     float *xf;                 /* (N, C) final norm output */
     float *rstdf;              /* (N) */
     float *logits;             /* (head_rows, V) loss_and_grad's logits, a block of rows at a time */
+    float *head_x;             /* (head_rows, C) the block's final-norm rows */
+    float *head_dx;            /* (head_rows, C) their gradient */
     int head_rows;             /* rows per block: the (N, V) logits are never held whole */
     int32_t *pos;              /* (N) positions */
     int32_t *targets;          /* (N) shifted labels */
     int32_t *mask;             /* (N) attention mask (all ones when none was given) */
+    int32_t *head_index;       /* (N) the rows with a target, packed: only they reach the LM head */
+    int32_t *head_targets;     /* (N) their targets */
     int has_padding;           /* the current mask has zeros */
     float *lora_xdrop;         /* (N, max in) dropped-out adapter input (forward scratch) */
 
