@@ -57,6 +57,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from captionaura._io import read_json, write_json_atomic
 from captionaura.federated.config import FederatedConfig, load_client_data, save_outputs
+from captionaura.federated.dp import secagg_weight
 from captionaura.federated.secagg import SecAggClient, SecAggServer
 from captionaura.federated.simulation import FederatedClient, Simulation
 from captionaura.federated.strategies import AggregateResult
@@ -349,7 +350,8 @@ def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, kept: SiteState
         vector, loss, n = site_round(cfg, client, kept, content["arrays"][ADAPTER].numpy(), round_)
         state["secagg-delta"] = ArrayRecord({"delta": Array(vector - content["arrays"][ADAPTER].numpy())})
         protocol = SecAggClient(int(head["secagg-id"]), config, Simulation.secagg_context(round_))
-        state["secagg"] = ConfigRecord({"client": protocol.to_state(), "loss": float(loss), "n": int(n)})
+        state["secagg"] = ConfigRecord({"client": protocol.to_state(), "loss": float(loss),
+                                        "weight": secagg_weight(cfg.dp_config(1), n)})
         c_pk, s_pk = protocol.public_keys()
         return RecordDict({"config": ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})})
     saved = state["secagg"]
@@ -360,7 +362,7 @@ def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, kept: SiteState
         reply = RecordDict({"config": ConfigRecord({"to": sorted(bundles), "ct": [bundles[v] for v in sorted(bundles)]})})
     elif stage == "mask":
         delta = state["secagg-delta"]["delta"].numpy()
-        masked = protocol.masked_input(delta, int(saved["n"]), dict(zip(c["from"], c["ct"])))
+        masked = protocol.masked_input(delta, int(saved["weight"]), dict(zip(c["from"], c["ct"])))
         reply = RecordDict({"arrays": ArrayRecord({"masked": Array(masked)}),
                             "metrics": MetricRecord({"train_loss": float(saved["loss"])})})
     elif stage == "unmask":
