@@ -405,7 +405,12 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
     (the pycocoevalcap BLEU-1..4 and CIDEr-D). An example's prompt is its unscored prefix (labels −100), its
     reference caption the scored tokens up to the end token; greedy decoding writes the candidate. With
     `decode` (e.g. a tokenizer's decode) captions are scored as text through the PTB tokenizer, otherwise as
-    space-separated token ids. Clients without held-out examples return {}."""
+    space-separated token ids. An `Lfm2VlModel` captions held-out image + caption examples (from
+    `Lfm2VlModel.caption_example`, tiles included) on its `caption` path: the example's image and prompt,
+    greedy up to `max_new_tokens` or ``<|im_end|>``, captions and references decoded by its processor's
+    tokenizer and scored as text (`decode` is for text-only models). Clients without held-out examples
+    return {}."""
+    from captionaura.generate import GenerationConfig
     from captionaura.metrics import evaluate
 
     def words(ids: Sequence[int]) -> str:
@@ -419,9 +424,34 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
             out.append(t)
         return out
 
+    def caption_pairs(model: Lfm2VlModel, client: FederatedClient) -> tuple[dict, dict]:
+        settings = model._caption_settings(None)  # ValueError without the processor
+        settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=settings.eos_token_id,
+                                    pad_token_id=settings.pad_token_id)
+        stops = set(np.atleast_1d(settings.eos_token_id).tolist()) - {None}
+
+        refs, cands = {}, {}
+        for i, ex in enumerate(client.eval):
+            ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
+            scored = np.flatnonzero(labels != -100)
+            if scored.size == 0:
+                raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
+            prompt = ids[: scored[0]].astype(np.int32)
+            features = model._features(prompt[None], ex.get("pixel_values"), ex.get("spatial_shapes"),
+                                       ex.get("pixel_attention_mask"), train=False)
+            if features[0] is None:
+                raise ValueError(f"client {client.client_id}: held-out example {i} has no image")
+            reference = until_end(labels[scored], stops)
+            refs[i] = [model.processor.tokenizer.decode(reference, skip_special_tokens=True).strip()]
+            cands[i] = model._generate_caption(prompt, features, settings)
+        return refs, cands
+
     def eval_fn(model: Lfm2Model, client: FederatedClient) -> dict[str, float]:
         if not client.eval:
             return {}
+        if isinstance(model, Lfm2VlModel):
+            refs, cands = caption_pairs(model, client)
+            return {k: float(v) for k, v in evaluate(refs, cands, metrics=metrics, tokenize="ptb").scores.items()}
         eos = model.config.eos_token_id
         stops = set(eos if isinstance(eos, list) else [eos]) - {None}
         refs, cands = {}, {}
