@@ -216,7 +216,8 @@ def _federation_id(cfg: FederatedConfig, resume: bool) -> str:
         if record is None or not record.is_file():
             raise ValueError("resume needs the output_dir of the interrupted run (its federation.json)")
         saved = read_json(record, "federation record")
-        changed = sorted(k for k, v in cfg.to_dict().items() if k not in ("rounds", "output_dir") and saved["config"].get(k) != v)
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in ("rounds", "output_dir") and saved["config"].get(k) != v)
         if changed:
             raise ValueError(f"cannot resume {cfg.output_dir}: the config differs in {changed}")
         return str(saved["federation"])
@@ -256,7 +257,8 @@ class SiteState:
     def _saved_rounds(self) -> list[int]:
         if not self.folder.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := re.fullmatch(r"round-(\d+)\.npz", p.name)))
+        names = (re.fullmatch(r"round-(\d+)\.npz", p.name) for p in self.folder.iterdir())
+        return sorted(int(m.group(1)) for m in names if m)
 
     def _before(self, round_: int) -> int | None:
         return max((r for r in self._saved_rounds() if r < round_), default=None)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -426,10 +426,9 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
 
     def caption_pairs(model: Lfm2VlModel, client: FederatedClient) -> tuple[dict, dict]:
         settings = model._caption_settings(None)  # ValueError without the processor
-        settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=settings.eos_token_id,
-                                    pad_token_id=settings.pad_token_id)
+        settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=settings.eos_token_id, pad_token_id=settings.pad_token_id)
         stops = set(np.atleast_1d(settings.eos_token_id).tolist()) - {None}
-
         refs, cands = {}, {}
         for i, ex in enumerate(client.eval):
             ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
