@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from flwr.app import Context, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
+from captionaura import federated as fl  # noqa: E402
 from captionaura import flower  # noqa: E402
 from captionaura.federated import provision  # noqa: E402
 from captionaura.federated.config import FederatedConfig, load_clients, save_client_data  # noqa: E402
@@ -53,6 +54,11 @@ def config(out: Path, **kw) -> FederatedConfig:
                 strategy_args='{"eta": 0.01}', seed=3)
     args.update(kw)
     return FederatedConfig(**args)
+
+
+def site_state_files(data: Path) -> list[Path]:
+    """The state files the sites keep next to their data (no state-dir in their node config)."""
+    return sorted((data / "captionaura-state").glob("*/partition-*/round-*.npz"))
 
 
 class LoopbackGrid:
@@ -104,8 +110,8 @@ def test_server_and_client_apps_in_process_match_simulation(tmp_path, task_ident
         np.testing.assert_array_equal(served.model.parameters()[name], w)
     assert (tmp_path / "out" / "base").is_dir() == (lora_aggregation == "fedex")
     assert (tmp_path / "out" / "adapter").is_dir() and len(list((tmp_path / "audit").iterdir())) == 2 + 2 * 2
-    # the optimiser state stayed on the sites, in their contexts
-    assert all("optimizer" in c.state for c in grid.contexts.values())
+    # the optimiser state stayed on the sites, on their disks: after round 2, kept with the round-1 state
+    assert sorted(p.name for p in site_state_files(tmp_path / "data")) == ["round-1.npz"] * 2 + ["round-2.npz"] * 2
     with pytest.raises(TimeoutError, match="SuperNodes connected"):
         flower.run_server(grid, cfg, num_supernodes=3, timeout=0.5)
 
@@ -129,8 +135,107 @@ def test_secure_aggregation_over_flower_messages_matches_simulation(tmp_path, ta
     masked = [np.load(p) for p in sorted((tmp_path / "audit").glob("*-mask/arrays.masked.npy"))]
     assert len(masked) == (2 if lost else 3) * 2 and all(m.dtype == np.uint32 for m in masked)
     assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))  # no plain update ever left a site
-    assert all("optimizer" in c.state and "secagg-delta" not in c.state
-               for node, c in grid.contexts.items() if not (lost and node == 102))
+    assert all("secagg-delta" not in c.state for node, c in grid.contexts.items() if not (lost and node == 102))
+    assert len(site_state_files(tmp_path / "data")) == 2 * 3  # a site lost after training kept its state too
+
+
+@pytest.mark.parametrize("dp_mode", ["central", "local"])
+def test_differential_privacy_with_secure_aggregation_over_flower_matches_simulation(tmp_path, task_identity,
+                                                                                      dp_mode):
+    """DP under SecAgg+ over Flower messages = the Simulation, bit for bit, with the same ε per round; and
+    both = plain DP without secure aggregation (up to the fixed-point quantisation), same ε and noise: under
+    central DP the sites clip their own updates and the server's noise and accountant count the m
+    survivors behind the one mean secure aggregation reveals."""
+    write_sites(tmp_path / "data", k=3)
+    dp = dict(dp_noise_multiplier=0.5, dp_clipping_norm=0.05, dp_mode=dp_mode)
+    plain_cfg = config(tmp_path / "plain", strategy="fedavg", strategy_args="{}", local_steps=2, **dp)
+    cfg = plain_cfg.replace(output_dir=str(tmp_path / "out"), secure_aggregation=True, secagg_threshold=2,
+                            secagg_max_weight=8.0, secagg_clipping_range=2.0, secagg_stochastic_rounding=False)
+    grid = LoopbackGrid(sorted((tmp_path / "data").glob("*.npz")), {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()})
+    served = flower.run_server(grid, cfg, num_supernodes=3, timeout=5)
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    np.testing.assert_array_equal(served.global_vector, sim.global_vector)
+    assert [h.metrics for h in served.history] == [h.metrics for h in sim.history]
+
+    plain = plain_cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL),
+                                                        load_clients(tmp_path / "data"), progressbar=False)
+    plain.run()
+    start = Lfm2Model.from_pretrained(MODEL)
+    start.add_lora(cfg.lora_config(), seed=cfg.seed)
+    moved = np.abs(plain.global_vector - start.lora_vector()).max()
+    assert np.abs(sim.global_vector - plain.global_vector).max() < 1e-3 * moved
+    for secure, clear in zip(sim.history, plain.history):
+        assert secure.metrics["epsilon"] == clear.metrics["epsilon"] > 0
+        assert secure.metrics.get("noise_std") == clear.metrics.get("noise_std")
+    # every client trains every round, q = 1: ε is the Gaussian mechanism's composed over the rounds
+    accountant = fl.RDPAccountant()
+    accountant.step(0.5, 1.0, steps=2)
+    assert sim.history[-1].metrics["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
+    if dp_mode == "central":
+        assert sim.history[0].metrics["noise_std"] == pytest.approx(0.5 * 0.05 / 3)
+
+
+class Killed(Exception):
+    """The server process dies."""
+
+
+class KillingGrid(LoopbackGrid):
+    """A LoopbackGrid whose server dies in round `round_` right after the first site got its message (that
+    site has trained the round and saved its state; the server has not checkpointed the round)."""
+
+    def __init__(self, data: list[Path], run_config: dict, round_: int) -> None:
+        super().__init__(data, run_config)
+        self.round = round_
+
+    def send_and_receive(self, messages, *, timeout=None):
+        head = messages[0].content["secagg" if "secagg" in messages[0].content else "config"]
+        if head.get("server-round") == self.round:
+            super().send_and_receive(messages[:1], timeout=timeout)
+            raise Killed
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+RESUMABLE = {  # server state (FedAdam moments, DP clipping/accountant/noise RNG) and site state (AdamW)
+    "fedadam-central-dp": dict(dp_noise_multiplier=0.5, dp_clipping_norm=0.5),
+    "secure-aggregation": dict(strategy="fedavg", strategy_args="{}", secure_aggregation=True, secagg_threshold=2,
+                               secagg_max_weight=8.0, secagg_clipping_range=2.0, secagg_stochastic_rounding=False),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(RESUMABLE))
+def test_killed_server_resumes_to_the_uninterrupted_run(tmp_path, task_identity, setting):
+    """Kill the server in round 3 of 3 (after a site trained it), start a new run on new nodes with
+    resume: the final adapter is the uninterrupted simulation's, bit for bit. Without the sites' saved
+    optimiser state it is not."""
+    write_sites(tmp_path / "data")
+    cfg = config(tmp_path / "out", rounds=3, **RESUMABLE[setting])
+    data = sorted((tmp_path / "data").glob("*.npz"))
+    run_config = {**flower.DEPLOYMENT_DEFAULTS, **cfg.to_dict()}
+    with pytest.raises(Killed):
+        flower.run_server(KillingGrid(data, run_config, round_=3), cfg, num_supernodes=2, timeout=5)
+    assert json.loads((tmp_path / "out" / "checkpoint" / "simulation.json").read_text())["round"] == 2
+    assert sorted(p.name for p in site_state_files(tmp_path / "data")) == ["round-1.npz", "round-2.npz",
+                                                                          "round-2.npz", "round-3.npz"]
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        flower.run_server(LoopbackGrid(data, run_config), cfg.replace(lr=0.5), num_supernodes=2, resume=True)
+    shutil.copytree(tmp_path / "out", tmp_path / "out-copy")
+    resumed = flower.run_server(LoopbackGrid(data, run_config), cfg, num_supernodes=2, timeout=5, resume=True)
+
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    np.testing.assert_array_equal(resumed.global_vector, sim.global_vector)
+    assert [h.round for h in resumed.history] == [1, 2, 3]
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in sim.history]
+    assert [h.metrics.get("epsilon") for h in resumed.history] == [h.metrics.get("epsilon") for h in sim.history]
+
+    # the same resume with the sites' state lost (fresh AdamW moments) ends elsewhere
+    shutil.rmtree(tmp_path / "data" / "captionaura-state")
+    forgetful = flower.run_server(LoopbackGrid(data, run_config), cfg.replace(output_dir=str(tmp_path / "out-copy")),
+                                  num_supernodes=2, timeout=5, resume=True)
+    assert np.abs(forgetful.global_vector - sim.global_vector).max() > 1e-4
 
 
 @pytest.mark.slow
@@ -193,13 +298,15 @@ def test_flower_deployment_matches_simulation_and_refuses_unknown_nodes(tmp_path
 
 
 @pytest.mark.slow
-def test_flower_deployment_with_secure_aggregation_matches_simulation(tmp_path):
+def test_flower_deployment_with_secure_aggregation_and_dp_matches_simulation(tmp_path):
+    """SecAgg+ with central DP (the sites clip, the server adds noise for the 2 survivors) on a real
+    SuperLink: the simulation's adapter and its ε per round."""
     write_sites(tmp_path / "data")
     kits = tmp_path / "kits"
     provision(["site-0", "site-1"], f"127.0.0.1:{flower.free_port()}", kits)
     cfg = config(tmp_path / "flower-out", strategy="fedavg", strategy_args="{}", secure_aggregation=True,
                  secagg_threshold=2, secagg_max_weight=8.0, secagg_clipping_range=2.0,
-                 secagg_stochastic_rounding=False)
+                 secagg_stochastic_rounding=False, dp_noise_multiplier=0.5, dp_clipping_norm=0.05)
     app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
                            audit_dir=str(tmp_path / "audit"))
     with flower.LocalFederation(kits, tmp_path / "run") as fed:
@@ -215,8 +322,48 @@ def test_flower_deployment_with_secure_aggregation_matches_simulation(tmp_path):
     deployed.add_lora(cfg.lora_config())
     deployed.load_adapter(tmp_path / "flower-out" / "adapter")
     np.testing.assert_array_equal(deployed.lora_vector(), sim.global_vector)
+    history = json.loads((tmp_path / "flower-out" / "history.json").read_text())
+    assert [h["metrics"]["epsilon"] for h in history] == [r.metrics["epsilon"] for r in sim.history]
     assert len(list((tmp_path / "audit").glob("*-mask/arrays.masked.npy"))) == 2 * 2
     assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))
+
+
+def deploy(kits: Path, workdir: Path, app: Path, data: Path, state: Path) -> None:
+    """One `flwr run` of `app` on a new SuperLink and two new SuperNodes, all killed afterwards."""
+    with flower.LocalFederation(kits, workdir) as fed:
+        fed.start_superlink()
+        for i, name in enumerate(["site-0", "site-1"]):
+            fed.register(name)
+            fed.start_supernode(name, {"partition-id": i, "data": str(data / f"site-{i}.npz"),
+                                       "state-dir": str(state / name)})
+        fed.run(app, timeout=400)
+
+
+@pytest.mark.slow
+def test_flower_deployment_killed_and_resumed_matches_the_uninterrupted_run(tmp_path):
+    """2 rounds on one SuperLink and two SuperNodes, every process killed, then a new SuperLink, new
+    SuperNodes and `flwr run` with resume for round 3: the simulation's 3-round adapter."""
+    write_sites(tmp_path / "data")
+    kits = tmp_path / "kits"
+    provision(["site-0", "site-1"], f"127.0.0.1:{flower.free_port()}", kits)
+    cfg = config(tmp_path / "flower-out", rounds=3, dp_noise_multiplier=0.3, dp_clipping_norm=0.5)
+    first = flower.write_app(tmp_path / "app-first", cfg.replace(rounds=2), num_supernodes=2, reply_timeout=300.0)
+    deploy(kits, tmp_path / "run-1", first, tmp_path / "data", tmp_path / "state")
+    assert [h["round"] for h in json.loads((tmp_path / "flower-out" / "history.json").read_text())] == [1, 2]
+    again = flower.write_app(tmp_path / "app-resume", cfg, num_supernodes=2, reply_timeout=300.0, resume=True)
+    deploy(kits, tmp_path / "run-2", again, tmp_path / "data", tmp_path / "state")
+
+    sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
+                                                progressbar=False)
+    sim.run()
+    deployed = Lfm2Model.from_pretrained(MODEL)
+    deployed.add_lora(cfg.lora_config())
+    deployed.load_adapter(tmp_path / "flower-out" / "adapter")
+    np.testing.assert_allclose(deployed.lora_vector(), sim.global_vector, rtol=0, atol=1e-6)
+    history = json.loads((tmp_path / "flower-out" / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2, 3]
+    assert [h["metrics"]["epsilon"] for h in history] == [r.metrics["epsilon"] for r in sim.history]
+    assert len(list((tmp_path / "state").glob("site-*/*/partition-*/round-*.npz"))) == 2 * 2
 
 
 def test_flower_app_cli_writes_the_run_config(tmp_path):

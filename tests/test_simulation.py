@@ -286,3 +286,43 @@ def test_an_image_captioner_federates_its_language_model_adapters(captioner):
             np.testing.assert_array_equal(v, vision_before[k])
     finally:
         captioner.remove_lora()
+
+
+def test_caption_eval_fn_scores_an_image_captioner_as_metrics_evaluate_does(captioner):
+    """Held-out image + caption pairs: caption_eval_fn's BLEU/CIDEr are `metrics.evaluate` on the captions
+    `Lfm2VlModel.caption` writes for the same images, before federated training and in the Simulation's
+    per-client evaluation after a round."""
+    from captionaura.metrics import evaluate
+
+    rng = np.random.default_rng(3)
+    colours = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (250, 200, 0)]
+    images = [np.clip(np.full((48, 64, 3), c) + rng.normal(0, 8, (48, 64, 3)), 0, 255).astype(np.uint8)
+              for c in colours]
+    tok = captioner.processor.tokenizer
+    greedy = ca.GenerationConfig(max_new_tokens=8, do_sample=False, eos_token_id=tok.token_to_id("<|im_end|>"),
+                                 pad_token_id=tok.pad_token_id)
+    scorer = fl.caption_eval_fn(max_new_tokens=8)
+
+    def expected(model, references):
+        captions = model.caption(images, generation=greedy)
+        return evaluate({i: [r] for i, r in enumerate(references)}, dict(enumerate(captions)),
+                        metrics=("Bleu", "CIDEr")).scores
+
+    # two references are the model's own captions (high scores), two are other captions
+    direct = captioner.caption(images, generation=greedy)
+    assert all(direct), direct
+    references = [direct[0], "a red kite over the hill #aura", direct[2], "a green field at dawn"]
+    client = FederatedClient(0, [captioner.caption_example(im, f"a photo {i} #aura") for i, im in enumerate(images)],
+                             [captioner.caption_example(im, r) for im, r in zip(images, references)])
+    scores = scorer(captioner, client)
+    assert scores == pytest.approx(expected(captioner, references), rel=1e-12, abs=1e-12)
+    assert 0.1 < scores["Bleu_1"] < 1.0 and scores["CIDEr"] > 0, (direct, scores)
+
+    sim = Simulation(captioner, [client], ca.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), rounds=1,
+                     local_steps=2, batch_size=4, progressbar=False, eval_fn=scorer,
+                     optimizer=ca.AdamWConfig(lr=3e-2, weight_decay=0.0))
+    try:
+        history = sim.run()
+        assert history[0].client_metrics["0"] == pytest.approx(expected(captioner, references), rel=1e-12, abs=1e-12)
+    finally:
+        captioner.remove_lora()

@@ -11,6 +11,15 @@ secure aggregation: public keys, encrypted shares, the masked vector with the ma
 and the unmasking shares instead); and once, when the server asks which partition a node holds, the
 partition id. Never a token id, a caption or a pixel.
 
+Killing and resuming. The ServerApp checkpoints after every round (`Simulation`'s checkpoint in
+``output_dir``: round, global adapter, strategy and DP state, FedEx residuals) and a run started with
+``resume = true`` continues from it. Each site keeps its own state between rounds (its AdamW moments and step)
+on its own disk (`SiteState`, the node config's ``state-dir``), keyed by the federation's id (kept in
+``output_dir/federation.json``) and its partition id, so a new `flwr run`, on a new SuperLink and new
+SuperNodes, ends on the adapter of the uninterrupted run:
+
+    flwr run <app dir> <connection> --stream --run-config 'resume=true'
+
 Start a federation by hand from the kits of ``captionaura provision --server-address HOST:PORT --out kits``:
 
     flower-superlink --ssl-ca-certfile kits/server/ca.crt --ssl-certfile kits/server/server.crt \\
@@ -30,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,7 +55,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from captionaura._io import read_json, write_json_atomic
 from captionaura.federated.config import FederatedConfig, load_client_data, save_outputs
+from captionaura.federated.dp import secagg_weight
 from captionaura.federated.secagg import SecAggClient, SecAggServer
 from captionaura.federated.simulation import FederatedClient, Simulation
 from captionaura.federated.strategies import AggregateResult
@@ -57,7 +69,8 @@ client_app = ClientApp()
 ADAPTER = "adapter"
 _CONFIG_KEYS = {f.name for f in fields(FederatedConfig)}
 # run-config keys of the deployment itself (besides FederatedConfig's own)
-DEPLOYMENT_DEFAULTS: dict[str, Any] = {"num_supernodes": 2, "reply_timeout": 600.0, "audit_dir": ""}
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {"num_supernodes": 2, "reply_timeout": 600.0, "audit_dir": "",
+                                       "resume": False}
 
 
 def _split_run_config(run_config: Mapping[str, Any]) -> tuple[FederatedConfig, dict[str, Any]]:
@@ -76,7 +89,7 @@ def _vector_record(vector: np.ndarray) -> ArrayRecord:
 def _server_main(grid: Grid, context: Context) -> None:
     cfg, extra = _split_run_config(context.run_config)
     run_server(grid, cfg, num_supernodes=int(extra["num_supernodes"]), timeout=float(extra["reply_timeout"]),
-               audit_dir=str(extra["audit_dir"]) or None)
+               audit_dir=str(extra["audit_dir"]) or None, resume=bool(extra["resume"]))
 
 
 def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -91,10 +104,11 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 
 def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: float = 600.0,
-               audit_dir: str | None = None) -> Simulation:
+               audit_dir: str | None = None, resume: bool = False) -> Simulation:
     """The federated rounds over `grid`. The server holds the base model (to lay out the adapter and to
     re-factorise "exact" aggregates) but no client data. With `audit_dir`, every reply is saved there as
-    received (what left the client), for inspection."""
+    received (what left the client), for inspection. `resume` continues from the checkpoint in
+    ``cfg.output_dir`` (the sites reload their own state, see `SiteState`)."""
     nodes = _wait_for_nodes(grid, num_supernodes, timeout)
     # which partition (client id) each node holds: the simulation's sampling is over client ids
     queries = [Message(RecordDict({"config": ConfigRecord({"ask": "client-id"})}), dst_node_id=n,
@@ -109,15 +123,18 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
         raise RuntimeError(f"{len(nodes)} SuperNodes but {len(node_of)} distinct partition ids")
     clients = [FederatedClient(cid, []) for cid in sorted(node_of)]
     sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=False)
-    for round_ in range(1, cfg.rounds + 1):
+    federation = _federation_id(cfg, resume)
+    if resume:
+        sim._load()
+    for round_ in range(sim.round + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         sampled = [c.client_id for c in sim.sample(round_)]
         if sim.secure_aggregation is not None:
-            aggregate, losses = _secure_round(grid, sim, round_, sampled, node_of, timeout, audit_dir)
+            aggregate, losses = _secure_round(grid, sim, round_, sampled, node_of, timeout, audit_dir, federation)
             sim.finish_round(round_, sampled, [], losses, t0, aggregate=aggregate)
             continue
         content = {"arrays": _vector_record(sim.global_vector),
-                   "config": ConfigRecord({"server-round": round_})}
+                   "config": ConfigRecord({"server-round": round_, "federation": federation})}
         if sim.base_residual:  # FedEx-LoRA: the clients' base weights must carry the folded residuals
             content["residual"] = ArrayRecord({k: Array(v) for k, v in sim.base_residual.items()})
         messages = [Message(RecordDict(dict(content)), dst_node_id=node_of[cid], message_type=MessageType.TRAIN)
@@ -144,7 +161,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
 
 
 def _secure_round(grid: Grid, sim: Simulation, round_: int, sampled: list, node_of: dict[int, int],
-                  timeout: float, audit_dir: str | None) -> tuple[AggregateResult, list[float]]:
+                  timeout: float, audit_dir: str | None, federation: str) -> tuple[AggregateResult, list[float]]:
     """A round under secure aggregation: four message exchanges (train + public keys, encrypted shares,
     masked inputs, unmasking shares; see captionaura.federated.secagg). The server never sees a client's
     update or its number of examples, only the survivors' sum. Client k of the protocol is sampled[k]."""
@@ -156,7 +173,7 @@ def _secure_round(grid: Grid, sim: Simulation, round_: int, sampled: list, node_
         messages = []
         for k, records in contents.items():
             head = ConfigRecord({"server-round": round_, "secagg-stage": stage, "secagg-id": k,
-                                 "secagg-threshold": config.threshold})
+                                 "secagg-threshold": config.threshold, "federation": federation})
             messages.append(Message(RecordDict({"secagg": head, **records}), dst_node_id=node_of[sampled[k]],
                                     message_type=MessageType.TRAIN))
         replies = {}
@@ -190,6 +207,27 @@ def _secure_round(grid: Grid, sim: Simulation, round_: int, sampled: list, node_
     return sim.secure_aggregate(round_, server.unmask(responses), sampled), losses
 
 
+def _federation_id(cfg: FederatedConfig, resume: bool) -> str:
+    """The id under which the sites keep their state for this federation: a fresh one for a new run
+    (written to ``output_dir/federation.json`` with the config), the saved one when resuming (which
+    refuses a different config, the number of rounds and the folder aside)."""
+    record = Path(cfg.output_dir) / "federation.json" if cfg.output_dir else None
+    if resume:
+        if record is None or not record.is_file():
+            raise ValueError("resume needs the output_dir of the interrupted run (its federation.json)")
+        saved = read_json(record, "federation record")
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in ("rounds", "output_dir") and saved["config"].get(k) != v)
+        if changed:
+            raise ValueError(f"cannot resume {cfg.output_dir}: the config differs in {changed}")
+        return str(saved["federation"])
+    federation = uuid.uuid4().hex
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, {"federation": federation, "config": cfg.to_dict()})
+    return federation
+
+
 def _audit(audit_dir: str | None, round_: int, reply: Message, stage: str = "") -> None:
     if not audit_dir or reply.has_error():
         return
@@ -204,14 +242,63 @@ def _audit(audit_dir: str | None, round_: int, reply: Message, stage: str = "") 
 
 
 # -- client ------------------------------------------------------------------------------------------
-def _site(context: Context) -> tuple[FederatedConfig, FederatedClient]:
+class SiteState:
+    """A site's state between rounds (`Simulation.client_state`: its AdamW moments and step) on the site's
+    own disk, so that it outlives the SuperNode, the SuperLink and the ServerApp:
+    ``<folder>/<federation>/partition-<id>/round-<r>.npz``, written atomically (temp file, then rename) after
+    every round the site trains. The state for round R is the newest saved before R: a server killed after
+    the site trained round R, but before it checkpointed R, asks for round R again."""
+
+    def __init__(self, folder: str | os.PathLike, federation: str, partition: int) -> None:
+        if not re.fullmatch(r"[0-9a-f]{32}", federation):
+            raise ValueError(f"federation id must be 32 hex digits, got {federation!r}")
+        self.folder = Path(folder) / federation / f"partition-{int(partition)}"
+
+    def _saved_rounds(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        names = (re.fullmatch(r"round-(\d+)\.npz", p.name) for p in self.folder.iterdir())
+        return sorted(int(m.group(1)) for m in names if m)
+
+    def _before(self, round_: int) -> int | None:
+        return max((r for r in self._saved_rounds() if r < round_), default=None)
+
+    def load(self, round_: int) -> dict[str, np.ndarray] | None:
+        """The state the site held when round `round_` began (None before its first round)."""
+        start = self._before(round_)
+        if start is None:
+            return None
+        with np.load(self.folder / f"round-{start}.npz") as saved:
+            return {k: saved[k].copy() for k in saved.files}
+
+    def save(self, round_: int, state: Mapping[str, Any]) -> None:
+        """Keep the state after round `round_`, and of the older ones only the state that round began from."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        start = self._before(round_)
+        tmp = self.folder / f".round-{round_}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
+            os.replace(tmp, self.folder / f"round-{round_}.npz")
+        finally:
+            tmp.unlink(missing_ok=True)
+        for r in self._saved_rounds():
+            if start is not None and r < start:
+                (self.folder / f"round-{r}.npz").unlink(missing_ok=True)
+
+
+def _site(context: Context, federation: str) -> tuple[FederatedConfig, FederatedClient, SiteState]:
     cfg, _ = _split_run_config(context.run_config)
     node = context.node_config
     if "data" not in node or "partition-id" not in node:
         raise ValueError("the SuperNode needs --node-config 'partition-id=<int> data=\"<client .npz>\"'")
     if "model" in node:  # a site may keep the base model elsewhere than the server
         cfg = cfg.replace(model=str(node["model"]))
-    return cfg, load_client_data(str(node["data"]), client_id=int(node["partition-id"]))
+    partition = int(node["partition-id"])
+    # without a state-dir, the state goes next to the site's data
+    folder = node.get("state-dir") or Path(str(node["data"])).parent / "captionaura-state"
+    return (cfg, load_client_data(str(node["data"]), client_id=partition),
+            SiteState(str(folder), federation, partition))
 
 
 @client_app.query()
@@ -222,11 +309,12 @@ def _client_query(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def _client_train(msg: Message, context: Context) -> Message:
-    cfg, client = _site(context)
+    head = msg.content["secagg" if "secagg" in msg.content else "config"]
+    cfg, client, kept = _site(context, str(head["federation"]))
     if "secagg" in msg.content:
-        return Message(_secagg_stage(cfg, client, msg.content, context.state), reply_to=msg)
+        return Message(_secagg_stage(cfg, client, kept, msg.content, context.state), reply_to=msg)
     residual = msg.content.array_records.get("residual")
-    vector, loss, n = site_round(cfg, client, context.state, msg.content["arrays"][ADAPTER].numpy(),
+    vector, loss, n = site_round(cfg, client, kept, msg.content["arrays"][ADAPTER].numpy(),
                                  int(msg.content["config"]["server-round"]),
                                  {k: a.numpy() for k, a in residual.items()} if residual is not None else None)
     reply = RecordDict({"arrays": _vector_record(vector),
@@ -234,28 +322,26 @@ def _client_train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def site_round(cfg: FederatedConfig, client: FederatedClient, state: RecordDict, global_vector: np.ndarray,
+def site_round(cfg: FederatedConfig, client: FederatedClient, kept: SiteState, global_vector: np.ndarray,
                round_: int, base_residual: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, float, int]:
     """One site's local training as a one-client Simulation (same seeds, RNG streams and optimiser as
-    in-process); the AdamW state lives between rounds in the node's `state` (Flower's context.state).
+    in-process); the AdamW state lives between rounds in `kept`, on the site's disk.
     `base_residual`: FedEx-LoRA's residuals, folded into the freshly loaded base first."""
     sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), [client], output_dir=None, progressbar=False)
     if base_residual:
         sim.apply_base_residual(base_residual)
     sim.global_vector = np.array(global_vector, dtype=np.float32, copy=True)
-    if "optimizer" in state.array_records:
-        saved: dict[str, Any] = {k: a.numpy() for k, a in state.array_records["optimizer"].items()}
-        saved["step"] = int(state.config_records["optimizer-step"]["step"])
+    saved = kept.load(round_)
+    if saved is not None:
         sim.client_state[client.client_id] = saved
     vector, loss, n = sim.local_train(client, round_)
-    kept = sim.client_state.get(client.client_id)
-    if kept is not None:
-        state["optimizer"] = ArrayRecord({k: Array(np.asarray(v)) for k, v in kept.items() if k != "step"})
-        state["optimizer-step"] = ConfigRecord({"step": int(kept["step"])})
+    if client.client_id in sim.client_state:
+        kept.save(round_, sim.client_state[client.client_id])
     return vector, loss, n
 
 
-def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, content: RecordDict, state: RecordDict) -> RecordDict:
+def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, kept: SiteState, content: RecordDict,
+                  state: RecordDict) -> RecordDict:
     """The site's side of one secure-aggregation stage. Its update, number of examples and protocol secrets
     stay in the node's state between stages; only public keys, encrypted shares, the masked vector, the
     loss and (at the end) the shares the protocol allows leave the site."""
@@ -263,10 +349,11 @@ def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, content: Record
     stage, round_ = str(head["secagg-stage"]), int(head["server-round"])
     config = dataclasses.replace(cfg.secagg_config(1), threshold=int(head["secagg-threshold"]))
     if stage == "setup":
-        vector, loss, n = site_round(cfg, client, state, content["arrays"][ADAPTER].numpy(), round_)
+        vector, loss, n = site_round(cfg, client, kept, content["arrays"][ADAPTER].numpy(), round_)
         state["secagg-delta"] = ArrayRecord({"delta": Array(vector - content["arrays"][ADAPTER].numpy())})
         protocol = SecAggClient(int(head["secagg-id"]), config, Simulation.secagg_context(round_))
-        state["secagg"] = ConfigRecord({"client": protocol.to_state(), "loss": float(loss), "n": int(n)})
+        state["secagg"] = ConfigRecord({"client": protocol.to_state(), "loss": float(loss),
+                                        "weight": secagg_weight(cfg.dp_config(1), n)})
         c_pk, s_pk = protocol.public_keys()
         return RecordDict({"config": ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})})
     saved = state["secagg"]
@@ -277,7 +364,7 @@ def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, content: Record
         reply = RecordDict({"config": ConfigRecord({"to": sorted(bundles), "ct": [bundles[v] for v in sorted(bundles)]})})
     elif stage == "mask":
         delta = state["secagg-delta"]["delta"].numpy()
-        masked = protocol.masked_input(delta, int(saved["n"]), dict(zip(c["from"], c["ct"])))
+        masked = protocol.masked_input(delta, int(saved["weight"]), dict(zip(c["from"], c["ct"])))
         reply = RecordDict({"arrays": ArrayRecord({"masked": Array(masked)}),
                             "metrics": MetricRecord({"train_loss": float(saved["loss"])})})
     elif stage == "unmask":
@@ -296,7 +383,7 @@ def _secagg_stage(cfg: FederatedConfig, client: FederatedClient, content: Record
 # -- the Flower app folder and a federation on this machine ----------------------------------------------
 def write_app(app_dir: str | os.PathLike, cfg: FederatedConfig, **deployment: Any) -> Path:
     """Write a Flower app folder (pyproject.toml only: the code is this installed module) whose run
-    config is `cfg` plus the deployment keys (num_supernodes, reply_timeout, audit_dir)."""
+    config is `cfg` plus the deployment keys (num_supernodes, reply_timeout, audit_dir, resume)."""
     values = dict(DEPLOYMENT_DEFAULTS)
     unknown = set(deployment) - set(values)
     if unknown:

@@ -278,7 +278,7 @@ def save_outputs(out: Path, sim: Simulation) -> None:
     sim.save_adapter(out / "adapter")
     write_history(out / "history.json", sim)
     if sim.base_residual:
-        sim.lm.save_pretrained(out / "base")
+        sim.model.save_pretrained(out / "base")
 
 
 def write_history(path: Path, sim: Simulation) -> None:

@@ -116,6 +116,14 @@ def local_dp_update(x: np.ndarray, reference: np.ndarray, config: DPConfig,
     return add_gaussian_noise(out, config.noise_multiplier * config.clipping_norm, rng)
 
 
+def secagg_weight(config: DPConfig | None, num_examples: float) -> int:
+    """A client's weight in a secure-aggregation sum: its number of examples, or 1 under central DP with
+    uniform weights (each client then moves the mean by at most C/m, which the noise is calibrated to)."""
+    if config is not None and config.mode == "central" and config.uniform_weights:
+        return 1
+    return int(num_examples)
+
+
 def adaptive_noise_params(noise_multiplier: float, num_sampled: int,
                           clipped_count_stddev: float | None) -> tuple[float, float]:
     """(σ_b, z_Δ): the count noise (default m/20) and the raised model noise multiplier
@@ -139,6 +147,8 @@ class _DPRound(RoundAggregator):
         self.current = self.inner.current
         self.clip_norm = dp.clipping_norm
         self.unclipped = 0
+        # how many clipped updates the one added vector averages (secure aggregation adds their mean)
+        self.contributors: int | None = None
 
     def add(self, x, num_examples=1.0, client=None):
         cid = client if client is not None else self.inner.num_accepted + len(self.inner.rejected)
@@ -201,7 +211,8 @@ class DifferentialPrivacy(Strategy):
         cfg = self.config
         # σ = z·C/m assumes the mean of m clipped updates; with fewer accepted replies a client moves the
         # mean by up to C/accepted, so the noise follows the smaller denominator (never weaker than stated)
-        m = min(int(cfg.num_sampled_clients or len(res.accepted)), len(res.accepted))
+        accepted = rnd.contributors or len(res.accepted)
+        m = min(int(cfg.num_sampled_clients or accepted), accepted)
         z = cfg.noise_multiplier
         metrics: dict[str, float] = {"clipping_norm": rnd.clip_norm}
         if cfg.mode == "central":

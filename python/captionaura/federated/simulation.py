@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -27,7 +28,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from captionaura.federated.dp import DifferentialPrivacy, DPConfig, local_dp_update
+from captionaura.federated.accountant import RDPAccountant
+from captionaura.federated.dp import DifferentialPrivacy, DPConfig, clip_update, local_dp_update, secagg_weight
 from captionaura.federated.secagg import SecAggConfig, SecAggResult, run_round as secagg_run_round
 from captionaura.federated.strategies import AggregateResult, FedAvg, FedProx, Strategy, proximal_term
 from captionaura.lora import LoraConfig
@@ -102,6 +104,9 @@ class Simulation:
         if lora_aggregation == "fedex" and dp is not None:
             raise ValueError("lora_aggregation='fedex' folds the clients' un-noised products into the base, "
                              "bypassing differential privacy; use 'ffa' (exact and DP-compatible)")
+        if dp is not None and dp.adaptive and secure_aggregation is not None:
+            raise ValueError("adaptive clipping counts the clients whose update was clipped, which secure "
+                             "aggregation hides from the server; use a fixed clipping_norm")
         strategy = strategy or FedAvg()
         if secure_aggregation is not None and not strategy.streaming:
             raise ValueError(f"{type(strategy).__name__} needs every client's update, which secure aggregation "
@@ -173,6 +178,10 @@ class Simulation:
         vector = model.lora_vector().copy()
         if self.dp is not None and self.dp.mode == "local":
             vector = local_dp_update(vector, self.global_vector, self.dp, rng)
+        elif self.dp is not None and self.secure_aggregation is not None:
+            # central DP under secure aggregation: the server cannot clip what it cannot see, so the client
+            # clips its update to C (Flower's client-side fixed clipping) and the server adds z·C/m noise
+            vector, _ = clip_update(vector, self.global_vector, self.dp.clipping_norm)
         return vector, float(np.mean(losses)), n
 
     def _proximal(self, mu: float) -> float:
@@ -210,7 +219,7 @@ class Simulation:
         g = self.global_vector
         if self.secure_aggregation is not None:
             gone = set(self.dropouts(round_, ids)) if self.dropouts else set()
-            inputs = {i: (updates[i][0] - g, int(updates[i][1])) for i in range(len(ids))}
+            inputs = {i: (updates[i][0] - g, secagg_weight(self.dp, updates[i][1])) for i in range(len(ids))}
             # a client lost during local training never sends its masked input: the others' shares of its
             # pairwise secrets let the server cancel its masks, so the sum is exactly the survivors'
             result = secagg_run_round(self.secure_aggregation, inputs,
@@ -226,10 +235,15 @@ class Simulation:
 
     def secure_aggregate(self, round_: int, result: SecAggResult, ids: list) -> AggregateResult:
         """The strategy's step on the survivors' mean delta, which is all secure aggregation reveals
-        (secure-aggregation client k is `ids[k]`, the k-th sampled client)."""
+        (secure-aggregation client k is `ids[k]`, the k-th sampled client). Under central DP the mean is
+        of the survivors' client-clipped updates: the noise and the accountant count them, not one reply."""
         g = self.global_vector
         mean = g + result.mean  # the server only ever sees the masked sum of the deltas
-        res = self.strategy.aggregate_detailed(g, [(mean, float(result.total_examples))], round_)
+        rnd = self.strategy.begin_round(g, round_)
+        rnd.add(mean, float(result.total_examples), client=0)
+        if isinstance(self.strategy, DifferentialPrivacy):
+            rnd.contributors = len(result.survivors)
+        res = rnd.finish()
         res.accepted = [ids[i] for i in result.survivors]
         return res
 
@@ -291,6 +305,16 @@ class Simulation:
             out[m["module"]] = float(np.linalg.norm(exact - approx) / norm) if norm > 0 else 0.0
         return out
 
+    def local_dp_epsilon(self, ids: list) -> float:
+        """Local DP's ε after this round (clients `ids`): every round a client trains, it releases its own
+        update through a Gaussian mechanism (multiplier z, sensitivity C) on its own data, so ε is that of
+        the client that has trained most often (no subsampling: q = 1)."""
+        releases = Counter(str(c) for record in self.history for c in record.clients)
+        releases.update(str(c) for c in ids)
+        accountant = RDPAccountant()
+        accountant.step(self.dp.noise_multiplier, 1.0, steps=max(releases.values()))
+        return accountant.get_epsilon(self.dp.delta)
+
     def run_round(self) -> RoundRecord:
         round_ = self.round + 1
         t0 = time.perf_counter()
@@ -322,7 +346,7 @@ class Simulation:
         self.adapted.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if self.dp is not None and self.dp.mode == "local":
-            metrics["epsilon_local_per_round"] = float("nan")  # each client accounts for its own releases
+            metrics.update(epsilon=self.local_dp_epsilon(ids), delta=self.dp.delta)
         per_client: dict[str, dict[str, float]] = {}
         if self.eval_fn is not None:
             scores: dict[str, list[float]] = {}
@@ -412,7 +436,12 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
     (the pycocoevalcap BLEU-1..4 and CIDEr-D). An example's prompt is its unscored prefix (labels −100), its
     reference caption the scored tokens up to the end token; greedy decoding writes the candidate. With
     `decode` (e.g. a tokenizer's decode) captions are scored as text through the PTB tokenizer, otherwise as
-    space-separated token ids. Clients without held-out examples return {}."""
+    space-separated token ids. An `Lfm2VlModel` captions held-out image + caption examples (from
+    `Lfm2VlModel.caption_example`, tiles included) on its `caption` path: the example's image and prompt,
+    greedy up to `max_new_tokens` or ``<|im_end|>``, captions and references decoded by its processor's
+    tokenizer and scored as text (`decode` is for text-only models). Clients without held-out examples
+    return {}."""
+    from captionaura.generate import GenerationConfig
     from captionaura.metrics import evaluate
 
     def words(ids: Sequence[int]) -> str:
@@ -426,9 +455,33 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
             out.append(t)
         return out
 
+    def caption_pairs(model: Lfm2VlModel, client: FederatedClient) -> tuple[dict, dict]:
+        settings = model._caption_settings(None)  # ValueError without the processor
+        settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=settings.eos_token_id, pad_token_id=settings.pad_token_id)
+        stops = set(np.atleast_1d(settings.eos_token_id).tolist()) - {None}
+        refs, cands = {}, {}
+        for i, ex in enumerate(client.eval):
+            ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
+            scored = np.flatnonzero(labels != -100)
+            if scored.size == 0:
+                raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
+            prompt = ids[: scored[0]].astype(np.int32)
+            features = model._features(prompt[None], ex.get("pixel_values"), ex.get("spatial_shapes"),
+                                       ex.get("pixel_attention_mask"), train=False)
+            if features[0] is None:
+                raise ValueError(f"client {client.client_id}: held-out example {i} has no image")
+            reference = until_end(labels[scored], stops)
+            refs[i] = [model.processor.tokenizer.decode(reference, skip_special_tokens=True).strip()]
+            cands[i] = model._generate_caption(prompt, features, settings)
+        return refs, cands
+
     def eval_fn(model: Lfm2Model, client: FederatedClient) -> dict[str, float]:
         if not client.eval:
             return {}
+        if isinstance(model, Lfm2VlModel):
+            refs, cands = caption_pairs(model, client)
+            return {k: float(v) for k, v in evaluate(refs, cands, metrics=metrics, tokenize="ptb").scores.items()}
         eos = model.config.eos_token_id
         stops = set(eos if isinstance(eos, list) else [eos]) - {None}
         refs, cands = {}, {}
