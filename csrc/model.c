@@ -222,8 +222,9 @@ static void lora_extents(const ca_lfm2_model *m, size_t *max_r, size_t *max_drop
     }
 }
 
-/* floats of one block of LM-head logits in training (16 MB): 64 rows of a 65536-token vocabulary */
-#define CA_HEAD_BLOCK_FLOATS ((size_t)4 << 20)
+/* floats of one block of LM-head logits in training (32 MB: 128 rows of a 65536-token vocabulary; each block
+ * streams the whole head weight through both GEMMs, so smaller blocks cost throughput) */
+#define CA_HEAD_BLOCK_FLOATS ((size_t)8 << 20)
 
 /* Lays out (or, with base == NULL, only measures) every activation buffer for (B, T). */
 static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
@@ -239,14 +240,16 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         used += n_;                                                                                \
     } while (0)
     /* cheap to recompute in backward, so every layer shares one buffer of each: the RMSNorm outputs x1 and x2
-     * (x1 is used up before x2 is made), silu(gate)·up, and the attention layers' normed and rotated q, k and
-     * their probabilities (O(T²) per layer otherwise) */
-    float *normed = NULL, *act = NULL, *qr = NULL, *kr = NULL, *att = NULL;
+     * (x1 is used up before x2 is made), silu(gate)·up, the attention layers' normed and rotated q and k, and the
+     * conv layers' B⊙x, conv output and C⊙conv (all three from the in_proj output z) */
+    float *normed = NULL, *act = NULL, *qr = NULL, *kr = NULL, *u = NULL, *conv = NULL, *y = NULL;
     CA_TAKE(normed, N * C);
     CA_TAKE(act, N * F);
     CA_TAKE(qr, N * QD);
     CA_TAKE(kr, N * KD);
-    CA_TAKE(att, (size_t)B * NH * T * T);
+    CA_TAKE(u, N * C);
+    CA_TAKE(conv, N * C);
+    CA_TAKE(y, N * C);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer_acts a = {0};
         a.x1 = a.x2 = normed;
@@ -264,13 +267,13 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
             CA_TAKE(a.krstd, N * NKV);
             a.qr = qr;
             a.kr = kr;
-            a.att = att;
+            CA_TAKE(a.att, (size_t)B * NH * T * T);
             CA_TAKE(a.ao, N * QD);
         } else {
             CA_TAKE(a.z, N * 3 * C);
-            CA_TAKE(a.u, N * C);
-            CA_TAKE(a.c, N * C);
-            CA_TAKE(a.y, N * C);
+            a.u = u;
+            a.c = conv;
+            a.y = y;
         }
         if (base) m->lacts[l] = a;
     }
@@ -640,13 +643,11 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps); /* x1 shares x2's buffer */
     if (w->is_attention) {
         proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
-        /* qr, kr and the probabilities as the forward made them (ao is rewritten with its own values) */
+        /* qr and kr as the forward made them */
         be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
         be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
         be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
         be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
-        be->attention_forward(a->ao, a->att, a->qr, a->kr, a->v, m->has_padding ? m->mask : NULL, B, T, T, NH, NKV,
-                              HS, 1, 0);
         be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);
         be->rope_backward(s->dq, s->dq, m->pos, N, NH, HS, (float)c->rope_theta);
         be->rope_backward(s->dk, s->dk, m->pos, N, NKV, HS, (float)c->rope_theta);
@@ -658,6 +659,7 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
         proj_backward(m, l, CA_PROJ_K, s->dx, s->dkraw, a->x1, N, 1, s);
         proj_backward(m, l, CA_PROJ_V, s->dx, s->dv, a->x1, N, 1, s);
     } else {
+        be->shortconv_forward(a->y, a->u, a->c, a->z, w->conv, NULL, B, T, C, c->conv_L_cache); /* u, c, y anew */
         proj_backward(m, l, CA_PROJ_CONV_OUT, s->dmix, s->dres, a->y, N, 0, s);
         be->shortconv_backward(s->dz, grad_of(m, w->conv), s->dmix, a->z, a->u, a->c, w->conv, B, T, C,
                                c->conv_L_cache);

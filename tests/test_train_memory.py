@@ -1,6 +1,6 @@
 """Training-memory layout: only the rows with a target reach the LM head, packed into blocks of rows (never the
-whole (N, V) logits), and the layers' RMSNorm outputs, SwiGLU output, rotated q/k and attention probabilities
-live in shared buffers recomputed in backward. Checked where it matters: a vocabulary large enough that the
+whole (N, V) logits), and the layers' RMSNorm outputs, SwiGLU output, rotated q/k and short-conv buffers live
+in shared buffers recomputed in backward. Checked where it matters: a vocabulary large enough that the
 head takes several blocks, against the full logits' NumPy cross-entropy and central differences."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 import captionaura as ca
 
-VOCAB = 131072  # 32 rows per 16 MB block of logits: the 69 positions with a target take three blocks
+VOCAB = 131072  # 64 rows per 32 MB block of logits: the 139 positions with a target take three blocks
 
 
 def big_vocab_model() -> ca.Lfm2Model:
@@ -33,7 +33,7 @@ def numpy_loss(logits: np.ndarray, labels: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def batch() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, VOCAB, (1, 81)).astype(np.int32)
+    ids = rng.integers(1, VOCAB, (1, 151)).astype(np.int32)
     labels = ids.copy()
     labels[0, :5] = labels[0, 30:36] = -100  # unscored rows before and inside the packed blocks
     return ids, labels
@@ -80,7 +80,7 @@ def test_tied_head_gradient_adds_up_over_the_blocks(batch):
     weight = model.parameters()["model.embed_tokens.weight"].reshape(-1)
     grad = model.gradients()["model.embed_tokens.weight"].reshape(-1).copy()
     hidden = model.config.hidden_size
-    rows = [int(ids[0, 6]), int(ids[0, 50]), int(ids[0, 80]), 7]  # targets in the first, second, last block; unused
+    rows = [int(ids[0, 6]), int(ids[0, 100]), int(ids[0, 150]), 7]  # targets in the first, second, last block; unused
     for row in rows:
         i = row * hidden + 3
         fd = finite_difference(lambda: model.loss_and_grad(ids, labels), weight, i)

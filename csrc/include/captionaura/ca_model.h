@@ -65,7 +65,7 @@ typedef struct {
     float *act;    /* (N, F) silu(gate) ⊙ up: one buffer shared by every layer, recomputed in backward */
     /* conv */
     float *z;      /* (N, 3C) in_proj output */
-    float *u;      /* (N, C) B ⊙ x */
+    float *u;      /* (N, C) B ⊙ x (u, c, y: one buffer each for every layer) */
     float *c;      /* (N, C) conv output */
     float *y;      /* (N, C) C ⊙ conv, out_proj input */
     /* attention */
@@ -74,7 +74,7 @@ typedef struct {
     float *v;      /* (N, NKV*HS) */
     float *qrstd;  /* (N*NH) */
     float *krstd;  /* (N*NKV) */
-    float *qr;     /* (N, NH*HS) normed + rotated (qr, kr, att: one buffer each for every layer) */
+    float *qr;     /* (N, NH*HS) normed + rotated (qr, kr: one buffer each for every layer) */
     float *kr;     /* (N, NKV*HS) */
     float *att;    /* (B, NH, T, T) probabilities */
     float *ao;     /* (N, NH*HS) attention output, out_proj input */
