@@ -222,6 +222,21 @@ static void lora_extents(const ca_lfm2_model *m, size_t *max_r, size_t *max_drop
     }
 }
 
+/* Float counts of the backward scratch slots (see backward_scratch, same order): dres and dx, then the slots only
+ * layers use, which live in the LM head's logits block (free once the head is done). */
+#define CA_SCRATCH_SLOTS 16
+static void scratch_sizes(const ca_lfm2_model *m, size_t N, size_t sizes[CA_SCRATCH_SLOTS]) {
+    const ca_lfm2_config *c = &m->cfg;
+    const size_t C = c->hidden_size, F = c->ffn_dim;
+    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t max_r = 0, max_drop_in = 0;
+    lora_extents(m, &max_r, &max_drop_in);
+    const size_t all[CA_SCRATCH_SLOTS] = {N * C,  N * C,  N * C,  N * F,  N * F,     N * F,           N * 3 * C,
+                                          N * QD, N * QD, N * KD, N * KD, N * QD,    N * KD,          N * max_r,
+                                          N * max_drop_in, N * max_drop_in};
+    for (int i = 0; i < CA_SCRATCH_SLOTS; i++) sizes[i] = (all[i] + 15) & ~(size_t)15;
+}
+
 /* floats of one block of LM-head logits in training (32 MB: 128 rows of a 65536-token vocabulary; each block
  * streams the whole head weight through both GEMMs, so smaller blocks cost throughput) */
 #define CA_HEAD_BLOCK_FLOATS ((size_t)8 << 20)
@@ -284,7 +299,10 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     const size_t max_rows = V >= CA_HEAD_BLOCK_FLOATS ? 1 : CA_HEAD_BLOCK_FLOATS / V;
     const size_t head_rows = max_rows < N ? max_rows : N;
     if (base) m->head_rows = (int)head_rows;
-    CA_TAKE(m->logits, head_rows * V);
+    size_t sizes[CA_SCRATCH_SLOTS], layer_scratch = 0;
+    scratch_sizes(m, N, sizes);
+    for (int i = 2; i < CA_SCRATCH_SLOTS; i++) layer_scratch += sizes[i];
+    CA_TAKE(m->logits, head_rows * V > layer_scratch ? head_rows * V : layer_scratch);
     CA_TAKE(m->head_x, head_rows * C);
     CA_TAKE(m->head_dx, head_rows * C);
     size_t max_r = 0, max_drop_in = 0;
@@ -344,27 +362,25 @@ typedef struct {
     float *dh;    /* (N, max r) LoRA */
     float *xdrop; /* (N, max in) LoRA input after dropout, regenerated */
     float *dxl;   /* (N, max in) LoRA input gradient before dropout's backward */
-    float *base;
+    float *base;  /* dres and dx (the other slots are in m->logits) */
 } backward_scratch;
 
+/* dres and dx get their own memory; the layers' slots share the logits block, whose rows are dead by then */
 static ca_status scratch_alloc(const ca_lfm2_model *m, backward_scratch *s, int B, int T) {
-    const ca_lfm2_config *c = &m->cfg;
-    const size_t N = (size_t)B * T, C = c->hidden_size, F = c->ffn_dim;
-    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t max_r = 0, max_drop_in = 0;
-    lora_extents(m, &max_r, &max_drop_in);
-    const size_t sizes[] = {N * C, N * C, N * C, N * F, N * F, N * F, N * 3 * C, N * QD, N * QD, N * KD, N * KD,
-                            N * QD, N * KD, N * max_r, N * max_drop_in, N * max_drop_in};
-    float **slots[] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz, &s->dao,
-                       &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw, &s->dh, &s->xdrop, &s->dxl};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
-    s->base = m->be->alloc(total * sizeof(float));
-    if (!s->base) return ca_error(CA_ERR_NOMEM, "out of memory allocating backward scratch (%.1f MB)", total * 4.0 / 1e6);
+    size_t sizes[CA_SCRATCH_SLOTS];
+    scratch_sizes(m, (size_t)B * T, sizes);
+    float **slots[CA_SCRATCH_SLOTS] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz, &s->dao,
+                                       &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw, &s->dh, &s->xdrop, &s->dxl};
+    s->base = m->be->alloc((sizes[0] + sizes[1]) * sizeof(float));
+    if (!s->base)
+        return ca_error(CA_ERR_NOMEM, "out of memory allocating backward scratch (%.1f MB)",
+                        (sizes[0] + sizes[1]) * 4.0 / 1e6);
+    s->dres = s->base;
+    s->dx = s->base + sizes[0];
     size_t used = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        *slots[i] = s->base + used;
-        used += (sizes[i] + 15) & ~(size_t)15;
+    for (int i = 2; i < CA_SCRATCH_SLOTS; i++) {
+        *slots[i] = m->logits + used;
+        used += sizes[i];
     }
     return CA_OK;
 }

@@ -103,7 +103,8 @@ typedef struct ca_lfm2_model {
     float *hs;                 /* (L+1, N, C) residual stream entering each layer; hs[L] = last layer output */
     float *xf;                 /* (N, C) final norm output */
     float *rstdf;              /* (N) */
-    float *logits;             /* (head_rows, V) loss_and_grad's logits, a block of rows at a time */
+    float *logits;             /* (head_rows, V) loss_and_grad's logits, a block of rows at a time; then the
+                                  layers' backward scratch */
     float *head_x;             /* (head_rows, C) the block's final-norm rows */
     float *head_dx;            /* (head_rows, C) their gradient */
     int head_rows;             /* rows per block: the (N, V) logits are never held whole */
