@@ -49,8 +49,8 @@ class DemoConfig:
     """Sizes of the demo run; the defaults take a few minutes on 2 CPU cores."""
 
     clients: int = 4
-    rounds: int = 4
-    local_steps: int = 6
+    rounds: int = 8
+    local_steps: int = 10
     personal_steps: int = 12
     batch_size: int = 8
     train_per_user: int = 16
