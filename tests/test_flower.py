@@ -468,3 +468,36 @@ def test_image_captioner_over_flower_apps_matches_simulation(tmp_path, task_iden
     assert np.abs(sim.global_vector - start).max() > 1e-3  # the rounds trained something
     assert (tmp_path / "out" / "adapter").is_dir()
     assert_nothing_private_left(tmp_path / "audit", sites, sim.global_vector.size, secure)
+
+
+@pytest.mark.slow
+def test_flower_deployment_of_an_image_captioner_matches_simulation(tmp_path, captioner, tiny_captioner_dir):
+    """A real SuperLink and two authenticated SuperNodes whose sites hold photo + caption files run 2 rounds
+    on the tiny LFM2-VL captioner: the server's final adapter is the in-process Simulation's on the same
+    examples, and no pixel, caption or token id left a site."""
+    from captionaura.federated.config import load_base_model
+
+    sites = write_captioner_sites(tmp_path / "data", captioner)
+    kits = tmp_path / "kits"
+    provision(["site-0", "site-1"], f"127.0.0.1:{flower.free_port()}", kits)
+    cfg = captioner_config(tiny_captioner_dir, tmp_path / "flower-out")
+    app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
+                           audit_dir=str(tmp_path / "audit"))
+    with flower.LocalFederation(kits, tmp_path / "run") as fed:
+        fed.start_superlink()
+        for i, name in enumerate(["site-0", "site-1"]):
+            fed.register(name)
+            fed.start_supernode(name, {"partition-id": i, "data": str(tmp_path / "data" / f"site-{i}.npz")})
+        fed.run(app, timeout=400)
+
+    sim = cfg.replace(output_dir="").simulation(load_base_model(tiny_captioner_dir),
+                                                [fl.FederatedClient(c, s) for c, s in enumerate(sites)],
+                                                progressbar=False)
+    sim.run()
+    with np.load(tmp_path / "flower-out" / "checkpoint" / "state.npz") as state:
+        np.testing.assert_allclose(state["global_vector"], sim.global_vector, rtol=0, atol=1e-6)
+    history = json.loads((tmp_path / "flower-out" / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2]
+    np.testing.assert_allclose([h["train_loss"] for h in history], [r.train_loss for r in sim.history], atol=1e-6)
+    assert len(list((tmp_path / "audit").iterdir())) == 2 + 2 * 2
+    assert_nothing_private_left(tmp_path / "audit", sites, sim.global_vector.size, secure=False)
