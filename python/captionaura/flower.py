@@ -11,6 +11,10 @@ secure aggregation: public keys, encrypted shares, the masked vector with the ma
 and the unmasking shares instead); and once, when the server asks which partition a node holds, the
 partition id. Never a token id, a caption or a pixel.
 
+The model folder (``model`` in the run config, or a site's node config) is an LFM2 or an LFM2-VL checkpoint
+(`load_base_model`); a site's data file (`save_client_data`) holds its examples, for an image captioner with
+the photos' tiles, and is read one example at a time.
+
 Killing and resuming. The ServerApp checkpoints after every round (`Simulation`'s checkpoint in
 ``output_dir``: round, global adapter, strategy and DP state, FedEx residuals) and a run started with
 ``resume = true`` continues from it. Each site keeps its own state between rounds (its AdamW moments and step)

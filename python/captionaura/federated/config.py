@@ -184,7 +184,7 @@ class FederatedConfig:
         return DPConfig(noise_multiplier=self.dp_noise_multiplier, clipping_norm=self.dp_clipping_norm,
                         mode=self.dp_mode, population=population, delta=self.dp_delta)
 
-    def simulation(self, model: Lfm2Model, clients: Sequence[FederatedClient], **overrides: Any) -> Simulation:
+    def simulation(self, model: Lfm2Model | Lfm2VlModel, clients: Sequence[FederatedClient], **overrides: Any) -> Simulation:
         """The Simulation this config describes (`overrides` go straight to Simulation, e.g. eval_fn)."""
         num_sampled = max(1, int(round(self.fraction_fit * len(clients))))
         kwargs: dict[str, Any] = dict(
