@@ -36,6 +36,8 @@ from captionaura.vl import DEFAULT_CAPTION_PROMPT
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python" / "captionaura" / "assets" / "aura-tiny"
 IMAGE_SIZE = 128
+#: the request of the styled pretraining pairs (see CaptionPairs)
+POST_PROMPT = "Write a social media post about this image."
 
 #: special tokens, in id order: LFM2-VL's names for everything the chat template and the processor emit
 SPECIAL_TOKENS = ["<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>",
@@ -81,11 +83,11 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
 
 def tokenizer_texts(examples: Sequence[Any], seed: int) -> list[str]:
     """What the tokenizer learns from: the public captions, each also rewritten in one of the world's personal
-    styles (emoji-rich, hashtag-heavy, poetic, terse lowercase, enthusiastic), and the caption prompt, so the
+    styles (emoji-rich, hashtag-heavy, poetic, terse lowercase, enthusiastic), and the two requests, so the
     styles' emoji and hashtags get tokens of their own for personalisation."""
     rng = np.random.default_rng([seed, 7])
     styles = [s for s in STYLES if s != "plain"]
-    texts = [DEFAULT_CAPTION_PROMPT] * 100
+    texts = [DEFAULT_CAPTION_PROMPT, POST_PROMPT] * 100
     for ex in examples:
         for caption in ex.captions:
             style = styles[rng.integers(len(styles))]
@@ -139,18 +141,31 @@ def generation_config(tokenizer: Tokenizer) -> dict:
 
 class CaptionPairs:
     """Every (image, reference caption) pair of a split as a training example, built when asked (the image's
-    tiles and the tokens of its chat prompt + caption), so the split need not be preprocessed up front."""
+    tiles and the tokens of its chat prompt + caption), so the split need not be preprocessed up front.
 
-    def __init__(self, model: ca.Lfm2VlModel, examples: Sequence[Any]) -> None:
+    A ``post_fraction`` of the pairs become social-media posts instead: the caption rewritten in one of the
+    world's personal styles, drawn at random, asked for with ``POST_PROMPT``. The public model so learns every
+    style's words, emoji and hashtags, but not whose style is whose: following one user's style is left to
+    federated and personal fine-tuning."""
+
+    def __init__(self, model: ca.Lfm2VlModel, examples: Sequence[Any], post_fraction: float = 0.0,
+                 seed: int = 0) -> None:
         self.model, self.examples = model, examples
-        self.pairs = [(i, j) for i, ex in enumerate(examples) for j in range(len(ex.captions))]
+        rng = np.random.default_rng([seed, 11])
+        styles = [s for s in STYLES if s != "plain"]
+        self.pairs = [(i, j, styles[rng.integers(len(styles))] if rng.random() < post_fraction else None)
+                      for i, ex in enumerate(examples) for j in range(len(ex.captions))]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        i, j = self.pairs[int(k)]
-        return self.model.caption_example(self.examples[i].image, self.examples[i].captions[j])
+        i, j, style = self.pairs[int(k)]
+        ex = self.examples[i]
+        if style is None:
+            return self.model.caption_example(ex.image, ex.captions[j])
+        return self.model.caption_example(ex.image, style_caption(ex.captions[j], ex.scene, style),
+                                          prompt=POST_PROMPT)
 
 
 def evaluate(model: ca.Lfm2VlModel, examples: Sequence[Any], progressbar: bool = False) -> tuple[dict, list[str]]:
@@ -190,8 +205,11 @@ def readme(model: ca.Lfm2VlModel, metrics: dict, recipe: dict) -> str:
 
 captionaura's built-in LFM2-VL ({model.num_parameters():,} parameters: vision tower + projector
 {model.vision.num_parameters():,}, LFM2 text model {model.text.num_parameters():,}), pretrained from scratch on
-the public split of the procedural AuraScenes world by captionaura's own C core. Not a general captioner: it
-knows AuraScenes only. Load it with `captionaura.load_default()`.
+the public split of the procedural AuraScenes world by captionaura's own C core. Asked for a caption
+("Write a short caption for this image.") it writes a plain one; asked for a post ("Write a social media post
+about this image.") it writes in one of the world's personal styles, not knowing whose: following one person's
+style is what federated and personal fine-tuning teach it. Not a general captioner: it knows AuraScenes only.
+Load it with `captionaura.load_default()`.
 
 Produced by `python scripts/make_aura_tiny.py` with:
 
@@ -215,6 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout-images", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--post-fraction", type=float, default=0.3,
+                   help="share of training pairs that are styled social-media posts (see CaptionPairs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
@@ -273,7 +293,8 @@ def make(args: argparse.Namespace) -> dict:
                    f"{captions[0]!r} vs {probe[0].captions[0]!r}")
         return scores
 
-    trainer = ca.Trainer(model, CaptionPairs(model, public), training, eval_fn=eval_fn if args.eval_every else None)
+    pairs = CaptionPairs(model, public, args.post_fraction, args.seed)
+    trainer = ca.Trainer(model, pairs, training, eval_fn=eval_fn if args.eval_every else None)
     history = trainer.train(resume=bool(args.checkpoint_dir))
     train_seconds = time.time() - started
     print(f"trained {args.steps} steps: loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}", flush=True)
@@ -282,7 +303,8 @@ def make(args: argparse.Namespace) -> dict:
     metrics = {**{k: round(float(v), 4) for k, v in scores.items()}, "images": len(heldout),
                "examples": [{"caption": c, "reference": ex.captions[0]} for c, ex in zip(captions[:5], heldout)]}
     recipe = {"seed": args.seed, "public_images": args.public_images, "heldout_images": args.heldout_images,
-              "vocab_size": tokenizer.vocab_size, "steps": args.steps, "batch_size": args.batch_size,
+              "vocab_size": tokenizer.vocab_size, "post_fraction": args.post_fraction, "steps": args.steps,
+              "batch_size": args.batch_size,
               "lr": args.lr, "warmup_steps": warmup, "schedule": "cosine", "weight_decay": args.weight_decay,
               "betas": list(optimizer.betas), "max_grad_norm": optimizer.max_grad_norm,
               "parameters": model.num_parameters(), "final_train_loss": round(history[-1]["loss"], 4),

@@ -112,3 +112,41 @@ def test_client_data_round_trip(tmp_path):
     np.testing.assert_array_equal(client.train[0]["labels"], ex[0]["labels"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_client_data(tmp_path / "bob.npz")
+
+
+def test_train_cli_federates_an_image_captioner(tmp_path, captioner, tiny_captioner_dir, capsys):
+    """`captionaura train` on an LFM2-VL checkpoint and clients' photo + caption files: 2 rounds with
+    per-client caption scores, ending on the adapter of the in-process Simulation over the same examples in
+    memory, bit for bit; a client file without tiles is refused before any round."""
+    from captionaura import federated as fl
+    from captionaura.federated.config import load_base_model
+
+    rng = np.random.default_rng(4)
+    clients = []
+    for c, (colour, caption) in enumerate([((220, 30, 30), "a red kite #aura"), ((40, 60, 230), "blue sea #aura")]):
+        images = [np.clip(np.full((40, 56, 3), colour) + rng.normal(0, 10, (40, 56, 3)), 0, 255).astype(np.uint8)
+                  for _ in range(3)]
+        examples = [captioner.caption_example(im, caption) for im in images]
+        save_client_data(tmp_path / "data" / f"client-{c}.npz", examples, eval=examples[:1])
+        clients.append(fl.FederatedClient(c, examples, examples[:1]))
+    toml = tmp_path / "vl.toml"
+    toml.write_text(f'model = "{tiny_captioner_dir.as_posix()}"\ndata = "{(tmp_path / "data").as_posix()}"\n'
+                    'rounds = 2\nlocal_steps = 2\nbatch_size = 2\nlr = 0.01\nlora_r = 2\n'
+                    'target_modules = "q_proj,v_proj,in_proj"\neval_max_new_tokens = 4\nseed = 1\n')
+    assert main(["train", "--config", str(toml), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "round 2: loss" in capsys.readouterr().out
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2] and set(history[-1]["client_metrics"]) == {"0", "1"}
+    assert "CIDEr" in history[-1]["client_metrics"]["0"] and (tmp_path / "out" / "adapter").is_dir()
+
+    cfg = FederatedConfig.from_file(toml).replace(eval_max_new_tokens=0)
+    sim = cfg.simulation(load_base_model(tiny_captioner_dir), clients, progressbar=False)
+    sim.run()
+    with np.load(tmp_path / "out" / "checkpoint" / "state.npz") as state:
+        np.testing.assert_array_equal(state["global_vector"], sim.global_vector)
+    assert [h["train_loss"] for h in history] == [r.train_loss for r in sim.history]
+
+    save_client_data(tmp_path / "data" / "client-2.npz",
+                     [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in clients[0].train])
+    assert main(["train", "--config", str(toml), "--output-dir", str(tmp_path / "again"), "--no-progress"]) == 2
+    assert "client 2: train example 0 has no image tiles" in capsys.readouterr().err

@@ -42,6 +42,8 @@ METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr", "ROUGE_L")
 # "plain": the base model asked its own plain request (a reference row); the other stages all get the user's
 # request (their posts and style), so they differ only in the adapters
 STAGES = ("plain", "base", "federated", "personal")
+STAGE_LABELS = {"plain": "base, plain request", "base": "base, user's request", "federated": "federated",
+                "personal": "federated + personal"}
 
 
 @dataclass
@@ -49,8 +51,8 @@ class DemoConfig:
     """Sizes of the demo run; the defaults take a few minutes on 2 CPU cores."""
 
     clients: int = 4
-    rounds: int = 4
-    local_steps: int = 6
+    rounds: int = 8
+    local_steps: int = 10
     personal_steps: int = 12
     batch_size: int = 8
     train_per_user: int = 16
@@ -124,7 +126,8 @@ def _plot(path: Path, history: list[dict], scores: dict[str, dict[str, dict[str,
     width = 0.8 / len(STAGES)
     for k, stage in enumerate(STAGES):
         values = [scores[u].get(stage, {}).get("CIDEr", 0.0) for u in users]
-        ax_cider.bar(np.arange(len(users)) + (k - (len(STAGES) - 1) / 2) * width, values, width, label=stage)
+        ax_cider.bar(np.arange(len(users)) + (k - (len(STAGES) - 1) / 2) * width, values, width,
+                     label=STAGE_LABELS[stage])
     ax_cider.set_xticks(np.arange(len(users)), users, rotation=20, ha="right")
     ax_cider.set(ylabel="CIDEr-D", title="Held-out CIDEr-D per user")
     ax_cider.legend()

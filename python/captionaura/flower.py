@@ -11,6 +11,10 @@ secure aggregation: public keys, encrypted shares, the masked vector with the ma
 and the unmasking shares instead); and once, when the server asks which partition a node holds, the
 partition id. Never a token id, a caption or a pixel.
 
+The model folder (``model`` in the run config, or a site's node config) is an LFM2 or an LFM2-VL checkpoint
+(`load_base_model`); a site's data file (`save_client_data`) holds its examples, for an image captioner with
+the photos' tiles, and is read one example at a time.
+
 Killing and resuming. The ServerApp checkpoints after every round (`Simulation`'s checkpoint in
 ``output_dir``: round, global adapter, strategy and DP state, FedEx residuals) and a run started with
 ``resume = true`` continues from it. Each site keeps its own state between rounds (its AdamW moments and step)
@@ -56,12 +60,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from captionaura._io import read_json, write_json_atomic
-from captionaura.federated.config import FederatedConfig, load_client_data, save_outputs
+from captionaura.federated.client_data import check_client_data, load_client_data
+from captionaura.federated.config import FederatedConfig, load_base_model, save_outputs
 from captionaura.federated.dp import secagg_weight
 from captionaura.federated.secagg import SecAggClient, SecAggServer
 from captionaura.federated.simulation import FederatedClient, Simulation
 from captionaura.federated.strategies import AggregateResult
-from captionaura.model import Lfm2Model
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -122,7 +126,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
     if len(node_of) != len(nodes):
         raise RuntimeError(f"{len(nodes)} SuperNodes but {len(node_of)} distinct partition ids")
     clients = [FederatedClient(cid, []) for cid in sorted(node_of)]
-    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=False)
+    sim = cfg.simulation(load_base_model(cfg.model), clients, progressbar=False)
     federation = _federation_id(cfg, resume)
     if resume:
         sim._load()
@@ -325,9 +329,13 @@ def _client_train(msg: Message, context: Context) -> Message:
 def site_round(cfg: FederatedConfig, client: FederatedClient, kept: SiteState, global_vector: np.ndarray,
                round_: int, base_residual: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, float, int]:
     """One site's local training as a one-client Simulation (same seeds, RNG streams and optimiser as
-    in-process); the AdamW state lives between rounds in `kept`, on the site's disk.
+    in-process); the AdamW state lives between rounds in `kept`, on the site's disk. The base model is an
+    image captioner when ``cfg.model`` is an LFM2-VL checkpoint (`load_base_model`), and the site's examples
+    are checked against it first (`check_client_data`).
     `base_residual`: FedEx-LoRA's residuals, folded into the freshly loaded base first."""
-    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), [client], output_dir=None, progressbar=False)
+    model = load_base_model(cfg.model)
+    check_client_data(model, client)
+    sim = cfg.simulation(model, [client], output_dir=None, progressbar=False)
     if base_residual:
         sim.apply_base_residual(base_residual)
     sim.global_vector = np.array(global_vector, dtype=np.float32, copy=True)

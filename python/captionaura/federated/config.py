@@ -2,10 +2,10 @@
 and the Flower deployment (`captionaura.flower`, where it travels as Flower's run config: flat scalars).
 
     cfg = FederatedConfig.from_file("run.toml")       # or .json, or FederatedConfig(model=..., ...)
-    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), load_clients(cfg.data))
+    sim = cfg.simulation(load_base_model(cfg.model), load_clients(cfg.data))
 
-Client data on disk: one ``<client>.npz`` per client (see `save_client_data`), holding that client's
-tokenised training examples and optionally held-out ones.
+Client data on disk: one ``<client>.npz`` per client (`captionaura.federated.client_data`: token ids and
+labels, and an image captioner's tiles), re-exported here.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
-from captionaura._io import write_json_atomic
+from captionaura._io import read_json, write_json_atomic
+from captionaura.federated.client_data import (  # noqa: F401 (load_client_data, save_client_data re-exported)
+    check_client_data,
+    load_client_data,
+    load_clients,
+    save_client_data,
+)
 from captionaura.federated.dp import DPConfig
 from captionaura.federated.secagg import SecAggConfig
 from captionaura.federated.simulation import FederatedClient, Simulation, caption_eval_fn
@@ -40,7 +45,7 @@ from captionaura.federated.strategies import (
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
 from captionaura.optim import AdamWConfig
-from captionaura.trainer import Example
+from captionaura.vl import Lfm2VlModel
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
@@ -179,7 +184,7 @@ class FederatedConfig:
         return DPConfig(noise_multiplier=self.dp_noise_multiplier, clipping_norm=self.dp_clipping_norm,
                         mode=self.dp_mode, population=population, delta=self.dp_delta)
 
-    def simulation(self, model: Lfm2Model, clients: Sequence[FederatedClient], **overrides: Any) -> Simulation:
+    def simulation(self, model: Lfm2Model | Lfm2VlModel, clients: Sequence[FederatedClient], **overrides: Any) -> Simulation:
         """The Simulation this config describes (`overrides` go straight to Simulation, e.g. eval_fn)."""
         num_sampled = max(1, int(round(self.fraction_fit * len(clients))))
         kwargs: dict[str, Any] = dict(
@@ -195,50 +200,13 @@ class FederatedConfig:
         return Simulation(model, clients, self.lora_config(), **kwargs)
 
 
-# -- client data on disk ------------------------------------------------------------------------------
-_FIELDS = ("input_ids", "labels", "attention_mask")
-
-
-def save_client_data(path: str | os.PathLike, train: Sequence[Example],
-                     eval: Sequence[Example] | None = None) -> None:
-    """Write one client's tokenised examples to an .npz (atomically: temp file, then rename)."""
-    arrays: dict[str, np.ndarray] = {}
-    for split, examples in (("train", train), ("eval", eval or [])):
-        for i, ex in enumerate(examples):
-            for key in _FIELDS:
-                if key in ex:
-                    arrays[f"{split}.{i}.{key}"] = np.asarray(ex[key], dtype=np.int32)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, p)
-
-
-def load_client_data(path: str | os.PathLike, client_id: int | str | None = None) -> FederatedClient:
-    """Read a file written by `save_client_data`; the client id defaults to the file's stem."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"client data file {p} does not exist")
-    splits: dict[str, dict[int, dict[str, np.ndarray]]] = {"train": {}, "eval": {}}
-    with np.load(p) as data:
-        for key in data.files:
-            split, index, name = key.split(".", 2)
-            if split not in splits or name not in _FIELDS:
-                raise ValueError(f"{p}: unexpected array {key!r}")
-            splits[split].setdefault(int(index), {})[name] = data[key]
-    train = [splits["train"][i] for i in sorted(splits["train"])]
-    held_out = [splits["eval"][i] for i in sorted(splits["eval"])] or None
-    return FederatedClient(p.stem if client_id is None else client_id, train, held_out)
-
-
-def load_clients(data_dir: str | os.PathLike) -> list[FederatedClient]:
-    """Every ``*.npz`` in `data_dir`, sorted by name, as clients 0, 1, ... (ids by position, so they match
-    the partition ids Flower SuperNodes are started with)."""
-    files = sorted(Path(data_dir).glob("*.npz"))
-    if not files:
-        raise FileNotFoundError(f"no client data (*.npz) in {data_dir}")
-    return [load_client_data(f, client_id=i) for i, f in enumerate(files)]
+def load_base_model(path: str | os.PathLike) -> Lfm2Model | Lfm2VlModel:
+    """The base model of a federated run: an image captioner (`Lfm2VlModel`) when the checkpoint folder's
+    config.json has a vision_config (LFM2-VL), else a language model (`Lfm2Model`)."""
+    config = Path(path) / "config.json"
+    if config.is_file() and "vision_config" in read_json(config, "config file"):
+        return Lfm2VlModel.from_pretrained(path)
+    return Lfm2Model.from_pretrained(path)
 
 
 def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: bool = False,
@@ -266,7 +234,10 @@ def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: b
         raise ValueError(f"{out} already holds a checkpoint; pass resume=True (--resume) or use another folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, settings)
-    sim = cfg.simulation(Lfm2Model.from_pretrained(cfg.model), clients, progressbar=progressbar)
+    model = load_base_model(cfg.model)
+    for client in clients:
+        check_client_data(model, client)
+    sim = cfg.simulation(model, clients, progressbar=progressbar)
     sim.run(resume=resume)
     save_outputs(out, sim)
     return sim
