@@ -3,6 +3,10 @@ thread count and the same adapters (r=16 on every linear projection), measured i
 its own process so its peak resident memory (ru_maxrss) is its own.
 
     python benchmarks/bench_train.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--steps 3]
+                                     [--torch-python /path/to/venv-with-torch-peft/bin/python]
+
+The PyTorch side may run in another interpreter (``--torch-python``): a reference virtual environment with
+torch 2.13, transformers and peft, kept apart from the project's own.
 """
 
 from __future__ import annotations
@@ -15,40 +19,37 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_lfm2 import SHAPES  # noqa: E402
-
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
 RANK = 16
 
 
-def run_ours(shape: str, seq: int, steps: int, threads: int) -> dict:
+def run_ours(config: dict, seq: int, steps: int, threads: int) -> dict:
     import numpy as np
 
     import captionaura as ca
 
     ca.set_num_threads(threads)
-    model = ca.Lfm2Model.from_config(SHAPES[shape], seed=0)
+    model = ca.Lfm2Model.from_config(config, seed=0)
     model.add_lora(ca.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
     model.set_optimizer(ca.AdamWConfig(lr=1e-4))
-    ids = np.random.default_rng(0).integers(0, SHAPES[shape]["vocab_size"], (1, seq)).astype(np.int32)
+    ids = np.random.default_rng(0).integers(0, config["vocab_size"], (1, seq)).astype(np.int32)
     batch = {"input_ids": ids, "labels": ids}
     model.train_step(batch)  # warm-up
     best = min(_timed(lambda: model.train_step(batch)) for _ in range(steps))
     return {"tok_s": seq / best, "trainable": model.num_trainable_parameters()}
 
 
-def run_torch(shape: str, seq: int, steps: int, threads: int) -> dict:
+def run_torch(config: dict, seq: int, steps: int, threads: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Lfm2ForCausalLM(Lfm2Config(**SHAPES[shape])).float()
+    model = Lfm2ForCausalLM(Lfm2Config(**config)).float()
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, SHAPES[shape]["vocab_size"], (1, seq))
+    ids = torch.randint(0, config["vocab_size"], (1, seq))
 
     def step():
         loss = model(input_ids=ids, labels=ids).loss
@@ -67,14 +68,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def worker(side: str, shape: str, seq: int, steps: int, threads: int) -> None:
-    result = (run_ours if side == "ours" else run_torch)(shape, seq, steps, threads)
+def worker(side: str, config: dict, seq: int, steps: int, threads: int) -> None:
+    result = (run_ours if side == "ours" else run_torch)(config, seq, steps, threads)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 def measure(side: str, shape: str, args) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", side, "--shapes", shape, "--seq", str(args.seq),
+    from bench_lfm2 import SHAPES
+
+    python = args.torch_python if side == "torch" and args.torch_python else sys.executable
+    cmd = [python, __file__, "--worker", side, "--config", json.dumps(SHAPES[shape]), "--seq", str(args.seq),
            "--steps", str(args.steps), "--threads", str(args.threads)]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -90,12 +94,15 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--shapes", default="tiny,350m")
+    p.add_argument("--torch-python", help="interpreter with torch, transformers and peft (default: this one)")
     p.add_argument("--worker", choices=("ours", "torch"))
+    p.add_argument("--config", help=argparse.SUPPRESS)  # a worker's model config (JSON)
     p.add_argument("--json")
     args = p.parse_args()
     if args.worker:
-        worker(args.worker, args.shapes, args.seq, args.steps, args.threads)
+        worker(args.worker, json.loads(args.config), args.seq, args.steps, args.threads)
         return
+    sys.path.insert(0, str(Path(__file__).parent))
     results = {}
     print(f"LoRA r={RANK} on {', '.join(TARGETS)}; batch 1 x {args.seq}; {args.threads} thread(s); best of {args.steps}")
     print(f"{'shape':<6} {'trainable':>10} {'captionaura tok/s':>18} {'torch+peft tok/s':>17} {'speed':>6} "

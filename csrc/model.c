@@ -222,6 +222,25 @@ static void lora_extents(const ca_lfm2_model *m, size_t *max_r, size_t *max_drop
     }
 }
 
+/* Float counts of the backward scratch slots (see backward_scratch, same order): dres and dx, then the slots only
+ * layers use, which live in the LM head's logits block (free once the head is done). */
+#define CA_SCRATCH_SLOTS 16
+static void scratch_sizes(const ca_lfm2_model *m, size_t N, size_t sizes[CA_SCRATCH_SLOTS]) {
+    const ca_lfm2_config *c = &m->cfg;
+    const size_t C = c->hidden_size, F = c->ffn_dim;
+    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t max_r = 0, max_drop_in = 0;
+    lora_extents(m, &max_r, &max_drop_in);
+    const size_t all[CA_SCRATCH_SLOTS] = {N * C,  N * C,  N * C,  N * F,  N * F,     N * F,           N * 3 * C,
+                                          N * QD, N * QD, N * KD, N * KD, N * QD,    N * KD,          N * max_r,
+                                          N * max_drop_in, N * max_drop_in};
+    for (int i = 0; i < CA_SCRATCH_SLOTS; i++) sizes[i] = (all[i] + 15) & ~(size_t)15;
+}
+
+/* floats of one block of LM-head logits in training (32 MB: 128 rows of a 65536-token vocabulary; each block
+ * streams the whole head weight through both GEMMs, so smaller blocks cost throughput) */
+#define CA_HEAD_BLOCK_FLOATS ((size_t)8 << 20)
+
 /* Lays out (or, with base == NULL, only measures) every activation buffer for (B, T). */
 static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
     const ca_lfm2_config *c = &m->cfg;
@@ -235,48 +254,69 @@ static size_t layout_acts(ca_lfm2_model *m, float *base, int B, int T) {
         if (base) (ptr) = base + used;                                                             \
         used += n_;                                                                                \
     } while (0)
+    /* cheap to recompute in backward, so every layer shares one buffer of each: the RMSNorm outputs x1 and x2
+     * (x1 is used up before x2 is made), silu(gate)·up, the attention layers' normed and rotated q and k, and the
+     * conv layers' B⊙x, conv output and C⊙conv (all three from the in_proj output z) */
+    float *normed = NULL, *act = NULL, *qr = NULL, *kr = NULL, *u = NULL, *conv = NULL, *y = NULL;
+    CA_TAKE(normed, N * C);
+    CA_TAKE(act, N * F);
+    CA_TAKE(qr, N * QD);
+    CA_TAKE(kr, N * KD);
+    CA_TAKE(u, N * C);
+    CA_TAKE(conv, N * C);
+    CA_TAKE(y, N * C);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         ca_lfm2_layer_acts a = {0};
-        CA_TAKE(a.x1, N * C);
+        a.x1 = a.x2 = normed;
         CA_TAKE(a.rstd1, N);
         CA_TAKE(a.mid, N * C);
-        CA_TAKE(a.x2, N * C);
         CA_TAKE(a.rstd2, N);
         CA_TAKE(a.gate, N * F);
         CA_TAKE(a.up, N * F);
-        CA_TAKE(a.act, N * F);
+        a.act = act;
         if (c->layer_is_attention[l]) {
             CA_TAKE(a.q, N * QD);
             CA_TAKE(a.k, N * KD);
             CA_TAKE(a.v, N * KD);
             CA_TAKE(a.qrstd, N * NH);
             CA_TAKE(a.krstd, N * NKV);
-            CA_TAKE(a.qr, N * QD);
-            CA_TAKE(a.kr, N * KD);
+            a.qr = qr;
+            a.kr = kr;
             CA_TAKE(a.att, (size_t)B * NH * T * T);
             CA_TAKE(a.ao, N * QD);
         } else {
             CA_TAKE(a.z, N * 3 * C);
-            CA_TAKE(a.u, N * C);
-            CA_TAKE(a.c, N * C);
-            CA_TAKE(a.y, N * C);
+            a.u = u;
+            a.c = conv;
+            a.y = y;
         }
         if (base) m->lacts[l] = a;
     }
     CA_TAKE(m->hs, (size_t)(c->num_hidden_layers + 1) * N * C);
     CA_TAKE(m->xf, N * C);
     CA_TAKE(m->rstdf, N);
-    CA_TAKE(m->logits, N * V);
+    /* the LM head and the loss run over blocks of rows: a (rows, V) block of at most CA_HEAD_BLOCK_FLOATS */
+    const size_t max_rows = V >= CA_HEAD_BLOCK_FLOATS ? 1 : CA_HEAD_BLOCK_FLOATS / V;
+    const size_t head_rows = max_rows < N ? max_rows : N;
+    if (base) m->head_rows = (int)head_rows;
+    size_t sizes[CA_SCRATCH_SLOTS], layer_scratch = 0;
+    scratch_sizes(m, N, sizes);
+    for (int i = 2; i < CA_SCRATCH_SLOTS; i++) layer_scratch += sizes[i];
+    CA_TAKE(m->logits, head_rows * V > layer_scratch ? head_rows * V : layer_scratch);
+    CA_TAKE(m->head_x, head_rows * C);
+    CA_TAKE(m->head_dx, head_rows * C);
     size_t max_r = 0, max_drop_in = 0;
     lora_extents(m, &max_r, &max_drop_in);
     for (int i = 0; i < m->num_lora; i++) CA_TAKE(m->lora[i].h, N * m->lora[i].r);
     CA_TAKE(m->lora_xdrop, N * max_drop_in);
     float *ints = NULL;
-    CA_TAKE(ints, 3 * N); /* positions, targets, mask as int32 */
+    CA_TAKE(ints, 5 * N); /* positions, targets, mask, head_index, head_targets as int32 */
     if (base) {
         m->pos = (int32_t *)ints;
         m->targets = m->pos + N;
         m->mask = m->targets + N;
+        m->head_index = m->mask + N;
+        m->head_targets = m->head_index + N;
     }
 #undef CA_TAKE
     return used;
@@ -322,27 +362,25 @@ typedef struct {
     float *dh;    /* (N, max r) LoRA */
     float *xdrop; /* (N, max in) LoRA input after dropout, regenerated */
     float *dxl;   /* (N, max in) LoRA input gradient before dropout's backward */
-    float *base;
+    float *base;  /* dres and dx (the other slots are in m->logits) */
 } backward_scratch;
 
+/* dres and dx get their own memory; the layers' slots share the logits block, whose rows are dead by then */
 static ca_status scratch_alloc(const ca_lfm2_model *m, backward_scratch *s, int B, int T) {
-    const ca_lfm2_config *c = &m->cfg;
-    const size_t N = (size_t)B * T, C = c->hidden_size, F = c->ffn_dim;
-    const size_t QD = (size_t)c->num_attention_heads * c->head_dim, KD = (size_t)c->num_key_value_heads * c->head_dim;
-    size_t max_r = 0, max_drop_in = 0;
-    lora_extents(m, &max_r, &max_drop_in);
-    const size_t sizes[] = {N * C, N * C, N * C, N * F, N * F, N * F, N * 3 * C, N * QD, N * QD, N * KD, N * KD,
-                            N * QD, N * KD, N * max_r, N * max_drop_in, N * max_drop_in};
-    float **slots[] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz, &s->dao,
-                       &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw, &s->dh, &s->xdrop, &s->dxl};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
-    s->base = m->be->alloc(total * sizeof(float));
-    if (!s->base) return ca_error(CA_ERR_NOMEM, "out of memory allocating backward scratch (%.1f MB)", total * 4.0 / 1e6);
+    size_t sizes[CA_SCRATCH_SLOTS];
+    scratch_sizes(m, (size_t)B * T, sizes);
+    float **slots[CA_SCRATCH_SLOTS] = {&s->dres, &s->dx, &s->dmix, &s->dgate, &s->dup, &s->dact, &s->dz, &s->dao,
+                                       &s->dq, &s->dk, &s->dv, &s->dqraw, &s->dkraw, &s->dh, &s->xdrop, &s->dxl};
+    s->base = m->be->alloc((sizes[0] + sizes[1]) * sizeof(float));
+    if (!s->base)
+        return ca_error(CA_ERR_NOMEM, "out of memory allocating backward scratch (%.1f MB)",
+                        (sizes[0] + sizes[1]) * 4.0 / 1e6);
+    s->dres = s->base;
+    s->dx = s->base + sizes[0];
     size_t used = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        *slots[i] = s->base + used;
-        used += (sizes[i] + 15) & ~(size_t)15;
+    for (int i = 2; i < CA_SCRATCH_SLOTS; i++) {
+        *slots[i] = m->logits + used;
+        used += sizes[i];
     }
     return CA_OK;
 }
@@ -603,19 +641,29 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     const int N = B * T, C = c->hidden_size, F = c->ffn_dim, HS = c->head_dim;
     const int NH = c->num_attention_heads, NKV = c->num_key_value_heads;
     const ca_lfm2_layer *w = &m->layers[l];
-    const ca_lfm2_layer_acts *a = &m->lacts[l];
+    ca_lfm2_layer_acts *a = &m->lacts[l];
     const float *h = m->hs + (size_t)l * N * C;
+    const float eps = (float)c->norm_eps;
 
-    /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward */
+    /* FFN: hout = mid + w2·act  →  s->dres holds d hout on entry, d mid after the ffn_norm backward.
+     * act and x2 live in buffers every layer shares: recompute this layer's (bit-identical to the forward) */
+    be->swiglu_forward(a->act, a->gate, a->up, N, F);
     proj_backward(m, l, CA_PROJ_W2, s->dact, s->dres, a->act, N, 0, s);
     be->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
+    be->rmsnorm_forward(a->x2, a->rstd2, a->mid, w->ffn_norm, N, C, eps);
     proj_backward(m, l, CA_PROJ_W1, s->dx, s->dgate, a->x2, N, 0, s);
     proj_backward(m, l, CA_PROJ_W3, s->dx, s->dup, a->x2, N, 1, s);
     be->rmsnorm_backward(s->dres, grad_of(m, w->ffn_norm), s->dx, a->mid, w->ffn_norm, a->rstd2, N, C);
 
     /* mixer: mid = h + mixer(x1) */
+    be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps); /* x1 shares x2's buffer */
     if (w->is_attention) {
         proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
+        /* qr and kr as the forward made them */
+        be->rmsnorm_forward(a->qr, a->qrstd, a->q, w->q_norm, N * NH, HS, eps);
+        be->rmsnorm_forward(a->kr, a->krstd, a->k, w->k_norm, N * NKV, HS, eps);
+        be->rope_forward(a->qr, a->qr, m->pos, N, NH, HS, (float)c->rope_theta);
+        be->rope_forward(a->kr, a->kr, m->pos, N, NKV, HS, (float)c->rope_theta);
         be->attention_backward(s->dq, s->dk, s->dv, s->dao, a->qr, a->kr, a->v, a->att, B, T, T, NH, NKV, HS);
         be->rope_backward(s->dq, s->dq, m->pos, N, NH, HS, (float)c->rope_theta);
         be->rope_backward(s->dk, s->dk, m->pos, N, NKV, HS, (float)c->rope_theta);
@@ -627,6 +675,7 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
         proj_backward(m, l, CA_PROJ_K, s->dx, s->dkraw, a->x1, N, 1, s);
         proj_backward(m, l, CA_PROJ_V, s->dx, s->dv, a->x1, N, 1, s);
     } else {
+        be->shortconv_forward(a->y, a->u, a->c, a->z, w->conv, NULL, B, T, C, c->conv_L_cache); /* u, c, y anew */
         proj_backward(m, l, CA_PROJ_CONV_OUT, s->dmix, s->dres, a->y, N, 0, s);
         be->shortconv_backward(s->dz, grad_of(m, w->conv), s->dmix, a->z, a->u, a->c, w->conv, B, T, C,
                                c->conv_L_cache);
@@ -668,7 +717,11 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
         for (int t = 0; t < T; t++) {
             int32_t y = t + 1 < T ? labels[(size_t)b * T + t + 1] : CA_IGNORE_INDEX;
             m->targets[(size_t)b * T + t] = y;
-            count += y != CA_IGNORE_INDEX;
+            if (y != CA_IGNORE_INDEX) {
+                m->head_index[count] = b * T + t;
+                m->head_targets[count] = y;
+                count++;
+            }
         }
     }
     if (count == 0) return ca_error(CA_ERR_VALUE, "labels leave no token to predict (all -100 after the shift)");
@@ -686,11 +739,23 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     backward_scratch s;
     CA_TRY(scratch_alloc(m, &s, B, T));
 
-    m->be->linear_forward(m->logits, m->xf, m->lm_head, NULL, N, C, V);
-    *loss = m->be->crossentropy_forward(NULL, m->logits, m->targets, N, V) / (double)count;
-    m->be->crossentropy_backward(m->logits, m->logits, m->targets, (float)(1.0 / (double)count), N, V);
-    /* logits = xf · lm_headᵀ */
-    m->be->linear_backward(s.dx, grad_of(m, m->lm_head), NULL, m->logits, m->xf, m->lm_head, N, C, V, 0);
+    /* Only rows with a target reach the LM head (a caption's prompt and image rows have none and get dxf = 0).
+     * They go in blocks of head_rows: x = xf[head_index], logits = x · lm_headᵀ, the loss and d logits in place,
+     * dx = d logits · lm_head scattered back to dxf; dlm_head (when it trains) adds up over the blocks. */
+    double loss_sum = 0.0;
+    m->be->zero(s.dx, (size_t)N * C);
+    for (int64_t r0 = 0; r0 < count; r0 += m->head_rows) {
+        const int rows = count - r0 < m->head_rows ? (int)(count - r0) : m->head_rows;
+        const int32_t *index = m->head_index + r0, *targets = m->head_targets + r0;
+        m->be->gather_rows(m->head_x, m->xf, index, rows, C);
+        m->be->linear_forward(m->logits, m->head_x, m->lm_head, NULL, rows, C, V);
+        loss_sum += m->be->crossentropy_forward(NULL, m->logits, targets, rows, V);
+        m->be->crossentropy_backward(m->logits, m->logits, targets, (float)(1.0 / (double)count), rows, V);
+        m->be->linear_backward(m->head_dx, grad_of(m, m->lm_head), NULL, m->logits, m->head_x, m->lm_head, rows, C,
+                               V, 0);
+        m->be->scatter_rows(s.dx, m->head_dx, index, rows, C);
+    }
+    *loss = loss_sum / (double)count;
     m->be->zero(s.dres, (size_t)N * C);
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);
@@ -831,6 +896,7 @@ void ca_lfm2_lora_clear(ca_lfm2_model *m) {
     m->num_lora = 0;
     m->lora_size = 0;
     for (int i = 0; m->lora_slot && i < m->cfg.num_hidden_layers * CA_NUM_PROJ; i++) m->lora_slot[i] = -1;
+    m->lora_freeze_A = 0;   /* new adapters train both factors until frozen again */
     m->act_B = m->act_T = 0; /* the arena layout changes */
 }
 

@@ -524,7 +524,7 @@ static void proj_backward(ca_vision_model *m, int l, ca_vision_proj proj, float 
     const ca_vision_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
-    float *dA = m->lora_grads + a->a_offset, *dB = m->lora_grads + a->b_offset;
+    float *dA = m->lora_freeze_A ? NULL : m->lora_grads + a->a_offset, *dB = m->lora_grads + a->b_offset;
     if (a->dropout > 0) {
         const uint64_t seed = lora_dropout_seed(m, a);
         const size_t n = (size_t)rows * in;
@@ -870,6 +870,7 @@ void ca_vision_lora_clear(ca_vision_model *m) {
     m->num_lora = 0;
     m->lora_size = 0;
     for (int i = 0; m->lora_slot && i < m->cfg.num_layers_run * CA_VPROJ_PER_LAYER + 3; i++) m->lora_slot[i] = -1;
+    m->lora_freeze_A = 0;   /* new adapters train both factors until frozen again */
     m->have_train_acts = 0; /* the arena layout changes */
 }
 

@@ -315,6 +315,13 @@ static PyObject *Vision_set_base_frozen(VisionObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Vision_set_lora_freeze_A(VisionObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0 || !ready(self)) return NULL;
+    CA_COMPUTE(self, self->model->lora_freeze_A = on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Vision_set_dropout_seed(VisionObject *self, PyObject *arg) {
     unsigned long long seed = PyLong_AsUnsignedLongLongMask(arg);
     if (PyErr_Occurred() || !ready(self)) return NULL;
@@ -360,6 +367,7 @@ static PyMethodDef Vision_methods[] = {
      "[(layer, projection, r, in, out, a_offset, b_offset, scaling, dropout)] of every adapter."},
     {"set_lora_enabled", (PyCFunction)Vision_set_lora_enabled, METH_O, "Run with (True) or without (False) adapters."},
     {"set_dropout_seed", (PyCFunction)Vision_set_dropout_seed, METH_O, "Seed of the LoRA dropout masks."},
+    {"set_lora_freeze_A", (PyCFunction)Vision_set_lora_freeze_A, METH_O, "Keep A fixed (FFA-LoRA): no A gradients."},
     {"set_base_frozen", (PyCFunction)Vision_set_base_frozen, METH_O,
      "set_base_frozen(on): backward fills only the adapters' gradients (LoRA training)."},
     {"lora_merge", (PyCFunction)Vision_lora_merge, METH_O, "lora_merge(sign): W += sign*scaling*B@A for every adapter."},

@@ -95,6 +95,7 @@ class Lfm2VlModel:
         self.generation_config: GenerationConfig | None = None
         self.lora_config: LoraConfig | None = None
         self._merged = False
+        self._lora_A_frozen = False
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -440,6 +441,7 @@ class Lfm2VlModel:
         core.set_base_frozen(True)  # the tower's and projector's base weights take no gradient under LoRA
         self.lora_config = config
         self._merged = False
+        self._lora_A_frozen = False
 
     def _text_modules_to_save(self, config: LoraConfig) -> list[str]:
         """modules_to_save in the language model's own names (only language-model modules are supported)."""
@@ -457,6 +459,31 @@ class Lfm2VlModel:
         if self.lora_config is None:
             raise RuntimeError("this model has no LoRA adapters; call add_lora() or load_adapter() first")
         return self.lora_config
+
+    def freeze_lora_A(self, frozen: bool = True) -> None:
+        """FFA-LoRA on the whole model: every A (language model, tower, projector) keeps its shared-seed
+        initialisation and only the B factors train (no A gradients, and ``trainable_buffers`` holds B only)."""
+        self._require_lora()
+        if self.text.lora_config is not None:
+            self.text.freeze_lora_A(frozen)
+        self.vision._core.set_lora_freeze_A(bool(frozen))
+        self._lora_A_frozen = bool(frozen)
+
+    def set_dropout_seed(self, seed: int) -> None:
+        """Seed of the LoRA dropout masks of the language model and of the vision side."""
+        self.text._core.set_dropout_seed(int(seed))
+        self.vision._core.set_dropout_seed(int(seed))
+
+    def lora_base_weight(self, module: str) -> np.ndarray:
+        """The base weight (out, in) view of the linear an adapter of ``lora_modules()`` sits on (the tower's
+        parameters are named ``model.vision_tower.vision_model.…``, its adapters ``model.vision_tower.…``)."""
+        name = module + ".weight"
+        if name.startswith(TOWER_MODULE_PREFIX) and not name.startswith(TOWER_MODULE_PREFIX + "vision_model."):
+            name = TOWER_MODULE_PREFIX + "vision_model." + name[len(TOWER_MODULE_PREFIX):]
+        params = self.parameters()
+        if name not in params:
+            raise KeyError(f"no base weight for adapted module {module!r}")
+        return params[name]
 
     def lora_modules(self) -> list[dict]:
         """One entry per adapter, language model first: module path, r, in/out features, scaling, dropout, and
@@ -488,6 +515,12 @@ class Lfm2VlModel:
         if flat is not None:
             flats.append(flat)
         return flats
+
+    def lora_buffers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(parameters, gradients) flat LoRA buffer pairs (views) in ``lora_vector()`` order: the language
+        model's, then the vision side's (those that exist)."""
+        self._require_lora()
+        return list(zip(self._lora_flats(grads=False), self._lora_flats(grads=True)))
 
     def _lora_views(self, grads: bool) -> dict[str, np.ndarray]:
         text = self.text.lora_vector().size if self.text.lora_config is not None else 0
@@ -575,6 +608,7 @@ class Lfm2VlModel:
         self.vision._core.set_base_frozen(False)
         self.lora_config = None
         self._merged = False
+        self._lora_A_frozen = False
 
     def _saved_modules(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """PEFT key → (parameter, gradient) views of the language model's modules_to_save."""
@@ -625,7 +659,8 @@ class Lfm2VlModel:
 
     def trainable_buffers(self, vision: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(parameters, gradients) LoRA training updates: the language model's adapters and modules_to_save,
-        and with ``vision`` the vision tower's and projector's adapters (their base weights stay frozen)."""
+        and with ``vision`` the vision tower's and projector's adapters (their base weights stay frozen); only
+        the B factors after ``freeze_lora_A``."""
         self._require_lora()
         if self.text.lora_config is not None:
             params, grads = self.text.trainable_buffers()
@@ -634,9 +669,15 @@ class Lfm2VlModel:
             for p, g in self._saved_modules().values():
                 params.append(p.reshape(-1))
                 grads.append(g.reshape(-1))
-        if vision and self.vision._core.lora_params() is not None:
-            params.append(self.vision._core.lora_params())
-            grads.append(self.vision._core.lora_grads())
+        flat_p, flat_g = self.vision._core.lora_params(), self.vision._core.lora_grads()
+        if vision and flat_p is not None:
+            if self._lora_A_frozen:  # only the B slices: A must not even see weight decay
+                for _, _, r, _, fout, _, b, _, _ in self.vision._core.lora_table():
+                    params.append(flat_p[b: b + fout * r])
+                    grads.append(flat_g[b: b + fout * r])
+            else:
+                params.append(flat_p)
+                grads.append(flat_g)
         return params, grads
 
     def num_trainable_parameters(self) -> int:

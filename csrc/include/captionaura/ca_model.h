@@ -55,17 +55,17 @@ typedef struct {
 
 /* Saved activations of one decoder layer for (B, T) tokens, N = B*T (NULL where the kind has none). */
 typedef struct {
-    float *x1;     /* (N, C) operator_norm output */
+    float *x1;     /* (N, C) operator_norm output (one buffer, with x2, for every layer) */
     float *rstd1;  /* (N) */
     float *mid;    /* (N, C) residual after the mixer: h + mixer(x1) */
-    float *x2;     /* (N, C) ffn_norm output */
+    float *x2;     /* (N, C) ffn_norm output (the buffer of x1) */
     float *rstd2;  /* (N) */
     float *gate;   /* (N, F) w1 output */
     float *up;     /* (N, F) w3 output */
-    float *act;    /* (N, F) silu(gate) ⊙ up */
+    float *act;    /* (N, F) silu(gate) ⊙ up: one buffer shared by every layer, recomputed in backward */
     /* conv */
     float *z;      /* (N, 3C) in_proj output */
-    float *u;      /* (N, C) B ⊙ x */
+    float *u;      /* (N, C) B ⊙ x (u, c, y: one buffer each for every layer) */
     float *c;      /* (N, C) conv output */
     float *y;      /* (N, C) C ⊙ conv, out_proj input */
     /* attention */
@@ -74,7 +74,7 @@ typedef struct {
     float *v;      /* (N, NKV*HS) */
     float *qrstd;  /* (N*NH) */
     float *krstd;  /* (N*NKV) */
-    float *qr;     /* (N, NH*HS) normed + rotated */
+    float *qr;     /* (N, NH*HS) normed + rotated (qr, kr: one buffer each for every layer) */
     float *kr;     /* (N, NKV*HS) */
     float *att;    /* (B, NH, T, T) probabilities */
     float *ao;     /* (N, NH*HS) attention output, out_proj input */
@@ -103,10 +103,16 @@ typedef struct ca_lfm2_model {
     float *hs;                 /* (L+1, N, C) residual stream entering each layer; hs[L] = last layer output */
     float *xf;                 /* (N, C) final norm output */
     float *rstdf;              /* (N) */
-    float *logits;             /* (N, V) */
+    float *logits;             /* (head_rows, V) loss_and_grad's logits, a block of rows at a time; then the
+                                  layers' backward scratch */
+    float *head_x;             /* (head_rows, C) the block's final-norm rows */
+    float *head_dx;            /* (head_rows, C) their gradient */
+    int head_rows;             /* rows per block: the (N, V) logits are never held whole */
     int32_t *pos;              /* (N) positions */
     int32_t *targets;          /* (N) shifted labels */
     int32_t *mask;             /* (N) attention mask (all ones when none was given) */
+    int32_t *head_index;       /* (N) the rows with a target, packed: only they reach the LM head */
+    int32_t *head_targets;     /* (N) their targets */
     int has_padding;           /* the current mask has zeros */
     float *lora_xdrop;         /* (N, max in) dropped-out adapter input (forward scratch) */
 

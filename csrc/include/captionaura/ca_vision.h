@@ -150,6 +150,7 @@ typedef struct ca_vision_model {
     float *lora_grads;         /* (lora_size) */
     size_t lora_size;
     int lora_enabled;          /* 0 while disabled or merged */
+    int lora_freeze_A;         /* FFA-LoRA: A stays at its (shared-seed) init, only B trains */
     int base_frozen;           /* LoRA training: backward fills only the adapters' gradients */
     uint64_t dropout_seed;     /* advanced by every train forward; backward regenerates the same masks */
 } ca_vision_model;

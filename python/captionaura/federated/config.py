@@ -246,10 +246,10 @@ def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: b
 def save_outputs(out: Path, sim: Simulation) -> None:
     """The run's results in `out`: the global adapter (PEFT format), history.json and, under FedEx-LoRA,
     the base model with the residuals folded in (``base/``: the adapter applies to that base)."""
-    sim.lm.save_adapter(out / "adapter")
+    sim.save_adapter(out / "adapter")
     write_history(out / "history.json", sim)
     if sim.base_residual:
-        sim.lm.save_pretrained(out / "base")
+        sim.model.save_pretrained(out / "base")
 
 
 def write_history(path: Path, sim: Simulation) -> None:

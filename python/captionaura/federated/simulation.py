@@ -6,6 +6,11 @@ A round: sample ``fraction_fit`` of the clients; each starts from the global ada
 FedProx), and returns its vector; the server aggregates with the strategy — through secure aggregation
 and/or differential privacy when configured — and LoRA-aware aggregation decides how A and B combine.
 Nothing but adapter vectors (or their masked, quantised form) leaves a client.
+
+An ``Lfm2VlModel`` takes the LoRA config with PEFT's matching over the whole captioner: when it adapts the
+vision tower or the projector too, the federated vector is the captioner's whole ``lora_vector()`` (language
+model, then tower and projector adapters) and clients backpropagate through the frozen tower into its adapters;
+otherwise the tower only supplies features and the language model's adapter vector moves.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from captionaura.federated.secagg import SecAggConfig, SecAggResult, run_round a
 from captionaura.federated.strategies import AggregateResult, FedAvg, FedProx, Strategy, proximal_term
 from captionaura.lora import LoraConfig
 from captionaura.model import Lfm2Model
-from captionaura.optim import AdamWConfig
+from captionaura.optim import AdamW, AdamWConfig
 from captionaura.vl import Lfm2VlModel
 from captionaura.trainer import PIXEL_KEYS, Example, collate
 
@@ -119,26 +124,29 @@ class Simulation:
         self.history: list[RoundRecord] = []
         self.round = 0
 
-        # the language model carries the adapters; an Lfm2VlModel's frozen vision tower only supplies features
         self.lm: Lfm2Model = getattr(model, "text", model)
-        self.lm.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
+        model.add_lora(lora, seed=seed)  # every client starts from the same adapter (A from the shared seed)
+        # `adapted` owns the federated vector: the whole captioner when its tower or projector has adapters
+        self.train_vision = isinstance(model, Lfm2VlModel) and model.vision._core.lora_params() is not None
+        self.adapted: Lfm2Model | Lfm2VlModel = model if self.train_vision else self.lm
         if lora_aggregation == "ffa":
-            self.lm.freeze_lora_A()
-        self.global_vector = self.lm.lora_vector().copy()
+            self.adapted.freeze_lora_A()
+        self.global_vector = self.adapted.lora_vector().copy()
         self.base_residual: dict[str, np.ndarray] = {}  # module -> Σ over rounds of the FedEx residuals
         # "fedex" sets W = W_0 + base_residual (never W += r each round) so that a server, a client that
         # receives base_residual and a resumed run hold bit-identical base weights
-        self._pristine = ({m["module"]: self.lm.parameters()[m["module"] + ".weight"].copy()
-                           for m in self.lm.lora_modules()} if lora_aggregation == "fedex" else {})
+        self._pristine = ({m["module"]: self._base_weight(m["module"]).copy()
+                           for m in self.adapted.lora_modules()} if lora_aggregation == "fedex" else {})
         self.client_state: dict = {}  # client id -> optimiser state (exp_avg, exp_avg_sq, step)
 
     # -- one client ---------------------------------------------------------------------------------
     def local_train(self, client: FederatedClient, round_: int) -> tuple[np.ndarray, float, int]:
         """Client side of a round: train from the global vector on `client`'s examples and return
         (adapter vector, mean loss, number of examples). A Flower ClientApp calls exactly this."""
-        model = self.lm
+        model = self.adapted
         model.set_lora_vector(self.global_vector)
-        opt = model.set_optimizer(self.optimizer_config)
+        opt = (AdamW(*model.trainable_buffers(), config=self.optimizer_config) if self.train_vision
+               else self.lm.set_optimizer(self.optimizer_config))
         saved = self.client_state.get(client.client_id)
         if self.keep_optimizer_state and saved is not None:
             opt.load_state_dict(saved)
@@ -150,18 +158,19 @@ class Simulation:
         inner = _inner(self.strategy)
         mu = inner.proximal_mu if isinstance(inner, FedProx) else 0.0
         order, pos, losses = rng.permutation(n), 0, []
-        model._core.set_dropout_seed(int(rng.integers(2**62)))
+        dropout_seed = int(rng.integers(2**62))
+        (model.set_dropout_seed if self.train_vision else model._core.set_dropout_seed)(dropout_seed)
         for _ in range(steps):
             if pos >= n:
                 order, pos = rng.permutation(n), 0
-            batch = collate([client.train[i] for i in order[pos: pos + self.batch_size]], _pad_id(model))
+            batch = collate([client.train[i] for i in order[pos: pos + self.batch_size]], _pad_id(self.lm))
             pos += self.batch_size
             pixels = {key: batch[key] for key in PIXEL_KEYS if key in batch}
             if pixels:
-                pixels["train_vision"] = False
+                pixels["train_vision"] = self.train_vision
             loss = self.model.loss_and_grad(batch["input_ids"], batch["labels"], batch["attention_mask"], **pixels)
             if mu:
-                loss += proximal_term(model.lora_vector(), self.global_vector, mu, model._core.lora_grads())
+                loss += self._proximal(mu)
             opt.step()
             losses.append(loss)
         if self.keep_optimizer_state:
@@ -174,6 +183,29 @@ class Simulation:
             # clips its update to C (Flower's client-side fixed clipping) and the server adds z·C/m noise
             vector, _ = clip_update(vector, self.global_vector, self.dp.clipping_norm)
         return vector, float(np.mean(losses)), n
+
+    def _proximal(self, mu: float) -> float:
+        """FedProx's μ/2·‖w − w_t‖² over the whole federated vector, its gradient added to the LoRA gradients
+        (buffer by buffer: the captioner's vector spans the language model's and the vision side's)."""
+        pairs = (self.adapted.lora_buffers() if self.train_vision
+                 else [(self.lm._core.lora_params(), self.lm._core.lora_grads())])
+        term, start = 0.0, 0
+        for params, grads in pairs:
+            term += proximal_term(params, self.global_vector[start: start + params.size], mu, grads)
+            start += params.size
+        return term
+
+    def _base_weight(self, module: str) -> np.ndarray:
+        """The base weight (out, in) view under the adapter of `module` (a name from `lora_modules()`)."""
+        if self.train_vision:
+            return self.adapted.lora_base_weight(module)
+        return self.lm.parameters()[module + ".weight"]
+
+    def save_adapter(self, path: str | os.PathLike[str]) -> None:
+        """The global adapter in PEFT's format (``save_adapter`` of the model: for a captioner the keys of
+        ``Lfm2VlForConditionalGeneration``, tower and projector adapters included)."""
+        self.adapted.set_lora_vector(self.global_vector)
+        self.model.save_adapter(path)
 
     # -- one round ----------------------------------------------------------------------------------
     def sample(self, round_: int) -> list[FederatedClient]:
@@ -218,7 +250,7 @@ class Simulation:
     def _refactorise(self, updates: list[tuple[np.ndarray, float]]) -> np.ndarray:
         """"exact": per module, ΔW = Σ p_k B_k A_k re-factorised to rank r by truncated SVD (B = U√S, A = √S Vᵀ)."""
         out = self.global_vector.copy()
-        for m in self.lm.lora_modules():
+        for m in self.adapted.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             delta = _weighted_delta(m, updates)
             U, S, Vt = np.linalg.svd(delta, full_matrices=False)
@@ -231,7 +263,7 @@ class Simulation:
         """"fedex": per module, R = s·(Σ p_k B_k A_k − B A) with (B, A) from `new`, added to the base weight
         (and to `base_residual`). Returns this round's residuals in units of B A (R / s)."""
         folded, residuals = {}, {}
-        for m in self.lm.lora_modules():
+        for m in self.adapted.lora_modules():
             delta = _weighted_delta(m, updates)
             B, A = _lora_factors(m, new)
             delta -= B @ A
@@ -243,14 +275,13 @@ class Simulation:
     def apply_base_residual(self, residual: Mapping[str, np.ndarray]) -> None:
         """Add FedEx residuals (module -> [out, in], already scaled) to the base weights: what a client of a
         deployment does with the server's `base_residual` on a freshly loaded base model."""
-        weights = self.lm.parameters()
         for module, value in residual.items():
             if module not in self._pristine or self._pristine[module].shape != np.shape(value):
                 raise ValueError(f"residual for {module!r} does not match an adapted base weight")
             kept = self.base_residual.get(module)
             value = np.asarray(value, np.float32)
             self.base_residual[module] = value.copy() if kept is None else kept + value
-            weights[module + ".weight"][...] = self._pristine[module] + self.base_residual[module]
+            self._base_weight(module)[...] = self._pristine[module] + self.base_residual[module]
 
     def aggregation_error(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray,
                           folded: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
@@ -258,7 +289,7 @@ class Simulation:
         (plus, under "fedex", the residual folded into the base this round)."""
         total = sum(w for _, w in updates)
         out = {}
-        for m in self.lm.lora_modules():
+        for m in self.adapted.lora_modules():
             r, fin, fout = m["r"], m["in_features"], m["out_features"]
             exact = np.zeros((fout, fin), np.float64)
             for vec, w in updates:
@@ -312,7 +343,7 @@ class Simulation:
             folded = self._fold_residual(kept, new)
         error = self.aggregation_error(kept, new, folded) if kept else {}
         self.global_vector = np.ascontiguousarray(new, dtype=np.float32)
-        self.lm.set_lora_vector(self.global_vector)
+        self.adapted.set_lora_vector(self.global_vector)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if self.dp is not None and self.dp.mode == "local":
             metrics.update(epsilon=self.local_dp_epsilon(ids), delta=self.dp.delta)
@@ -396,7 +427,7 @@ class Simulation:
         self.base_residual = {}
         self.apply_base_residual(residual)  # the base weights were loaded fresh, without the residuals
         _restore_strategy(self.strategy, meta["strategy"])
-        self.lm.set_lora_vector(self.global_vector)
+        self.adapted.set_lora_vector(self.global_vector)
 
 
 def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str] | None = None,
