@@ -409,13 +409,15 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
-/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token reads the packed bf16 / int8 copy when
- * there is one (memory-bound GEMV); several tokens go to the fp32 GEMM on the same (bf16-rounded) values. */
+/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token (or a decoding step of several sequences,
+ * row by row, so that a batch computes what one-by-one decoding does) reads the packed bf16 / int8 copy when
+ * there is one (memory-bound GEMV); prompts go to the fp32 GEMM on the same rounded weight values. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
-    if (m->params_bf16 && N == 1) {
+    const int gemv = N == 1 || m->decoding_step;
+    if (m->params_bf16 && gemv) {
         ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + at, N, C, OC);
-    } else if (m->params_q8 && N == 1) { /* W's tensor: the last one starting at or before `at` */
+    } else if (m->params_q8 && gemv) { /* W's tensor: the last one starting at or before `at` */
         int lo = 0, hi = m->num_param_tensors - 1;
         while (lo < hi) {
             int mid = (lo + hi + 1) / 2;
@@ -1062,6 +1064,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         m->be->free(att), m->be->free(last);
         return ca_error(CA_ERR_NOMEM, "out of memory for a decoding step");
     }
+    m->decoding_step = T == 1;
     int32_t *safe_ids = m->targets; /* (N): padded positions read token 0 instead of whatever they hold */
     m->has_padding = 0;
     for (int b = 0; b < B; b++) {
@@ -1123,6 +1126,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }
     for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
+    m->decoding_step = 0;
     m->be->free(att);
     m->be->free(last);
     return ca_backend_status(m->be); /* a device backend's deferred failure */

@@ -1,21 +1,27 @@
 /* Low-precision weight-only GEMV for decoding: out (OC) = W (OC, C) · x (C) with W stored in bf16, or in int8
- * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]), and x, the products and the sums in fp32. Decoding one token reads every weight once and does 2 FLOP per weight, so it
- * is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core); bf16 halves the bytes per token.
+ * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]). Decoding one token reads every weight once and
+ * does 2 FLOP per weight, so it is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core).
  *
- * bf16 is the top half of an fp32: widening is a 16-bit left shift, exact, so the only error is the rounding of
- * W to bf16 (relative 2⁻⁹), and x keeps full fp32 precision (unlike a dot product of two bf16 vectors such as
- * AVX512-BF16's vdpbf16ps, which would round x as well). The widening costs one shift per 16 weights, far
- * below the memory time. The AVX-512 variant is chosen at run time (cpuid); the core's baseline is
- * x86-64-v3 (AVX2 + FMA), so the AVX2 variant is always there.
+ * bf16: x, the products and the sums stay fp32. bf16 is the top half of an fp32: widening is a 16-bit left
+ * shift, exact, so the only error is the rounding of W to bf16 (relative 2⁻⁹).
  *
- * int8 quarters the bytes; widening is a sign extension and an exact int → float conversion.
+ * int8 (q8 × q8, as llama.cpp's q8_0 dot products): x is quantised once per call in blocks of 32,
+ *   d_b = max_{k∈b} |x_k| / 127,  qx_k = rint(x_k · 127 / max_{k∈b} |x_k|) ∈ [−127, 127]   (all-zero block: d_b = 0)
+ *   out[o] = scale[o] · Σ_b d_b · Σ_{k∈b} q[o, k] · qx_k     (the inner sums exact in int32, the outer in fp32)
+ * so the inner loop is integer multiply-adds (AVX512-VNNI vpdpbusd: 64 weights per instruction). vpdpbusd
+ * multiplies unsigned by signed bytes: it gets |qx| and q with the sign of qx applied (|q| ≤ 127, so the
+ * negation cannot overflow); AVX2's vpmaddubsw does the same with vpsignb.
  *
- * Four rows share each load of x; the rows are split over the OpenMP threads in 16-row blocks. */
+ * Each thread walks its rows one at a time, front to back: one sequential stream per core. (Four rows per
+ * pass sharing each load of x ran at half the bandwidth here, Zen 4: four interleaved streams defeat the
+ * prefetchers.) The AVX-512 variants are chosen at run time (cpuid); the core's baseline is x86-64-v3
+ * (AVX2 + FMA), so the AVX2 variants are always there. */
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 
 /* fp32 → bf16, round to nearest even (as torch's .to(torch.bfloat16)); NaNs stay (quiet) NaNs. */
 static inline uint16_t bf16_round(float f) {
@@ -44,39 +50,27 @@ void ca_cpu_f32_from_bf16(float *restrict out, const uint16_t *restrict in, size
     for (size_t i = 0; i < n; i++) out[i] = bf16_widen(in[i]);
 }
 
-/* rows [o0, o1) of out = W · x; the k tail (C % 16) is summed after the vector part */
+/* rows [o0, o1) of out = W · x, one row at a time; four accumulators cover 64 weights a pass */
 __attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_bf16_rows_avx512(
     float *restrict out, const float *restrict x, const uint16_t *restrict W, int C, int o0, int o1) {
-    const int C16 = C & ~15;
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const uint16_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k);
+    const int C64 = C & ~63, C16 = C & ~15;
 #define CA_WIDEN512(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-            a0 = _mm512_fmadd_ps(CA_WIDEN512(w0 + k), xv, a0);
-            a1 = _mm512_fmadd_ps(CA_WIDEN512(w1 + k), xv, a1);
-            a2 = _mm512_fmadd_ps(CA_WIDEN512(w2 + k), xv, a2);
-            a3 = _mm512_fmadd_ps(CA_WIDEN512(w3 + k), xv, a3);
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *w = W + (size_t)o * C;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        int k = 0;
+        for (; k < C64; k += 64) {
+            a0 = _mm512_fmadd_ps(CA_WIDEN512(w + k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(CA_WIDEN512(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(CA_WIDEN512(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(CA_WIDEN512(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
         }
-        float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-        float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-        for (int k = C16; k < C; k++) {
-            s0 += bf16_widen(w0[k]) * x[k], s1 += bf16_widen(w1[k]) * x[k];
-            s2 += bf16_widen(w2[k]) * x[k], s3 += bf16_widen(w3[k]) * x[k];
-        }
-        out[o] = s0, out[o + 1] = s1, out[o + 2] = s2, out[o + 3] = s3;
+        for (; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_WIDEN512(w + k), _mm512_loadu_ps(x + k), a0);
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        for (; k < C; k++) s += bf16_widen(w[k]) * x[k];
+        out[o] = s;
     }
-    for (; o < o1; o++) {
-        const uint16_t *w0 = W + (size_t)o * C;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_WIDEN512(w0 + k), _mm512_loadu_ps(x + k), a0);
 #undef CA_WIDEN512
-        float s0 = _mm512_reduce_add_ps(a0);
-        for (int k = C16; k < C; k++) s0 += bf16_widen(w0[k]) * x[k];
-        out[o] = s0;
-    }
 }
 
 __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
@@ -86,35 +80,24 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) static void gemv_bf16_rows_avx2(float *restrict out, const float *restrict x, const uint16_t *restrict W, int C,
-                                int o0, int o1) {
-    const int C8 = C & ~7;
-    int o = o0;
+__attribute__((target("avx2,fma"))) static void gemv_bf16_rows_avx2(float *restrict out, const float *restrict x,
+                                                                    const uint16_t *restrict W, int C, int o0, int o1) {
+    const int C32 = C & ~31, C8 = C & ~7;
 #define CA_WIDEN256(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-    for (; o + 4 <= o1; o += 4) {
-        const uint16_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *w = W + (size_t)o * C;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(CA_WIDEN256(w0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(CA_WIDEN256(w1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(CA_WIDEN256(w2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(CA_WIDEN256(w3 + k), xv, a3);
+        int k = 0;
+        for (; k < C32; k += 32) {
+            a0 = _mm256_fmadd_ps(CA_WIDEN256(w + k), _mm256_loadu_ps(x + k), a0);
+            a1 = _mm256_fmadd_ps(CA_WIDEN256(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+            a2 = _mm256_fmadd_ps(CA_WIDEN256(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+            a3 = _mm256_fmadd_ps(CA_WIDEN256(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
         }
-        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
-        for (int k = C8; k < C; k++) {
-            s0 += bf16_widen(w0[k]) * x[k], s1 += bf16_widen(w1[k]) * x[k];
-            s2 += bf16_widen(w2[k]) * x[k], s3 += bf16_widen(w3[k]) * x[k];
-        }
-        out[o] = s0, out[o + 1] = s1, out[o + 2] = s2, out[o + 3] = s3;
-    }
-    for (; o < o1; o++) {
-        const uint16_t *w0 = W + (size_t)o * C;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_WIDEN256(w0 + k), _mm256_loadu_ps(x + k), a0);
-        float s0 = hsum256(a0);
-        for (int k = C8; k < C; k++) s0 += bf16_widen(w0[k]) * x[k];
-        out[o] = s0;
+        for (; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_WIDEN256(w + k), _mm256_loadu_ps(x + k), a0);
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for (; k < C; k++) s += bf16_widen(w[k]) * x[k];
+        out[o] = s;
     }
 #undef CA_WIDEN256
 }
@@ -139,68 +122,98 @@ void ca_cpu_q8_quantize_rows(int8_t *restrict q, float *restrict scale, float *r
     }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_q8_rows_avx512(
-    float *restrict out, const float *restrict x, const int8_t *restrict W, const float *restrict scale, int C,
-    int o0, int o1) {
-    const int C16 = C & ~15;
-#define CA_Q8_512(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k);
-            a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), xv, a0);
-            a1 = _mm512_fmadd_ps(CA_Q8_512(w1 + k), xv, a1);
-            a2 = _mm512_fmadd_ps(CA_Q8_512(w2 + k), xv, a2);
-            a3 = _mm512_fmadd_ps(CA_Q8_512(w3 + k), xv, a3);
+/* x quantised for the int8 GEMV: blocks of 32, zero-padded to Cp = C rounded up to 64 */
+typedef struct {
+    int8_t *qx;      /* (Cp) */
+    uint8_t *ax;     /* (Cp) |qx| */
+    __mmask64 *neg;  /* (Cp/64) bit k: qx_k < 0 */
+    float *d;        /* (Cp/32) block scales */
+    float *d_lane;   /* (Cp/4) the scale of each group of 4 bytes (one int32 lane of vpdpbusd) */
+} q8_input;
+
+static void q8_quantize_input(q8_input *in, const float *restrict x, int C) {
+    const int Cp = (C + 63) & ~63;
+    for (int b = 0; b < Cp / 32; b++) {
+        const int k0 = b * 32, k1 = k0 + 32 < C ? k0 + 32 : C;
+        float amax = 0.0f;
+        for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[k]));
+        const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int k = k0; k < k0 + 32; k++) {
+            float r = k < k1 ? nearbyintf(x[k] * inv) : 0.0f;
+            r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+            in->qx[k] = (int8_t)r;
+            in->ax[k] = (uint8_t)fabsf(r);
         }
-        float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-        float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-        for (int k = C16; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
-        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
-        out[o + 3] = scale[o + 3] * s3;
+        in->d[b] = amax / 127.0f;
+        for (int j = 0; j < 8; j++) in->d_lane[b * 8 + j] = in->d[b];
     }
-    for (; o < o1; o++) {
-        const int8_t *w0 = W + (size_t)o * C;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), _mm512_loadu_ps(x + k), a0);
-        float s0 = _mm512_reduce_add_ps(a0);
-        for (int k = C16; k < C; k++) s0 += w0[k] * x[k];
-        out[o] = scale[o] * s0;
+    for (int c = 0; c < Cp / 64; c++) {
+        uint64_t m = 0;
+        for (int k = 0; k < 64; k++) m |= (uint64_t)(in->qx[c * 64 + k] < 0) << k;
+        in->neg[c] = m;
     }
-#undef CA_Q8_512
 }
 
-__attribute__((target("avx2,fma"))) static void gemv_q8_rows_avx2(float *restrict out, const float *restrict x, const int8_t *restrict W,
-                              const float *restrict scale, int C, int o0, int o1) {
-    const int C8 = C & ~7;
-#define CA_Q8_256(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(CA_Q8_256(w1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(CA_Q8_256(w2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(CA_Q8_256(w3 + k), xv, a3);
+/* Σ_b d_b Σ_{k∈b} q_k qx_k for k ∈ [k0, C) (k0 a multiple of 32), scalar */
+static float q8_dot_tail(const int8_t *restrict q, const q8_input *in, int k0, int C) {
+    float s = 0.0f;
+    for (int b0 = k0; b0 < C; b0 += 32) {
+        int32_t acc = 0;
+        for (int k = b0; k < C && k < b0 + 32; k++) acc += (int32_t)q[k] * in->qx[k];
+        s += in->d[b0 / 32] * (float)acc;
+    }
+    return s;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni"))) static void gemv_q8_rows_avx512(
+    float *restrict out, const q8_input *in, const int8_t *restrict W, const float *restrict scale, int C, int o0,
+    int o1) {
+    const int C64 = C & ~63;
+    const __m512i zero = _mm512_setzero_si512();
+    for (int o = o0; o < o1; o++) {
+        const int8_t *w = W + (size_t)o * C;
+        __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps();
+        int k = 0;
+        for (; k + 128 <= C64; k += 128) {
+            const __m512i q0 = _mm512_loadu_si512(w + k), q1 = _mm512_loadu_si512(w + k + 64);
+            /* q · sign(qx), then |qx| · that = q · qx, four bytes per int32 lane */
+            const __m512i s0 = _mm512_mask_sub_epi8(q0, in->neg[k / 64], zero, q0);
+            const __m512i s1 = _mm512_mask_sub_epi8(q1, in->neg[k / 64 + 1], zero, q1);
+            const __m512i i0 = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in->ax + k), s0);
+            const __m512i i1 = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in->ax + k + 64), s1);
+            f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_loadu_ps(in->d_lane + k / 4), f0);
+            f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_loadu_ps(in->d_lane + k / 4 + 16), f1);
         }
-        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
-        for (int k = C8; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
-        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
-        out[o + 3] = scale[o + 3] * s3;
+        for (; k < C64; k += 64) {
+            const __m512i q0 = _mm512_loadu_si512(w + k);
+            const __m512i s0 = _mm512_mask_sub_epi8(q0, in->neg[k / 64], zero, q0);
+            const __m512i i0 = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in->ax + k), s0);
+            f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_loadu_ps(in->d_lane + k / 4), f0);
+        }
+        out[o] = scale[o] * (_mm512_reduce_add_ps(_mm512_add_ps(f0, f1)) + q8_dot_tail(w, in, C64, C));
     }
-    for (; o < o1; o++) {
-        const int8_t *w0 = W + (size_t)o * C;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), _mm256_loadu_ps(x + k), a0);
-        float s0 = hsum256(a0);
-        for (int k = C8; k < C; k++) s0 += w0[k] * x[k];
-        out[o] = scale[o] * s0;
+}
+
+__attribute__((target("avx2,fma"))) static void gemv_q8_rows_avx2(float *restrict out, const q8_input *in,
+                                                                  const int8_t *restrict W, const float *restrict scale,
+                                                                  int C, int o0, int o1) {
+    const int C32 = C & ~31;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int o = o0; o < o1; o++) {
+        const int8_t *w = W + (size_t)o * C;
+        __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+        int k = 0;
+        for (; k < C32; k += 32) {
+            const __m256i qx = _mm256_loadu_si256((const __m256i *)(in->qx + k));
+            const __m256i sq = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w + k)), qx);
+            /* |qx| · q·sign(qx): pairs of bytes to int16 (≤ 2·127² < 2¹⁵, no saturation), then to int32 */
+            const __m256i i32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(in->ax + k)), sq), ones);
+            const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(i32), _mm256_set1_ps(in->d[k / 32]));
+            if ((k / 32) & 1) f1 = _mm256_add_ps(f1, p);
+            else f0 = _mm256_add_ps(f0, p);
+        }
+        out[o] = scale[o] * (hsum256(_mm256_add_ps(f0, f1)) + q8_dot_tail(w, in, C32, C));
     }
-#undef CA_Q8_256
 }
 
 typedef void (*gemv_bf16_rows_fn)(float *, const float *, const uint16_t *, int, int, int);
@@ -208,7 +221,7 @@ typedef void (*gemv_bf16_rows_fn)(float *, const float *, const uint16_t *, int,
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
 }
 
 static int lowp_avx512 = -1; /* -1 until the first call: then the best the CPU has */
@@ -254,19 +267,26 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
                               const int8_t *restrict weight, /* (OC, C) */
                               const float *restrict scale,  /* (OC) */
                               int N, int C, int OC) {
-    if (N <= 0 || OC <= 0) return;
+    if (N <= 0 || OC <= 0 || C <= 0) return;
     const int avx512 = gemv_bf16_rows() == gemv_bf16_rows_avx512; /* the same ISA choice */
     const int par = (size_t)OC * C > CA_PAR_MIN * 8;
+    /* x's quantised copy lives on the stack: ≈ 3.3·C bytes (15 KB for LFM2-350M's widest input, 4608) */
+    const int Cp = (C + 63) & ~63;
+    int8_t qx[Cp];
+    uint8_t ax[Cp];
+    __mmask64 neg[Cp / 64];
+    float d[Cp / 32], d_lane[Cp / 4];
+    q8_input in = {qx, ax, neg, d, d_lane};
     for (int n = 0; n < N; n++) {
         float *y = out + (size_t)n * OC;
-        const float *x = inp + (size_t)n * C;
+        q8_quantize_input(&in, inp + (size_t)n * C, C);
 #pragma omp parallel if (par)
         {
             int o0, o1;
             ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
             if (o0 < o1) {
-                if (avx512) gemv_q8_rows_avx512(y, x, weight, scale, C, o0, o1);
-                else gemv_q8_rows_avx2(y, x, weight, scale, C, o0, o1);
+                if (avx512) gemv_q8_rows_avx512(y, &in, weight, scale, C, o0, o1);
+                else gemv_q8_rows_avx2(y, &in, weight, scale, C, o0, o1);
             }
         }
     }
