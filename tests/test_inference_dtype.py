@@ -136,7 +136,7 @@ def q8_gemv_reference(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> tuple[
 @pytest.mark.parametrize("C", [1024, 4608, 96, 40, 7])
 def test_q8_gemv_equals_numpy_scheme(isa, C):
     rng = np.random.default_rng(C)
-    N, OC = 2, 67
+    N, OC = 6, 67  # inputs go four at a time: a group of 4, then one of 2
     x = rng.standard_normal((N, C)).astype(np.float32)
     x[0, :32] = 0.0  # an all-zero block (d = 0)
     x[1, 3] = 40.0  # one large entry: its block's other values round coarsely
@@ -149,6 +149,7 @@ def test_q8_gemv_equals_numpy_scheme(isa, C):
     _core.linear_q8_forward(out, x, q, scale)
     want, mag = q8_gemv_reference(x, q, scale)
     assert np.all(np.abs(out - want) <= 1e-5 * mag + 1e-30), np.abs(out - want).max()
+    assert_rows_equal_one_by_one(_core.linear_q8_forward, out, x, q, scale)
     # the activations' quantisation is what separates it from the fp32 product (guards the test's power)
     assert np.abs(want - (x.astype(np.float64) @ (q * scale[:, None]).T)).max() > 1e-4 * mag.max()
 
@@ -156,12 +157,23 @@ def test_q8_gemv_equals_numpy_scheme(isa, C):
 @pytest.mark.parametrize("C", [1024, 4608, 40, 7])
 def test_bf16_gemv_equals_numpy(isa, C):
     rng = np.random.default_rng(C)
-    x = rng.standard_normal((2, C)).astype(np.float32)
     w = bf16_round(rng.standard_normal((53, C)).astype(np.float32))
-    out = np.full((2, 53), np.nan, np.float32)
-    _core.linear_bf16_forward(out, x, (w.view(np.uint32) >> 16).astype(np.uint16))
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+    x = rng.standard_normal((5, C)).astype(np.float32)
+    out = np.full((5, 53), np.nan, np.float32)
+    _core.linear_bf16_forward(out, x, bits)
     want = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * (np.abs(x) @ np.abs(w).T).max())
+    assert_rows_equal_one_by_one(_core.linear_bf16_forward, out, x, bits)
+
+
+def assert_rows_equal_one_by_one(gemv, out: np.ndarray, x: np.ndarray, *weights: np.ndarray) -> None:
+    """A batch of inputs (read four at a time) gives each row bit for bit what the input alone gives: batched
+    decoding equals one-by-one decoding."""
+    for n in range(len(x)):
+        one = np.empty((1, out.shape[1]), np.float32)
+        gemv(one, x[n:n + 1], *weights)
+        np.testing.assert_array_equal(one[0], out[n])
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])

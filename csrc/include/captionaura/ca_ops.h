@@ -54,7 +54,8 @@ void ca_cpu_linear_backward(float *dinp,         /* (N, C): = dout·W, or += whe
                             const float *weight, /* (OC, C) */
                             int N, int C, int OC, int accumulate);
 
-/* ---- linear_lowp.c: decoding GEMV with bf16 or int8 weights, fp32 input and accumulation ---- */
+/* ---- linear_lowp.c: decoding GEMV with bf16 weights (fp32 input and sums) or int8 weights (input quantised per
+ * block of 32, integer block sums); the N inputs go four at a time, each row's result independent of N ---- */
 void ca_cpu_bf16_from_f32(uint16_t *out, /* (n) round to nearest even */
                           const float *in, /* (n) */
                           size_t n);
