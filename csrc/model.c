@@ -411,7 +411,8 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
 
 /* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token (or a decoding step of several sequences,
  * row by row, so that a batch computes what one-by-one decoding does) reads the packed bf16 / int8 copy when
- * there is one (memory-bound GEMV); prompts go to the fp32 GEMM on the same rounded weight values. */
+ * there is one (memory-bound GEMV); prompts go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else
+ * to the fp32 GEMM on the same rounded weight values. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
     const int gemv = N == 1 || m->decoding_step;
@@ -425,8 +426,9 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
             else hi = mid - 1;
         }
         ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, m->q8_scales + m->q8_scale_at[lo], N, C, OC);
-    } else
-        m->be->linear_forward(out, inp, W, NULL, N, C, OC);
+    } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {
+        m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
+    }
 }
 
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
@@ -587,7 +589,7 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
     CA_TRY(forward_body(m, ids, mask, B, T, features));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
-    if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
+    if (logits) head_forward(m, logits, m->xf, m->lm_head, N, C, c->vocab_size); /* as the layers' projections */
     if (hidden) { /* transformers' layout: embeddings, layers 0..L-2, then the final-normed last layer */
         m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
         m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));

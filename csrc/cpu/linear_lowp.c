@@ -281,7 +281,8 @@ __attribute__((target("avx2,fma"))) static void gemv_q8_rows_avx2(float *out, si
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16");
 }
 
 static int lowp_avx512 = -1; /* -1 until the first call: then the best the CPU has */
@@ -353,4 +354,102 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
             }
         }
     }
+}
+
+/* ---- the bf16 prefill GEMM: out (N, OC) = bf16(inp) (N, C) · W (OC, C)ᵀ, fp32 sums ----
+ * vdpbf16ps multiplies pairs of bf16 (exact products) and adds both to an fp32 lane: with x rounded to bf16 once
+ * (as transformers' bf16 model and llama.cpp do), a GEMM at twice the fp32 FMA rate. W is packed per panel of
+ * 32 output columns, as pairs along k: P[k/2][h][i] = (W[o0 + 16h + i, k], W[o0 + 16h + i, k + 1]), so one
+ * 64-byte load feeds 16 columns; each row of x contributes a broadcast pair. A tile is 8 rows × 32 columns
+ * (16 accumulators); every (n, o) sums k in the same order whatever the tiling, so a row's result does not
+ * depend on the other rows (batched prefill equals one-by-one). Without AVX512-BF16: the fp32 GEMM on bf16(x)
+ * and the fp32 values of W (the same products, summed in another order). */
+#define CA_GEMM_ROWS 8
+#define CA_GEMM_COLS 32
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_gemm_tile(
+    float *restrict out, int OC, const uint32_t *restrict xp, size_t ldx, const uint16_t *restrict panel, int K2,
+    const int nr, int o0) {
+    __m512 acc[CA_GEMM_ROWS][2];
+    for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int kp = 0; kp < K2; kp++) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64);
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64 + 32);
+        for (int r = 0; r < nr; r++) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[r * ldx + kp]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        const int o = o0 + 16 * h, n = OC - o < 16 ? OC - o : 16;
+        if (n <= 0) break;
+        const __mmask16 m = (__mmask16)((1u << n) - 1u);
+        for (int r = 0; r < nr; r++) _mm512_mask_storeu_ps(out + (size_t)r * OC + o, m, acc[r][h]);
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_gemm_avx512(
+    float *restrict out, const uint32_t *restrict xp, int N, int K2, const uint16_t *restrict W, int C, int OC,
+    uint16_t *restrict panels /* (threads, K2, 32, 2) */, int par) {
+    const int count = (OC + CA_GEMM_COLS - 1) / CA_GEMM_COLS;
+#pragma omp parallel if (par)
+    {
+        uint16_t *panel = panels + (size_t)CA_OMP_IT() * K2 * 2 * CA_GEMM_COLS;
+#pragma omp for schedule(static)
+        for (int p = 0; p < count; p++) {
+            const int o0 = p * CA_GEMM_COLS;
+            for (int i = 0; i < CA_GEMM_COLS; i++) {
+                const uint16_t *w = o0 + i < OC ? W + (size_t)(o0 + i) * C : NULL;
+                uint16_t *dst = panel + 2 * i;
+                for (int kp = 0; kp < K2; kp++, dst += 2 * CA_GEMM_COLS) {
+                    const int k = 2 * kp;
+                    dst[0] = w ? w[k] : 0;
+                    dst[1] = w && k + 1 < C ? w[k + 1] : 0;
+                }
+            }
+            int n = 0;
+            for (; n + CA_GEMM_ROWS <= N; n += CA_GEMM_ROWS)
+                bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, CA_GEMM_ROWS, o0);
+            switch (N - n) {
+#define CA_TAIL(r)                                                                                                 \
+    case r: bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, r, o0); break;
+                CA_TAIL(1) CA_TAIL(2) CA_TAIL(3) CA_TAIL(4) CA_TAIL(5) CA_TAIL(6) CA_TAIL(7)
+#undef CA_TAIL
+            default: break;
+            }
+        }
+    }
+}
+
+int ca_cpu_linear_bf16_gemm_forward(float *restrict out,             /* (N, OC) */
+                                    const float *restrict inp,       /* (N, C) */
+                                    const uint16_t *restrict weight, /* (OC, C) bf16 */
+                                    const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
+                                    int N, int C, int OC) {
+    if (N <= 0 || OC <= 0 || C <= 0) return 0;
+    const int K2 = (C + 1) / 2;
+    if (gemv_bf16_rows() == gemv_bf16_rows_avx512) {
+        const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
+#ifdef _OPENMP
+        const int threads = par ? omp_get_max_threads() : 1;
+#else
+        const int threads = 1;
+#endif
+        /* x as bf16 pairs (N, K2), zero-padded to an even C, then the threads' W panels */
+        uint32_t *xp = malloc((size_t)N * K2 * sizeof(uint32_t) + (size_t)threads * K2 * 2 * CA_GEMM_COLS * 2);
+        if (!xp) return -1;
+        uint16_t *xb = (uint16_t *)xp;
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < 2 * K2; k++) xb[(size_t)n * 2 * K2 + k] = k < C ? bf16_round(inp[(size_t)n * C + k]) : 0;
+        bf16_gemm_avx512(out, xp, N, K2, weight, C, OC, (uint16_t *)(xp + (size_t)N * K2), par);
+        free(xp);
+        return 0;
+    }
+    float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
+    if (!xr) return -1;
+    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
+    ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
+    free(xr);
+    return 0;
 }
