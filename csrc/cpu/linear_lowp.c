@@ -215,16 +215,24 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni"), always_inline)) s
         const int8_t *w = W + (size_t)o * C;
         __m512 f[4][2];
         for (int j = 0; j < nx; j++) f[j][0] = f[j][1] = _mm512_setzero_ps();
-        for (int k = 0; k < C64; k += 64) {
-            const __m512i q = _mm512_loadu_si512(w + k);
-            const int r = (k / 64) & 1;
-            for (int j = 0; j < nx; j++) {
-                /* q · sign(qx), then |qx| · that = q · qx, four bytes per int32 lane */
-                const __m512i sq = _mm512_mask_sub_epi8(q, in[j].neg[k / 64], zero, q);
-                const __m512i i = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in[j].ax + k), sq);
-                f[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_loadu_ps(in[j].d_lane + k / 4), f[j][r]);
-            }
+        /* 64 weights (two blocks) per chunk; even chunks into f[j][0], odd ones into f[j][1] (two chains) */
+#define CA_Q8_CHUNK(k, r)                                                                                          \
+    do {                                                                                                           \
+        const __m512i q = _mm512_loadu_si512(w + (k));                                                             \
+        for (int j = 0; j < nx; j++) {                                                                             \
+            /* q · sign(qx), then |qx| · that = q · qx, four bytes per int32 lane */                               \
+            const __m512i sq = _mm512_mask_sub_epi8(q, in[j].neg[(k) / 64], zero, q);                              \
+            const __m512i i = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in[j].ax + (k)), sq);                   \
+            f[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_loadu_ps(in[j].d_lane + (k) / 4), f[j][r]);    \
+        }                                                                                                          \
+    } while (0)
+        int k = 0;
+        for (; k + 128 <= C64; k += 128) {
+            CA_Q8_CHUNK(k, 0);
+            CA_Q8_CHUNK(k + 64, 1);
         }
+        if (k < C64) CA_Q8_CHUNK(k, 0);
+#undef CA_Q8_CHUNK
         for (int j = 0; j < nx; j++)
             out[j * ldo + o] = scale[o] * (_mm512_reduce_add_ps(_mm512_add_ps(f[j][0], f[j][1])) + q8_dot_tail(w, &in[j], C64, C));
     }
@@ -239,17 +247,25 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void q8_rows_av
         const int8_t *w = W + (size_t)o * C;
         __m256 f[4][2];
         for (int j = 0; j < nx; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();
-        for (int k = 0; k < C32; k += 32) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w + k));
-            const int r = (k / 32) & 1;
-            for (int j = 0; j < nx; j++) {
-                const __m256i sq = _mm256_sign_epi8(q, _mm256_loadu_si256((const __m256i *)(in[j].qx + k)));
-                /* |qx| · q·sign(qx): byte pairs to int16 (≤ 2·127² < 2¹⁵, no saturation), then to int32 */
-                const __m256i i = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(in[j].ax + k)), sq), ones);
-                f[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(in[j].d[k / 32]), f[j][r]);
-            }
+        /* one block of 32 per chunk; even blocks into f[j][0], odd ones into f[j][1] */
+#define CA_Q8_BLOCK(k, r)                                                                                          \
+    do {                                                                                                           \
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + (k)));                                          \
+        for (int j = 0; j < nx; j++) {                                                                             \
+            const __m256i sq = _mm256_sign_epi8(q, _mm256_loadu_si256((const __m256i *)(in[j].qx + (k))));         \
+            /* |qx| · q·sign(qx): byte pairs to int16 (≤ 2·127² < 2¹⁵, no saturation), then to int32 */           \
+            const __m256i i = _mm256_madd_epi16(                                                                   \
+                _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(in[j].ax + (k))), sq), ones);            \
+            f[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(in[j].d[(k) / 32]), f[j][r]);         \
+        }                                                                                                          \
+    } while (0)
+        int k = 0;
+        for (; k + 64 <= C32; k += 64) {
+            CA_Q8_BLOCK(k, 0);
+            CA_Q8_BLOCK(k + 32, 1);
         }
+        if (k < C32) CA_Q8_BLOCK(k, 0);
+#undef CA_Q8_BLOCK
         for (int j = 0; j < nx; j++)
             out[j * ldo + o] = scale[o] * (hsum256(_mm256_add_ps(f[j][0], f[j][1])) + q8_dot_tail(w, &in[j], C32, C));
     }
