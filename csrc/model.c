@@ -139,7 +139,7 @@ ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
 /* inference dtype                                                                                   */
 
 static void drop_lowp(ca_lfm2_model *m) {
-    free(m->params_bf16), free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
+    ca_cpu_backend.free(m->params_bf16), ca_cpu_backend.free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
     m->params_bf16 = NULL, m->params_q8 = NULL, m->q8_scales = NULL, m->q8_scale_at = NULL;
 }
 
@@ -165,7 +165,8 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
         return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
                         m->be->name);
     drop_lowp(m);
-    if (bf16 && !(m->params_bf16 = malloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
+    /* the packed copies come from the CPU allocator (huge pages: the decoding GEMVs stream them) */
+    if (bf16 && !(m->params_bf16 = ca_cpu_backend.alloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
     if (int8) {
         size_t rows = 0;
         if (!(m->q8_scale_at = malloc((size_t)m->num_param_tensors * sizeof(size_t)))) goto nomem;
@@ -173,7 +174,7 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
             m->q8_scale_at[i] = rows;
             if (m->param_info[i].ndim == 2) rows += (size_t)m->param_info[i].shape[0];
         }
-        if (!(m->params_q8 = malloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
+        if (!(m->params_q8 = ca_cpu_backend.alloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
             goto nomem;
     }
     repack_lowp(m);
