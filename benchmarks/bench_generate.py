@@ -12,10 +12,11 @@ captionaura's streaming iterator (``stream=True``) is timed next to its plain ca
 same Python code); ``--shape tiny`` (bench_lfm2's tiny LFM2) shows the per-token overhead of streaming, which the
 350M shape's decode time hides.
 
-bf16: ours is ``model.to_inference_dtype("bf16")`` (bf16 weights in the decoding GEMVs, fp32 activations);
-transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and activations). int8 (ours only, per-row scales;
-compared with llama.cpp's q8_0, which has one scale per 32 weights): ``model.to_inference_dtype("int8")``.
-The roofline counts 4, 2 or 1 bytes per parameter.
+bf16: ours is ``model.to_inference_dtype("bf16")`` (bf16 weights; decoding GEMVs with fp32 activations, the
+prompt's GEMMs with activations rounded to bf16); transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and
+activations). int8 (ours only, per-row weight scales, activations quantised per block of 32 in the decoding
+GEMVs; compared with llama.cpp's q8_0, which has one scale per 32 weights and quantises activations the same way):
+``model.to_inference_dtype("int8")``. The roofline counts 4, 2 or 1 bytes per parameter.
 
 llama.cpp (optional, when the environment variable LLAMA_CPP_DIR names a llama.cpp source tree with a CPU
 build of llama-bench in LLAMA_CPP_DIR/build/bin). Nothing of llama.cpp is part of this project; the manual steps:

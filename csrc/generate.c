@@ -10,7 +10,15 @@
  *   argmax and every ranking break ties towards the lower index (torch.argmax's rule).
  *
  * Sampling cannot reproduce torch's RNG (a Philox/MT stream behind torch.multinomial); it draws from our own
- * splitmix64 streams, one per batch row, so the same seed gives the same tokens for the same prompts. */
+ * splitmix64 streams, one per batch row, so the same seed gives the same tokens for the same prompts.
+ *
+ * Beam sampling (do_sample with num_beams > 1, `_get_top_k_continuations`): the warpers keep at least
+ * max(2, 1 + n_eos) tokens per beam (transformers' min_tokens_to_keep for beams), and the K candidates are drawn
+ * without replacement from softmax over the beams·V accumulated scores. torch.multinomial does that with the
+ * exponential race (the K largest p/E, E ~ Exp(1), in descending order); we take the same race in the log
+ * domain, the K largest acc − log E, so that candidates far below the top (p underflowing to 0 in float32)
+ * still come out in score order rather than in an arbitrary one. The draw order matters: only the first
+ * num_beams candidates may finish a hypothesis. */
 #include "captionaura/ca_generate.h"
 
 #include <float.h>
@@ -31,6 +39,16 @@ static uint64_t splitmix64(uint64_t *state) {
 }
 /* u ∈ [0, 1) with 53 random bits */
 static double uniform01(uint64_t *state) { return (double)(splitmix64(state) >> 11) * 0x1.0p-53; }
+/* E ~ Exp(1) = −log u with u ∈ (0, 1) (53 bits, centred in its bin so u is never 0) */
+static double exponential1(uint64_t *state) {
+    return -log(((double)(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53);
+}
+/* row b's stream: splitmix64 state seeded from (seed, b), warmed once */
+static uint64_t stream_seed(uint64_t seed, int b) {
+    uint64_t state = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(b + 1));
+    splitmix64(&state);
+    return state;
+}
 
 static int is_eos(const ca_gen_config *g, int32_t t) {
     for (int i = 0; i < g->n_eos; i++)
@@ -107,20 +125,22 @@ static int softmax_row(const float *s, int V, float *probs) {
     return arg;
 }
 
-void ca_gen_warp(float *s, int V, const ca_gen_config *g, float *work_vals, int32_t *work_idx) {
+void ca_gen_warp(float *s, int V, const ca_gen_config *g, int min_keep, float *work_vals, int32_t *work_idx) {
+    if (min_keep > V) min_keep = V;
     /* TemperatureLogitsWarper: s/T (skipped at T = 1) */
     if (g->temperature != 1.0f)
         for (int t = 0; t < V; t++) s[t] /= g->temperature;
-    /* TopKLogitsWarper: drop s < (k-th largest s); every token tied with the k-th stays */
+    /* TopKLogitsWarper: k = max(top_k, min_keep); drop s < (k-th largest s); every token tied with the k-th stays */
     if (g->top_k > 0) {
-        const int k = g->top_k < V ? g->top_k : V;
+        int k = g->top_k > min_keep ? g->top_k : min_keep;
+        k = k < V ? k : V;
         memcpy(work_vals, s, (size_t)V * sizeof(float));
         const float thr = kth_largest(work_vals, V, k);
         for (int t = 0; t < V; t++)
             if (s[t] < thr) s[t] = NEG_INF;
     }
     /* TopPLogitsWarper: sort ascending, p = softmax, c = cumsum(p) (accumulated in double, stored as float as
-     * torch's CPU cumsum does); drop c ≤ 1 − top_p except the largest token. Tokens already at −inf have
+     * torch's CPU cumsum does); drop c ≤ 1 − top_p except the min_keep largest. Tokens already at −inf have
      * c = 0 ≤ 1 − top_p and stay dropped, so only the finite ones are sorted. */
     if (g->top_p < 1.0f) {
         scored_index *si = (scored_index *)(void *)work_idx; /* work_idx holds 2V int32 */
@@ -135,18 +155,31 @@ void ca_gen_warp(float *s, int V, const ca_gen_config *g, float *work_vals, int3
             const float inv = (float)(1.0 / sum);
             const float limit = (float)(1.0 - (double)g->top_p);
             double c = 0;
-            for (int j = 0; j < n - 1; j++) { /* j = n−1 is the kept top token */
+            for (int j = 0; j < n - min_keep; j++) { /* j ≥ n − min_keep: the kept top tokens */
                 c += (double)(work_vals[j] * inv);
                 if ((float)c <= limit) s[si[j].i] = NEG_INF;
             }
         }
     }
-    /* MinPLogitsWarper: p = softmax(s); drop p < min_p · max p, but never the top token */
+    /* MinPLogitsWarper: p = softmax(s); drop p < min_p · max p, but never the min_keep largest scores (the top
+     * token; for beams, ties at the min_keep-th score are kept by lower index) */
     if (g->min_p >= 0.0f) {
         const int arg = softmax_row(s, V, work_vals);
         const float thr = g->min_p * work_vals[arg];
-        for (int t = 0; t < V; t++)
-            if (t != arg && work_vals[t] < thr) s[t] = NEG_INF;
+        float keep_thr = s[arg];
+        int keep_ties = 1; /* how many tokens equal to keep_thr are protected, lowest index first */
+        if (min_keep > 1) {
+            float *vals = (float *)(void *)work_idx; /* work_idx holds 2V int32 */
+            memcpy(vals, s, (size_t)V * sizeof(float));
+            keep_thr = kth_largest(vals, V, min_keep);
+            keep_ties = min_keep;
+            for (int t = 0; t < V; t++) keep_ties -= s[t] > keep_thr;
+        }
+        for (int t = 0; t < V; t++) {
+            int protect = s[t] > keep_thr;
+            if (s[t] == keep_thr && keep_ties > 0) protect = 1, keep_ties--;
+            if (!protect && work_vals[t] < thr) s[t] = NEG_INF;
+        }
     }
 }
 
@@ -299,9 +332,7 @@ static ca_status decode_rows(ca_lfm2_model *m, const ca_gen_config *g, const int
         lens[b] = plen[b];
         for (int j = 0; j < plen[b]; j++)
             if (prompts[off[b] + j] >= 0 && prompts[off[b] + j] < V) seen[(size_t)b * V + prompts[off[b] + j]] = 1;
-        /* row b's stream: splitmix64 state seeded from (seed, b), warmed once */
-        rng[b] = g->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(b + 1));
-        splitmix64(&rng[b]);
+        rng[b] = stream_seed(g->seed, b);
     }
     size_t *base = malloc((size_t)B * sizeof(size_t));
     if (!base) {
@@ -323,7 +354,7 @@ static ca_status decode_rows(ca_lfm2_model *m, const ca_gen_config *g, const int
             float *row = logits + (size_t)b * V;
             int32_t *s = seq + (size_t)b * Smax;
             process_row(g, row, V, seen + (size_t)b * V, s, seqlen[b], step);
-            if (g->do_sample) ca_gen_warp(row, V, g, wv, wi);
+            if (g->do_sample) ca_gen_warp(row, V, g, 1, wv, wi);
             if (step_scores) memcpy(step_scores + ((size_t)b * N + step) * V, row, (size_t)V * sizeof(float));
             const int32_t tok = g->do_sample ? ca_gen_sample(row, V, uniform01(&rng[b])) : argmax_row(row, V);
             out[(size_t)b * N + step] = tok;
@@ -376,13 +407,32 @@ typedef struct {
     int32_t *tokens; /* max_new_tokens */
 } hypothesis;
 
-static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompt, size_t base, int plen, int32_t *out,
-                          int32_t *out_len, float *seq_scores) {
+/* Beam sampling's candidates: K draws without replacement from softmax(acc) over the nb·V accumulated scores,
+ * in draw order (see the top of the file): the K largest keys acc − log E, E ~ Exp(1), descending. */
+static void sample_candidates(const float *acc, int n, int K, uint64_t *rng, float *cand, int32_t *cand_idx,
+                              double *keys) {
+    int nk = 0;
+    for (int j = 0; j < n; j++) {
+        const double key = acc[j] == NEG_INF ? -INFINITY : (double)acc[j] - log(exponential1(rng));
+        if (nk == K && !(key > keys[K - 1])) continue;
+        int p = nk < K ? nk++ : K - 1; /* insertion into the descending list; equal keys keep the lower index */
+        while (p > 0 && key > keys[p - 1]) {
+            keys[p] = keys[p - 1], cand_idx[p] = cand_idx[p - 1];
+            p--;
+        }
+        keys[p] = key, cand_idx[p] = (int32_t)j;
+    }
+    for (int k = 0; k < K; k++) cand[k] = acc[cand_idx[k]];
+}
+
+static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *prompt, size_t base, int plen,
+                          uint64_t rng, int32_t *out, int32_t *out_len, float *seq_scores) {
     const int V = m->cfg.vocab_size, N = g->max_new_tokens, nb = g->num_beams;
     int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * nb; /* candidates kept per step */
     if (K > nb * V) K = nb * V;                              /* (a vocabulary smaller than the candidate count) */
     const int S = plen + N;
     const float lp = g->length_penalty;
+    const int min_keep = g->n_eos + 1 > 2 ? g->n_eos + 1 : 2; /* transformers' min_tokens_to_keep for beams */
     int *cap = malloc((size_t)2 * nb * sizeof *cap);
     if (!cap) return ca_error(CA_ERR_NOMEM, "out of memory for beam search");
     for (int i = 0; i < 2 * nb; i++) cap[i] = S;
@@ -407,8 +457,12 @@ static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_
     int32_t *lens = malloc((size_t)nb * sizeof(int32_t));
     float *sel = malloc((size_t)nb * sizeof(float));
     int32_t *sel_idx = malloc((size_t)nb * sizeof(int32_t));
+    /* beam sampling: the warpers' work rows and the candidates' keys */
+    float *wv = g->do_sample ? malloc((size_t)V * sizeof(float)) : NULL;
+    int32_t *wi = g->do_sample ? malloc((size_t)2 * V * sizeof(int32_t)) : NULL;
+    double *keys = g->do_sample ? malloc((size_t)K * sizeof(double)) : NULL;
     if (!logits || !hist || !seen || !run_score || !cand || !cand_idx || !hits || !pool || !merged || !pool_tok ||
-        !mval || !midx || !ids || !lens || !sel || !sel_idx) {
+        !mval || !midx || !ids || !lens || !sel || !sel_idx || (g->do_sample && (!wv || !wi || !keys))) {
         st = ca_error(CA_ERR_NOMEM, "out of memory for beam search");
         goto out;
     }
@@ -435,14 +489,21 @@ static ca_status beam_one(ca_lfm2_model *m, const ca_gen_config *g, const int32_
 
     int unsatisfied = 1; /* transformers' is_early_stop_heuristic_unsatisfied */
     for (int gen = 0;; ) {
-        /* scores of every continuation: running score + processed log p (float32 sums) */
+        /* scores of every continuation: running score + processed log p (float32 sums); then the K best, or
+         * (beam sampling) K drawn without replacement */
         int nc = 0;
         for (int i = 0; i < nb; i++) {
             float *row = logits + (size_t)i * V;
             log_softmax_row(row, V);
             process_row(g, row, V, seen_cur + (size_t)i * V, hist_cur + (size_t)i * S, plen + gen, gen);
-            for (int t = 0; t < V; t++) topk_insert(cand, cand_idx, &nc, K, row[t] + run_score[i], (int32_t)i * V + t);
+            if (g->do_sample) {
+                ca_gen_warp(row, V, g, min_keep, wv, wi);
+                for (int t = 0; t < V; t++) row[t] += run_score[i];
+            } else {
+                for (int t = 0; t < V; t++) topk_insert(cand, cand_idx, &nc, K, row[t] + run_score[i], (int32_t)i * V + t);
+            }
         }
+        if (g->do_sample) sample_candidates(logits, nb * V, K, &rng, cand, cand_idx, keys);
         int all_hit = 1;
         for (int k = 0; k < K; k++) {
             /* stopping criteria on the candidate: eos, or the max length reached */
@@ -533,6 +594,7 @@ out:
     free_caches(caches, 2 * nb);
     free(logits), free(hist), free(seen), free(run_score), free(cand), free(cand_idx), free(hits), free(pool);
     free(merged), free(pool_tok), free(mval), free(midx), free(ids), free(lens), free(sel), free(sel_idx);
+    free(wv), free(wi), free(keys);
     return st;
 }
 
@@ -564,10 +626,10 @@ ca_status ca_generate(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *p
         if (N == 0) return CA_OK;
         return decode_rows(m, g, prompts, prompt_lengths, B, out_tokens, out_lengths, step_scores, cb, user);
     }
-    if (g->do_sample) return ca_error(CA_ERR_UNSUPPORTED, "beam sampling (do_sample with num_beams > 1) is not supported");
     size_t off = 0;
     for (int b = 0; b < B; b++) {
-        CA_TRY(beam_one(m, g, prompts + off, off, prompt_lengths[b], out_tokens + (size_t)b * R * N, out_lengths + (size_t)b * R,
+        CA_TRY(beam_one(m, g, prompts + off, off, prompt_lengths[b], stream_seed(g->seed, b),
+                        out_tokens + (size_t)b * R * N, out_lengths + (size_t)b * R,
                         seq_scores ? seq_scores + (size_t)b * R : NULL));
         off += (size_t)prompt_lengths[b];
     }

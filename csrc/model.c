@@ -139,7 +139,7 @@ ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
 /* inference dtype                                                                                   */
 
 static void drop_lowp(ca_lfm2_model *m) {
-    free(m->params_bf16), free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
+    ca_cpu_backend.free(m->params_bf16), ca_cpu_backend.free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
     m->params_bf16 = NULL, m->params_q8 = NULL, m->q8_scales = NULL, m->q8_scale_at = NULL;
 }
 
@@ -165,7 +165,8 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
         return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
                         m->be->name);
     drop_lowp(m);
-    if (bf16 && !(m->params_bf16 = malloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
+    /* the packed copies come from the CPU allocator (huge pages: the decoding GEMVs stream them) */
+    if (bf16 && !(m->params_bf16 = ca_cpu_backend.alloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
     if (int8) {
         size_t rows = 0;
         if (!(m->q8_scale_at = malloc((size_t)m->num_param_tensors * sizeof(size_t)))) goto nomem;
@@ -173,7 +174,7 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
             m->q8_scale_at[i] = rows;
             if (m->param_info[i].ndim == 2) rows += (size_t)m->param_info[i].shape[0];
         }
-        if (!(m->params_q8 = malloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
+        if (!(m->params_q8 = ca_cpu_backend.alloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
             goto nomem;
     }
     repack_lowp(m);
@@ -447,13 +448,16 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
-/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token reads the packed bf16 / int8 copy when
- * there is one (memory-bound GEMV); several tokens go to the fp32 GEMM on the same (bf16-rounded) values. */
+/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token (or a decoding step of several sequences,
+ * row by row, so that a batch computes what one-by-one decoding does) reads the packed bf16 / int8 copy when
+ * there is one (memory-bound GEMV); prompts go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else
+ * to the fp32 GEMM on the same rounded weight values. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
-    if (m->params_bf16 && N == 1) {
+    const int gemv = N == 1 || m->decoding_step;
+    if (m->params_bf16 && gemv) {
         ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + at, N, C, OC);
-    } else if (m->params_q8 && N == 1) { /* W's tensor: the last one starting at or before `at` */
+    } else if (m->params_q8 && gemv) { /* W's tensor: the last one starting at or before `at` */
         int lo = 0, hi = m->num_param_tensors - 1;
         while (lo < hi) {
             int mid = (lo + hi + 1) / 2;
@@ -461,8 +465,9 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
             else hi = mid - 1;
         }
         ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, m->q8_scales + m->q8_scale_at[lo], N, C, OC);
-    } else
-        m->be->linear_forward(out, inp, W, NULL, N, C, OC);
+    } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {
+        m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
+    }
 }
 
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
@@ -623,7 +628,7 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
     CA_TRY(forward_body(m, ids, mask, B, T, features));
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size;
-    if (logits) m->be->linear_forward(logits, m->xf, m->lm_head, NULL, N, C, c->vocab_size);
+    if (logits) head_forward(m, logits, m->xf, m->lm_head, N, C, c->vocab_size); /* as the layers' projections */
     if (hidden) { /* transformers' layout: embeddings, layers 0..L-2, then the final-normed last layer */
         m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
         m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
@@ -1128,6 +1133,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         m->be->free(att), m->be->free(last);
         return ca_error(CA_ERR_NOMEM, "out of memory for a decoding step");
     }
+    m->decoding_step = T == 1;
     int32_t *safe_ids = m->targets; /* (N): padded positions read token 0 instead of whatever they hold */
     m->has_padding = 0;
     for (int b = 0; b < B; b++) {
@@ -1189,6 +1195,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
             if (lengths[b] > 0) m->be->copy(logits + (size_t)b * V, row_logits + (size_t)b * V, (size_t)V * sizeof(float));
     }
     for (int b = 0; b < B; b++) caches[b]->length += lengths[b];
+    m->decoding_step = 0;
     m->be->free(att);
     m->be->free(last);
     return ca_backend_status(m->be); /* a device backend's deferred failure */

@@ -321,8 +321,99 @@ def test_default_max_length_counts_the_prompt(mixed):
     assert generate(mixed, PROMPT, generation=g).shape == (1, 3)
 
 
-def test_beam_sampling_and_streamed_beams_are_rejected(mixed):
-    with pytest.raises(NotImplementedError):
-        mixed.generate(PROMPT, num_beams=2, do_sample=True, max_new_tokens=3)
+def test_streamed_beams_are_rejected(mixed):
     with pytest.raises(ValueError):
         mixed.generate(PROMPT, num_beams=2, max_new_tokens=3, stream=True)
+    with pytest.raises(ValueError):
+        mixed.generate(PROMPT, num_beams=2, do_sample=True, max_new_tokens=3, stream=True)
+
+
+# ---- beam sampling (do_sample with num_beams > 1) ----------------------------------------------------------
+
+BEAM_SAMPLE = dict(do_sample=True, num_beams=3, num_return_sequences=3, max_new_tokens=12, eos_token_id=2,
+                   top_k=0, temperature=1.3, length_penalty=1.2)
+
+
+def test_beam_sampling_is_reproducible(mixed):
+    a = mixed.generate(PROMPT, seed=5, return_scores=True, **BEAM_SAMPLE)
+    b = mixed.generate(PROMPT, seed=5, return_scores=True, **BEAM_SAMPLE)
+    np.testing.assert_array_equal(a.sequences, b.sequences)
+    np.testing.assert_array_equal(a.sequences_scores, b.sequences_scores)
+    others = [mixed.generate(PROMPT, seed=s, **BEAM_SAMPLE) for s in (6, 7, 8)]
+    assert any(o.shape != a.sequences.shape or not np.array_equal(o, a.sequences) for o in others)
+    plain = mixed.generate(PROMPT, **{**BEAM_SAMPLE, "do_sample": False})
+    assert any(o.shape != plain.shape or not np.array_equal(o, plain) for o in [a.sequences, *others])
+    # returned hypotheses come best first; each prompt of a batch has its own stream, so the batch equals
+    # one-by-one decoding only for the first prompt; a repeated batch is reproducible
+    assert (np.diff(a.sequences_scores) <= 0).all()
+    ids = np.tile(PROMPT, (2, 1))
+    batch = mixed.generate(ids, seed=5, **BEAM_SAMPLE)
+    np.testing.assert_array_equal(batch[:3, : a.sequences.shape[1]], a.sequences)
+    np.testing.assert_array_equal(batch, mixed.generate(ids, seed=5, **BEAM_SAMPLE))
+
+
+@pytest.mark.parametrize("case", ["beam_lp0.7_esTrue", "beam_lp1.5_esFalse", "beam_lp1.5_esnever", "beam_ngram"])
+def test_beam_sampling_at_low_temperature_is_beam_search(fixture, case):
+    """At T → 0 the draws follow the score order, so beam sampling returns transformers' plain beam search
+    sequences; its scores accumulate log p / T, i.e. T · score equals the beam score."""
+    model, ref = fixture
+    T = 1e-4
+    eos = ref[f"eos.{case}"].tolist()
+    for i, p in enumerate(prompts(ref)):
+        out = model.generate(p, num_beams=4, num_return_sequences=4, max_new_tokens=N_BEAM, eos_token_id=eos,
+                             pad_token_id=0, return_scores=True, do_sample=True, temperature=T, top_k=0, seed=i,
+                             **BEAM_CASES[case])
+        np.testing.assert_array_equal(out.lengths, ref[f"{case}__len.{i}"])
+        np.testing.assert_array_equal(out.sequences, ref[f"{case}__new.{i}"])
+        np.testing.assert_allclose(out.sequences_scores * T, ref[f"{case}__scores.{i}"], atol=1e-4, rtol=1e-5)
+
+
+def test_beam_sampling_keeps_two_tokens_per_beam_at_top_k_1(mixed):
+    """transformers raises top_k to min_tokens_to_keep = max(2, 1 + n_eos) for beams: with top_k = 1 and one
+    eos id, the first step's two hypotheses are exactly the two most likely tokens, whatever the seed."""
+    logits = mixed.forward(PROMPT).logits[0, -1].astype(np.float64)
+    logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    top2 = np.argsort(logits)[::-1][:2]
+    for seed in range(5):
+        out = mixed.generate(PROMPT, do_sample=True, num_beams=2, num_return_sequences=2, max_new_tokens=1,
+                             top_k=1, eos_token_id=2, seed=seed, return_scores=True)
+        np.testing.assert_array_equal(out.sequences[:, 0], top2)  # best first
+        np.testing.assert_allclose(out.sequences_scores, logp[top2], atol=1e-5, rtol=0)
+
+
+def test_beam_sampling_draws_candidates_without_replacement(mixed):
+    """One step, 2 beams, top_k = 4, 3000 prompts (one stream each): the returned pair of tokens is the first two
+    draws without replacement from p = softmax(top-4 log p / T), so P({a, b}) = p_a p_b (1/(1 − p_a) +
+    1/(1 − p_b)). Pearson's chi-square over the 6 pairs (5 degrees of freedom) stays below the 0.1 % critical
+    value 20.52; the hypotheses' scores are their warped log-probabilities."""
+    n, T = 3000, 2.0
+    logits = mixed.forward(PROMPT).logits[0, -1].astype(np.float64)
+    logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    top = np.argsort(logits)[::-1][:4]
+    p = np.exp(logp[top] / T - (logp[top] / T).max())
+    p /= p.sum()
+    out = mixed.generate(np.tile(PROMPT, (n, 1)), do_sample=True, num_beams=2, num_return_sequences=2,
+                         max_new_tokens=1, top_k=4, temperature=T, eos_token_id=2, seed=99, return_scores=True)
+    pairs = out.sequences[:, 0].reshape(n, 2)
+    assert set(pairs.ravel().tolist()) <= set(top.tolist())
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    np.testing.assert_allclose(out.sequences_scores, logp[out.sequences[:, 0]] / T, atol=1e-5, rtol=0)
+    rank = {int(t): r for r, t in enumerate(top)}
+    observed, expected = [], []
+    for a in range(4):
+        for b in range(a + 1, 4):
+            got = sum(1 for x, y in pairs if {rank[int(x)], rank[int(y)]} == {a, b})
+            observed.append(got)
+            expected.append(n * p[a] * p[b] * (1 / (1 - p[a]) + 1 / (1 - p[b])))
+    observed, expected = np.array(observed), np.array(expected)
+    assert expected.min() > 20  # the test has power over every pair
+    chi2 = ((observed - expected) ** 2 / expected).sum()
+    assert chi2 < 20.52, (observed, expected.round(1), chi2)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(temperature=-0.5), dict(top_p=0.0), dict(top_p=1.2),
+                                 dict(min_p=-0.1), dict(num_return_sequences=3)])
+def test_beam_sampling_bad_settings_raise(mixed, bad):
+    kw = dict(do_sample=True, num_beams=2, max_new_tokens=3, eos_token_id=2, **bad)
+    with pytest.raises(ValueError):
+        mixed.generate(PROMPT, **kw)

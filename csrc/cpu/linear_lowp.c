@@ -1,21 +1,27 @@
 /* Low-precision weight-only GEMV for decoding: out (OC) = W (OC, C) · x (C) with W stored in bf16, or in int8
- * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]), and x, the products and the sums in fp32. Decoding one token reads every weight once and does 2 FLOP per weight, so it
- * is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core); bf16 halves the bytes per token.
+ * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]). Decoding one token reads every weight once and
+ * does 2 FLOP per weight, so it is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core).
  *
- * bf16 is the top half of an fp32: widening is a 16-bit left shift, exact, so the only error is the rounding of
- * W to bf16 (relative 2⁻⁹), and x keeps full fp32 precision (unlike a dot product of two bf16 vectors such as
- * AVX512-BF16's vdpbf16ps, which would round x as well). The widening costs one shift per 16 weights, far
- * below the memory time. The AVX-512 variant is chosen at run time (cpuid); the core's baseline is
- * x86-64-v3 (AVX2 + FMA), so the AVX2 variant is always there.
+ * bf16: x, the products and the sums stay fp32. bf16 is the top half of an fp32: widening is a 16-bit left
+ * shift, exact, so the only error is the rounding of W to bf16 (relative 2⁻⁹).
  *
- * int8 quarters the bytes; widening is a sign extension and an exact int → float conversion.
+ * int8 (q8 × q8, as llama.cpp's q8_0 dot products): x is quantised once per call in blocks of 32,
+ *   d_b = max_{k∈b} |x_k| / 127,  qx_k = rint(x_k · 127 / max_{k∈b} |x_k|) ∈ [−127, 127]   (all-zero block: d_b = 0)
+ *   out[o] = scale[o] · Σ_b d_b · Σ_{k∈b} q[o, k] · qx_k     (the inner sums exact in int32, the outer in fp32)
+ * so the inner loop is integer multiply-adds (AVX512-VNNI vpdpbusd: 64 weights per instruction). vpdpbusd
+ * multiplies unsigned by signed bytes: it gets |qx| and q with the sign of qx applied (|q| ≤ 127, so the
+ * negation cannot overflow); AVX2's vpmaddubsw does the same with vpsignb.
  *
- * Four rows share each load of x; the rows are split over the OpenMP threads in 16-row blocks. */
+ * Each thread walks its rows one at a time, front to back: one sequential stream per core. (Four rows per
+ * pass sharing each load of x ran at half the bandwidth here, Zen 4: four interleaved streams defeat the
+ * prefetchers.) The AVX-512 variants are chosen at run time (cpuid); the core's baseline is x86-64-v3
+ * (AVX2 + FMA), so the AVX2 variants are always there. */
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 
 /* fp32 → bf16, round to nearest even (as torch's .to(torch.bfloat16)); NaNs stay (quiet) NaNs. */
 static inline uint16_t bf16_round(float f) {
@@ -44,40 +50,38 @@ void ca_cpu_f32_from_bf16(float *restrict out, const uint16_t *restrict in, size
     for (size_t i = 0; i < n; i++) out[i] = bf16_widen(in[i]);
 }
 
-/* rows [o0, o1) of out = W · x; the k tail (C % 16) is summed after the vector part */
-__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_bf16_rows_avx512(
-    float *restrict out, const float *restrict x, const uint16_t *restrict W, int C, int o0, int o1) {
-    const int C16 = C & ~15;
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const uint16_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k);
+/* Rows [o0, o1) of out_j = W · x_j for nx ≤ 4 inputs x_j (stride ldx; outputs stride ldo), one weight row at a
+ * time, each weight loaded once for all inputs. Every input gets the same sums in the same order whatever nx
+ * is (four accumulators over 64 weights a pass, then 16-wide, then scalar), so a batch computes bit for bit
+ * what one-by-one decoding does. nx is a constant in each instantiation (the wrappers below). */
 #define CA_WIDEN512(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-            a0 = _mm512_fmadd_ps(CA_WIDEN512(w0 + k), xv, a0);
-            a1 = _mm512_fmadd_ps(CA_WIDEN512(w1 + k), xv, a1);
-            a2 = _mm512_fmadd_ps(CA_WIDEN512(w2 + k), xv, a2);
-            a3 = _mm512_fmadd_ps(CA_WIDEN512(w3 + k), xv, a3);
+__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) static inline void bf16_rows_avx512(
+    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const uint16_t *restrict W,
+    int C, int o0, int o1) {
+    const int C64 = C & ~63, C16 = C & ~15;
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *w = W + (size_t)o * C;
+        __m512 a[4][4];
+        for (int j = 0; j < nx; j++)
+            for (int r = 0; r < 4; r++) a[j][r] = _mm512_setzero_ps();
+        int k = 0;
+        for (; k < C64; k += 64)
+            for (int r = 0; r < 4; r++) {
+                const __m512 wv = CA_WIDEN512(w + k + 16 * r);
+                for (int j = 0; j < nx; j++) a[j][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + k + 16 * r), a[j][r]);
+            }
+        for (; k < C16; k += 16) {
+            const __m512 wv = CA_WIDEN512(w + k);
+            for (int j = 0; j < nx; j++) a[j][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + k), a[j][0]);
         }
-        float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-        float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-        for (int k = C16; k < C; k++) {
-            s0 += bf16_widen(w0[k]) * x[k], s1 += bf16_widen(w1[k]) * x[k];
-            s2 += bf16_widen(w2[k]) * x[k], s3 += bf16_widen(w3[k]) * x[k];
+        for (int j = 0; j < nx; j++) {
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[j][0], a[j][1]), _mm512_add_ps(a[j][2], a[j][3])));
+            for (int t = k; t < C; t++) s += bf16_widen(w[t]) * x[j * ldx + t];
+            out[j * ldo + o] = s;
         }
-        out[o] = s0, out[o + 1] = s1, out[o + 2] = s2, out[o + 3] = s3;
-    }
-    for (; o < o1; o++) {
-        const uint16_t *w0 = W + (size_t)o * C;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_WIDEN512(w0 + k), _mm512_loadu_ps(x + k), a0);
-#undef CA_WIDEN512
-        float s0 = _mm512_reduce_add_ps(a0);
-        for (int k = C16; k < C; k++) s0 += bf16_widen(w0[k]) * x[k];
-        out[o] = s0;
     }
 }
+#undef CA_WIDEN512
 
 __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -86,37 +90,55 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) static void gemv_bf16_rows_avx2(float *restrict out, const float *restrict x, const uint16_t *restrict W, int C,
-                                int o0, int o1) {
-    const int C8 = C & ~7;
-    int o = o0;
 #define CA_WIDEN256(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-    for (; o + 4 <= o1; o += 4) {
-        const uint16_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(CA_WIDEN256(w0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(CA_WIDEN256(w1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(CA_WIDEN256(w2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(CA_WIDEN256(w3 + k), xv, a3);
+__attribute__((target("avx2,fma"), always_inline)) static inline void bf16_rows_avx2(
+    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const uint16_t *restrict W,
+    int C, int o0, int o1) {
+    const int C32 = C & ~31, C8 = C & ~7;
+    for (int o = o0; o < o1; o++) {
+        const uint16_t *w = W + (size_t)o * C;
+        __m256 a[4][4];
+        for (int j = 0; j < nx; j++)
+            for (int r = 0; r < 4; r++) a[j][r] = _mm256_setzero_ps();
+        int k = 0;
+        for (; k < C32; k += 32)
+            for (int r = 0; r < 4; r++) {
+                const __m256 wv = CA_WIDEN256(w + k + 8 * r);
+                for (int j = 0; j < nx; j++) a[j][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k + 8 * r), a[j][r]);
+            }
+        for (; k < C8; k += 8) {
+            const __m256 wv = CA_WIDEN256(w + k);
+            for (int j = 0; j < nx; j++) a[j][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k), a[j][0]);
         }
-        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
-        for (int k = C8; k < C; k++) {
-            s0 += bf16_widen(w0[k]) * x[k], s1 += bf16_widen(w1[k]) * x[k];
-            s2 += bf16_widen(w2[k]) * x[k], s3 += bf16_widen(w3[k]) * x[k];
+        for (int j = 0; j < nx; j++) {
+            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a[j][0], a[j][1]), _mm256_add_ps(a[j][2], a[j][3])));
+            for (int t = k; t < C; t++) s += bf16_widen(w[t]) * x[j * ldx + t];
+            out[j * ldo + o] = s;
         }
-        out[o] = s0, out[o + 1] = s1, out[o + 2] = s2, out[o + 3] = s3;
     }
-    for (; o < o1; o++) {
-        const uint16_t *w0 = W + (size_t)o * C;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_WIDEN256(w0 + k), _mm256_loadu_ps(x + k), a0);
-        float s0 = hsum256(a0);
-        for (int k = C8; k < C; k++) s0 += bf16_widen(w0[k]) * x[k];
-        out[o] = s0;
-    }
+}
 #undef CA_WIDEN256
+
+typedef void (*gemv_bf16_rows_fn)(float *, size_t, const float *, size_t, int, const uint16_t *, int, int, int);
+
+__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_bf16_rows_avx512(
+    float *out, size_t ldo, const float *x, size_t ldx, int nx, const uint16_t *W, int C, int o0, int o1) {
+    switch (nx) {
+    case 1: bf16_rows_avx512(out, ldo, x, ldx, 1, W, C, o0, o1); break;
+    case 2: bf16_rows_avx512(out, ldo, x, ldx, 2, W, C, o0, o1); break;
+    case 3: bf16_rows_avx512(out, ldo, x, ldx, 3, W, C, o0, o1); break;
+    default: bf16_rows_avx512(out, ldo, x, ldx, 4, W, C, o0, o1); break;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void gemv_bf16_rows_avx2(float *out, size_t ldo, const float *x, size_t ldx,
+                                                                    int nx, const uint16_t *W, int C, int o0, int o1) {
+    switch (nx) {
+    case 1: bf16_rows_avx2(out, ldo, x, ldx, 1, W, C, o0, o1); break;
+    case 2: bf16_rows_avx2(out, ldo, x, ldx, 2, W, C, o0, o1); break;
+    case 3: bf16_rows_avx2(out, ldo, x, ldx, 3, W, C, o0, o1); break;
+    default: bf16_rows_avx2(out, ldo, x, ldx, 4, W, C, o0, o1); break;
+    }
 }
 
 /* q (OC, C) = round(W / scale), scale (OC) = max_k |W[o, k]| / 127 (0 for an all-zero row); W is overwritten
@@ -139,76 +161,144 @@ void ca_cpu_q8_quantize_rows(int8_t *restrict q, float *restrict scale, float *r
     }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_q8_rows_avx512(
-    float *restrict out, const float *restrict x, const int8_t *restrict W, const float *restrict scale, int C,
-    int o0, int o1) {
-    const int C16 = C & ~15;
-#define CA_Q8_512(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k);
-            a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), xv, a0);
-            a1 = _mm512_fmadd_ps(CA_Q8_512(w1 + k), xv, a1);
-            a2 = _mm512_fmadd_ps(CA_Q8_512(w2 + k), xv, a2);
-            a3 = _mm512_fmadd_ps(CA_Q8_512(w3 + k), xv, a3);
+/* x quantised for the int8 GEMV: blocks of 32, zero-padded to Cp = C rounded up to 64 */
+typedef struct {
+    int8_t *qx;      /* (Cp) */
+    uint8_t *ax;     /* (Cp) |qx| */
+    __mmask64 *neg;  /* (Cp/64) bit k: qx_k < 0 */
+    float *d;        /* (Cp/32) block scales */
+    float *d_lane;   /* (Cp/4) the scale of each group of 4 bytes (one int32 lane of vpdpbusd) */
+} q8_input;
+
+static void q8_quantize_input(q8_input *in, const float *restrict x, int C) {
+    const int Cp = (C + 63) & ~63;
+    for (int b = 0; b < Cp / 32; b++) {
+        const int k0 = b * 32, k1 = k0 + 32 < C ? k0 + 32 : C;
+        float amax = 0.0f;
+        for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[k]));
+        const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int k = k0; k < k0 + 32; k++) {
+            float r = k < k1 ? nearbyintf(x[k] * inv) : 0.0f;
+            r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+            in->qx[k] = (int8_t)r;
+            in->ax[k] = (uint8_t)fabsf(r);
         }
-        float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-        float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-        for (int k = C16; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
-        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
-        out[o + 3] = scale[o + 3] * s3;
+        in->d[b] = amax / 127.0f;
+        for (int j = 0; j < 8; j++) in->d_lane[b * 8 + j] = in->d[b];
     }
-    for (; o < o1; o++) {
-        const int8_t *w0 = W + (size_t)o * C;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int k = 0; k < C16; k += 16) a0 = _mm512_fmadd_ps(CA_Q8_512(w0 + k), _mm512_loadu_ps(x + k), a0);
-        float s0 = _mm512_reduce_add_ps(a0);
-        for (int k = C16; k < C; k++) s0 += w0[k] * x[k];
-        out[o] = scale[o] * s0;
+    for (int c = 0; c < Cp / 64; c++) {
+        uint64_t m = 0;
+        for (int k = 0; k < 64; k++) m |= (uint64_t)(in->qx[c * 64 + k] < 0) << k;
+        in->neg[c] = m;
     }
-#undef CA_Q8_512
 }
 
-__attribute__((target("avx2,fma"))) static void gemv_q8_rows_avx2(float *restrict out, const float *restrict x, const int8_t *restrict W,
-                              const float *restrict scale, int C, int o0, int o1) {
-    const int C8 = C & ~7;
-#define CA_Q8_256(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(CA_Q8_256(w1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(CA_Q8_256(w2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(CA_Q8_256(w3 + k), xv, a3);
-        }
-        float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
-        for (int k = C8; k < C; k++) s0 += w0[k] * x[k], s1 += w1[k] * x[k], s2 += w2[k] * x[k], s3 += w3[k] * x[k];
-        out[o] = scale[o] * s0, out[o + 1] = scale[o + 1] * s1, out[o + 2] = scale[o + 2] * s2;
-        out[o + 3] = scale[o + 3] * s3;
+/* Σ_b d_b Σ_{k∈b} q_k qx_k for k ∈ [k0, C) (k0 a multiple of 32), scalar */
+static float q8_dot_tail(const int8_t *restrict q, const q8_input *in, int k0, int C) {
+    float s = 0.0f;
+    for (int b0 = k0; b0 < C; b0 += 32) {
+        int32_t acc = 0;
+        for (int k = b0; k < C && k < b0 + 32; k++) acc += (int32_t)q[k] * in->qx[k];
+        s += in->d[b0 / 32] * (float)acc;
     }
-    for (; o < o1; o++) {
-        const int8_t *w0 = W + (size_t)o * C;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int k = 0; k < C8; k += 8) a0 = _mm256_fmadd_ps(CA_Q8_256(w0 + k), _mm256_loadu_ps(x + k), a0);
-        float s0 = hsum256(a0);
-        for (int k = C8; k < C; k++) s0 += w0[k] * x[k];
-        out[o] = scale[o] * s0;
-    }
-#undef CA_Q8_256
+    return s;
 }
 
-typedef void (*gemv_bf16_rows_fn)(float *, const float *, const uint16_t *, int, int, int);
+/* The int8 rows for nx ≤ 4 quantised inputs, as the bf16 ones: each weight loaded once, each input's sums in
+ * the same order whatever nx is. */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni"), always_inline)) static inline void q8_rows_avx512(
+    float *restrict out, size_t ldo, const q8_input *in, const int nx, const int8_t *restrict W,
+    const float *restrict scale, int C, int o0, int o1) {
+    const int C64 = C & ~63;
+    const __m512i zero = _mm512_setzero_si512();
+    for (int o = o0; o < o1; o++) {
+        const int8_t *w = W + (size_t)o * C;
+        __m512 f[4][2];
+        for (int j = 0; j < nx; j++) f[j][0] = f[j][1] = _mm512_setzero_ps();
+        /* 64 weights (two blocks) per chunk; even chunks into f[j][0], odd ones into f[j][1] (two chains) */
+#define CA_Q8_CHUNK(k, r)                                                                                          \
+    do {                                                                                                           \
+        const __m512i q = _mm512_loadu_si512(w + (k));                                                             \
+        for (int j = 0; j < nx; j++) {                                                                             \
+            /* q · sign(qx), then |qx| · that = q · qx, four bytes per int32 lane */                               \
+            const __m512i sq = _mm512_mask_sub_epi8(q, in[j].neg[(k) / 64], zero, q);                              \
+            const __m512i i = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(in[j].ax + (k)), sq);                   \
+            f[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_loadu_ps(in[j].d_lane + (k) / 4), f[j][r]);    \
+        }                                                                                                          \
+    } while (0)
+        int k = 0;
+        for (; k + 128 <= C64; k += 128) {
+            CA_Q8_CHUNK(k, 0);
+            CA_Q8_CHUNK(k + 64, 1);
+        }
+        if (k < C64) CA_Q8_CHUNK(k, 0);
+#undef CA_Q8_CHUNK
+        for (int j = 0; j < nx; j++)
+            out[j * ldo + o] = scale[o] * (_mm512_reduce_add_ps(_mm512_add_ps(f[j][0], f[j][1])) + q8_dot_tail(w, &in[j], C64, C));
+    }
+}
+
+__attribute__((target("avx2,fma"), always_inline)) static inline void q8_rows_avx2(
+    float *restrict out, size_t ldo, const q8_input *in, const int nx, const int8_t *restrict W,
+    const float *restrict scale, int C, int o0, int o1) {
+    const int C32 = C & ~31;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int o = o0; o < o1; o++) {
+        const int8_t *w = W + (size_t)o * C;
+        __m256 f[4][2];
+        for (int j = 0; j < nx; j++) f[j][0] = f[j][1] = _mm256_setzero_ps();
+        /* one block of 32 per chunk; even blocks into f[j][0], odd ones into f[j][1] */
+#define CA_Q8_BLOCK(k, r)                                                                                          \
+    do {                                                                                                           \
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + (k)));                                          \
+        for (int j = 0; j < nx; j++) {                                                                             \
+            const __m256i sq = _mm256_sign_epi8(q, _mm256_loadu_si256((const __m256i *)(in[j].qx + (k))));         \
+            /* |qx| · q·sign(qx): byte pairs to int16 (≤ 2·127² < 2¹⁵, no saturation), then to int32 */           \
+            const __m256i i = _mm256_madd_epi16(                                                                   \
+                _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(in[j].ax + (k))), sq), ones);            \
+            f[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(in[j].d[(k) / 32]), f[j][r]);         \
+        }                                                                                                          \
+    } while (0)
+        int k = 0;
+        for (; k + 64 <= C32; k += 64) {
+            CA_Q8_BLOCK(k, 0);
+            CA_Q8_BLOCK(k + 32, 1);
+        }
+        if (k < C32) CA_Q8_BLOCK(k, 0);
+#undef CA_Q8_BLOCK
+        for (int j = 0; j < nx; j++)
+            out[j * ldo + o] = scale[o] * (hsum256(_mm256_add_ps(f[j][0], f[j][1])) + q8_dot_tail(w, &in[j], C32, C));
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni"))) static void gemv_q8_rows_avx512(
+    float *out, size_t ldo, const q8_input *in, int nx, const int8_t *W, const float *scale, int C, int o0, int o1) {
+    switch (nx) {
+    case 1: q8_rows_avx512(out, ldo, in, 1, W, scale, C, o0, o1); break;
+    case 2: q8_rows_avx512(out, ldo, in, 2, W, scale, C, o0, o1); break;
+    case 3: q8_rows_avx512(out, ldo, in, 3, W, scale, C, o0, o1); break;
+    default: q8_rows_avx512(out, ldo, in, 4, W, scale, C, o0, o1); break;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void gemv_q8_rows_avx2(float *out, size_t ldo, const q8_input *in, int nx,
+                                                                  const int8_t *W, const float *scale, int C, int o0,
+                                                                  int o1) {
+    switch (nx) {
+    case 1: q8_rows_avx2(out, ldo, in, 1, W, scale, C, o0, o1); break;
+    case 2: q8_rows_avx2(out, ldo, in, 2, W, scale, C, o0, o1); break;
+    case 3: q8_rows_avx2(out, ldo, in, 3, W, scale, C, o0, o1); break;
+    default: q8_rows_avx2(out, ldo, in, 4, W, scale, C, o0, o1); break;
+    }
+}
+
+
 
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16");
 }
 
 static int lowp_avx512 = -1; /* -1 until the first call: then the best the CPU has */
@@ -230,6 +320,8 @@ const char *ca_cpu_lowp_isa(void) {
     return gemv_bf16_rows() == gemv_bf16_rows_avx512 ? "avx512" : "avx2";
 }
 
+/* The inputs go four at a time (each weight read once per group); one parallel region per group, the rows
+ * of W split over the threads. */
 void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
                                 const float *restrict inp,      /* (N, C) */
                                 const uint16_t *restrict weight, /* (OC, C) bf16 */
@@ -237,14 +329,13 @@ void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
     if (N <= 0 || OC <= 0) return;
     const gemv_bf16_rows_fn rows = gemv_bf16_rows();
     const int par = (size_t)OC * C > CA_PAR_MIN * 4;
-    for (int n = 0; n < N; n++) {
-        float *y = out + (size_t)n * OC;
-        const float *x = inp + (size_t)n * C;
+    for (int n = 0; n < N; n += 4) {
+        const int nx = N - n < 4 ? N - n : 4;
 #pragma omp parallel if (par)
         {
             int o0, o1;
             ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
-            if (o0 < o1) rows(y, x, weight, C, o0, o1);
+            if (o0 < o1) rows(out + (size_t)n * OC, OC, inp + (size_t)n * C, C, nx, weight, C, o0, o1);
         }
     }
 }
@@ -254,20 +345,127 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
                               const int8_t *restrict weight, /* (OC, C) */
                               const float *restrict scale,  /* (OC) */
                               int N, int C, int OC) {
-    if (N <= 0 || OC <= 0) return;
+    if (N <= 0 || OC <= 0 || C <= 0) return;
     const int avx512 = gemv_bf16_rows() == gemv_bf16_rows_avx512; /* the same ISA choice */
     const int par = (size_t)OC * C > CA_PAR_MIN * 8;
-    for (int n = 0; n < N; n++) {
-        float *y = out + (size_t)n * OC;
-        const float *x = inp + (size_t)n * C;
+    /* four inputs' quantised copies live on the stack: ≈ 4 · 3.3·C bytes (60 KB for LFM2-350M's widest
+     * input, 4608) */
+    const int Cp = (C + 63) & ~63;
+    int8_t qx[4][Cp];
+    uint8_t ax[4][Cp];
+    __mmask64 neg[4][Cp / 64];
+    float d[4][Cp / 32], d_lane[4][Cp / 4];
+    q8_input in[4];
+    for (int j = 0; j < 4; j++) in[j] = (q8_input){qx[j], ax[j], neg[j], d[j], d_lane[j]};
+    for (int n = 0; n < N; n += 4) {
+        const int nx = N - n < 4 ? N - n : 4;
+        for (int j = 0; j < nx; j++) q8_quantize_input(&in[j], inp + (size_t)(n + j) * C, C);
 #pragma omp parallel if (par)
         {
             int o0, o1;
             ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
             if (o0 < o1) {
-                if (avx512) gemv_q8_rows_avx512(y, x, weight, scale, C, o0, o1);
-                else gemv_q8_rows_avx2(y, x, weight, scale, C, o0, o1);
+                if (avx512) gemv_q8_rows_avx512(out + (size_t)n * OC, OC, in, nx, weight, scale, C, o0, o1);
+                else gemv_q8_rows_avx2(out + (size_t)n * OC, OC, in, nx, weight, scale, C, o0, o1);
             }
         }
     }
+}
+
+/* ---- the bf16 prefill GEMM: out (N, OC) = bf16(inp) (N, C) · W (OC, C)ᵀ, fp32 sums ----
+ * vdpbf16ps multiplies pairs of bf16 (exact products) and adds both to an fp32 lane: with x rounded to bf16 once
+ * (as transformers' bf16 model and llama.cpp do), a GEMM at twice the fp32 FMA rate. W is packed per panel of
+ * 32 output columns, as pairs along k: P[k/2][h][i] = (W[o0 + 16h + i, k], W[o0 + 16h + i, k + 1]), so one
+ * 64-byte load feeds 16 columns; each row of x contributes a broadcast pair. A tile is 8 rows × 32 columns
+ * (16 accumulators); every (n, o) sums k in the same order whatever the tiling, so a row's result does not
+ * depend on the other rows (batched prefill equals one-by-one). Without AVX512-BF16: the fp32 GEMM on bf16(x)
+ * and the fp32 values of W (the same products, summed in another order). */
+#define CA_GEMM_ROWS 8
+#define CA_GEMM_COLS 32
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_gemm_tile(
+    float *restrict out, int OC, const uint32_t *restrict xp, size_t ldx, const uint16_t *restrict panel, int K2,
+    const int nr, int o0) {
+    __m512 acc[CA_GEMM_ROWS][2];
+    for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int kp = 0; kp < K2; kp++) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64);
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64 + 32);
+        for (int r = 0; r < nr; r++) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[r * ldx + kp]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        const int o = o0 + 16 * h, n = OC - o < 16 ? OC - o : 16;
+        if (n <= 0) break;
+        const __mmask16 m = (__mmask16)((1u << n) - 1u);
+        for (int r = 0; r < nr; r++) _mm512_mask_storeu_ps(out + (size_t)r * OC + o, m, acc[r][h]);
+    }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_gemm_avx512(
+    float *restrict out, const uint32_t *restrict xp, int N, int K2, const uint16_t *restrict W, int C, int OC,
+    uint16_t *restrict panels /* (threads, K2, 32, 2) */, int par) {
+    const int count = (OC + CA_GEMM_COLS - 1) / CA_GEMM_COLS;
+#pragma omp parallel if (par)
+    {
+        uint16_t *panel = panels + (size_t)CA_OMP_IT() * K2 * 2 * CA_GEMM_COLS;
+#pragma omp for schedule(static)
+        for (int p = 0; p < count; p++) {
+            const int o0 = p * CA_GEMM_COLS;
+            for (int i = 0; i < CA_GEMM_COLS; i++) {
+                const uint16_t *w = o0 + i < OC ? W + (size_t)(o0 + i) * C : NULL;
+                uint16_t *dst = panel + 2 * i;
+                for (int kp = 0; kp < K2; kp++, dst += 2 * CA_GEMM_COLS) {
+                    const int k = 2 * kp;
+                    dst[0] = w ? w[k] : 0;
+                    dst[1] = w && k + 1 < C ? w[k + 1] : 0;
+                }
+            }
+            int n = 0;
+            for (; n + CA_GEMM_ROWS <= N; n += CA_GEMM_ROWS)
+                bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, CA_GEMM_ROWS, o0);
+            switch (N - n) {
+#define CA_TAIL(r)                                                                                                 \
+    case r: bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, r, o0); break;
+                CA_TAIL(1) CA_TAIL(2) CA_TAIL(3) CA_TAIL(4) CA_TAIL(5) CA_TAIL(6) CA_TAIL(7)
+#undef CA_TAIL
+            default: break;
+            }
+        }
+    }
+}
+
+int ca_cpu_linear_bf16_gemm_forward(float *restrict out,             /* (N, OC) */
+                                    const float *restrict inp,       /* (N, C) */
+                                    const uint16_t *restrict weight, /* (OC, C) bf16 */
+                                    const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
+                                    int N, int C, int OC) {
+    if (N <= 0 || OC <= 0 || C <= 0) return 0;
+    const int K2 = (C + 1) / 2;
+    if (gemv_bf16_rows() == gemv_bf16_rows_avx512) {
+        const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
+#ifdef _OPENMP
+        const int threads = par ? omp_get_max_threads() : 1;
+#else
+        const int threads = 1;
+#endif
+        /* x as bf16 pairs (N, K2), zero-padded to an even C, then the threads' W panels */
+        uint32_t *xp = malloc((size_t)N * K2 * sizeof(uint32_t) + (size_t)threads * K2 * 2 * CA_GEMM_COLS * 2);
+        if (!xp) return -1;
+        uint16_t *xb = (uint16_t *)xp;
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < 2 * K2; k++) xb[(size_t)n * 2 * K2 + k] = k < C ? bf16_round(inp[(size_t)n * C + k]) : 0;
+        bf16_gemm_avx512(out, xp, N, K2, weight, C, OC, (uint16_t *)(xp + (size_t)N * K2), par);
+        free(xp);
+        return 0;
+    }
+    float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
+    if (!xr) return -1;
+    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
+    ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
+    free(xr);
+    return 0;
 }

@@ -178,6 +178,47 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- low-precision decoding GEMVs (linear_lowp.c), CPU only ---- */
+static PyObject *py_linear_q8_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_q, *o_scale;
+    if (!PyArg_ParseTuple(args, "OOOO:linear_q8_forward", &o_out, &o_inp, &o_q, &o_scale)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(q, o_q, NPY_INT8, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(q, 0);
+    if (DIM(q, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(q, 1), C);
+    ARR(scale, o_scale, F32, 1, SHAPE(OC), 0, "scale");
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    NOGIL(ca_cpu_linear_q8_forward(FP(out), CFP(inp), (const int8_t *)PyArray_DATA(q), CFP(scale), N, C, OC));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_linear_bf16_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_w;
+    if (!PyArg_ParseTuple(args, "OOO:linear_bf16_forward", &o_out, &o_inp, &o_w)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(w, o_w, NPY_UINT16, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
+    if (DIM(w, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    NOGIL(ca_cpu_linear_bf16_forward(FP(out), CFP(inp), (const uint16_t *)PyArray_DATA(w), N, C, OC));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_linear_bf16_gemm_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_w, *o_wf;
+    if (!PyArg_ParseTuple(args, "OOOO:linear_bf16_gemm_forward", &o_out, &o_inp, &o_w, &o_wf)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(w, o_w, NPY_UINT16, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
+    if (DIM(w, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
+    ARR(wf, o_wf, F32, 2, SHAPE(OC, C), 0, "weight_f32");
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    int rc = 0;
+    NOGIL(rc = ca_cpu_linear_bf16_gemm_forward(FP(out), CFP(inp), (const uint16_t *)PyArray_DATA(w), CFP(wf), N, C, OC));
+    if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* ---- shortconv ---- */
 static PyObject *py_shortconv_forward(PyObject *self, PyObject *args) {
     PyObject *o_y, *o_u, *o_c, *o_z, *o_w, *o_state = Py_None;
@@ -621,6 +662,13 @@ PyMethodDef ca_py_ops_methods[] = {
     {"rmsnorm_backward", py_rmsnorm_backward, METH_VARARGS,
      "rmsnorm_backward(dinp (N,C) +=, dweight (C,) += or None, dout, inp, weight, rstd)"},
     {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(out (N,OC), inp (N,C), weight (OC,C), bias (OC,) or None)"},
+    {"linear_q8_forward", py_linear_q8_forward, METH_VARARGS,
+     "linear_q8_forward(out (N,OC), inp (N,C), q (OC,C) int8, scale (OC,)): the int8 decoding GEMV (CPU)"},
+    {"linear_bf16_forward", py_linear_bf16_forward, METH_VARARGS,
+     "linear_bf16_forward(out (N,OC), inp (N,C), weight (OC,C) bf16 bits as uint16): the bf16 decoding GEMV (CPU)"},
+    {"linear_bf16_gemm_forward", py_linear_bf16_gemm_forward, METH_VARARGS,
+     "linear_bf16_gemm_forward(out (N,OC), inp (N,C), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C) the same "
+     "values): the bf16 prefill GEMM (CPU)"},
     {"linear_backward", py_linear_backward, METH_VARARGS,
      "linear_backward(dinp (N,C) or None, dweight (OC,C) += or None, dbias (OC,) += or None, dout (N,OC), inp, weight, "
      "accumulate=False)"},

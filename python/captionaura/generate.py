@@ -14,14 +14,18 @@ Semantics follow transformers 5.23 ``GenerationMixin.generate``:
   Σ log p / new_len^length_penalty (new_len counts the eos token), stops per ``early_stopping``
   (True: when num_beams hypotheses are done; False: when the best running beam, scored at its current length,
   cannot beat the worst finished one; "never": the same test at max length when length_penalty > 0), and pads its
-  returned sequences with ``pad_token_id or eos_token_id[0]`` (transformers' expression, so pad id 0 pads with eos).
+  returned sequences with ``pad_token_id or eos_token_id[0]`` (transformers' expression, so pad id 0 pads with eos);
+* beam sampling (``do_sample`` with ``num_beams > 1``): the warpers act on the processed log-softmax scores and keep
+  at least ``max(2, 1 + len(eos))`` tokens per beam (so ``top_k=1`` keeps 2); the candidates are drawn without
+  replacement from the softmax over all beams' accumulated scores, in draw order (only the first ``num_beams``
+  draws may finish a hypothesis); scores accumulate the warped values (a temperature T divides them by T).
 
 Departures, on purpose:
 
 * each prompt runs unpadded with its own cache, so a batch equals decoding the prompts one by one (transformers
   needs left padding for that, and its no_repeat_ngram_size then also sees the pad tokens);
-* sampling draws from captionaura's own seeded generator (torch's RNG stream cannot be reproduced): the same seed,
-  prompts and settings give the same tokens; different seeds give different draws;
+* sampling and beam sampling draw from captionaura's own seeded generator (torch's RNG stream cannot be
+  reproduced): the same seed, prompts and settings give the same tokens; different seeds give different draws;
 * stop strings are checked in Python at token boundaries with the caller's tokenizer (``tokenizer.decode``):
   a row stops after the token that completes an occurrence of a stop string in its decoded new text;
 * the returned ids are the new tokens only (B·R, n), n = the longest continuation; transformers returns
@@ -240,8 +244,6 @@ def generate(model: Any, input_ids: Any, attention_mask: Any = None, generation:
     beams = g.num_beams > 1
     if beams and stream:
         raise ValueError("streaming needs greedy or sampling decoding (num_beams = 1)")
-    if beams and g.do_sample:
-        raise NotImplementedError("beam sampling (do_sample=True with num_beams > 1) is not supported")
     if g.stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer (pass tokenizer=...) to decode the generated text")
     if beams:  # transformers fills beam outputs with `pad_token_id or eos_token_id[0]`

@@ -365,13 +365,16 @@ class Lfm2Model:
         """Choose the weights used for inference ("fp32", "bf16" or "int8") and return self.
 
         "bf16" rounds every parameter to bf16 in place (irreversibly, as ``torch_model.to(torch.bfloat16)``) and
-        keeps a packed bf16 copy that one-token decoding steps read: half the memory traffic of fp32, with fp32
-        activations and sums. Prompts (several tokens) use the fp32 GEMMs on the same rounded values, so batched
-        and one-by-one generation agree. Loading weights, ``init`` and ``merge_lora`` re-pack; writing into
-        ``parameters()`` by hand needs another ``to_inference_dtype(...)``. "int8" does the same with each
-        matrix rounded to ``scale[row] * q`` (q an int8, scale = max |row| / 127; vectors stay fp32): a quarter of
-        the fp32 traffic. Training a bf16/int8 model raises: go back with ``to_inference_dtype("fp32")`` (which
-        keeps the rounded values). CPU only.
+        keeps a packed bf16 copy: decoding steps read it in a GEMV with fp32 activations and sums (half the memory
+        traffic of fp32); prompts (several tokens) run a bf16 GEMM on it with the activations rounded to bf16 and
+        fp32 sums (AVX512-BF16, twice the fp32 GEMM's rate; as transformers' bf16 model rounds them). "int8"
+        rounds each matrix to ``scale[row] * q`` (q an int8, scale = max |row| / 127; vectors stay fp32);
+        decoding steps quantise the activations per block of 32 to int8 too (as llama.cpp's q8_0 dot products)
+        and sum in integers: a quarter of the fp32 traffic; prompts use the fp32 GEMMs on the rounded values.
+        Each sequence of a batch gets the numbers it gets alone, so batched and one-by-one generation agree.
+        Loading weights, ``init`` and ``merge_lora`` re-pack; writing into ``parameters()`` by hand needs another
+        ``to_inference_dtype(...)``. Training a bf16/int8 model raises: go back with ``to_inference_dtype("fp32")``
+        (which keeps the rounded values). CPU only.
         """
         if dtype not in ("fp32", "bf16", "int8"):
             raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")

@@ -61,27 +61,37 @@ static void test_processors(void) {
     /* top_k = 2 over {1, 2, 2, 3, 0, −1}: threshold 2 keeps 3 and both tied 2s */
     float s[6] = {1, 2, 2, 3, 0, -1};
     g.top_k = 2;
-    ca_gen_warp(s, V, &g, wv, wi);
+    ca_gen_warp(s, V, &g, 1, wv, wi);
     CHECK(s[3] == 3 && s[1] == 2 && s[2] == 2 && isinf(s[0]) && isinf(s[4]) && isinf(s[5]));
     /* top_p tiny keeps only the top token (min_tokens_to_keep = 1) */
     float t[6] = {0, 0.5f, 4, 1, 0, 0};
     g.top_k = 0, g.top_p = 0.01f;
-    ca_gen_warp(t, V, &g, wv, wi);
+    ca_gen_warp(t, V, &g, 1, wv, wi);
     for (int i = 0; i < V; i++) CHECK(i == 2 ? t[i] == 4 : isinf(t[i]));
     /* top_p = 0.5 on probabilities (0.4, 0.3, 0.2, 0.1): ascending cumsum 0.1, 0.3, 0.6, 1 → drops 0.1 and 0.2 */
     float u[4] = {logf(0.1f), logf(0.4f), logf(0.2f), logf(0.3f)};
     g.top_p = 0.5f;
-    ca_gen_warp(u, 4, &g, wv, wi);
+    ca_gen_warp(u, 4, &g, 1, wv, wi);
     CHECK(isinf(u[0]) && isinf(u[2]) && !isinf(u[1]) && !isinf(u[3]));
     /* min_p = 0.45: keeps p ≥ 0.18 */
     float v[4] = {logf(0.1f), logf(0.4f), logf(0.2f), logf(0.3f)};
     g.top_p = 1.0f, g.min_p = 0.45f;
-    ca_gen_warp(v, 4, &g, wv, wi);
+    ca_gen_warp(v, 4, &g, 1, wv, wi);
     CHECK(isinf(v[0]) && !isinf(v[1]) && !isinf(v[2]) && !isinf(v[3]));
+    /* min_keep = 3 (beam sampling with two eos ids): top_k = 1, top_p tiny and min_p = 1 each keep the 3 best */
+    for (int which = 0; which < 3; which++) {
+        float x[6] = {1, 5, 2, 4, 0, 3};
+        ca_gen_config h = base_config(NULL, 0, 1);
+        if (which == 0) h.top_k = 1;
+        if (which == 1) h.top_k = 0, h.top_p = 0.01f;
+        if (which == 2) h.top_k = 0, h.min_p = 1.0f;
+        ca_gen_warp(x, 6, &h, 3, wv, wi);
+        CHECK(x[1] == 5 && x[3] == 4 && x[5] == 3 && isinf(x[0]) && isinf(x[2]) && isinf(x[4]));
+    }
     /* temperature divides */
     float w[2] = {1, -2};
     g.min_p = -1, g.temperature = 0.5f;
-    ca_gen_warp(w, 2, &g, wv, wi);
+    ca_gen_warp(w, 2, &g, 1, wv, wi);
     CHECK(w[0] == 2 && w[1] == -4);
     /* repetition penalty: s/θ for s > 0, s·θ for s < 0, unseen untouched */
     float r[3] = {2, -2, 2};

@@ -14,7 +14,7 @@ enum { CA_EARLY_STOP_FALSE = 0, CA_EARLY_STOP_TRUE = 1, CA_EARLY_STOP_NEVER = 2 
 typedef struct ca_gen_config {
     int max_new_tokens;       /* ≥ 0 */
     int min_new_tokens;       /* eos is masked (−inf) while fewer new tokens than this exist */
-    int do_sample;            /* 0: argmax (num_beams 1) or beam search; 1: multinomial (num_beams must be 1) */
+    int do_sample;            /* 0: argmax (num_beams 1) or beam search; 1: multinomial or beam sampling */
     float temperature;        /* sampling only; 1 = off */
     int top_k;                /* sampling only; 0 = off */
     float top_p;              /* sampling only; ≥ 1 = off */
@@ -28,7 +28,7 @@ typedef struct ca_gen_config {
     const int32_t *eos_ids;   /* n_eos ids (may be 0) */
     int n_eos;
     int32_t pad_id;           /* written after a sequence finished */
-    uint64_t seed;            /* sampling: row b draws from its own stream seeded with (seed, b) */
+    uint64_t seed;            /* sampling: row (or beam-sampled prompt) b draws from its own stream seeded with (seed, b) */
     /* rows that replace prompt token embeddings during prefill (LFM2-VL image features): positions index
      * the concatenated prompts; num_features 0 = none */
     const int32_t *feature_positions; /* (num_features) */
@@ -58,8 +58,10 @@ ca_status ca_generate(ca_lfm2_model *m, const ca_gen_config *g, const int32_t *p
 void ca_gen_repetition_penalty(float *scores, const uint8_t *seen, int V, float penalty);
 /* Bans (−inf) every token that would complete an n-gram already present in seq[0..len). */
 void ca_gen_no_repeat_ngram(float *scores, const int32_t *seq, int len, int n, int V);
-/* The sampling warpers in transformers' order: temperature, top-k, top-p, min-p (min_tokens_to_keep = 1). */
-void ca_gen_warp(float *scores, int V, const ca_gen_config *g, float *work_vals, int32_t *work_idx);
+/* The sampling warpers in transformers' order: temperature, top-k, top-p, min-p; each keeps at least min_keep
+ * tokens (transformers' min_tokens_to_keep: 1 for sampling, max(2, 1 + n_eos) for beam sampling).
+ * work_vals holds V floats, work_idx 2V int32. */
+void ca_gen_warp(float *scores, int V, const ca_gen_config *g, int min_keep, float *work_vals, int32_t *work_idx);
 /* A draw from softmax(scores) with the uniform u ∈ [0, 1). */
 int ca_gen_sample(const float *scores, int V, double u);
 

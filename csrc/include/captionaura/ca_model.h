@@ -137,6 +137,7 @@ typedef struct ca_lfm2_model {
     int8_t *params_q8;         /* (num_parameters): the matrices' entries; vectors stay fp32 in params */
     float *q8_scales;          /* one per row of every matrix */
     size_t *q8_scale_at;       /* (num_param_tensors) its first row's index in q8_scales */
+    int decoding_step;         /* inside a one-token-per-sequence cached forward: every row takes the GEMV */
 } ca_lfm2_model;
 
 /* "fp32" | "bf16" | "int8": weights used for inference. bf16 rounds every parameter to bf16 in place, int8

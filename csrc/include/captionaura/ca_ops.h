@@ -54,7 +54,8 @@ void ca_cpu_linear_backward(float *dinp,         /* (N, C): = dout·W, or += whe
                             const float *weight, /* (OC, C) */
                             int N, int C, int OC, int accumulate);
 
-/* ---- linear_lowp.c: decoding GEMV with bf16 or int8 weights, fp32 input and accumulation ---- */
+/* ---- linear_lowp.c: decoding GEMV with bf16 weights (fp32 input and sums) or int8 weights (input quantised per
+ * block of 32, integer block sums); the N inputs go four at a time, each row's result independent of N ---- */
 void ca_cpu_bf16_from_f32(uint16_t *out, /* (n) round to nearest even */
                           const float *in, /* (n) */
                           size_t n);
@@ -73,6 +74,13 @@ void ca_cpu_linear_q8_forward(float *out,           /* (N, OC) */
                               const int8_t *weight, /* (OC, C) */
                               const float *scale,   /* (OC) */
                               int N, int C, int OC);
+/* The bf16 prefill GEMM: out (N, OC) = bf16(inp) · Wᵀ with fp32 sums (AVX512-BF16; else the fp32 GEMM on bf16(inp)
+ * and weight_f32, W's values in fp32). Returns −1 (out untouched) when its workspace cannot be allocated. */
+int ca_cpu_linear_bf16_gemm_forward(float *out,             /* (N, OC) */
+                                    const float *inp,       /* (N, C) */
+                                    const uint16_t *weight, /* (OC, C) bf16 */
+                                    const float *weight_f32, /* (OC, C) */
+                                    int N, int C, int OC);
 /* "auto" | "avx512" | "avx2": the GEMV variant; -1 for an unknown name or an ISA this CPU lacks */
 int ca_cpu_lowp_set_isa(const char *isa);
 const char *ca_cpu_lowp_isa(void);
