@@ -449,9 +449,10 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
 }
 
 /* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token (or a decoding step of several sequences,
- * row by row, so that a batch computes what one-by-one decoding does) reads the packed bf16 / int8 copy when
- * there is one (memory-bound GEMV); prompts go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else
- * to the fp32 GEMM on the same rounded weight values. */
+ * row by row, so that a batch computes what one-by-one decoding does) goes through the row-streaming GEMV
+ * (memory-bound) on the packed bf16 / int8 copy when there is one, else on the fp32 weights (CPU backend);
+ * prompts go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else to the fp32 GEMM on the same
+ * rounded weight values. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
     const int gemv = N == 1 || m->decoding_step;
@@ -465,6 +466,8 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
             else hi = mid - 1;
         }
         ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, m->q8_scales + m->q8_scale_at[lo], N, C, OC);
+    } else if (gemv && !m->params_bf16 && m->be == &ca_cpu_backend) {
+        ca_cpu_linear_f32_gemv_forward(out, inp, W, N, C, OC);
     } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {
         m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
     }

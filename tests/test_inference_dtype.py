@@ -184,6 +184,19 @@ def test_bf16_gemv_equals_numpy(isa, C):
     assert_rows_equal_one_by_one(_core.linear_bf16_forward, out, x, bits)
 
 
+@pytest.mark.parametrize("C", [1024, 4608, 40, 7])
+def test_f32_gemv_equals_numpy(isa, C):
+    """The fp32 model's decoding GEMV (the same row-streaming kernel, fp32 weight loads)."""
+    rng = np.random.default_rng(C + 1)
+    w = rng.standard_normal((53, C)).astype(np.float32)
+    x = rng.standard_normal((5, C)).astype(np.float32)
+    out = np.full((5, 53), np.nan, np.float32)
+    _core.linear_f32_gemv_forward(out, x, w)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * (np.abs(x) @ np.abs(w).T).max())
+    assert_rows_equal_one_by_one(_core.linear_f32_gemv_forward, out, x, w)
+
+
 def assert_rows_equal_one_by_one(gemv, out: np.ndarray, x: np.ndarray, *weights: np.ndarray) -> None:
     """A batch of inputs (read four at a time) gives each row bit for bit what the input alone gives: batched
     decoding equals one-by-one decoding."""

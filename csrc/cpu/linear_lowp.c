@@ -1,4 +1,4 @@
-/* Low-precision weight-only GEMV for decoding: out (OC) = W (OC, C) · x (C) with W stored in bf16, or in int8
+/* Weight-streaming GEMVs for decoding: out (OC) = W (OC, C) · x (C) with W in fp32, in bf16, or in int8
  * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]). Decoding one token reads every weight once and
  * does 2 FLOP per weight, so it is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core).
  *
@@ -51,37 +51,54 @@ void ca_cpu_f32_from_bf16(float *restrict out, const uint16_t *restrict in, size
 }
 
 /* Rows [o0, o1) of out_j = W · x_j for nx ≤ 4 inputs x_j (stride ldx; outputs stride ldo), one weight row at a
- * time, each weight loaded once for all inputs. Every input gets the same sums in the same order whatever nx
- * is (four accumulators over 64 weights a pass, then 16-wide, then scalar), so a batch computes bit for bit
- * what one-by-one decoding does. nx is a constant in each instantiation (the wrappers below). */
+ * time, each weight loaded once for all inputs; W is bf16 (widened on load) or, with f32 set, fp32 (the fp32
+ * model's decoding GEMV: the same single stream per core, which OpenBLAS's sgemv does not keep). Every input
+ * gets the same sums in the same order whatever nx is (four accumulators over 64 weights a pass, then
+ * 16-wide, then scalar), so a batch computes bit for bit what one-by-one decoding does. nx and f32 are
+ * constants in each instantiation (the wrappers below). */
 #define CA_WIDEN512(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
-__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) static inline void bf16_rows_avx512(
-    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const uint16_t *restrict W,
-    int C, int o0, int o1) {
+#define CA_WIDEN256(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+
+static inline float weight_at(const void *w, int k, const int f32) {
+    return f32 ? ((const float *)w)[k] : bf16_widen(((const uint16_t *)w)[k]);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) static inline __m512 weights512(const void *w, int k,
+                                                                                                    const int f32) {
+    return f32 ? _mm512_loadu_ps((const float *)w + k) : CA_WIDEN512((const uint16_t *)w + k);
+}
+
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 weights256(const void *w, int k, const int f32) {
+    return f32 ? _mm256_loadu_ps((const float *)w + k) : CA_WIDEN256((const uint16_t *)w + k);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) static inline void rows_avx512(
+    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const void *restrict W,
+    const int f32, int C, int o0, int o1) {
     const int C64 = C & ~63, C16 = C & ~15;
+    const size_t row_bytes = (size_t)C * (f32 ? 4 : 2);
     for (int o = o0; o < o1; o++) {
-        const uint16_t *w = W + (size_t)o * C;
+        const void *w = (const char *)W + (size_t)o * row_bytes;
         __m512 a[4][4];
         for (int j = 0; j < nx; j++)
             for (int r = 0; r < 4; r++) a[j][r] = _mm512_setzero_ps();
         int k = 0;
         for (; k < C64; k += 64)
             for (int r = 0; r < 4; r++) {
-                const __m512 wv = CA_WIDEN512(w + k + 16 * r);
+                const __m512 wv = weights512(w, k + 16 * r, f32);
                 for (int j = 0; j < nx; j++) a[j][r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + k + 16 * r), a[j][r]);
             }
         for (; k < C16; k += 16) {
-            const __m512 wv = CA_WIDEN512(w + k);
+            const __m512 wv = weights512(w, k, f32);
             for (int j = 0; j < nx; j++) a[j][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + j * ldx + k), a[j][0]);
         }
         for (int j = 0; j < nx; j++) {
             float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[j][0], a[j][1]), _mm512_add_ps(a[j][2], a[j][3])));
-            for (int t = k; t < C; t++) s += bf16_widen(w[t]) * x[j * ldx + t];
+            for (int t = k; t < C; t++) s += weight_at(w, t, f32) * x[j * ldx + t];
             out[j * ldo + o] = s;
         }
     }
 }
-#undef CA_WIDEN512
 
 __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -90,56 +107,54 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-#define CA_WIDEN256(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-__attribute__((target("avx2,fma"), always_inline)) static inline void bf16_rows_avx2(
-    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const uint16_t *restrict W,
-    int C, int o0, int o1) {
+__attribute__((target("avx2,fma"), always_inline)) static inline void rows_avx2(
+    float *restrict out, size_t ldo, const float *restrict x, size_t ldx, const int nx, const void *restrict W,
+    const int f32, int C, int o0, int o1) {
     const int C32 = C & ~31, C8 = C & ~7;
+    const size_t row_bytes = (size_t)C * (f32 ? 4 : 2);
     for (int o = o0; o < o1; o++) {
-        const uint16_t *w = W + (size_t)o * C;
+        const void *w = (const char *)W + (size_t)o * row_bytes;
         __m256 a[4][4];
         for (int j = 0; j < nx; j++)
             for (int r = 0; r < 4; r++) a[j][r] = _mm256_setzero_ps();
         int k = 0;
         for (; k < C32; k += 32)
             for (int r = 0; r < 4; r++) {
-                const __m256 wv = CA_WIDEN256(w + k + 8 * r);
+                const __m256 wv = weights256(w, k + 8 * r, f32);
                 for (int j = 0; j < nx; j++) a[j][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k + 8 * r), a[j][r]);
             }
         for (; k < C8; k += 8) {
-            const __m256 wv = CA_WIDEN256(w + k);
+            const __m256 wv = weights256(w, k, f32);
             for (int j = 0; j < nx; j++) a[j][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + j * ldx + k), a[j][0]);
         }
         for (int j = 0; j < nx; j++) {
             float s = hsum256(_mm256_add_ps(_mm256_add_ps(a[j][0], a[j][1]), _mm256_add_ps(a[j][2], a[j][3])));
-            for (int t = k; t < C; t++) s += bf16_widen(w[t]) * x[j * ldx + t];
+            for (int t = k; t < C; t++) s += weight_at(w, t, f32) * x[j * ldx + t];
             out[j * ldo + o] = s;
         }
     }
 }
+#undef CA_WIDEN512
 #undef CA_WIDEN256
 
-typedef void (*gemv_bf16_rows_fn)(float *, size_t, const float *, size_t, int, const uint16_t *, int, int, int);
+typedef void (*gemv_rows_fn)(float *, size_t, const float *, size_t, int, const void *, int, int, int, int);
 
-__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_bf16_rows_avx512(
-    float *out, size_t ldo, const float *x, size_t ldx, int nx, const uint16_t *W, int C, int o0, int o1) {
-    switch (nx) {
-    case 1: bf16_rows_avx512(out, ldo, x, ldx, 1, W, C, o0, o1); break;
-    case 2: bf16_rows_avx512(out, ldo, x, ldx, 2, W, C, o0, o1); break;
-    case 3: bf16_rows_avx512(out, ldo, x, ldx, 3, W, C, o0, o1); break;
-    default: bf16_rows_avx512(out, ldo, x, ldx, 4, W, C, o0, o1); break;
-    }
+#define CA_ROWS_CASE(fn, n) \
+    case n: f32 ? fn(out, ldo, x, ldx, n, W, 1, C, o0, o1) : fn(out, ldo, x, ldx, n, W, 0, C, o0, o1); break;
+#define CA_ROWS_CASES(fn) \
+    switch (nx < 4 ? nx : 4) { CA_ROWS_CASE(fn, 1) CA_ROWS_CASE(fn, 2) CA_ROWS_CASE(fn, 3) default: CA_ROWS_CASE(fn, 4) }
+
+__attribute__((target("avx512f,avx512bw,avx512dq"))) static void gemv_rows_avx512(
+    float *out, size_t ldo, const float *x, size_t ldx, int nx, const void *W, int f32, int C, int o0, int o1) {
+    CA_ROWS_CASES(rows_avx512)
 }
 
-__attribute__((target("avx2,fma"))) static void gemv_bf16_rows_avx2(float *out, size_t ldo, const float *x, size_t ldx,
-                                                                    int nx, const uint16_t *W, int C, int o0, int o1) {
-    switch (nx) {
-    case 1: bf16_rows_avx2(out, ldo, x, ldx, 1, W, C, o0, o1); break;
-    case 2: bf16_rows_avx2(out, ldo, x, ldx, 2, W, C, o0, o1); break;
-    case 3: bf16_rows_avx2(out, ldo, x, ldx, 3, W, C, o0, o1); break;
-    default: bf16_rows_avx2(out, ldo, x, ldx, 4, W, C, o0, o1); break;
-    }
+__attribute__((target("avx2,fma"))) static void gemv_rows_avx2(float *out, size_t ldo, const float *x, size_t ldx,
+                                                               int nx, const void *W, int f32, int C, int o0, int o1) {
+    CA_ROWS_CASES(rows_avx2)
 }
+#undef CA_ROWS_CASES
+#undef CA_ROWS_CASE
 
 /* q (OC, C) = round(W / scale), scale (OC) = max_k |W[o, k]| / 127 (0 for an all-zero row); W is overwritten
  * with scale · q, the values the int8 GEMV multiplies by. */
@@ -303,9 +318,9 @@ static int cpu_has_avx512(void) {
 
 static int lowp_avx512 = -1; /* -1 until the first call: then the best the CPU has */
 
-static gemv_bf16_rows_fn gemv_bf16_rows(void) {
+static gemv_rows_fn gemv_rows(void) {
     if (lowp_avx512 < 0) lowp_avx512 = cpu_has_avx512();
-    return lowp_avx512 ? gemv_bf16_rows_avx512 : gemv_bf16_rows_avx2;
+    return lowp_avx512 ? gemv_rows_avx512 : gemv_rows_avx2;
 }
 
 int ca_cpu_lowp_set_isa(const char *isa) {
@@ -317,17 +332,15 @@ int ca_cpu_lowp_set_isa(const char *isa) {
 }
 
 const char *ca_cpu_lowp_isa(void) {
-    return gemv_bf16_rows() == gemv_bf16_rows_avx512 ? "avx512" : "avx2";
+    return gemv_rows() == gemv_rows_avx512 ? "avx512" : "avx2";
 }
 
 /* The inputs go four at a time (each weight read once per group); one parallel region per group, the rows
  * of W split over the threads. */
-void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
-                                const float *restrict inp,      /* (N, C) */
-                                const uint16_t *restrict weight, /* (OC, C) bf16 */
+static void linear_rows_forward(float *restrict out, const float *restrict inp, const void *restrict weight, int f32,
                                 int N, int C, int OC) {
     if (N <= 0 || OC <= 0) return;
-    const gemv_bf16_rows_fn rows = gemv_bf16_rows();
+    const gemv_rows_fn rows = gemv_rows();
     const int par = (size_t)OC * C > CA_PAR_MIN * 4;
     for (int n = 0; n < N; n += 4) {
         const int nx = N - n < 4 ? N - n : 4;
@@ -335,9 +348,23 @@ void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
         {
             int o0, o1;
             ca_col_slice(OC, CA_OMP_IT(), CA_OMP_NT(), &o0, &o1);
-            if (o0 < o1) rows(out + (size_t)n * OC, OC, inp + (size_t)n * C, C, nx, weight, C, o0, o1);
+            if (o0 < o1) rows(out + (size_t)n * OC, OC, inp + (size_t)n * C, C, nx, weight, f32, C, o0, o1);
         }
     }
+}
+
+void ca_cpu_linear_bf16_forward(float *restrict out,            /* (N, OC) */
+                                const float *restrict inp,      /* (N, C) */
+                                const uint16_t *restrict weight, /* (OC, C) bf16 */
+                                int N, int C, int OC) {
+    linear_rows_forward(out, inp, weight, 0, N, C, OC);
+}
+
+void ca_cpu_linear_f32_gemv_forward(float *restrict out,         /* (N, OC) */
+                                    const float *restrict inp,   /* (N, C) */
+                                    const float *restrict weight, /* (OC, C) */
+                                    int N, int C, int OC) {
+    linear_rows_forward(out, inp, weight, 1, N, C, OC);
 }
 
 void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
@@ -346,7 +373,7 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
                               const float *restrict scale,  /* (OC) */
                               int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return;
-    const int avx512 = gemv_bf16_rows() == gemv_bf16_rows_avx512; /* the same ISA choice */
+    const int avx512 = gemv_rows() == gemv_rows_avx512; /* the same ISA choice */
     const int par = (size_t)OC * C > CA_PAR_MIN * 8;
     /* four inputs' quantised copies live on the stack: ≈ 4 · 3.3·C bytes (60 KB for LFM2-350M's widest
      * input, 4608) */
@@ -445,7 +472,7 @@ int ca_cpu_linear_bf16_gemm_forward(float *restrict out,             /* (N, OC) 
                                     int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
     const int K2 = (C + 1) / 2;
-    if (gemv_bf16_rows() == gemv_bf16_rows_avx512) {
+    if (gemv_rows() == gemv_rows_avx512) {
         const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
 #ifdef _OPENMP
         const int threads = par ? omp_get_max_threads() : 1;

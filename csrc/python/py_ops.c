@@ -204,6 +204,18 @@ static PyObject *py_linear_bf16_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_linear_f32_gemv_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_w;
+    if (!PyArg_ParseTuple(args, "OOO:linear_f32_gemv_forward", &o_out, &o_inp, &o_w)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(w, o_w, F32, 2, "weight");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
+    if (DIM(w, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    NOGIL(ca_cpu_linear_f32_gemv_forward(FP(out), CFP(inp), CFP(w), N, C, OC));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_linear_bf16_gemm_forward(PyObject *self, PyObject *args) {
     PyObject *o_out, *o_inp, *o_w, *o_wf;
     if (!PyArg_ParseTuple(args, "OOOO:linear_bf16_gemm_forward", &o_out, &o_inp, &o_w, &o_wf)) return NULL;
@@ -664,6 +676,8 @@ PyMethodDef ca_py_ops_methods[] = {
     {"linear_forward", py_linear_forward, METH_VARARGS, "linear_forward(out (N,OC), inp (N,C), weight (OC,C), bias (OC,) or None)"},
     {"linear_q8_forward", py_linear_q8_forward, METH_VARARGS,
      "linear_q8_forward(out (N,OC), inp (N,C), q (OC,C) int8, scale (OC,)): the int8 decoding GEMV (CPU)"},
+    {"linear_f32_gemv_forward", py_linear_f32_gemv_forward, METH_VARARGS,
+     "linear_f32_gemv_forward(out (N,OC), inp (N,C), weight (OC,C) fp32): the fp32 decoding GEMV (CPU)"},
     {"linear_bf16_forward", py_linear_bf16_forward, METH_VARARGS,
      "linear_bf16_forward(out (N,OC), inp (N,C), weight (OC,C) bf16 bits as uint16): the bf16 decoding GEMV (CPU)"},
     {"linear_bf16_gemm_forward", py_linear_bf16_gemm_forward, METH_VARARGS,

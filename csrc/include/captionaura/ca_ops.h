@@ -64,6 +64,11 @@ void ca_cpu_linear_bf16_forward(float *out,             /* (N, OC) */
                                 const float *inp,       /* (N, C) */
                                 const uint16_t *weight, /* (OC, C) bf16 */
                                 int N, int C, int OC);
+/* The same row-streaming GEMV on fp32 weights (decoding steps of the fp32 model) */
+void ca_cpu_linear_f32_gemv_forward(float *out,          /* (N, OC) */
+                                    const float *inp,    /* (N, C) */
+                                    const float *weight, /* (OC, C) */
+                                    int N, int C, int OC);
 /* int8 weights with one scale per row: q = round(W / scale), scale = max|W[o]| / 127; W becomes scale · q */
 void ca_cpu_q8_quantize_rows(int8_t *q,    /* (OC, C) */
                              float *scale, /* (OC) */
