@@ -171,30 +171,23 @@ def test_bf16_gemm_equals_numpy(isa, C):
         assert_rows_equal_one_by_one(_core.linear_bf16_gemm_forward, out, x, bits, w)
 
 
+@pytest.mark.parametrize("weights", ["bf16", "fp32"])
 @pytest.mark.parametrize("C", [1024, 4608, 40, 7])
-def test_bf16_gemv_equals_numpy(isa, C):
+def test_gemv_equals_numpy(isa, C, weights):
+    """The decoding GEMV on bf16 weights (the bf16 mode) and on fp32 weights (the fp32 model's steps)."""
     rng = np.random.default_rng(C)
-    w = bf16_round(rng.standard_normal((53, C)).astype(np.float32))
-    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
-    x = rng.standard_normal((5, C)).astype(np.float32)
-    out = np.full((5, 53), np.nan, np.float32)
-    _core.linear_bf16_forward(out, x, bits)
-    want = x.astype(np.float64) @ w.astype(np.float64).T
-    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * (np.abs(x) @ np.abs(w).T).max())
-    assert_rows_equal_one_by_one(_core.linear_bf16_forward, out, x, bits)
-
-
-@pytest.mark.parametrize("C", [1024, 4608, 40, 7])
-def test_f32_gemv_equals_numpy(isa, C):
-    """The fp32 model's decoding GEMV (the same row-streaming kernel, fp32 weight loads)."""
-    rng = np.random.default_rng(C + 1)
     w = rng.standard_normal((53, C)).astype(np.float32)
+    if weights == "bf16":
+        w = bf16_round(w)
+        gemv, operand = _core.linear_bf16_forward, (w.view(np.uint32) >> 16).astype(np.uint16)
+    else:
+        gemv, operand = _core.linear_f32_gemv_forward, w
     x = rng.standard_normal((5, C)).astype(np.float32)
     out = np.full((5, 53), np.nan, np.float32)
-    _core.linear_f32_gemv_forward(out, x, w)
+    gemv(out, x, operand)
     want = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * (np.abs(x) @ np.abs(w).T).max())
-    assert_rows_equal_one_by_one(_core.linear_f32_gemv_forward, out, x, w)
+    assert_rows_equal_one_by_one(gemv, out, x, operand)
 
 
 def assert_rows_equal_one_by_one(gemv, out: np.ndarray, x: np.ndarray, *weights: np.ndarray) -> None:

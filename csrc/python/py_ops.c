@@ -192,28 +192,26 @@ static PyObject *py_linear_q8_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_linear_bf16_forward(PyObject *self, PyObject *args) {
+/* The decoding GEMVs: weight (OC, C) as bf16 bits (uint16) or fp32, the dtype the named op takes. */
+static PyObject *linear_gemv(PyObject *args, const char *format, int weight_type) {
     PyObject *o_out, *o_inp, *o_w;
-    if (!PyArg_ParseTuple(args, "OOO:linear_bf16_forward", &o_out, &o_inp, &o_w)) return NULL;
+    if (!PyArg_ParseTuple(args, format, &o_out, &o_inp, &o_w)) return NULL;
     DRIVER(inp, o_inp, F32, 2, "inp");
-    DRIVER(w, o_w, NPY_UINT16, 2, "weight");
+    DRIVER(w, o_w, weight_type, 2, "weight");
     int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
     if (DIM(w, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
     ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
-    NOGIL(ca_cpu_linear_bf16_forward(FP(out), CFP(inp), (const uint16_t *)PyArray_DATA(w), N, C, OC));
+    if (weight_type == F32) NOGIL(ca_cpu_linear_f32_gemv_forward(FP(out), CFP(inp), CFP(w), N, C, OC));
+    else NOGIL(ca_cpu_linear_bf16_forward(FP(out), CFP(inp), (const uint16_t *)PyArray_DATA(w), N, C, OC));
     Py_RETURN_NONE;
 }
 
+static PyObject *py_linear_bf16_forward(PyObject *self, PyObject *args) {
+    return linear_gemv(args, "OOO:linear_bf16_forward", NPY_UINT16);
+}
+
 static PyObject *py_linear_f32_gemv_forward(PyObject *self, PyObject *args) {
-    PyObject *o_out, *o_inp, *o_w;
-    if (!PyArg_ParseTuple(args, "OOO:linear_f32_gemv_forward", &o_out, &o_inp, &o_w)) return NULL;
-    DRIVER(inp, o_inp, F32, 2, "inp");
-    DRIVER(w, o_w, F32, 2, "weight");
-    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(w, 0);
-    if (DIM(w, 1) != C) return PyErr_Format(PyExc_ValueError, "weight has %d input features, inp has %d", DIM(w, 1), C);
-    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
-    NOGIL(ca_cpu_linear_f32_gemv_forward(FP(out), CFP(inp), CFP(w), N, C, OC));
-    Py_RETURN_NONE;
+    return linear_gemv(args, "OOO:linear_f32_gemv_forward", F32);
 }
 
 static PyObject *py_linear_bf16_gemm_forward(PyObject *self, PyObject *args) {

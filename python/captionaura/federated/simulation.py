@@ -455,6 +455,14 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
             out.append(t)
         return out
 
+    def split_example(client: FederatedClient, i: int, ex: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """(prompt ids, caption labels): the unscored prefix and the scored tokens."""
+        ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
+        scored = np.flatnonzero(labels != -100)
+        if scored.size == 0:
+            raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
+        return ids[: scored[0]].astype(np.int32), labels[scored]
+
     def caption_pairs(model: Lfm2VlModel, client: FederatedClient) -> tuple[dict, dict]:
         settings = model._caption_settings(None)  # ValueError without the processor
         settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
@@ -462,16 +470,12 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
         stops = set(np.atleast_1d(settings.eos_token_id).tolist()) - {None}
         refs, cands = {}, {}
         for i, ex in enumerate(client.eval):
-            ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
-            scored = np.flatnonzero(labels != -100)
-            if scored.size == 0:
-                raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
-            prompt = ids[: scored[0]].astype(np.int32)
+            prompt, caption = split_example(client, i, ex)
             features = model._features(prompt[None], ex.get("pixel_values"), ex.get("spatial_shapes"),
                                        ex.get("pixel_attention_mask"), train=False)
             if features[0] is None:
                 raise ValueError(f"client {client.client_id}: held-out example {i} has no image")
-            reference = until_end(labels[scored], stops)
+            reference = until_end(caption, stops)
             refs[i] = [model.processor.tokenizer.decode(reference, skip_special_tokens=True).strip()]
             cands[i] = model._generate_caption(prompt, features, settings)
         return refs, cands
@@ -486,13 +490,9 @@ def caption_eval_fn(max_new_tokens: int = 16, decode: Callable[[list[int]], str]
         stops = set(eos if isinstance(eos, list) else [eos]) - {None}
         refs, cands = {}, {}
         for i, ex in enumerate(client.eval):
-            ids, labels = np.asarray(ex["input_ids"]), np.asarray(ex["labels"])
-            scored = np.flatnonzero(labels != -100)
-            if scored.size == 0:
-                raise ValueError(f"client {client.client_id}: held-out example {i} has no caption tokens")
-            prompt = ids[: scored[0]].astype(np.int32)
+            prompt, caption = split_example(client, i, ex)
             new = model.generate(prompt[None, :], max_new_tokens=max_new_tokens, do_sample=False)
-            refs[i] = [words(until_end(labels[scored], stops))]
+            refs[i] = [words(until_end(caption, stops))]
             cands[i] = words(until_end(np.asarray(new)[0], stops | {_pad_id(model)}))
         scores = evaluate(refs, cands, metrics=metrics, tokenize="ptb" if decode is not None else "none").scores
         return {k: float(v) for k, v in scores.items()}
