@@ -310,12 +310,7 @@ def test_flower_deployment_with_secure_aggregation_and_dp_matches_simulation(tmp
                  secagg_stochastic_rounding=False, dp_noise_multiplier=0.5, dp_clipping_norm=0.05)
     app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
                            audit_dir=str(tmp_path / "audit"))
-    with flower.LocalFederation(kits, tmp_path / "run") as fed:
-        fed.start_superlink()
-        for i, name in enumerate(["site-0", "site-1"]):
-            fed.register(name)
-            fed.start_supernode(name, {"partition-id": i, "data": str(tmp_path / "data" / f"site-{i}.npz")})
-        fed.run(app, timeout=400)
+    deploy(kits, tmp_path / "run", app, tmp_path / "data")
     sim = cfg.replace(output_dir="").simulation(Lfm2Model.from_pretrained(MODEL), load_clients(tmp_path / "data"),
                                                 progressbar=False)
     sim.run()
@@ -329,14 +324,15 @@ def test_flower_deployment_with_secure_aggregation_and_dp_matches_simulation(tmp
     assert not list((tmp_path / "audit").glob("*/arrays.adapter.npy"))
 
 
-def deploy(kits: Path, workdir: Path, app: Path, data: Path, state: Path) -> None:
-    """One `flwr run` of `app` on a new SuperLink and two new SuperNodes, all killed afterwards."""
+def deploy(kits: Path, workdir: Path, app: Path, data: Path, state: Path | None = None) -> None:
+    """One `flwr run` of `app` on a new SuperLink and two new SuperNodes (site-0, site-1 with the data files
+    site-{i}.npz, and their state folders under `state`), all killed afterwards."""
     with flower.LocalFederation(kits, workdir) as fed:
         fed.start_superlink()
         for i, name in enumerate(["site-0", "site-1"]):
             fed.register(name)
-            fed.start_supernode(name, {"partition-id": i, "data": str(data / f"site-{i}.npz"),
-                                       "state-dir": str(state / name)})
+            node = {"partition-id": i, "data": str(data / f"site-{i}.npz")}
+            fed.start_supernode(name, node if state is None else {**node, "state-dir": str(state / name)})
         fed.run(app, timeout=400)
 
 
@@ -483,12 +479,7 @@ def test_flower_deployment_of_an_image_captioner_matches_simulation(tmp_path, ca
     cfg = captioner_config(tiny_captioner_dir, tmp_path / "flower-out")
     app = flower.write_app(tmp_path / "app", cfg, num_supernodes=2, reply_timeout=300.0,
                            audit_dir=str(tmp_path / "audit"))
-    with flower.LocalFederation(kits, tmp_path / "run") as fed:
-        fed.start_superlink()
-        for i, name in enumerate(["site-0", "site-1"]):
-            fed.register(name)
-            fed.start_supernode(name, {"partition-id": i, "data": str(tmp_path / "data" / f"site-{i}.npz")})
-        fed.run(app, timeout=400)
+    deploy(kits, tmp_path / "run", app, tmp_path / "data")
 
     sim = cfg.replace(output_dir="").simulation(load_base_model(tiny_captioner_dir),
                                                 [fl.FederatedClient(c, s) for c, s in enumerate(sites)],
