@@ -53,7 +53,7 @@ class DemoConfig:
     clients: int = 4
     rounds: int = 8
     local_steps: int = 10
-    personal_steps: int = 12
+    personal_steps: int = 6
     batch_size: int = 8
     train_per_user: int = 16
     test_per_user: int = 6
