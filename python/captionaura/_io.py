@@ -5,26 +5,34 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write `obj` as pretty JSON to `path` through a temp file and a rename, so a crash never leaves a
-    half-written file under the final name."""
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file opened for writing in `path`'s folder under a temporary name; on success it is flushed to disk
+    and renamed to `path`, on error it is removed, so a crash never leaves a half-written file under the final
+    name."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as pretty JSON to `path` atomically (:func:`atomic_write`)."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:

@@ -59,7 +59,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from captionaura._io import read_json, write_json_atomic
+from captionaura._io import atomic_write, read_json, write_json_atomic
 from captionaura.federated.client_data import check_client_data, load_client_data
 from captionaura.federated.config import FederatedConfig, load_base_model, save_outputs
 from captionaura.federated.dp import secagg_weight
@@ -279,13 +279,8 @@ class SiteState:
         """Keep the state after round `round_`, and of the older ones only the state that round began from."""
         self.folder.mkdir(parents=True, exist_ok=True)
         start = self._before(round_)
-        tmp = self.folder / f".round-{round_}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
-            os.replace(tmp, self.folder / f"round-{round_}.npz")
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(self.folder / f"round-{round_}.npz") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
         for r in self._saved_rounds():
             if start is not None and r < start:
                 (self.folder / f"round-{r}.npz").unlink(missing_ok=True)

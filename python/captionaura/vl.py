@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from captionaura import _core
-from captionaura._io import read_json, write_json_atomic
+from captionaura._io import atomic_write, read_json, write_json_atomic
 from captionaura.config import Lfm2Config
 from captionaura.device import cuda_available, cuda_status, normalize_device
 from captionaura.generate import GenerationConfig
@@ -728,15 +727,8 @@ class Lfm2VlModel:
 def _write_png_atomic(path: Path, frame: np.ndarray) -> None:
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(frame).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(frame).save(f, format="PNG")
 
 
 def _write_results(folder: Path, context: CaptionContext, captions: list[str], prompts: list[str]) -> None:

@@ -17,13 +17,13 @@ training asks for them (`ClientExamples`), so a client's photos are never all in
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from captionaura._io import atomic_write
 from captionaura.federated.simulation import FederatedClient
 from captionaura.model import Lfm2Model
 from captionaura.trainer import PIXEL_KEYS, Example
@@ -93,16 +93,8 @@ def save_client_data(path: str | os.PathLike, train: Sequence[Example],
                                   {k.rsplit(".", 1)[0] for k in arrays if k.endswith(".pixel_values")})
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(p) as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _images_everywhere_or_nowhere(path: str, examples: set[str], with_images: set[str]) -> None:
