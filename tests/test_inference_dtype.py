@@ -171,6 +171,30 @@ def test_bf16_gemm_equals_numpy(isa, C):
         assert_rows_equal_one_by_one(_core.linear_bf16_gemm_forward, out, x, bits, w)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("C, OC", [(1024, 45), (45, 1024), (7, 4101), (40, 9)])
+def test_bf16_gemm_backward_equals_numpy(isa, C, OC, accumulate):
+    """The input gradient through a frozen bf16 weight: dinp (=, or += with accumulate) bf16(dout) · W with fp32
+    sums, 19 rows × C columns (a panel of 32 and a partial one); OC = 4101 is odd and spans two chunks of the
+    reduction. Each row gets bit for bit what the row alone gets."""
+    rng = np.random.default_rng(C * OC)
+    w = bf16_round(rng.standard_normal((OC, C)).astype(np.float32))
+    bits = (w.view(np.uint32) >> 16).astype(np.uint16)
+    dout = rng.standard_normal((19, OC)).astype(np.float32)
+    start = rng.standard_normal((19, C)).astype(np.float32)
+    dinp = start.copy()
+    _core.linear_bf16_gemm_backward(dinp, dout, bits, w, accumulate)
+    dr = bf16_round(dout).astype(np.float64)
+    want = dr @ w.astype(np.float64) + (start if accumulate else 0)
+    np.testing.assert_allclose(dinp, want, rtol=0, atol=1e-5 * (np.abs(dr) @ np.abs(w)).max() + 1e-6)
+    assert np.abs(dr @ w - dout.astype(np.float64) @ w).max() > 1e-3  # dout's rounding shows
+    if isa == "avx512":
+        for n in range(19):
+            one = start[n:n + 1].copy()
+            _core.linear_bf16_gemm_backward(one, dout[n:n + 1], bits, w, accumulate)
+            np.testing.assert_array_equal(one[0], dinp[n])
+
+
 @pytest.mark.parametrize("weights", ["bf16", "fp32"])
 @pytest.mark.parametrize("C", [1024, 4608, 40, 7])
 def test_gemv_equals_numpy(isa, C, weights):

@@ -399,100 +399,203 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
     }
 }
 
-/* ---- the bf16 prefill GEMM: out (N, OC) = bf16(inp) (N, C) · W (OC, C)ᵀ, fp32 sums ----
- * vdpbf16ps multiplies pairs of bf16 (exact products) and adds both to an fp32 lane: with x rounded to bf16 once
- * (as transformers' bf16 model and llama.cpp do), a GEMM at twice the fp32 FMA rate. W is packed per panel of
- * 32 output columns, as pairs along k: P[k/2][h][i] = (W[o0 + 16h + i, k], W[o0 + 16h + i, k + 1]), so one
- * 64-byte load feeds 16 columns; each row of x contributes a broadcast pair. A tile is 8 rows × 32 columns
- * (16 accumulators); every (n, o) sums k in the same order whatever the tiling, so a row's result does not
- * depend on the other rows (batched prefill equals one-by-one). Without AVX512-BF16: the fp32 GEMM on bf16(x)
- * and the fp32 values of W (the same products, summed in another order). */
-#define CA_GEMM_ROWS 8
-#define CA_GEMM_COLS 32
+/* ---- bf16 GEMMs: prompts of a bf16 model, and training on a frozen bf16 base ----
+ *   forward     out (N, OC)     = bf16(x) (N, C) · Wᵀ
+ *   input grad  dx (N, C)  [+]= bf16(dy) (N, OC) · W          (W (OC, C) bf16, never trained here)
+ * vdpbf16ps adds a·b over a pair of bf16 (exact products) into an fp32 lane: twice the fp32 FMA rate. One
+ * register tile serves both: 8 rows of an operand A whose pairs along the reduction are contiguous as stored
+ * (one broadcast pair at a time) against a panel of 32 columns packed as pairs along the reduction,
+ * P[kp][j] = (b[2kp][j], b[2kp+1][j]), one 64-byte load per 16 columns:
+ *   forward:    A = W's rows (as stored),  P = 32 rows of bf16(x) (packed while rounding x)  → tile = outᵀ
+ *   input grad: A = bf16(dy)'s rows,       P = 32 columns of W (two rows interleaved)         → tile = dx
+ * Whatever the tiling and the thread count, every output sums its reduction in the same order (pair by pair,
+ * in chunks of CA_BF16_KC pairs for the input gradient), so a row's result does not depend on the other rows
+ * (batched prefill equals one-by-one). Without AVX512-BF16: the fp32 GEMM on the bf16-rounded inputs and W's
+ * fp32 values (the same products, summed in another order). */
+#define CA_BF16_ROWS 8
+#define CA_BF16_COLS 32
+#define CA_BF16_KC 2048 /* reduction pairs per input-gradient panel: 256 KiB, within L2 */
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_gemm_tile(
-    float *restrict out, int OC, const uint32_t *restrict xp, size_t ldx, const uint16_t *restrict panel, int K2,
-    const int nr, int o0) {
-    __m512 acc[CA_GEMM_ROWS][2];
+/* tile[r][j] = Σ_kp A[r][kp] · P[kp][j] (pairs), r < nr */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_tile(
+    float tile[CA_BF16_ROWS][CA_BF16_COLS], const uint16_t *restrict a, size_t lda /* in bf16 */, const int nr,
+    const uint32_t *restrict panel, int K2) {
+    __m512 acc[CA_BF16_ROWS][2];
     for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int kp = 0; kp < K2; kp++) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64);
-        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * 64 + 32);
+        const __m512bh p0 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * CA_BF16_COLS);
+        const __m512bh p1 = (__m512bh)_mm512_loadu_si512(panel + (size_t)kp * CA_BF16_COLS + 16);
         for (int r = 0; r < nr; r++) {
-            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[r * ldx + kp]);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+            uint32_t pair;
+            memcpy(&pair, a + r * lda + 2 * (size_t)kp, sizeof pair);
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, p0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, p1);
         }
     }
-    for (int h = 0; h < 2; h++) {
-        const int o = o0 + 16 * h, n = OC - o < 16 ? OC - o : 16;
-        if (n <= 0) break;
-        const __mmask16 m = (__mmask16)((1u << n) - 1u);
-        for (int r = 0; r < nr; r++) _mm512_mask_storeu_ps(out + (size_t)r * OC + o, m, acc[r][h]);
+    for (int r = 0; r < nr; r++) {
+        _mm512_storeu_ps(tile[r], acc[r][0]);
+        _mm512_storeu_ps(tile[r] + 16, acc[r][1]);
     }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_gemm_avx512(
-    float *restrict out, const uint32_t *restrict xp, int N, int K2, const uint16_t *restrict W, int C, int OC,
-    uint16_t *restrict panels /* (threads, K2, 32, 2) */, int par) {
-    const int count = (OC + CA_GEMM_COLS - 1) / CA_GEMM_COLS;
+/* nr is a constant in each instantiation, so the accumulators stay in registers */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_tile_rows(
+    float tile[CA_BF16_ROWS][CA_BF16_COLS], const uint16_t *a, size_t lda, int nr, const uint32_t *panel, int K2) {
+    switch (nr) {
+#define CA_ROWS(r) case r: bf16_tile(tile, a, lda, r, panel, K2); break;
+        CA_ROWS(1) CA_ROWS(2) CA_ROWS(3) CA_ROWS(4) CA_ROWS(5) CA_ROWS(6) CA_ROWS(7)
+#undef CA_ROWS
+    default: bf16_tile(tile, a, lda, CA_BF16_ROWS, panel, K2); break;
+    }
+}
+
+/* out (ldo ≥ K rounded up to even) = bf16(in) (K), round to nearest even; the odd tail pair gets a zero.
+ * vcvtne2ps2bf16 reads denormal inputs as zero. */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static inline void bf16_row_avx512(
+    uint16_t *restrict out, const float *restrict in, int K) {
+    int k = 0;
+    for (; k + 32 <= K; k += 32)
+        _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + k + 16), _mm512_loadu_ps(in + k)));
+    for (; k < K; k++) out[k] = bf16_round(in[k]);
+    if (K % 2) out[K] = 0;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_rows_avx512(
+    uint16_t *restrict out, size_t ldo, const float *restrict in, int n, int K) {
+#pragma omp parallel for if ((size_t)n * K > CA_PAR_MIN) schedule(static)
+    for (int i = 0; i < n; i++) bf16_row_avx512(out + (size_t)i * ldo, in + (size_t)i * K, K);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_forward_avx512(
+    float *restrict out, const float *restrict inp, const uint16_t *restrict W, int N, int C, int OC) {
+    const int K2 = (C + 1) / 2, panels = (N + CA_BF16_COLS - 1) / CA_BF16_COLS;
+    const int groups = (OC + CA_BF16_ROWS - 1) / CA_BF16_ROWS;
+    /* x as panels of 32 rows, pairs along C: xp[p][kp][j] = bf16 pair of x[32p + j] at 2kp (rows past N: 0) */
+    uint32_t *xp = calloc((size_t)panels * K2 * CA_BF16_COLS, sizeof(uint32_t)); /* (panels, K2, 32) */
+    uint16_t *Wp = NULL;                                                          /* (OC, 2·K2): odd C only */
+    if (!xp) return -1;
+    if (C % 2) { /* W's rows as stored start mid-pair: a padded copy */
+        if (!(Wp = malloc((size_t)OC * 2 * K2 * sizeof(uint16_t)))) return free(xp), -1;
+        for (int o = 0; o < OC; o++) {
+            memcpy(Wp + (size_t)o * 2 * K2, W + (size_t)o * C, (size_t)C * sizeof(uint16_t));
+            Wp[(size_t)o * 2 * K2 + C] = 0;
+        }
+    }
+    const uint16_t *A = Wp ? Wp : W;
+    const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
 #pragma omp parallel if (par)
     {
-        uint16_t *panel = panels + (size_t)CA_OMP_IT() * K2 * 2 * CA_GEMM_COLS;
+        uint16_t row[2 * K2];
 #pragma omp for schedule(static)
-        for (int p = 0; p < count; p++) {
-            const int o0 = p * CA_GEMM_COLS;
-            for (int i = 0; i < CA_GEMM_COLS; i++) {
-                const uint16_t *w = o0 + i < OC ? W + (size_t)(o0 + i) * C : NULL;
-                uint16_t *dst = panel + 2 * i;
-                for (int kp = 0; kp < K2; kp++, dst += 2 * CA_GEMM_COLS) {
-                    const int k = 2 * kp;
-                    dst[0] = w ? w[k] : 0;
-                    dst[1] = w && k + 1 < C ? w[k + 1] : 0;
-                }
-            }
-            int n = 0;
-            for (; n + CA_GEMM_ROWS <= N; n += CA_GEMM_ROWS)
-                bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, CA_GEMM_ROWS, o0);
-            switch (N - n) {
-#define CA_TAIL(r)                                                                                                 \
-    case r: bf16_gemm_tile(out + (size_t)n * OC, OC, xp + (size_t)n * K2, K2, panel, K2, r, o0); break;
-                CA_TAIL(1) CA_TAIL(2) CA_TAIL(3) CA_TAIL(4) CA_TAIL(5) CA_TAIL(6) CA_TAIL(7)
-#undef CA_TAIL
-            default: break;
+        for (int n = 0; n < N; n++) {
+            bf16_row_avx512(row, inp + (size_t)n * C, C);
+            uint32_t *dst = xp + (size_t)(n / CA_BF16_COLS) * K2 * CA_BF16_COLS + n % CA_BF16_COLS;
+            for (int kp = 0; kp < K2; kp++) memcpy(dst + (size_t)kp * CA_BF16_COLS, row + 2 * kp, sizeof(uint32_t));
+        }
+        float tile[CA_BF16_ROWS][CA_BF16_COLS];
+#pragma omp for schedule(static)
+        for (int g = 0; g < groups; g++) {
+            const int o0 = g * CA_BF16_ROWS, nr = OC - o0 < CA_BF16_ROWS ? OC - o0 : CA_BF16_ROWS;
+            for (int p = 0; p < panels; p++) {
+                const int n0 = p * CA_BF16_COLS, nc = N - n0 < CA_BF16_COLS ? N - n0 : CA_BF16_COLS;
+                bf16_tile_rows(tile, A + (size_t)o0 * 2 * K2, 2 * (size_t)K2, nr,
+                               xp + (size_t)p * K2 * CA_BF16_COLS, K2);
+                for (int j = 0; j < nc; j++)
+                    for (int r = 0; r < nr; r++) out[(size_t)(n0 + j) * OC + o0 + r] = tile[r][j];
             }
         }
     }
+    free(xp);
+    free(Wp);
+    return 0;
 }
 
-int ca_cpu_linear_bf16_gemm_forward(float *restrict out,             /* (N, OC) */
-                                    const float *restrict inp,       /* (N, C) */
-                                    const uint16_t *restrict weight, /* (OC, C) bf16 */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_backward_avx512(
+    float *restrict dinp, const float *restrict dout, const uint16_t *restrict W, int N, int C, int OC,
+    int accumulate) {
+    const int K2 = (OC + 1) / 2, panels = (C + CA_BF16_COLS - 1) / CA_BF16_COLS;
+    const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
+#ifdef _OPENMP
+    const int threads = par ? omp_get_max_threads() : 1;
+#else
+    const int threads = 1;
+#endif
+    const int KC = K2 < CA_BF16_KC ? K2 : CA_BF16_KC;
+    /* (N, ldy) bf16(dout), zero-padded; rows 64 bytes apart from a power-of-two stride, so a tile's 8 rows do
+     * not share L1 sets */
+    const size_t ldy = 2 * (size_t)K2 + 32;
+    uint16_t *dy = malloc((size_t)N * ldy * sizeof(uint16_t));
+    uint32_t *panels_ws = malloc((size_t)threads * KC * CA_BF16_COLS * sizeof(uint32_t)); /* (threads, KC, 32) */
+    if (!dy || !panels_ws) return free(dy), free(panels_ws), -1;
+    bf16_rows_avx512(dy, ldy, dout, N, OC);
+    const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                        37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+#pragma omp parallel if (par)
+    {
+        uint32_t *panel = panels_ws + (size_t)CA_OMP_IT() * KC * CA_BF16_COLS;
+        float tile[CA_BF16_ROWS][CA_BF16_COLS];
+#pragma omp for schedule(static)
+        for (int p = 0; p < panels; p++) {
+            const int c0 = p * CA_BF16_COLS, nc = C - c0 < CA_BF16_COLS ? C - c0 : CA_BF16_COLS;
+            const __mmask32 cols = nc == 32 ? ~0u : (1u << nc) - 1u;
+            for (int k0 = 0; k0 < K2; k0 += KC) {
+                const int kn = K2 - k0 < KC ? K2 - k0 : KC;
+                for (int kp = 0; kp < kn; kp++) { /* P[kp][j] = (W[2kp, c0 + j], W[2kp + 1, c0 + j]) */
+                    const int o = 2 * (k0 + kp);
+                    const __m512i r0 = _mm512_maskz_loadu_epi16(cols, W + (size_t)o * C + c0);
+                    const __m512i r1 = o + 1 < OC ? _mm512_maskz_loadu_epi16(cols, W + (size_t)(o + 1) * C + c0)
+                                                  : _mm512_setzero_si512();
+                    _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS, _mm512_permutex2var_epi16(r0, lo, r1));
+                    _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS + 16, _mm512_permutex2var_epi16(r0, hi, r1));
+                }
+                for (int n0 = 0; n0 < N; n0 += CA_BF16_ROWS) {
+                    const int nr = N - n0 < CA_BF16_ROWS ? N - n0 : CA_BF16_ROWS;
+                    bf16_tile_rows(tile, dy + (size_t)n0 * ldy + 2 * (size_t)k0, ldy, nr, panel, kn);
+                    for (int r = 0; r < nr; r++) {
+                        float *d = dinp + (size_t)(n0 + r) * C + c0;
+                        for (int j = 0; j < nc; j++) d[j] = (accumulate || k0 ? d[j] : 0.0f) + tile[r][j];
+                    }
+                }
+            }
+        }
+    }
+    free(dy);
+    free(panels_ws);
+    return 0;
+}
+
+int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC) */
+                                    const float *restrict inp,        /* (N, C) */
+                                    const uint16_t *restrict weight,  /* (OC, C) bf16 */
                                     const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
                                     int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
-    const int K2 = (C + 1) / 2;
-    if (gemv_rows() == gemv_rows_avx512) {
-        const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
-#ifdef _OPENMP
-        const int threads = par ? omp_get_max_threads() : 1;
-#else
-        const int threads = 1;
-#endif
-        /* x as bf16 pairs (N, K2), zero-padded to an even C, then the threads' W panels */
-        uint32_t *xp = malloc((size_t)N * K2 * sizeof(uint32_t) + (size_t)threads * K2 * 2 * CA_GEMM_COLS * 2);
-        if (!xp) return -1;
-        uint16_t *xb = (uint16_t *)xp;
-        for (int n = 0; n < N; n++)
-            for (int k = 0; k < 2 * K2; k++) xb[(size_t)n * 2 * K2 + k] = k < C ? bf16_round(inp[(size_t)n * C + k]) : 0;
-        bf16_gemm_avx512(out, xp, N, K2, weight, C, OC, (uint16_t *)(xp + (size_t)N * K2), par);
-        free(xp);
-        return 0;
-    }
+    if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_forward_avx512(out, inp, weight, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
     ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
     free(xr);
+    return 0;
+}
+
+int ca_cpu_linear_bf16_gemm_backward(float *restrict dinp,             /* (N, C) = or += (accumulate) */
+                                     const float *restrict dout,       /* (N, OC) */
+                                     const uint16_t *restrict weight,  /* (OC, C) bf16 */
+                                     const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
+                                     int N, int C, int OC, int accumulate) {
+    if (N <= 0 || C <= 0) return 0;
+    if (OC <= 0) {
+        if (!accumulate) memset(dinp, 0, (size_t)N * C * sizeof(float));
+        return 0;
+    }
+    if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_backward_avx512(dinp, dout, weight, N, C, OC, accumulate);
+    float *dr = malloc((size_t)N * OC * sizeof(float)); /* bf16(dout) as fp32 */
+    if (!dr) return -1;
+    for (size_t i = 0; i < (size_t)N * OC; i++) dr[i] = bf16_widen(bf16_round(dout[i]));
+    ca_cpu_linear_backward(dinp, NULL, NULL, dr, NULL, weight_f32, N, C, OC, accumulate);
+    free(dr);
     return 0;
 }

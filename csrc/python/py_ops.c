@@ -229,6 +229,24 @@ static PyObject *py_linear_bf16_gemm_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_linear_bf16_gemm_backward(PyObject *self, PyObject *args) {
+    PyObject *o_dinp, *o_dout, *o_w, *o_wf;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOOO|p:linear_bf16_gemm_backward", &o_dinp, &o_dout, &o_w, &o_wf, &accumulate))
+        return NULL;
+    DRIVER(dout, o_dout, F32, 2, "dout");
+    DRIVER(w, o_w, NPY_UINT16, 2, "weight");
+    int N = DIM(dout, 0), OC = DIM(dout, 1), C = DIM(w, 1);
+    if (DIM(w, 0) != OC) return PyErr_Format(PyExc_ValueError, "weight has %d output features, dout has %d", DIM(w, 0), OC);
+    ARR(wf, o_wf, F32, 2, SHAPE(OC, C), 0, "weight_f32");
+    ARR(dinp, o_dinp, F32, 2, SHAPE(N, C), 1, "dinp");
+    int rc = 0;
+    NOGIL(rc = ca_cpu_linear_bf16_gemm_backward(FP(dinp), CFP(dout), (const uint16_t *)PyArray_DATA(w), CFP(wf), N, C,
+                                                OC, accumulate));
+    if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* ---- shortconv ---- */
 static PyObject *py_shortconv_forward(PyObject *self, PyObject *args) {
     PyObject *o_y, *o_u, *o_c, *o_z, *o_w, *o_state = Py_None;
@@ -681,6 +699,9 @@ PyMethodDef ca_py_ops_methods[] = {
     {"linear_bf16_gemm_forward", py_linear_bf16_gemm_forward, METH_VARARGS,
      "linear_bf16_gemm_forward(out (N,OC), inp (N,C), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C) the same "
      "values): the bf16 prefill GEMM (CPU)"},
+    {"linear_bf16_gemm_backward", py_linear_bf16_gemm_backward, METH_VARARGS,
+     "linear_bf16_gemm_backward(dinp (N,C), dout (N,OC), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C), "
+     "accumulate=False): dinp = or += bf16(dout) · W, the input gradient through a frozen bf16 weight (CPU)"},
     {"linear_backward", py_linear_backward, METH_VARARGS,
      "linear_backward(dinp (N,C) or None, dweight (OC,C) += or None, dbias (OC,) += or None, dout (N,OC), inp, weight, "
      "accumulate=False)"},

@@ -79,13 +79,20 @@ void ca_cpu_linear_q8_forward(float *out,           /* (N, OC) */
                               const int8_t *weight, /* (OC, C) */
                               const float *scale,   /* (OC) */
                               int N, int C, int OC);
-/* The bf16 prefill GEMM: out (N, OC) = bf16(inp) · Wᵀ with fp32 sums (AVX512-BF16; else the fp32 GEMM on bf16(inp)
- * and weight_f32, W's values in fp32). Returns −1 (out untouched) when its workspace cannot be allocated. */
+/* The bf16 GEMMs of prompts and of training on a frozen bf16 base: out (N, OC) = bf16(inp) · Wᵀ, and its input
+ * gradient dinp (N, C) = or += bf16(dout) · W, with fp32 sums (AVX512-BF16; else the fp32 GEMM on the rounded
+ * operand and weight_f32, W's values in fp32). Return −1 (outputs untouched) when a workspace cannot be
+ * allocated. */
 int ca_cpu_linear_bf16_gemm_forward(float *out,             /* (N, OC) */
                                     const float *inp,       /* (N, C) */
                                     const uint16_t *weight, /* (OC, C) bf16 */
                                     const float *weight_f32, /* (OC, C) */
                                     int N, int C, int OC);
+int ca_cpu_linear_bf16_gemm_backward(float *dinp,             /* (N, C) */
+                                     const float *dout,       /* (N, OC) */
+                                     const uint16_t *weight,  /* (OC, C) bf16 */
+                                     const float *weight_f32, /* (OC, C) */
+                                     int N, int C, int OC, int accumulate);
 /* "auto" | "avx512" | "avx2": the GEMV variant; -1 for an unknown name or an ISA this CPU lacks */
 int ca_cpu_lowp_set_isa(const char *isa);
 const char *ca_cpu_lowp_isa(void);
