@@ -3,7 +3,11 @@ thread count and the same adapters (r=16 on every linear projection), measured i
 its own process so its peak resident memory (ru_maxrss) is its own.
 
     python benchmarks/bench_train.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--steps 3]
-                                     [--torch-python /path/to/venv-with-torch-peft/bin/python]
+                                     [--dtypes fp32,bf16] [--torch-python /path/to/venv-with-torch-peft/bin/python]
+
+--dtypes bf16 trains the adapters (fp32) on a frozen bf16 base on both sides: ours with
+``to_inference_dtype("bf16")`` (bf16 GEMMs with fp32 sums), PyTorch with the model cast to bf16 (PEFT keeps
+the adapters in fp32). Each bf16 row is also compared with PyTorch's fp32 run, the anchor the issue names.
 
 The PyTorch side may run in another interpreter (``--torch-python``): a reference virtual environment with
 torch 2.13, transformers and peft, kept apart from the project's own.
@@ -23,7 +27,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"
 RANK = 16
 
 
-def run_ours(config: dict, seq: int, steps: int, threads: int) -> dict:
+def run_ours(config: dict, seq: int, steps: int, threads: int, dtype: str) -> dict:
     import numpy as np
 
     import captionaura as ca
@@ -31,6 +35,7 @@ def run_ours(config: dict, seq: int, steps: int, threads: int) -> dict:
     ca.set_num_threads(threads)
     model = ca.Lfm2Model.from_config(config, seed=0)
     model.add_lora(ca.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
+    model.to_inference_dtype(dtype)
     model.set_optimizer(ca.AdamWConfig(lr=1e-4))
     ids = np.random.default_rng(0).integers(0, config["vocab_size"], (1, seq)).astype(np.int32)
     batch = {"input_ids": ids, "labels": ids}
@@ -39,14 +44,14 @@ def run_ours(config: dict, seq: int, steps: int, threads: int) -> dict:
     return {"tok_s": seq / best, "trainable": model.num_trainable_parameters()}
 
 
-def run_torch(config: dict, seq: int, steps: int, threads: int) -> dict:
+def run_torch(config: dict, seq: int, steps: int, threads: int, dtype: str) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = Lfm2ForCausalLM(Lfm2Config(**config)).float()
+    model = Lfm2ForCausalLM(Lfm2Config(**config)).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, config["vocab_size"], (1, seq))
@@ -68,18 +73,18 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def worker(side: str, config: dict, seq: int, steps: int, threads: int) -> None:
-    result = (run_ours if side == "ours" else run_torch)(config, seq, steps, threads)
+def worker(side: str, config: dict, seq: int, steps: int, threads: int, dtype: str) -> None:
+    result = (run_ours if side == "ours" else run_torch)(config, seq, steps, threads, dtype)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def measure(side: str, shape: str, args) -> dict | None:
+def measure(side: str, shape: str, dtype: str, args) -> dict | None:
     from bench_lfm2 import SHAPES
 
     python = args.torch_python if side == "torch" and args.torch_python else sys.executable
     cmd = [python, __file__, "--worker", side, "--config", json.dumps(SHAPES[shape]), "--seq", str(args.seq),
-           "--steps", str(args.steps), "--threads", str(args.threads)]
+           "--steps", str(args.steps), "--threads", str(args.threads), "--dtypes", dtype]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -94,30 +99,35 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--shapes", default="tiny,350m")
+    p.add_argument("--dtypes", default="fp32,bf16", help="frozen base weights: fp32, bf16 or both")
     p.add_argument("--torch-python", help="interpreter with torch, transformers and peft (default: this one)")
     p.add_argument("--worker", choices=("ours", "torch"))
     p.add_argument("--config", help=argparse.SUPPRESS)  # a worker's model config (JSON)
     p.add_argument("--json")
     args = p.parse_args()
     if args.worker:
-        worker(args.worker, json.loads(args.config), args.seq, args.steps, args.threads)
+        worker(args.worker, json.loads(args.config), args.seq, args.steps, args.threads, args.dtypes)
         return
     sys.path.insert(0, str(Path(__file__).parent))
     results = {}
     print(f"LoRA r={RANK} on {', '.join(TARGETS)}; batch 1 x {args.seq}; {args.threads} thread(s); best of {args.steps}")
-    print(f"{'shape':<6} {'trainable':>10} {'captionaura tok/s':>18} {'torch+peft tok/s':>17} {'speed':>6} "
-          f"{'ours MB':>8} {'torch MB':>9} {'memory':>7}")
+    print(f"{'shape':<6} {'base':<5} {'trainable':>10} {'ours tok/s':>11} {'torch tok/s':>12} {'speed':>6} "
+          f"{'vs torch fp32':>14} {'ours MB':>8} {'torch MB':>9} {'memory':>7}")
     for shape in args.shapes.split(","):
-        ours, theirs = measure("ours", shape, args), measure("torch", shape, args)
-        results[shape] = {"ours": ours, "torch": theirs}
-        if not ours:
-            continue
-        t_tok = f"{theirs['tok_s']:17.1f}" if theirs else f"{'-':>17}"
-        speed = f"{ours['tok_s'] / theirs['tok_s']:6.2f}" if theirs else f"{'-':>6}"
-        t_mb = f"{theirs['peak_rss_mb']:9.0f}" if theirs else f"{'-':>9}"
-        mem = f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:7.2f}" if theirs else f"{'-':>7}"
-        print(f"{shape:<6} {ours['trainable']:>10,} {ours['tok_s']:18.1f} {t_tok} {speed} {ours['peak_rss_mb']:8.0f} "
-              f"{t_mb} {mem}")
+        for dtype in args.dtypes.split(","):
+            ours, theirs = measure("ours", shape, dtype, args), measure("torch", shape, dtype, args)
+            results[f"{shape}/{dtype}"] = {"ours": ours, "torch": theirs}
+            if not ours:
+                continue
+            fp32 = results.get(f"{shape}/fp32", {}).get("torch")
+            cell = lambda v, w, fmt: format(v, fmt) if v is not None else format("-", f">{w}")  # noqa: E731
+            speed = ours["tok_s"] / theirs["tok_s"] if theirs else None
+            vs_fp32 = ours["tok_s"] / fp32["tok_s"] if fp32 else None
+            memory = ours["peak_rss_mb"] / theirs["peak_rss_mb"] if theirs else None
+            print(f"{shape:<6} {dtype:<5} {ours['trainable']:>10,} {ours['tok_s']:11.1f} "
+                  f"{cell(theirs and theirs['tok_s'], 12, '12.1f')} {cell(speed, 6, '6.2f')} "
+                  f"{cell(vs_fp32, 14, '14.2f')} {ours['peak_rss_mb']:8.0f} "
+                  f"{cell(theirs and theirs['peak_rss_mb'], 9, '9.0f')} {cell(memory, 7, '7.2f')}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -448,14 +448,14 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
-/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token (or a decoding step of several sequences,
- * row by row, so that a batch computes what one-by-one decoding does) goes through the row-streaming GEMV
- * (memory-bound) on the packed bf16 / int8 copy when there is one, else on the fp32 weights (CPU backend);
- * prompts go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else to the fp32 GEMM on the same
- * rounded weight values. */
+/* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token of inference (or a decoding step of several
+ * sequences, row by row, so that a batch computes what one-by-one decoding does) goes through the
+ * row-streaming GEMV (memory-bound) on the packed bf16 / int8 copy when there is one, else on the fp32 weights
+ * (CPU backend); prompts and training go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else to the
+ * fp32 GEMM on the same rounded weight values. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
-    const int gemv = N == 1 || m->decoding_step;
+    const int gemv = (N == 1 && !m->training) || m->decoding_step;
     if (m->params_bf16 && gemv) {
         ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + at, N, C, OC);
     } else if (m->params_q8 && gemv) { /* W's tensor: the last one starting at or before `at` */
@@ -471,6 +471,16 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
     } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {
         m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
     }
+}
+
+/* dinp (N, C) = or += dout (N, OC) · W, and dW += doutᵀ · inp when W trains. A bf16 model trains adapters
+ * only: its frozen W passes the gradient through the bf16 GEMM (dout rounded to bf16, fp32 sums). */
+static void head_backward(ca_lfm2_model *m, float *dinp, const float *dout, const float *inp, const float *W, int N,
+                          int C, int OC, int accumulate) {
+    if (m->params_bf16 &&
+        ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, N, C, OC, accumulate) == 0)
+        return;
+    m->be->linear_backward(dinp, grad_of(m, W), NULL, dout, inp, W, N, C, OC, accumulate);
 }
 
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
@@ -495,7 +505,7 @@ static void proj_backward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *din
                           int N, int accumulate, backward_scratch *s) {
     int in, outd;
     const float *W = proj_weight(m, l, proj, &in, &outd);
-    m->be->linear_backward(dinp, grad_of(m, W), NULL, dout, inp, W, N, in, outd, accumulate);
+    head_backward(m, dinp, dout, inp, W, N, in, outd, accumulate);
     const ca_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
@@ -703,9 +713,12 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     const ca_lfm2_config *c = &m->cfg;
     const int N = B * T, C = c->hidden_size, V = c->vocab_size;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
-    if (m->params_bf16 || m->params_q8)
-        return ca_error(CA_ERR_VALUE, "the model holds %s inference weights: call to_inference_dtype('fp32') "
-                                      "before training", ca_lfm2_inference_dtype(m));
+    if (m->params_q8)
+        return ca_error(CA_ERR_VALUE, "the model holds int8 inference weights: call to_inference_dtype('fp32') "
+                                      "before training");
+    if (m->params_bf16 && any_trainable(m))
+        return ca_error(CA_ERR_VALUE, "a model with bf16 weights trains LoRA adapters only (a frozen base): call "
+                                      "to_inference_dtype('fp32') to train base parameters");
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {
@@ -756,11 +769,10 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
         const int rows = count - r0 < m->head_rows ? (int)(count - r0) : m->head_rows;
         const int32_t *index = m->head_index + r0, *targets = m->head_targets + r0;
         m->be->gather_rows(m->head_x, m->xf, index, rows, C);
-        m->be->linear_forward(m->logits, m->head_x, m->lm_head, NULL, rows, C, V);
+        head_forward(m, m->logits, m->head_x, m->lm_head, rows, C, V);
         loss_sum += m->be->crossentropy_forward(NULL, m->logits, targets, rows, V);
         m->be->crossentropy_backward(m->logits, m->logits, targets, (float)(1.0 / (double)count), rows, V);
-        m->be->linear_backward(m->head_dx, grad_of(m, m->lm_head), NULL, m->logits, m->head_x, m->lm_head, rows, C,
-                               V, 0);
+        head_backward(m, m->head_dx, m->logits, m->head_x, m->lm_head, rows, C, V, 0);
         m->be->scatter_rows(s.dx, m->head_dx, index, rows, C);
     }
     *loss = loss_sum / (double)count;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "captionaura/ca_json.h"
+#include "captionaura/ca_profile.h"
 #include "captionaura/ca_safetensors.h"
 
 #define VISION_PREFIX "model.vision_tower.vision_model."
@@ -243,6 +244,7 @@ ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, c
 
 void ca_vision_free(ca_vision_model *m) {
     if (!m) return;
+    ca_cpu_backend.free(m->params_bf16);
     m->be->free(m->params);
     m->be->free(m->grads);
     m->be->free(m->acts);
@@ -263,6 +265,9 @@ void ca_vision_free(ca_vision_model *m) {
  * views through a fresh table as ca_lfm2_set_backend does. On failure nothing changes. */
 ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
     if (be == m->be) return CA_OK;
+    if (m->params_bf16)
+        return ca_error(CA_ERR_VALUE, "bf16 vision weights run on the CPU only: call to_inference_dtype('fp32') "
+                                      "before moving the model to %s", be->name);
     ca_param_table tb = {0};
     ca_status st = build_param_table(m, &tb);
     if (st != CA_OK) {
@@ -283,6 +288,31 @@ ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
     return CA_OK;
 }
 
+/* Rounds params to bf16 in place and refreshes the bf16 copy (after anything that wrote params). */
+static void repack_bf16(ca_vision_model *m) {
+    if (!m->params_bf16) return;
+    ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
+    ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
+}
+
+ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype) {
+    const int bf16 = !strcmp(dtype, "bf16");
+    if (!bf16 && strcmp(dtype, "fp32"))
+        return ca_error(CA_ERR_VALUE, "vision dtype '%s' is not one of 'fp32', 'bf16'", dtype);
+    if (bf16 && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
+        return ca_error(CA_ERR_VALUE, "bf16 vision weights run on the CPU only (the model is on %s)", m->be->name);
+    ca_cpu_backend.free(m->params_bf16);
+    m->params_bf16 = NULL;
+    if (bf16 && !(m->params_bf16 = ca_cpu_backend.alloc(m->num_parameters * sizeof(uint16_t))))
+        return ca_error(CA_ERR_NOMEM, "out of memory for %zu bf16 vision weights", m->num_parameters);
+    repack_bf16(m);
+    return CA_OK;
+}
+
+const char *ca_vision_dtype(const ca_vision_model *m) {
+    return m->params_bf16 ? "bf16" : "fp32";
+}
+
 int ca_vision_find_param(const ca_vision_model *m, const char *name) {
     return ca_param_find(m->param_info, m->num_param_tensors, name);
 }
@@ -301,6 +331,7 @@ ca_status ca_vision_init_random(ca_vision_model *m, uint64_t seed, float std) {
         }
         ca_rng_fill_normal(&rng, w, p->numel, std);
     }
+    repack_bf16(m);
     return CA_OK;
 }
 
@@ -494,7 +525,13 @@ static void proj_forward(ca_vision_model *m, int l, ca_vision_proj proj, float *
     int in, outd;
     float *bias;
     const float *W = proj_weight(m, l, proj, &bias, &in, &outd);
-    m->be->linear_forward(out, inp, W, bias, rows, in, outd);
+    if (m->params_bf16 && ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + (W - m->params), W, rows, in,
+                                                          outd) == 0) {
+        for (int n = 0; bias && n < rows; n++)
+            for (int o = 0; o < outd; o++) out[(size_t)n * outd + o] += bias[o];
+    } else {
+        m->be->linear_forward(out, inp, W, bias, rows, in, outd);
+    }
     const ca_vision_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *x = inp;
@@ -520,7 +557,10 @@ static void proj_backward(ca_vision_model *m, int l, ca_vision_proj proj, float 
     int in, outd;
     float *bias;
     const float *W = proj_weight(m, l, proj, &bias, &in, &outd);
-    m->be->linear_backward(dinp, grad_of(m, W), grad_of(m, bias), dout, inp, W, rows, in, outd, accumulate);
+    if (!m->params_bf16 || !dinp ||
+        ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, rows, in, outd,
+                                         accumulate) != 0) /* (bf16: the base is frozen, no dW or db) */
+        m->be->linear_backward(dinp, grad_of(m, W), grad_of(m, bias), dout, inp, W, rows, in, outd, accumulate);
     const ca_vision_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
@@ -663,6 +703,9 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
     const int f = c->downsample_factor, U = D * f * f, PH = c->projector_hidden_size;
     const int NH = c->num_attention_heads, HS = D / NH, L = c->num_layers_run, G = (int)lround(sqrt((double)c->num_patches));
     const int T = m->num_tiles, N = (int)m->tile_off[T], M = (int)m->tile_tok[T];
+    if (m->params_bf16 && !m->base_frozen)
+        return ca_error(CA_ERR_VALUE, "a vision tower with bf16 weights trains LoRA adapters only (a frozen base): "
+                                      "call to_inference_dtype('fp32') to train base parameters");
     if (m->base_frozen) {
         /* LoRA: no base gradient to fill */
     } else if (!m->grads) {
@@ -842,6 +885,7 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
+    if (st == CA_OK) repack_bf16(m);
     return st;
 }
 
@@ -943,5 +987,6 @@ ca_status ca_vision_lora_merge(ca_vision_model *m, float sign) {
         m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out,
                           a->r);
     }
+    repack_bf16(m);
     return CA_OK;
 }

@@ -235,6 +235,21 @@ static PyObject *Vision_to_device(VisionObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Vision_set_dtype(VisionObject *self, PyObject *arg) {
+    if (!ready(self)) return NULL;
+    const char *dtype = PyUnicode_AsUTF8(arg);
+    if (!dtype) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_set_dtype(self->model, dtype));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_dtype(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    return PyUnicode_FromString(ca_vision_dtype(self->model));
+}
+
 static PyObject *Vision_get_backend(VisionObject *self, void *closure) {
     if (!ready(self)) return NULL;
     return PyUnicode_FromString(self->model->be->name);
@@ -354,6 +369,9 @@ static PyMethodDef Vision_methods[] = {
      "save_safetensors(path): writes the vision and projector tensors as float32, atomically."},
     {"to_device", (PyCFunction)Vision_to_device, METH_O,
      "to_device(name): move parameters, gradients and adapters to the 'cpu' or 'cuda' backend."},
+    {"set_dtype", (PyCFunction)Vision_set_dtype, METH_O,
+     "set_dtype('fp32' | 'bf16'): the weights' dtype (bf16 rounds them in place; bf16 GEMMs, CPU)."},
+    {"dtype", (PyCFunction)Vision_dtype, METH_NOARGS, "'fp32' or 'bf16'."},
     {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
     {"lora_add", (PyCFunction)(void (*)(void))Vision_lora_add, METH_VARARGS | METH_KEYWORDS,

@@ -107,6 +107,7 @@ typedef struct ca_vision_model {
     int num_param_tensors;
     size_t num_parameters;     /* floats in params (tensors are 16-float aligned) */
     float *params, *grads;     /* (num_parameters); grads allocated on first backward */
+    uint16_t *params_bf16;     /* (num_parameters) bf16 weights (params then hold the same rounded values), or NULL */
 
     float *patch_w, *patch_b;  /* (D, K), (D) embeddings.patch_embedding */
     float *pos_table;          /* (G, G, D) embeddings.position_embedding, G = sqrt(num_patches) */
@@ -156,6 +157,11 @@ typedef struct ca_vision_model {
 } ca_vision_model;
 
 ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, const ca_backend *be);
+/* "fp32" | "bf16": the weights' dtype (CPU). bf16 rounds every parameter in place and keeps a bf16 copy: every
+ * linear runs the bf16 GEMM (inputs rounded to bf16, fp32 sums); a backward then passes gradients through the
+ * frozen base only (LoRA). Loading, init and merging re-pack. */
+ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype);
+const char *ca_vision_dtype(const ca_vision_model *m);
 void ca_vision_free(ca_vision_model *m);
 /* Moves the model's buffers to backend `be` (e.g. &ca_cuda_backend); CA_ERR_NOMEM leaves it unchanged. */
 ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be);
