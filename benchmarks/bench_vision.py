@@ -2,7 +2,12 @@
 (transformers' Siglip2VisionModel + Lfm2VlMultiModalProjector, the same weights, the same thread count),
 measured side by side in one run. One 512x512 tile = 32x32 = 1024 patches -> 256 image tokens.
 
-    python benchmarks/bench_vision.py [--threads 2] [--shapes tiny,450m] [--steps 3] [--no-torch] [--json out.json]
+    python benchmarks/bench_vision.py [--threads 2] [--shapes tiny,450m] [--dtypes fp32,bf16] [--steps 3]
+                                      [--no-torch] [--json out.json]
+
+--dtypes bf16 encodes with bf16 weights on both sides (forward only): ours with ``VisionTower.to_dtype("bf16")``
+(bf16 GEMMs, fp32 sums and every other op fp32), PyTorch with the tower and projector cast to bf16; each bf16
+row is also set against PyTorch's fp32 forward, the anchor the issue names.
 
 Needs torch (2.13.0 CPU) and transformers (>= 5) in the same environment for the PyTorch column. PyTorch runs
 its default attention (SDPA); ours and PyTorch's runs alternate step by step and the best of --steps is kept.
@@ -72,7 +77,7 @@ def make_inputs(side: int, patch_dim: int, seed: int = 0):
     return pv, np.array([[side, side]], np.int32), np.ones((1, n), np.int32)
 
 
-def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int):
+def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int, dtype: str = "fp32"):
     import torch
     from transformers import Lfm2VlConfig, Siglip2VisionConfig, Siglip2VisionModel
     from transformers.models.lfm2_vl.modeling_lfm2_vl import Lfm2VlMultiModalProjector
@@ -85,6 +90,7 @@ def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int
                        projector_bias=cfg.projector_bias, downsample_factor=cfg.downsample_factor)
     tower = Siglip2VisionModel(vcfg).float().eval()
     proj = Lfm2VlMultiModalProjector(top).float().eval()
+    tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     # the same weights as ours
     params = vt.parameters()
     with torch.no_grad():
@@ -92,7 +98,8 @@ def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int
             p.copy_(torch.from_numpy(params["model.vision_tower.vision_model." + name]))
         for name, p in proj.named_parameters():
             p.copy_(torch.from_numpy(params["model.multi_modal_projector." + name]))
-    t_pv, t_ss, t_mask = torch.from_numpy(pv), torch.from_numpy(ss).long(), torch.from_numpy(mask)
+    tower, proj = tower.to(tdtype), proj.to(tdtype)
+    t_pv, t_ss, t_mask = torch.from_numpy(pv).to(tdtype), torch.from_numpy(ss).long(), torch.from_numpy(mask)
 
     def features():  # Lfm2VlModel.get_image_features for one tile
         h = tower(pixel_values=t_pv, spatial_shapes=t_ss, pixel_attention_mask=t_mask).last_hidden_state
@@ -102,7 +109,7 @@ def torch_side(cfg: VisionConfig, vt: VisionTower, pv, ss, mask, R, threads: int
 
     def fwd():
         with torch.inference_mode():
-            return features()
+            return features().float()
 
     t_R = torch.from_numpy(R)
 
@@ -118,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shapes", default="tiny,450m")
+    ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--side", type=int, default=32, help="patches per tile side (32 = one 512x512 tile)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
@@ -127,39 +135,52 @@ def main() -> None:
     results = []
     for shape in args.shapes.split(","):
         cfg = VisionConfig(**SHAPES[shape])
-        vt = VisionTower.from_config(cfg, seed=0)
-        pv, ss, mask = make_inputs(args.side, cfg.patch_dim)
-        feats = vt.encode(pv, ss, mask)
-        R = np.random.default_rng(1).standard_normal(feats.shape).astype(np.float32)
-        def ours_fwd():
-            return vt.encode(pv, ss, mask)
+        torch_fp32_forward = None
+        for dtype in args.dtypes.split(","):
+            vt = VisionTower.from_config(cfg, seed=0).to_dtype(dtype)
+            pv, ss, mask = make_inputs(args.side, cfg.patch_dim)
+            feats = vt.encode(pv, ss, mask)
+            R = np.random.default_rng(1).standard_normal(feats.shape).astype(np.float32)
 
-        def ours_fwd_bwd():
-            vt.encode(pv, ss, mask, train=True)
-            vt.backward(R)
+            def ours_fwd():
+                return vt.encode(pv, ss, mask)
 
-        row = {"shape": shape, "patches": args.side ** 2, "tokens": int(feats.shape[0]), "threads": args.threads}
-        if args.no_torch:
-            row["ours_forward_s"] = best_time(ours_fwd, args.steps)
-            row["ours_forward_backward_s"] = best_time(ours_fwd_bwd, args.steps)
-        else:
-            t_fwd, t_fwd_bwd, impl = torch_side(cfg, vt, pv, ss, mask, R, args.threads)
-            diff = float(np.max(np.abs(t_fwd().numpy() - feats)))
-            a, b = best_times_interleaved([ours_fwd, t_fwd], args.steps)
-            c, d = best_times_interleaved([ours_fwd_bwd, t_fwd_bwd], args.steps)
-            row.update({"ours_forward_s": a, "torch_forward_s": b, "ours_forward_backward_s": c,
-                        "torch_forward_backward_s": d, "torch_attn": impl, "max_abs_diff_vs_torch": diff})
-        results.append(row)
-        print(json.dumps(row), flush=True)
+            def ours_fwd_bwd():  # every parameter's gradient (an fp32 tower)
+                vt.encode(pv, ss, mask, train=True)
+                vt.backward(R)
 
-    print("\n| shape | patches -> tokens | threads | pass | captionaura (s) | PyTorch (s) | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+            row = {"shape": shape, "dtype": dtype, "patches": args.side ** 2, "tokens": int(feats.shape[0]),
+                   "threads": args.threads}
+            if args.no_torch:
+                row["ours_forward_s"] = best_time(ours_fwd, args.steps)
+                if dtype == "fp32":
+                    row["ours_forward_backward_s"] = best_time(ours_fwd_bwd, args.steps)
+            else:
+                t_fwd, t_fwd_bwd, impl = torch_side(cfg, vt, pv, ss, mask, R, args.threads, dtype)
+                diff = float(np.max(np.abs(t_fwd().numpy() - feats)))
+                a, b = best_times_interleaved([ours_fwd, t_fwd], args.steps)
+                row.update({"ours_forward_s": a, "torch_forward_s": b, "torch_attn": impl,
+                            "max_abs_diff_vs_torch": diff, "feature_scale": float(np.abs(feats).max())})
+                if dtype == "fp32":
+                    torch_fp32_forward = b
+                    c, d = best_times_interleaved([ours_fwd_bwd, t_fwd_bwd], args.steps)
+                    row.update({"ours_forward_backward_s": c, "torch_forward_backward_s": d})
+                row["torch_fp32_forward_s"] = torch_fp32_forward
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+    print("\n| shape | weights | patches -> tokens | threads | pass | captionaura (s) | PyTorch, same dtype (s) "
+          "| speed-up | vs PyTorch fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for name, ok, tk in (("forward", "ours_forward_s", "torch_forward_s"),
                              ("forward+backward", "ours_forward_backward_s", "torch_forward_backward_s")):
-            t = r.get(tk)
-            print(f"| {r['shape']} | {r['patches']} -> {r['tokens']} | {r['threads']} | {name} | {r[ok]:.3f} | "
-                  f"{t:.3f} | {t / r[ok]:.2f}x |" if t else f"| {r['shape']} | ... | {name} | {r[ok]:.3f} | - | - |")
+            if ok not in r:
+                continue
+            t, t32 = r.get(tk), r.get("torch_fp32_forward_s") if name == "forward" else r.get(tk)
+            cells = [f"{t:.3f}" if t else "-", f"{t / r[ok]:.2f}x" if t else "-", f"{t32 / r[ok]:.2f}x" if t32 else "-"]
+            print(f"| {r['shape']} | {r['dtype']} | {r['patches']} -> {r['tokens']} | {r['threads']} | {name} | "
+                  f"{r[ok]:.3f} | {' | '.join(cells)} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

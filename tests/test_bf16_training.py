@@ -1,7 +1,8 @@
 """LoRA training on a frozen bf16 base (``to_inference_dtype("bf16")``, then ``loss_and_grad`` / ``train_step``).
 The base GEMMs round their activation or gradient operand to bf16 and sum in fp32; test_inference_dtype.py
 checks each kernel against NumPy computing that scheme. Here the whole step stays close to fp32 on the same
-rounded weights, with both ISAs; training still learns; anything that would train a base parameter is refused."""
+rounded weights, with both ISAs, for the language model and for a captioner's tower and projector; training
+still learns; anything that would train a base parameter is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 import captionaura as ca
 from captionaura import _core
 from test_lora import CASES, load_case, rel, tiny_model
+from test_vl_lora import CASES as VL_CASES
+from test_vl_lora import HERE as VL_FIXTURES
+from test_vl_lora import pixel_args as vl_pixel_args
 
 # Measured on the PEFT fixtures (bf16 against fp32 on the same rounded weights): loss 1.6e-4 to 9.6e-4
 # relative, the worst adapter gradient 1.6e-2 to 2.4e-2 relative to its norm. Rounding the weights alone moves
@@ -75,3 +79,39 @@ def test_what_a_frozen_bf16_base_cannot_train_is_refused():
     model.to_inference_dtype("int8")
     with pytest.raises(ValueError, match="int8"):
         model.loss_and_grad(ids, ids)
+
+
+@pytest.mark.parametrize("name", VL_CASES)
+def test_captioner_tower_and_language_model_in_bf16(name):
+    """A captioner in bf16 (language model, tower and projector): image features, the caption loss and every
+    adapter gradient (tower adapters included) stay close to fp32 on the same rounded weights."""
+    folder = VL_FIXTURES / "vl_lora" / name
+    ref = dict(np.load(folder / "reference.npz"))
+    model = ca.Lfm2VlModel.from_pretrained(VL_FIXTURES / "lfm2vl" / "base")
+    model.load_adapter(folder / "adapter")
+    model.to_inference_dtype("bf16")
+    assert model.vision.dtype == "bf16" and model.inference_dtype == "bf16"
+    pixels = vl_pixel_args()
+    features = model.image_features(**pixels)
+    loss = model.loss_and_grad(ref["input_ids"], ref["labels"], **pixels)
+    grads = {k: v.copy() for k, v in model.lora_gradients().items()}
+    model.to_inference_dtype("fp32")
+    assert model.vision.dtype == "fp32"
+    features32 = model.image_features(**pixels)
+    loss32 = model.loss_and_grad(ref["input_ids"], ref["labels"], **pixels)
+    assert 0 < rel(features, features32) <= 1e-2
+    assert abs(loss - loss32) <= LOSS_BOUND * abs(loss32)
+    assert any("vision_tower" in k for k in grads)
+    for key, g in model.lora_gradients().items():
+        assert rel(grads[key], g) <= GRAD_BOUND, key
+
+
+def test_bf16_tower_trains_adapters_only():
+    model = ca.Lfm2VlModel.from_pretrained(VL_FIXTURES / "lfm2vl" / "base").to_inference_dtype("bf16")
+    pixels = vl_pixel_args()
+    features = model.vision.encode(pixels["pixel_values"], pixels["spatial_shapes"], pixels["pixel_attention_mask"],
+                                   train=True)
+    with pytest.raises(ValueError, match="LoRA adapters only"):
+        model.vision.backward(np.ones_like(features))
+    with pytest.raises(ValueError, match="'fp32', 'bf16'"):
+        model.vision.to_dtype("int8")

@@ -228,6 +228,22 @@ class VisionTower:
         self._core.to_device(normalize_device(device))
         return self
 
+    def to_dtype(self, dtype: str) -> "VisionTower":
+        """The weights' dtype, "fp32" or "bf16", and return self. "bf16" rounds every parameter to bf16 in place
+        (as ``.to(torch.bfloat16)``; LFM2-VL checkpoints are stored in bf16, so their weights lose nothing) and
+        keeps a bf16 copy: each linear runs a bf16 GEMM with the input rounded to bf16 and fp32 sums
+        (AVX512-BF16), twice the fp32 GEMM's rate; backward then trains LoRA adapters only. Everything else stays
+        fp32. CPU only."""
+        if dtype not in ("fp32", "bf16"):
+            raise ValueError(f"vision dtype {dtype!r} is not one of 'fp32', 'bf16'")
+        self._core.set_dtype(dtype)
+        return self
+
+    @property
+    def dtype(self) -> str:
+        """"fp32" or "bf16" (see ``to_dtype``)."""
+        return self._core.dtype()
+
     def parameters(self) -> dict[str, np.ndarray]:
         return self._views(self._core.params())
 

@@ -715,10 +715,19 @@ class Lfm2VlModel:
         return self
 
     def to_inference_dtype(self, dtype: str) -> "Lfm2VlModel":
-        """The language model's inference weights ("fp32", "bf16" or "int8", see ``Lfm2Model.to_inference_dtype``);
-        decoding is where they matter (the vision tower runs once per image and stays fp32). Returns self."""
+        """The weights used for inference and LoRA training: "fp32", "bf16" or "int8" for the language model (see
+        ``Lfm2Model.to_inference_dtype``); the tower and projector follow in bf16 (``VisionTower.to_dtype``: bf16
+        GEMMs, twice the fp32 rate) and stay fp32 otherwise. Returns self."""
+        if dtype not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")
         self.text.to_inference_dtype(dtype)
+        self.vision.to_dtype("bf16" if dtype == "bf16" else "fp32")
         return self
+
+    @property
+    def inference_dtype(self) -> str:
+        """The language model's inference dtype (the tower is bf16 exactly when it is bf16)."""
+        return self.text.inference_dtype
 
     def __repr__(self) -> str:
         return f"Lfm2VlModel(text={self.text!r}, vision={self.vision!r})"

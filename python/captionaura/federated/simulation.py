@@ -282,6 +282,8 @@ class Simulation:
             value = np.asarray(value, np.float32)
             self.base_residual[module] = value.copy() if kept is None else kept + value
             self._base_weight(module)[...] = self._pristine[module] + self.base_residual[module]
+        if self.model.inference_dtype != "fp32":  # a low-precision base re-rounds (and re-packs) what changed
+            self.model.to_inference_dtype(self.model.inference_dtype)
 
     def aggregation_error(self, updates: list[tuple[np.ndarray, float]], new: np.ndarray,
                           folded: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
