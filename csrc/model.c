@@ -451,21 +451,24 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
 /* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token of inference (or a decoding step of several
  * sequences, row by row, so that a batch computes what one-by-one decoding does) goes through the
  * row-streaming GEMV (memory-bound) on the packed bf16 / int8 copy when there is one, else on the fp32 weights
- * (CPU backend); prompts and training go to the bf16 GEMM (inputs rounded to bf16) in bf16 mode, else to the
- * fp32 GEMM on the same rounded weight values. */
+ * (CPU backend); prompts and training go to the bf16 GEMM (inputs rounded to bf16) in bf16 and int8 modes, else
+ * to the fp32 GEMM. */
 static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const float *W, int N, int C, int OC) {
     const size_t at = (size_t)(W - m->params);
     const int gemv = (N == 1 && !m->training) || m->decoding_step;
     if (m->params_bf16 && gemv) {
         ca_cpu_linear_bf16_forward(out, inp, m->params_bf16 + at, N, C, OC);
-    } else if (m->params_q8 && gemv) { /* W's tensor: the last one starting at or before `at` */
+    } else if (m->params_q8) { /* W's tensor: the last one starting at or before `at` */
         int lo = 0, hi = m->num_param_tensors - 1;
         while (lo < hi) {
             int mid = (lo + hi + 1) / 2;
             if (m->param_info[mid].offset <= at) lo = mid;
             else hi = mid - 1;
         }
-        ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, m->q8_scales + m->q8_scale_at[lo], N, C, OC);
+        const float *scale = m->q8_scales + m->q8_scale_at[lo];
+        if (gemv) ca_cpu_linear_q8_forward(out, inp, m->params_q8 + at, scale, N, C, OC);
+        else if (ca_cpu_linear_q8_gemm_forward(out, inp, m->params_q8 + at, scale, W, N, C, OC) != 0)
+            m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (only when the GEMM's workspace is missing) */
     } else if (gemv && !m->params_bf16 && m->be == &ca_cpu_backend) {
         ca_cpu_linear_f32_gemv_forward(out, inp, W, N, C, OC);
     } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {

@@ -96,16 +96,22 @@ def isa(request):
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("name", NAMES)
 def test_lowp_prefill_equals_forward_and_steps_stay_close(name, isa, dtype):
-    """A cached prefill runs the same GEMMs as the full forward (bf16: inputs rounded to bf16, the bf16 GEMM;
-    int8: fp32 GEMMs on the rounded weights): equal logits. One-token steps run the GEMVs (bf16: fp32 inputs;
-    int8: inputs quantised per block of 32, relative error up to 1/254 of the block's max): close, within the
-    dtype's bounds vs fp32 (ERROR_BOUND; measured: mean 0.3-3.4%, worst 2-24% of the spread on the fixtures)."""
+    """A cached prefill runs the same GEMMs as the full forward (inputs rounded to bf16, the bf16 GEMM on the bf16
+    or int8 weights): equal logits. (The AVX2 fallback's OpenBLAS sums in an order that depends on the row count,
+    and rounding to bf16 turns a last-bit difference into a bf16 step: there, within the dtype's bounds.)
+    One-token steps run the GEMVs (bf16: fp32 inputs; int8: inputs quantised per block of 32, relative error up
+    to 1/254 of the block's max): close, within the dtype's bounds vs fp32 (ERROR_BOUND; measured: mean
+    0.3-3.4%, worst 2-24% of the spread on the fixtures)."""
     model = load(name).to_inference_dtype(dtype)
     ids = np.random.default_rng(0).integers(1, model.config.vocab_size, 20).astype(np.int32)
     got, want = steps(model, ids, 5), model.forward(ids).logits[0]
-    np.testing.assert_allclose(got[:5], want[:5], atol=1e-4, rtol=0)
     mean_bound, worst_bound = ERROR_BOUND[dtype]
-    err, spread = np.abs(got - want)[5:], want.std()
+    spread = want.std()
+    if isa == "avx512":
+        np.testing.assert_allclose(got[:5], want[:5], atol=1e-4, rtol=0)
+    else:
+        assert np.abs(got - want)[:5].max() <= worst_bound * spread
+    err = np.abs(got - want)[5:]
     assert err.mean() <= mean_bound * spread and err.max() <= worst_bound * spread
 
 
@@ -169,6 +175,26 @@ def test_bf16_gemm_equals_numpy(isa, C):
     assert np.abs(want - x.astype(np.float64) @ w.astype(np.float64).T).max() > 1e-3  # x's rounding shows
     if isa == "avx512":
         assert_rows_equal_one_by_one(_core.linear_bf16_gemm_forward, out, x, bits, w)
+
+
+@pytest.mark.parametrize("C", [1024, 40, 7])
+def test_q8_gemm_equals_numpy(isa, C):
+    """int8 weights' prompts: scale[o] · Σ_k bf16(x)[n, k] · q[o, k] with fp32 sums (q is exact in bf16), rows
+    bit for bit as alone on AVX512-BF16."""
+    rng = np.random.default_rng(C + 2)
+    q = rng.integers(-127, 128, (45, C)).astype(np.int8)
+    q[3] = 0
+    scale = rng.uniform(0.001, 0.1, 45).astype(np.float32)
+    w = (scale[:, None] * q).astype(np.float32)
+    x = rng.standard_normal((19, C)).astype(np.float32)
+    out = np.full((19, 45), np.nan, np.float32)
+    _core.linear_q8_gemm_forward(out, x, q, scale, w)
+    xr = bf16_round(x).astype(np.float64)
+    want = (xr @ q.T.astype(np.float64)) * scale
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * ((np.abs(xr) @ np.abs(q).T) * scale).max())
+    assert np.abs(want - x.astype(np.float64) @ w.T.astype(np.float64)).max() > 1e-4  # x's rounding shows
+    if isa == "avx512":
+        assert_rows_equal_one_by_one(_core.linear_q8_gemm_forward, out, x, q, scale, w)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])

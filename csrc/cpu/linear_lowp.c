@@ -399,8 +399,8 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
     }
 }
 
-/* ---- bf16 GEMMs: prompts of a bf16 model, and training on a frozen bf16 base ----
- *   forward     out (N, OC)     = bf16(x) (N, C) · Wᵀ
+/* ---- bf16 GEMMs: prompts of a bf16 or int8 model, and training on a frozen bf16 base ----
+ *   forward     out (N, OC)     = bf16(x) (N, C) · Wᵀ          (int8: · qᵀ, times the row scale; q is exact in bf16)
  *   input grad  dx (N, C)  [+]= bf16(dy) (N, OC) · W          (W (OC, C) bf16, never trained here)
  * vdpbf16ps adds a·b over a pair of bf16 (exact products) into an fp32 lane: twice the fp32 FMA rate. One
  * register tile serves both: 8 rows of an operand A whose pairs along the reduction are contiguous as stored
@@ -467,15 +467,39 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16
     for (int i = 0; i < n; i++) bf16_row_avx512(out + (size_t)i * ldo, in + (size_t)i * K, K);
 }
 
+/* W's rows as the forward's A operand: bf16 rows as stored, or int8 rows (q, exact in bf16) widened per group of 8
+ * rows into the thread's buffer, the row scale applied to the sums. */
+typedef struct {
+    const uint16_t *bf16; /* (OC, 2·K2) */
+    const int8_t *q;      /* (OC, C) */
+    const float *scale;   /* (OC) */
+} bf16_gemm_weights;
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void q8_rows_to_bf16(
+    uint16_t *restrict out, /* (nr, 2·K2) */ const int8_t *restrict q, int nr, int C, int K2) {
+    for (int r = 0; r < nr; r++) {
+        const int8_t *qr = q + (size_t)r * C;
+        uint16_t *o = out + (size_t)r * 2 * K2;
+        int k = 0;
+        for (; k + 32 <= C; k += 32) {
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qr + k))));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qr + k + 16))));
+            _mm512_storeu_si512(o + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        for (; k < 2 * K2; k++) o[k] = k < C ? bf16_round((float)qr[k]) : 0;
+    }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_forward_avx512(
-    float *restrict out, const float *restrict inp, const uint16_t *restrict W, int N, int C, int OC) {
+    float *restrict out, const float *restrict inp, bf16_gemm_weights w, int N, int C, int OC) {
+    const uint16_t *restrict W = w.bf16;
     const int K2 = (C + 1) / 2, panels = (N + CA_BF16_COLS - 1) / CA_BF16_COLS;
     const int groups = (OC + CA_BF16_ROWS - 1) / CA_BF16_ROWS;
     /* x as panels of 32 rows, pairs along C: xp[p][kp][j] = bf16 pair of x[32p + j] at 2kp (rows past N: 0) */
     uint32_t *xp = calloc((size_t)panels * K2 * CA_BF16_COLS, sizeof(uint32_t)); /* (panels, K2, 32) */
     uint16_t *Wp = NULL;                                                          /* (OC, 2·K2): odd C only */
     if (!xp) return -1;
-    if (C % 2) { /* W's rows as stored start mid-pair: a padded copy */
+    if (W && C % 2) { /* W's rows as stored start mid-pair: a padded copy */
         if (!(Wp = malloc((size_t)OC * 2 * K2 * sizeof(uint16_t)))) return free(xp), -1;
         for (int o = 0; o < OC; o++) {
             memcpy(Wp + (size_t)o * 2 * K2, W + (size_t)o * C, (size_t)C * sizeof(uint16_t));
@@ -484,9 +508,11 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     }
     const uint16_t *A = Wp ? Wp : W;
     const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
+    int failed = 0;
 #pragma omp parallel if (par)
     {
         uint16_t row[2 * K2];
+        uint16_t *qrows = w.q ? malloc((size_t)CA_BF16_ROWS * 2 * K2 * sizeof(uint16_t)) : NULL; /* (8, 2·K2) */
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             bf16_row_avx512(row, inp + (size_t)n * C, C);
@@ -497,18 +523,26 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
 #pragma omp for schedule(static)
         for (int g = 0; g < groups; g++) {
             const int o0 = g * CA_BF16_ROWS, nr = OC - o0 < CA_BF16_ROWS ? OC - o0 : CA_BF16_ROWS;
+            if (w.q && !qrows) continue; /* reported below */
+            if (w.q) q8_rows_to_bf16(qrows, w.q + (size_t)o0 * C, nr, C, K2);
+            const uint16_t *a = w.q ? qrows : A + (size_t)o0 * 2 * K2;
             for (int p = 0; p < panels; p++) {
                 const int n0 = p * CA_BF16_COLS, nc = N - n0 < CA_BF16_COLS ? N - n0 : CA_BF16_COLS;
-                bf16_tile_rows(tile, A + (size_t)o0 * 2 * K2, 2 * (size_t)K2, nr,
-                               xp + (size_t)p * K2 * CA_BF16_COLS, K2);
+                bf16_tile_rows(tile, a, 2 * (size_t)K2, nr, xp + (size_t)p * K2 * CA_BF16_COLS, K2);
                 for (int j = 0; j < nc; j++)
-                    for (int r = 0; r < nr; r++) out[(size_t)(n0 + j) * OC + o0 + r] = tile[r][j];
+                    for (int r = 0; r < nr; r++)
+                        out[(size_t)(n0 + j) * OC + o0 + r] = w.q ? w.scale[o0 + r] * tile[r][j] : tile[r][j];
             }
         }
+        if (w.q && !qrows) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        free(qrows);
     }
     free(xp);
     free(Wp);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_backward_avx512(
@@ -572,7 +606,25 @@ int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC)
                                     const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
                                     int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
-    if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_forward_avx512(out, inp, weight, N, C, OC);
+    if (gemv_rows() == gemv_rows_avx512)
+        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){weight, NULL, NULL}, N, C, OC);
+    float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
+    if (!xr) return -1;
+    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
+    ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
+    free(xr);
+    return 0;
+}
+
+int ca_cpu_linear_q8_gemm_forward(float *restrict out,              /* (N, OC) */
+                                  const float *restrict inp,        /* (N, C) */
+                                  const int8_t *restrict q,         /* (OC, C) */
+                                  const float *restrict scale,      /* (OC) */
+                                  const float *restrict weight_f32, /* (OC, C) scale · q in fp32 */
+                                  int N, int C, int OC) {
+    if (N <= 0 || OC <= 0 || C <= 0) return 0;
+    if (gemv_rows() == gemv_rows_avx512)
+        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){NULL, q, scale}, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));

@@ -229,6 +229,23 @@ static PyObject *py_linear_bf16_gemm_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_linear_q8_gemm_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_inp, *o_q, *o_scale, *o_wf;
+    if (!PyArg_ParseTuple(args, "OOOOO:linear_q8_gemm_forward", &o_out, &o_inp, &o_q, &o_scale, &o_wf)) return NULL;
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    DRIVER(q, o_q, NPY_INT8, 2, "q");
+    int N = DIM(inp, 0), C = DIM(inp, 1), OC = DIM(q, 0);
+    if (DIM(q, 1) != C) return PyErr_Format(PyExc_ValueError, "q has %d input features, inp has %d", DIM(q, 1), C);
+    ARR(scale, o_scale, F32, 1, SHAPE(OC), 0, "scale");
+    ARR(wf, o_wf, F32, 2, SHAPE(OC, C), 0, "weight_f32");
+    ARR(out, o_out, F32, 2, SHAPE(N, OC), 1, "out");
+    int rc = 0;
+    NOGIL(rc = ca_cpu_linear_q8_gemm_forward(FP(out), CFP(inp), (const int8_t *)PyArray_DATA(q), CFP(scale), CFP(wf), N,
+                                             C, OC));
+    if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_linear_bf16_gemm_backward(PyObject *self, PyObject *args) {
     PyObject *o_dinp, *o_dout, *o_w, *o_wf;
     int accumulate = 0;
@@ -699,6 +716,9 @@ PyMethodDef ca_py_ops_methods[] = {
     {"linear_bf16_gemm_forward", py_linear_bf16_gemm_forward, METH_VARARGS,
      "linear_bf16_gemm_forward(out (N,OC), inp (N,C), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C) the same "
      "values): the bf16 prefill GEMM (CPU)"},
+    {"linear_q8_gemm_forward", py_linear_q8_gemm_forward, METH_VARARGS,
+     "linear_q8_gemm_forward(out (N,OC), inp (N,C), q (OC,C) int8, scale (OC,), weight_f32 (OC,C) = scale·q): int8 "
+     "weights' prompt GEMM, scale[o] · bf16(inp) · qᵀ with fp32 sums (CPU)"},
     {"linear_bf16_gemm_backward", py_linear_bf16_gemm_backward, METH_VARARGS,
      "linear_bf16_gemm_backward(dinp (N,C), dout (N,OC), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C), "
      "accumulate=False): dinp = or += bf16(dout) · W, the input gradient through a frozen bf16 weight (CPU)"},

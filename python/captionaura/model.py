@@ -370,7 +370,8 @@ class Lfm2Model:
         fp32 sums (AVX512-BF16, twice the fp32 GEMM's rate; as transformers' bf16 model rounds them). "int8"
         rounds each matrix to ``scale[row] * q`` (q an int8, scale = max |row| / 127; vectors stay fp32);
         decoding steps quantise the activations per block of 32 to int8 too (as llama.cpp's q8_0 dot products)
-        and sum in integers: a quarter of the fp32 traffic; prompts use the fp32 GEMMs on the rounded values.
+        and sum in integers: a quarter of the fp32 traffic; prompts run the bf16 GEMM on q (exact in bf16) with the
+        activations rounded to bf16, each row's sums times its scale.
         Each sequence of a batch gets the numbers it gets alone, so batched and one-by-one generation agree.
         Loading weights, ``init`` and ``merge_lora`` re-pack; writing into ``parameters()`` by hand needs another
         ``to_inference_dtype(...)``.

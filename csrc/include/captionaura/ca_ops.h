@@ -88,6 +88,14 @@ int ca_cpu_linear_bf16_gemm_forward(float *out,             /* (N, OC) */
                                     const uint16_t *weight, /* (OC, C) bf16 */
                                     const float *weight_f32, /* (OC, C) */
                                     int N, int C, int OC);
+/* int8 weights' prompts through the same bf16 GEMM: out (N, OC) = scale[o] · Σ_k bf16(inp)[n, k] · q[o, k] (q is exact
+ * in bf16; else the fp32 GEMM on bf16(inp) and weight_f32 = scale · q). −1 when a workspace cannot be allocated. */
+int ca_cpu_linear_q8_gemm_forward(float *out,             /* (N, OC) */
+                                  const float *inp,       /* (N, C) */
+                                  const int8_t *q,        /* (OC, C) */
+                                  const float *scale,     /* (OC) */
+                                  const float *weight_f32, /* (OC, C) */
+                                  int N, int C, int OC);
 int ca_cpu_linear_bf16_gemm_backward(float *dinp,             /* (N, C) */
                                      const float *dout,       /* (N, OC) */
                                      const uint16_t *weight,  /* (OC, C) bf16 */
