@@ -141,6 +141,7 @@ ca_status ca_lfm2_set_backend(ca_lfm2_model *m, const ca_backend *be) {
 static void drop_lowp(ca_lfm2_model *m) {
     ca_cpu_backend.free(m->params_bf16), ca_cpu_backend.free(m->params_q8), free(m->q8_scales), free(m->q8_scale_at);
     m->params_bf16 = NULL, m->params_q8 = NULL, m->q8_scales = NULL, m->q8_scale_at = NULL;
+    m->lowp_stale = 0;
 }
 
 /* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). */
@@ -476,14 +477,20 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
     }
 }
 
-/* dinp (N, C) = or += dout (N, OC) · W, and dW += doutᵀ · inp when W trains. A bf16 model trains adapters
- * only: its frozen W passes the gradient through the bf16 GEMM (dout rounded to bf16, fp32 sums). */
+/* dinp (N, C) = or += dout (N, OC) · W, and dW += doutᵀ · inp when W trains. A bf16 model trains in mixed
+ * precision: both through bf16 GEMMs (dout and inp rounded to bf16, fp32 sums), dW into the fp32 gradients. */
 static void head_backward(ca_lfm2_model *m, float *dinp, const float *dout, const float *inp, const float *W, int N,
                           int C, int OC, int accumulate) {
-    if (m->params_bf16 &&
-        ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, N, C, OC, accumulate) == 0)
+    float *dW = grad_of(m, W);
+    if (!m->params_bf16) {
+        m->be->linear_backward(dinp, dW, NULL, dout, inp, W, N, C, OC, accumulate);
         return;
-    m->be->linear_backward(dinp, grad_of(m, W), NULL, dout, inp, W, N, C, OC, accumulate);
+    } /* (each falls back to fp32 when its workspace cannot be allocated) */
+    if (dinp && ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, N, C, OC,
+                                                 accumulate) != 0)
+        m->be->linear_backward(dinp, NULL, NULL, dout, inp, W, N, C, OC, accumulate);
+    if (dW && ca_cpu_linear_bf16_gemm_weight_grad(dW, dout, inp, N, C, OC) != 0)
+        m->be->linear_backward(NULL, dW, NULL, dout, inp, W, N, C, OC, 0);
 }
 
 /* out (N, outd) = inp (N, in) · Wᵀ  [+ s · B(A·dropout(inp)) when the projection has an adapter] */
@@ -609,8 +616,17 @@ static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *
 }
 
 /* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
+/* After an optimiser step on a bf16 model's base: the bf16 copy from the fp32 master weights (which keep their
+ * small updates: params are not rounded in place here, as they are by set_inference_dtype) */
+static void sync_lowp(ca_lfm2_model *m) {
+    if (!m->lowp_stale || !m->params_bf16) return;
+    ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
+    m->lowp_stale = 0;
+}
+
 static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T,
                               const ca_lfm2_features *features) {
+    sync_lowp(m);
     CA_TRY(check_tokens(m, ids, mask, B, T));
     CA_TRY(check_features(m, features, B * T));
     CA_TRY(ensure_acts(m, B, T));
@@ -719,9 +735,6 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     if (m->params_q8)
         return ca_error(CA_ERR_VALUE, "the model holds int8 inference weights: call to_inference_dtype('fp32') "
                                       "before training");
-    if (m->params_bf16 && any_trainable(m))
-        return ca_error(CA_ERR_VALUE, "a model with bf16 weights trains LoRA adapters only (a frozen base): call "
-                                      "to_inference_dtype('fp32') to train base parameters");
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {
@@ -795,6 +808,7 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     float *dwte = grad_of(m, m->embed_tokens);
     if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
+    if (m->params_bf16 && any_trainable(m)) m->lowp_stale = 1; /* an optimiser step is to follow */
     return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
@@ -1123,6 +1137,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     const int NH = c->num_attention_heads, HS = c->head_dim;
     const float eps = (float)c->norm_eps;
     if (B <= 0 || T <= 0) return ca_error(CA_ERR_VALUE, "input_ids is empty (batch %d, length %d)", B, T);
+    sync_lowp(m);
     int longest = 0;
     for (int b = 0; b < B; b++) {
         if (!caches[b]) return ca_error(CA_ERR_VALUE, "sequence %d has no cache", b);

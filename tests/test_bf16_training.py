@@ -1,8 +1,9 @@
-"""LoRA training on a frozen bf16 base (``to_inference_dtype("bf16")``, then ``loss_and_grad`` / ``train_step``).
-The base GEMMs round their activation or gradient operand to bf16 and sum in fp32; test_inference_dtype.py
-checks each kernel against NumPy computing that scheme. Here the whole step stays close to fp32 on the same
-rounded weights, with both ISAs, for the language model and for a captioner's tower and projector; training
-still learns; anything that would train a base parameter is refused."""
+"""Training a bf16 model (``to_inference_dtype("bf16")``, then ``loss_and_grad`` / ``train_step``): LoRA on a
+frozen bf16 base, and full fine-tuning in mixed precision (fp32 master weights, bf16 GEMMs). The GEMMs round
+their activation or gradient operands to bf16 and sum in fp32; test_inference_dtype.py checks each kernel against
+NumPy computing that scheme. Here whole steps stay close to fp32 on the same rounded weights, with both ISAs, for
+the language model and for a captioner's tower and projector; training learns; the master weights keep what a
+bf16 copy would lose; int8 weights and a bf16 tower's base do not train."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 
 import captionaura as ca
 from captionaura import _core
+from test_inference_dtype import bf16_round
+from test_lfm2 import FIXTURE_NAMES as LFM2_CASES
+from test_lfm2 import FIXTURES as LFM2_FIXTURES
 from test_lora import CASES, load_case, rel, tiny_model
 from test_vl_lora import CASES as VL_CASES
 from test_vl_lora import HERE as VL_FIXTURES
@@ -20,6 +24,9 @@ from test_vl_lora import pixel_args as vl_pixel_args
 # relative, the worst adapter gradient 1.6e-2 to 2.4e-2 relative to its norm. Rounding the weights alone moves
 # the gradients 2.9e-2 to 6.2e-2 from PEFT's.
 LOSS_BOUND, GRAD_BOUND = 3e-3, 6e-2
+# Full fine-tuning on transformers' fixtures: loss 5e-5 to 1e-3 relative, every parameter's gradient within
+# 1.5e-2 to 2.6e-2 (worst per fixture) of fp32's.
+FULL_GRAD_BOUND = 5e-2
 
 
 @pytest.fixture(params=["avx512", "avx2"])
@@ -66,14 +73,57 @@ def test_bf16_lora_learns_and_keeps_the_base():
         np.testing.assert_array_equal(v, base[k], err_msg=k)
 
 
-def test_what_a_frozen_bf16_base_cannot_train_is_refused():
-    ids = np.arange(1, 9, dtype=np.int32)[None]
+@pytest.mark.parametrize("name", LFM2_CASES)
+def test_full_fine_tuning_gradients_close_to_fp32_on_the_same_weights(name, isa):
+    """Mixed precision for every parameter: the weight gradients through the bf16 GEMM, the norms' and the
+    embedding's in fp32, against fp32 on the same rounded weights (transformers' fixtures)."""
+    folder = LFM2_FIXTURES / name
+    ref = dict(np.load(folder / "reference.npz"))
+    batch = ref["input_ids"], ref["labels"], ref["attention_mask"]
+    model = ca.Lfm2Model.from_pretrained(folder).to_inference_dtype("bf16")
+    loss = model.loss_and_grad(*batch)
+    grads = {k: v.copy() for k, v in model.gradients().items()}
+    model.to_inference_dtype("fp32")
+    loss32 = model.loss_and_grad(*batch)
+    assert loss != loss32 and abs(loss - loss32) <= LOSS_BOUND * abs(loss32)
+    for key, g in model.gradients().items():
+        assert rel(grads[key], g) <= FULL_GRAD_BOUND, key
+
+
+def test_master_weights_keep_small_updates_and_the_bf16_copy_follows():
+    """After optimiser steps the parameters are fp32 master weights (updates far below a bf16 step survive), and
+    the next pass uses their bf16 rounding: the logits equal those of a model given the same master weights."""
+    ids = np.random.default_rng(1).integers(1, 64, (2, 12)).astype(np.int32)
     model = tiny_model().to_inference_dtype("bf16")
-    with pytest.raises(ValueError, match="LoRA adapters only"):
-        model.loss_and_grad(ids, ids)  # full fine-tuning
-    model.add_lora(ca.LoraConfig(r=2, target_modules=["w1"], modules_to_save=["embedding_norm"]))
-    with pytest.raises(ValueError, match="LoRA adapters only"):
-        model.loss_and_grad(ids, ids)
+    start = {k: v.copy() for k, v in model.parameters().items()}
+    model.set_optimizer(ca.AdamWConfig(lr=1e-5, weight_decay=0.0))
+    for _ in range(3):
+        model.train_step({"input_ids": ids, "labels": ids})
+    masters = {k: v.copy() for k, v in model.parameters().items()}
+    w = "model.layers.0.feed_forward.w1.weight"
+    moved = masters[w] - start[w]
+    assert np.abs(moved).max() > 0
+    assert np.abs(masters[w] - bf16_round(masters[w])).max() > 0  # not re-rounded in place
+    twin = tiny_model().to_inference_dtype("bf16")  # its bf16 copy: the rounding of what it is given
+    for k, v in twin.parameters().items():
+        v[...] = masters[k]
+    twin.to_inference_dtype("bf16")
+    for k, v in twin.parameters().items():  # params: the masters again (the copy keeps their rounding)
+        v[...] = masters[k]
+    np.testing.assert_array_equal(model.forward(ids).logits, twin.forward(ids).logits)
+
+
+def test_bf16_full_training_learns():
+    rng = np.random.default_rng(0)
+    model = tiny_model().to_inference_dtype("bf16")
+    model.set_optimizer(ca.AdamWConfig(lr=1e-2, weight_decay=0.0))
+    ids = rng.integers(30, 64, size=(4, 10)).astype(np.int32)
+    losses = [model.train_step({"input_ids": ids, "labels": ids}) for _ in range(60)]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_int8_weights_do_not_train():
+    ids = np.arange(1, 9, dtype=np.int32)[None]
     model = tiny_model()
     model.add_lora(ca.LoraConfig(r=2, target_modules=["w1"]))
     model.to_inference_dtype("int8")

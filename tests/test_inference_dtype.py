@@ -221,6 +221,22 @@ def test_bf16_gemm_backward_equals_numpy(isa, C, OC, accumulate):
             np.testing.assert_array_equal(one[0], dinp[n])
 
 
+@pytest.mark.parametrize("N, C, OC", [(256, 45, 70), (19, 1024, 33), (4101, 7, 9), (1, 40, 3)])
+def test_bf16_weight_grad_equals_numpy(isa, N, C, OC):
+    """A bf16 model's weight gradient: dW += bf16(dout)ᵀ · bf16(inp) with fp32 sums over the N rows (N = 4101:
+    odd, two chunks of the reduction)."""
+    rng = np.random.default_rng(N + C + OC)
+    dout = rng.standard_normal((N, OC)).astype(np.float32)
+    inp = rng.standard_normal((N, C)).astype(np.float32)
+    start = rng.standard_normal((OC, C)).astype(np.float32)
+    dw = start.copy()
+    _core.linear_bf16_gemm_weight_grad(dw, dout, inp)
+    dr, xr = bf16_round(dout).astype(np.float64), bf16_round(inp).astype(np.float64)
+    want = start + dr.T @ xr
+    np.testing.assert_allclose(dw, want, rtol=0, atol=1e-5 * (np.abs(dr).T @ np.abs(xr)).max() + 1e-6)
+    assert np.abs(dr.T @ xr - dout.T.astype(np.float64) @ inp).max() > 1e-4  # the rounding shows
+
+
 @pytest.mark.parametrize("weights", ["bf16", "fp32"])
 @pytest.mark.parametrize("C", [1024, 4608, 40, 7])
 def test_gemv_equals_numpy(isa, C, weights):

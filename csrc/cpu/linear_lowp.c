@@ -399,22 +399,24 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
     }
 }
 
-/* ---- bf16 GEMMs: prompts of a bf16 or int8 model, and training on a frozen bf16 base ----
- *   forward     out (N, OC)     = bf16(x) (N, C) · Wᵀ          (int8: · qᵀ, times the row scale; q is exact in bf16)
- *   input grad  dx (N, C)  [+]= bf16(dy) (N, OC) · W          (W (OC, C) bf16, never trained here)
+/* ---- bf16 GEMMs: prompts of a bf16 or int8 model, and training a bf16 model (mixed precision) ----
+ *   forward      out (N, OC)     = bf16(x) (N, C) · Wᵀ          (int8: · qᵀ, times the row scale; q exact in bf16)
+ *   input grad   dx (N, C)  [+]= bf16(dy) (N, OC) · W          (W (OC, C) bf16)
+ *   weight grad  dW (OC, C)  += bf16(dy)ᵀ (OC, N) · bf16(x)    (into the fp32 gradient)
  * vdpbf16ps adds a·b over a pair of bf16 (exact products) into an fp32 lane: twice the fp32 FMA rate. One
  * register tile serves both: 8 rows of an operand A whose pairs along the reduction are contiguous as stored
  * (one broadcast pair at a time) against a panel of 32 columns packed as pairs along the reduction,
  * P[kp][j] = (b[2kp][j], b[2kp+1][j]), one 64-byte load per 16 columns:
  *   forward:    A = W's rows (as stored),  P = 32 rows of bf16(x) (packed while rounding x)  → tile = outᵀ
  *   input grad: A = bf16(dy)'s rows,       P = 32 columns of W (two rows interleaved)         → tile = dx
+ *   weight grad: A = bf16(dy)ᵀ (transposed), P = 32 columns of bf16(x) (two rows interleaved)  → tile = dW
  * Whatever the tiling and the thread count, every output sums its reduction in the same order (pair by pair,
- * in chunks of CA_BF16_KC pairs for the input gradient), so a row's result does not depend on the other rows
+ * in chunks of CA_BF16_KC pairs for the gradients), so a row's result does not depend on the other rows
  * (batched prefill equals one-by-one). Without AVX512-BF16: the fp32 GEMM on the bf16-rounded inputs and W's
  * fp32 values (the same products, summed in another order). */
 #define CA_BF16_ROWS 8
 #define CA_BF16_COLS 32
-#define CA_BF16_KC 2048 /* reduction pairs per input-gradient panel: 256 KiB, within L2 */
+#define CA_BF16_KC 2048 /* reduction pairs per gradient panel: 256 KiB, within L2 */
 
 /* tile[r][j] = Σ_kp A[r][kp] · P[kp][j] (pairs), r < nr */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_tile(
@@ -545,24 +547,22 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     return failed ? -1 : 0;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_backward_avx512(
-    float *restrict dinp, const float *restrict dout, const uint16_t *restrict W, int N, int C, int OC,
+/* out (M, C) = or += A (M, K) · B (K, C): A's rows bf16 with pairs along K (stride lda, zero-padded to an even K),
+ * B's rows bf16 (stride C). Threads split B's column panels; the reduction goes in chunks of CA_BF16_KC pairs
+ * (a panel chunk stays in L2), each chunk's sums added to out. Returns −1 when the panels' workspace is missing. */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_nn_avx512(
+    float *restrict out, const uint16_t *restrict A, size_t lda, const uint16_t *restrict B, int M, int C, int K,
     int accumulate) {
-    const int K2 = (OC + 1) / 2, panels = (C + CA_BF16_COLS - 1) / CA_BF16_COLS;
-    const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
+    const int K2 = (K + 1) / 2, panels = (C + CA_BF16_COLS - 1) / CA_BF16_COLS;
+    const int par = (size_t)M * K * C > (size_t)CA_PAR_MIN * 16;
 #ifdef _OPENMP
     const int threads = par ? omp_get_max_threads() : 1;
 #else
     const int threads = 1;
 #endif
     const int KC = K2 < CA_BF16_KC ? K2 : CA_BF16_KC;
-    /* (N, ldy) bf16(dout), zero-padded; rows 64 bytes apart from a power-of-two stride, so a tile's 8 rows do
-     * not share L1 sets */
-    const size_t ldy = 2 * (size_t)K2 + 32;
-    uint16_t *dy = malloc((size_t)N * ldy * sizeof(uint16_t));
     uint32_t *panels_ws = malloc((size_t)threads * KC * CA_BF16_COLS * sizeof(uint32_t)); /* (threads, KC, 32) */
-    if (!dy || !panels_ws) return free(dy), free(panels_ws), -1;
-    bf16_rows_avx512(dy, ldy, dout, N, OC);
+    if (!panels_ws) return -1;
     const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
@@ -576,28 +576,74 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
             const __mmask32 cols = nc == 32 ? ~0u : (1u << nc) - 1u;
             for (int k0 = 0; k0 < K2; k0 += KC) {
                 const int kn = K2 - k0 < KC ? K2 - k0 : KC;
-                for (int kp = 0; kp < kn; kp++) { /* P[kp][j] = (W[2kp, c0 + j], W[2kp + 1, c0 + j]) */
-                    const int o = 2 * (k0 + kp);
-                    const __m512i r0 = _mm512_maskz_loadu_epi16(cols, W + (size_t)o * C + c0);
-                    const __m512i r1 = o + 1 < OC ? _mm512_maskz_loadu_epi16(cols, W + (size_t)(o + 1) * C + c0)
-                                                  : _mm512_setzero_si512();
+                for (int kp = 0; kp < kn; kp++) { /* P[kp][j] = (B[2kp, c0 + j], B[2kp + 1, c0 + j]) */
+                    const int k = 2 * (k0 + kp);
+                    const __m512i r0 = _mm512_maskz_loadu_epi16(cols, B + (size_t)k * C + c0);
+                    const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, B + (size_t)(k + 1) * C + c0)
+                                                 : _mm512_setzero_si512();
                     _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS, _mm512_permutex2var_epi16(r0, lo, r1));
                     _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS + 16, _mm512_permutex2var_epi16(r0, hi, r1));
                 }
-                for (int n0 = 0; n0 < N; n0 += CA_BF16_ROWS) {
-                    const int nr = N - n0 < CA_BF16_ROWS ? N - n0 : CA_BF16_ROWS;
-                    bf16_tile_rows(tile, dy + (size_t)n0 * ldy + 2 * (size_t)k0, ldy, nr, panel, kn);
+                for (int m0 = 0; m0 < M; m0 += CA_BF16_ROWS) {
+                    const int nr = M - m0 < CA_BF16_ROWS ? M - m0 : CA_BF16_ROWS;
+                    bf16_tile_rows(tile, A + (size_t)m0 * lda + 2 * (size_t)k0, lda, nr, panel, kn);
                     for (int r = 0; r < nr; r++) {
-                        float *d = dinp + (size_t)(n0 + r) * C + c0;
+                        float *d = out + (size_t)(m0 + r) * C + c0;
                         for (int j = 0; j < nc; j++) d[j] = (accumulate || k0 ? d[j] : 0.0f) + tile[r][j];
                     }
                 }
             }
         }
     }
-    free(dy);
     free(panels_ws);
     return 0;
+}
+
+/* A row stride for bf16 operand rows of K values: even, and 64 bytes off a multiple of 4 KiB, so that the 8 rows
+ * of a tile do not share L1 sets */
+static size_t bf16_lda(int K) {
+    return 2 * (size_t)((K + 1) / 2) + 32;
+}
+
+/* dinp (N, C) [+]= bf16(dout) (N, OC) · W (OC, C) */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_backward_avx512(
+    float *restrict dinp, const float *restrict dout, const uint16_t *restrict W, int N, int C, int OC,
+    int accumulate) {
+    const size_t ldy = bf16_lda(OC);
+    uint16_t *dy = malloc((size_t)N * ldy * sizeof(uint16_t)); /* (N, ldy) bf16(dout), zero-padded */
+    if (!dy) return -1;
+    bf16_rows_avx512(dy, ldy, dout, N, OC);
+    const int rc = bf16_gemm_nn_avx512(dinp, dy, ldy, W, N, C, OC, accumulate);
+    free(dy);
+    return rc;
+}
+
+/* dW (OC, C) += bf16(dout)ᵀ (OC, N) · bf16(inp) (N, C): the reduction runs over the rows, so dout is transposed
+ * into pairs along N (A) and inp's rows are interleaved into panels (B) */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_weight_grad_avx512(
+    float *restrict dweight, const float *restrict dout, const float *restrict inp, int N, int C, int OC) {
+    const size_t ldt = bf16_lda(N);
+    uint16_t *dyt = malloc((size_t)OC * ldt * sizeof(uint16_t)); /* (OC, ldt) bf16(dout)ᵀ, zero-padded */
+    uint16_t *xb = malloc((size_t)N * C * sizeof(uint16_t));     /* (N, C) bf16(inp) */
+    if (!dyt || !xb) return free(dyt), free(xb), -1;
+    bf16_rows_avx512(xb, (size_t)C, inp, N, C);
+#pragma omp parallel for schedule(static) if ((size_t)N * OC > CA_PAR_MIN)
+    for (int o0 = 0; o0 < OC; o0 += 16) { /* 16 columns of dout at a time: rounded once, written down the rows */
+        const int on = OC - o0 < 16 ? OC - o0 : 16;
+        const __mmask16 m = (__mmask16)((1u << on) - 1u);
+        for (int n = 0; n < N; n++) {
+            const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, dout + (size_t)n * OC + o0));
+            uint16_t v[16];
+            _mm256_storeu_si256((__m256i *)v, h);
+            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + n] = v[j];
+        }
+        if (N % 2)
+            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + N] = 0;
+    }
+    const int rc = bf16_gemm_nn_avx512(dweight, dyt, ldt, xb, OC, C, N, 1);
+    free(dyt);
+    free(xb);
+    return rc;
 }
 
 int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC) */
@@ -630,6 +676,21 @@ int ca_cpu_linear_q8_gemm_forward(float *restrict out,              /* (N, OC) *
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
     ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
     free(xr);
+    return 0;
+}
+
+int ca_cpu_linear_bf16_gemm_weight_grad(float *restrict dweight,    /* (OC, C) += */
+                                        const float *restrict dout, /* (N, OC) */
+                                        const float *restrict inp,  /* (N, C) */
+                                        int N, int C, int OC) {
+    if (N <= 0 || C <= 0 || OC <= 0) return 0;
+    if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_weight_grad_avx512(dweight, dout, inp, N, C, OC);
+    float *r = malloc(((size_t)N * OC + (size_t)N * C) * sizeof(float)); /* bf16(dout), bf16(inp) as fp32 */
+    if (!r) return -1;
+    for (size_t i = 0; i < (size_t)N * OC; i++) r[i] = bf16_widen(bf16_round(dout[i]));
+    for (size_t i = 0; i < (size_t)N * C; i++) r[(size_t)N * OC + i] = bf16_widen(bf16_round(inp[i]));
+    ca_cpu_linear_backward(NULL, dweight, NULL, r, r + (size_t)N * OC, NULL, N, C, OC, 1);
+    free(r);
     return 0;
 }
 

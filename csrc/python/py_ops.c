@@ -246,6 +246,20 @@ static PyObject *py_linear_q8_gemm_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_linear_bf16_gemm_weight_grad(PyObject *self, PyObject *args) {
+    PyObject *o_dw, *o_dout, *o_inp;
+    if (!PyArg_ParseTuple(args, "OOO:linear_bf16_gemm_weight_grad", &o_dw, &o_dout, &o_inp)) return NULL;
+    DRIVER(dout, o_dout, F32, 2, "dout");
+    DRIVER(inp, o_inp, F32, 2, "inp");
+    int N = DIM(dout, 0), OC = DIM(dout, 1), C = DIM(inp, 1);
+    if (DIM(inp, 0) != N) return PyErr_Format(PyExc_ValueError, "inp has %d rows, dout has %d", DIM(inp, 0), N);
+    ARR(dw, o_dw, F32, 2, SHAPE(OC, C), 1, "dweight");
+    int rc = 0;
+    NOGIL(rc = ca_cpu_linear_bf16_gemm_weight_grad(FP(dw), CFP(dout), CFP(inp), N, C, OC));
+    if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_linear_bf16_gemm_backward(PyObject *self, PyObject *args) {
     PyObject *o_dinp, *o_dout, *o_w, *o_wf;
     int accumulate = 0;
@@ -719,6 +733,9 @@ PyMethodDef ca_py_ops_methods[] = {
     {"linear_q8_gemm_forward", py_linear_q8_gemm_forward, METH_VARARGS,
      "linear_q8_gemm_forward(out (N,OC), inp (N,C), q (OC,C) int8, scale (OC,), weight_f32 (OC,C) = scale·q): int8 "
      "weights' prompt GEMM, scale[o] · bf16(inp) · qᵀ with fp32 sums (CPU)"},
+    {"linear_bf16_gemm_weight_grad", py_linear_bf16_gemm_weight_grad, METH_VARARGS,
+     "linear_bf16_gemm_weight_grad(dweight (OC,C), dout (N,OC), inp (N,C)): dweight += bf16(dout)ᵀ · bf16(inp) with "
+     "fp32 sums, a bf16 model's weight gradient (CPU)"},
     {"linear_bf16_gemm_backward", py_linear_bf16_gemm_backward, METH_VARARGS,
      "linear_bf16_gemm_backward(dinp (N,C), dout (N,OC), weight (OC,C) bf16 bits as uint16, weight_f32 (OC,C), "
      "accumulate=False): dinp = or += bf16(dout) · W, the input gradient through a frozen bf16 weight (CPU)"},

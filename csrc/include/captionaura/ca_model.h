@@ -138,12 +138,15 @@ typedef struct ca_lfm2_model {
     float *q8_scales;          /* one per row of every matrix */
     size_t *q8_scale_at;       /* (num_param_tensors) its first row's index in q8_scales */
     int decoding_step;         /* inside a one-token-per-sequence cached forward: every row takes the GEMV */
+    int lowp_stale;            /* a bf16 model's base trained (mixed precision: params are the fp32 master
+                                * weights): the bf16 copy is re-made from them before the next pass */
 } ca_lfm2_model;
 
 /* "fp32" | "bf16" | "int8": weights used for inference. bf16 rounds every parameter to bf16 in place, int8
  * every matrix to scale[row] · int8 (the prefill GEMMs and the decoding GEMVs then use identical weights), and
- * packs them for the decoding GEMV; "fp32" drops the packed copy (the rounding stays). Training refuses a
- * low-precision model; loading, init and LoRA merge re-pack. */
+ * packs them for the decoding GEMV; "fp32" drops the packed copy (the rounding stays). A bf16 model trains in
+ * mixed precision (bf16 GEMMs, fp32 gradients, params the fp32 master weights); training refuses an int8
+ * model. Loading, init and LoRA merge re-pack. */
 ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype);
 const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m);
 

@@ -96,6 +96,11 @@ int ca_cpu_linear_q8_gemm_forward(float *out,             /* (N, OC) */
                                   const float *scale,     /* (OC) */
                                   const float *weight_f32, /* (OC, C) */
                                   int N, int C, int OC);
+/* The weight gradient of a bf16 model's trained base: dW (OC, C) += bf16(dout)ᵀ · bf16(inp), fp32 sums. */
+int ca_cpu_linear_bf16_gemm_weight_grad(float *dweight,    /* (OC, C) */
+                                        const float *dout, /* (N, OC) */
+                                        const float *inp,  /* (N, C) */
+                                        int N, int C, int OC);
 int ca_cpu_linear_bf16_gemm_backward(float *dinp,             /* (N, C) */
                                      const float *dout,       /* (N, OC) */
                                      const uint16_t *weight,  /* (OC, C) bf16 */
