@@ -2,7 +2,13 @@
 Lfm2ForCausalLM, same config, same thread count) measured side by side in one run, and the share of the
 time spent in GEMMs set against raw cblas_sgemm on the same shapes, measured in the same run.
 
-    python benchmarks/bench_lfm2.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--no-torch] [--json out.json]
+    python benchmarks/bench_lfm2.py [--threads 1] [--seq 256] [--shapes tiny,350m] [--dtypes fp32,bf16] [--no-torch]
+                                    [--json out.json]
+
+--dtypes bf16 runs both sides in mixed precision: ours with ``to_inference_dtype("bf16")`` (bf16 GEMMs with fp32
+sums; fp32 master weights, gradients and every other op), PyTorch under ``torch.autocast("cpu", torch.bfloat16)``.
+Each bf16 row is also set against PyTorch's fp32 run, the anchor the issue names. The GEMM-efficiency table
+profiles the fp32 run (the bf16 GEMMs are our own kernels, not sgemm).
 """
 
 from __future__ import annotations
@@ -48,13 +54,15 @@ def best_time(fn, steps: int) -> float:
     return best
 
 
-def ours(config: dict, batch: int, seq: int, steps: int) -> dict:
-    model = ca.Lfm2Model.from_config(config, seed=0)
+def ours(config: dict, batch: int, seq: int, steps: int, dtype: str = "fp32") -> dict:
+    model = ca.Lfm2Model.from_config(config, seed=0).to_inference_dtype(dtype)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, config["vocab_size"], (batch, seq)).astype(np.int32)
     tokens = batch * seq
     fwd = best_time(lambda: model.forward(ids), steps)
     fwd_bwd = best_time(lambda: model.loss_and_grad(ids, ids), steps)
+    if dtype != "fp32":
+        return {"forward_tok_s": tokens / fwd, "fwd_bwd_tok_s": tokens / fwd_bwd, "parameters": model.num_parameters()}
 
     # one profiled forward+backward: time per GEMM shape, then raw sgemm on each shape
     model._core.set_profiling(True)
@@ -89,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--shapes", default="tiny,350m")
+    parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -104,26 +113,34 @@ def main() -> None:
     results = {}
     for name in args.shapes.split(","):
         config = SHAPES[name]
-        row = {"ours": ours(config, args.batch, args.seq, args.steps)}
-        if torch_fn is not None:
-            row["torch"] = torch_fn(config, batch=args.batch, seq=args.seq, threads=args.threads, steps=args.steps)
-        results[name] = row
+        for dtype in args.dtypes.split(","):
+            row = {"ours": ours(config, args.batch, args.seq, args.steps, dtype)}
+            if torch_fn is not None:
+                row["torch"] = torch_fn(config, batch=args.batch, seq=args.seq, threads=args.threads,
+                                        steps=args.steps, dtype=dtype)
+            results[f"{name}/{dtype}"] = row
 
     print(f"\nLFM2 throughput, batch {args.batch} x {args.seq} tokens, {args.threads} thread(s), best of {args.steps}")
-    header = f"{'shape':<6} {'params':>11} {'pass':<9} {'captionaura tok/s':>18} {'torch tok/s':>12} {'ratio':>6}"
+    header = (f"{'shape':<6} {'dtype':<5} {'params':>11} {'pass':<9} {'captionaura tok/s':>18} {'torch tok/s':>12} "
+              f"{'ratio':>6} {'vs torch fp32':>13}")
     print(header)
     print("-" * len(header))
-    for name, row in results.items():
+    for key, row in results.items():
+        name, dtype = key.split("/")
         o, t = row["ours"], row.get("torch")
-        for label, key in (("forward", "forward_tok_s"), ("fwd+bwd", "fwd_bwd_tok_s")):
-            theirs = f"{t[key]:12.1f}" if t else f"{'-':>12}"
-            ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
-            print(f"{name:<6} {o['parameters']:>11,} {label:<9} {o[key]:18.1f} {theirs} {ratio}")
-    print("\nGEMMs inside forward+backward vs raw cblas_sgemm on the same shapes (same run)")
+        t32 = results.get(f"{name}/fp32", {}).get("torch")
+        for label, k in (("forward", "forward_tok_s"), ("fwd+bwd", "fwd_bwd_tok_s")):
+            theirs = f"{t[k]:12.1f}" if t else f"{'-':>12}"
+            ratio = f"{o[k] / t[k]:6.2f}" if t else f"{'-':>6}"
+            vs32 = f"{o[k] / t32[k]:13.2f}" if t32 else f"{'-':>13}"
+            print(f"{name:<6} {dtype:<5} {o['parameters']:>11,} {label:<9} {o[k]:18.1f} {theirs} {ratio} {vs32}")
+    print("\nGEMMs inside fp32 forward+backward vs raw cblas_sgemm on the same shapes (same run)")
     print(f"{'shape':<6} {'GEMM share':>10} {'GEMM GFLOP/s':>13} {'sgemm GFLOP/s':>14} {'efficiency':>10}")
-    for name, row in results.items():
+    for key, row in results.items():
         o = row["ours"]
-        print(f"{name:<6} {o['gemm_share']:10.1%} {o['gemm_gflops']:13.1f} {o['sgemm_gflops']:14.1f} "
+        if "gemm_share" not in o:
+            continue
+        print(f"{key.split('/')[0]:<6} {o['gemm_share']:10.1%} {o['gemm_gflops']:13.1f} {o['sgemm_gflops']:14.1f} "
               f"{o['gemm_vs_sgemm']:10.1%}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

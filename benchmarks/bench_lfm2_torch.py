@@ -90,8 +90,12 @@ def _make_config(config_dict: dict, attn_implementation: str):
 
 
 def torch_lfm2_throughput(config_dict: dict, batch: int = 1, seq: int = 256, threads: int = 1, steps: int = 3,
-                          attn_implementation: str = "sdpa", seed: int = 0) -> dict:
-    """Tokens/s of transformers Lfm2ForCausalLM (float32, CPU) for forward and forward+backward."""
+                          attn_implementation: str = "sdpa", seed: int = 0, dtype: str = "fp32") -> dict:
+    """Tokens/s of transformers Lfm2ForCausalLM (float32 weights, CPU) for forward and forward+backward; with
+    dtype "bf16" both passes run under ``torch.autocast("cpu", torch.bfloat16)`` (mixed precision: bf16 matmuls,
+    fp32 weights and gradients)."""
+    import contextlib
+
     import torch
     import transformers
     from transformers import Lfm2ForCausalLM
@@ -110,13 +114,18 @@ def torch_lfm2_throughput(config_dict: dict, batch: int = 1, seq: int = 256, thr
 
         model.eval()  # no dropout in LFM2 anyway; eval keeps the two passes comparable
 
+        def autocast():
+            return (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext())
+
         def fwd():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 model(input_ids=ids).logits
 
         def fwd_bwd():
             model.zero_grad(set_to_none=True)
-            model(input_ids=ids, labels=ids).loss.backward()
+            with autocast():
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
 
         def timed(fn):
             fn()  # warm-up, not timed
