@@ -375,11 +375,12 @@ class Lfm2Model:
         Each sequence of a batch gets the numbers it gets alone, so batched and one-by-one generation agree.
         Loading weights, ``init`` and ``merge_lora`` re-pack; writing into ``parameters()`` by hand needs another
         ``to_inference_dtype(...)``.
-        A bf16 model trains LoRA adapters on its frozen base (mixed precision): the base GEMMs of the forward pass
-        and of the input gradients run in bf16 with fp32 sums, while the adapters, their gradients, the optimiser
-        and every other op stay fp32. Training base parameters (full fine-tuning, ``modules_to_save``) on bf16
-        weights, or anything on int8 weights, raises: go back with ``to_inference_dtype("fp32")`` (which keeps the
-        rounded values). CPU only.
+        A bf16 model trains in mixed precision: the GEMMs of the forward pass, of the input gradients and of the
+        weight gradients run in bf16 with fp32 sums; adapters, gradients, the optimiser and every other op stay
+        fp32. When base parameters train (full fine-tuning, ``modules_to_save``), ``parameters()`` are the fp32
+        master weights (an optimiser step's updates below a bf16 step are kept) and the bf16 copy is re-made from
+        them before the next pass. int8 weights do not train: go back with ``to_inference_dtype("fp32")`` (which
+        keeps the rounded values). CPU only.
         """
         if dtype not in ("fp32", "bf16", "int8"):
             raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")
