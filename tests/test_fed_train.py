@@ -104,6 +104,23 @@ def test_train_cli_rejects_bad_configs(tmp_path, capsys):
     assert "differs in ['lr']" in capsys.readouterr().err
 
 
+def test_train_cli_on_bf16_base_weights(tmp_path):
+    """--dtype bf16: clients train on the bf16-rounded base (mixed precision); the run learns, lands near the fp32
+    run's adapter and is not that adapter (the bf16 GEMMs are in play); a dtype that does not train is refused."""
+    write_data(tmp_path / "data")
+    base = ["train", "--model", str(MODEL), "--data", str(tmp_path / "data"), "--rounds", "2", "--local-steps",
+            "2", "--lora-r", "2", "--target-modules", "q_proj,v_proj,w1", "--lr", "0.01", "--no-progress"]
+    assert main(base + ["--output-dir", str(tmp_path / "fp32")]) == 0
+    assert main(base + ["--output-dir", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bf16"
+    history = json.loads((tmp_path / "bf16" / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    ours, ref = adapter(tmp_path / "bf16"), adapter(tmp_path / "fp32")
+    assert 0 < np.linalg.norm(ours - ref) <= 0.05 * np.linalg.norm(ref)
+    with pytest.raises(ValueError, match="dtype must be 'fp32' or 'bf16'"):
+        FederatedConfig(dtype="int8")
+
+
 def test_client_data_round_trip(tmp_path):
     ex = [{"input_ids": np.array([1, 2, 3], np.int32), "labels": np.array([-100, 2, 3], np.int32)}]
     save_client_data(tmp_path / "alice.npz", ex, eval=ex)

@@ -418,10 +418,11 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
 #define CA_BF16_COLS 32
 #define CA_BF16_KC 2048 /* reduction pairs per gradient panel: 256 KiB, within L2 */
 
-/* tile[r][j] = Σ_kp A[r][kp] · P[kp][j] (pairs), r < nr */
+/* Σ_kp A[r][kp] · P[kp][j] (pairs) for r < nr, j < 32: into tile[r][j] (out NULL), or into out[r·ldo + j] for
+ * j < nc, written (add 0) or added to (add 1) */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) static inline void bf16_tile(
-    float tile[CA_BF16_ROWS][CA_BF16_COLS], const uint16_t *restrict a, size_t lda /* in bf16 */, const int nr,
-    const uint32_t *restrict panel, int K2) {
+    float tile[CA_BF16_ROWS][CA_BF16_COLS], float *restrict out, size_t ldo, int nc, int add,
+    const uint16_t *restrict a, size_t lda /* in bf16 */, const int nr, const uint32_t *restrict panel, int K2) {
     __m512 acc[CA_BF16_ROWS][2];
     for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int kp = 0; kp < K2; kp++) {
@@ -435,20 +436,35 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"), always_inline)) s
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, p1);
         }
     }
+    if (!out) {
+        for (int r = 0; r < nr; r++) {
+            _mm512_storeu_ps(tile[r], acc[r][0]);
+            _mm512_storeu_ps(tile[r] + 16, acc[r][1]);
+        }
+        return;
+    }
+    const __mmask16 m0 = nc >= 16 ? 0xFFFF : (__mmask16)((1u << nc) - 1u);
+    const __mmask16 m1 = nc >= 32 ? 0xFFFF : nc > 16 ? (__mmask16)((1u << (nc - 16)) - 1u) : 0;
     for (int r = 0; r < nr; r++) {
-        _mm512_storeu_ps(tile[r], acc[r][0]);
-        _mm512_storeu_ps(tile[r] + 16, acc[r][1]);
+        float *o = out + (size_t)r * ldo;
+        if (add) {
+            acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, o));
+            acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(m1, o + 16));
+        }
+        _mm512_mask_storeu_ps(o, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(o + 16, m1, acc[r][1]);
     }
 }
 
 /* nr is a constant in each instantiation, so the accumulators stay in registers */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_tile_rows(
-    float tile[CA_BF16_ROWS][CA_BF16_COLS], const uint16_t *a, size_t lda, int nr, const uint32_t *panel, int K2) {
+    float tile[CA_BF16_ROWS][CA_BF16_COLS], float *out, size_t ldo, int nc, int add, const uint16_t *a, size_t lda,
+    int nr, const uint32_t *panel, int K2) {
     switch (nr) {
-#define CA_ROWS(r) case r: bf16_tile(tile, a, lda, r, panel, K2); break;
+#define CA_ROWS(r) case r: bf16_tile(tile, out, ldo, nc, add, a, lda, r, panel, K2); break;
         CA_ROWS(1) CA_ROWS(2) CA_ROWS(3) CA_ROWS(4) CA_ROWS(5) CA_ROWS(6) CA_ROWS(7)
 #undef CA_ROWS
-    default: bf16_tile(tile, a, lda, CA_BF16_ROWS, panel, K2); break;
+    default: bf16_tile(tile, out, ldo, nc, add, a, lda, CA_BF16_ROWS, panel, K2); break;
     }
 }
 
@@ -530,7 +546,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
             const uint16_t *a = w.q ? qrows : A + (size_t)o0 * 2 * K2;
             for (int p = 0; p < panels; p++) {
                 const int n0 = p * CA_BF16_COLS, nc = N - n0 < CA_BF16_COLS ? N - n0 : CA_BF16_COLS;
-                bf16_tile_rows(tile, a, 2 * (size_t)K2, nr, xp + (size_t)p * K2 * CA_BF16_COLS, K2);
+                bf16_tile_rows(tile, NULL, 0, 0, 0, a, 2 * (size_t)K2, nr, xp + (size_t)p * K2 * CA_BF16_COLS, K2);
                 for (int j = 0; j < nc; j++)
                     for (int r = 0; r < nr; r++)
                         out[(size_t)(n0 + j) * OC + o0 + r] = w.q ? w.scale[o0 + r] * tile[r][j] : tile[r][j];
@@ -569,7 +585,6 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
 #pragma omp parallel if (par)
     {
         uint32_t *panel = panels_ws + (size_t)CA_OMP_IT() * KC * CA_BF16_COLS;
-        float tile[CA_BF16_ROWS][CA_BF16_COLS];
 #pragma omp for schedule(static)
         for (int p = 0; p < panels; p++) {
             const int c0 = p * CA_BF16_COLS, nc = C - c0 < CA_BF16_COLS ? C - c0 : CA_BF16_COLS;
@@ -586,11 +601,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
                 }
                 for (int m0 = 0; m0 < M; m0 += CA_BF16_ROWS) {
                     const int nr = M - m0 < CA_BF16_ROWS ? M - m0 : CA_BF16_ROWS;
-                    bf16_tile_rows(tile, A + (size_t)m0 * lda + 2 * (size_t)k0, lda, nr, panel, kn);
-                    for (int r = 0; r < nr; r++) {
-                        float *d = out + (size_t)(m0 + r) * C + c0;
-                        for (int j = 0; j < nc; j++) d[j] = (accumulate || k0 ? d[j] : 0.0f) + tile[r][j];
-                    }
+                    bf16_tile_rows(NULL, out + (size_t)m0 * C + c0, (size_t)C, nc, accumulate || k0,
+                                   A + (size_t)m0 * lda + 2 * (size_t)k0, lda, nr, panel, kn);
                 }
             }
         }
@@ -618,6 +630,61 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     return rc;
 }
 
+/* v[j] ← column j of the 16 × 16 matrix of 32-bit lanes whose rows are v[0..15] */
+__attribute__((target("avx512f"), always_inline)) static inline void transpose16_epi32(__m512i v[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) { /* per 128-bit lane L: rows 2i, 2i+1 interleaved */
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* v[4i + k], lane L: rows 4i..4i+3 of column 4L + k */
+        v[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        v[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        v[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 2; i++) /* lanes: rows 8i..+3 and 8i+4..+7 of columns k, 8+k (0x88) or 4+k, 12+k (0xDD) */
+        for (int k = 0; k < 4; k++) {
+            t[8 * i + k] = _mm512_shuffle_i32x4(v[8 * i + k], v[8 * i + 4 + k], 0x88);
+            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(v[8 * i + k], v[8 * i + 4 + k], 0xDD);
+        }
+    for (int j = 0; j < 8; j++) {
+        v[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+        v[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xDD);
+    }
+}
+
+/* dyt (OC, ldt) = bf16(dout)ᵀ with dout (N, OC), zero-padded to an even N: blocks of 32 rows × 16 columns go
+ * through registers as 16 × 16 pairs (two rows rounded and interleaved, then transposed), the rest one by one */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16_transpose_avx512(
+    uint16_t *restrict dyt, size_t ldt, const float *restrict dout, int N, int OC) {
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                           21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const int N32 = N / 32 * 32;
+#pragma omp parallel for schedule(static) if ((size_t)N * OC > CA_PAR_MIN)
+    for (int o0 = 0; o0 < OC; o0 += 16) {
+        const int on = OC - o0 < 16 ? OC - o0 : 16;
+        const __mmask16 m = (__mmask16)((1u << on) - 1u);
+        for (int n0 = 0; n0 < N32; n0 += 32) {
+            __m512i v[16]; /* v[np] lane j: the pair (dout[n0 + 2np, o0 + j], dout[n0 + 2np + 1, o0 + j]) */
+            for (int np = 0; np < 16; np++) {
+                const float *row = dout + (size_t)(n0 + 2 * np) * OC + o0;
+                const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, row + OC), _mm512_maskz_loadu_ps(m, row));
+                v[np] = _mm512_permutexvar_epi16(pairs, (__m512i)h);
+            }
+            transpose16_epi32(v);
+            for (int j = 0; j < on; j++) _mm512_storeu_si512(dyt + (size_t)(o0 + j) * ldt + n0, v[j]);
+        }
+        for (int n = N32; n < N; n++) {
+            uint16_t h[16];
+            _mm256_storeu_si256((__m256i *)h, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, dout + (size_t)n * OC + o0)));
+            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + n] = h[j];
+        }
+        if (N % 2)
+            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + N] = 0;
+    }
+}
+
 /* dW (OC, C) += bf16(dout)ᵀ (OC, N) · bf16(inp) (N, C): the reduction runs over the rows, so dout is transposed
  * into pairs along N (A) and inp's rows are interleaved into panels (B) */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_weight_grad_avx512(
@@ -627,19 +694,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     uint16_t *xb = malloc((size_t)N * C * sizeof(uint16_t));     /* (N, C) bf16(inp) */
     if (!dyt || !xb) return free(dyt), free(xb), -1;
     bf16_rows_avx512(xb, (size_t)C, inp, N, C);
-#pragma omp parallel for schedule(static) if ((size_t)N * OC > CA_PAR_MIN)
-    for (int o0 = 0; o0 < OC; o0 += 16) { /* 16 columns of dout at a time: rounded once, written down the rows */
-        const int on = OC - o0 < 16 ? OC - o0 : 16;
-        const __mmask16 m = (__mmask16)((1u << on) - 1u);
-        for (int n = 0; n < N; n++) {
-            const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, dout + (size_t)n * OC + o0));
-            uint16_t v[16];
-            _mm256_storeu_si256((__m256i *)v, h);
-            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + n] = v[j];
-        }
-        if (N % 2)
-            for (int j = 0; j < on; j++) dyt[(size_t)(o0 + j) * ldt + N] = 0;
-    }
+    bf16_transpose_avx512(dyt, ldt, dout, N, OC);
     const int rc = bf16_gemm_nn_avx512(dweight, dyt, ldt, xb, OC, C, N, 1);
     free(dyt);
     free(xb);

@@ -126,7 +126,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, num_supernodes: int, timeout: f
     if len(node_of) != len(nodes):
         raise RuntimeError(f"{len(nodes)} SuperNodes but {len(node_of)} distinct partition ids")
     clients = [FederatedClient(cid, []) for cid in sorted(node_of)]
-    sim = cfg.simulation(load_base_model(cfg.model), clients, progressbar=False)
+    sim = cfg.simulation(load_base_model(cfg.model, cfg.dtype), clients, progressbar=False)
     federation = _federation_id(cfg, resume)
     if resume:
         sim._load()
@@ -328,7 +328,7 @@ def site_round(cfg: FederatedConfig, client: FederatedClient, kept: SiteState, g
     image captioner when ``cfg.model`` is an LFM2-VL checkpoint (`load_base_model`), and the site's examples
     are checked against it first (`check_client_data`).
     `base_residual`: FedEx-LoRA's residuals, folded into the freshly loaded base first."""
-    model = load_base_model(cfg.model)
+    model = load_base_model(cfg.model, cfg.dtype)
     check_client_data(model, client)
     sim = cfg.simulation(model, [client], output_dir=None, progressbar=False)
     if base_residual:

@@ -2,7 +2,7 @@
 and the Flower deployment (`captionaura.flower`, where it travels as Flower's run config: flat scalars).
 
     cfg = FederatedConfig.from_file("run.toml")       # or .json, or FederatedConfig(model=..., ...)
-    sim = cfg.simulation(load_base_model(cfg.model), load_clients(cfg.data))
+    sim = cfg.simulation(load_base_model(cfg.model, cfg.dtype), load_clients(cfg.data))
 
 Client data on disk: one ``<client>.npz`` per client (`captionaura.federated.client_data`: token ids and
 labels, and an image captioner's tiles), re-exported here.
@@ -64,7 +64,8 @@ class FederatedConfig:
     "central": clip on the server and add noise to the mean; "local": each client noises its own update).
     ``secagg_threshold`` 0 means two thirds of the sampled clients (at least 2). ``eval_max_new_tokens`` > 0
     captions every client's held-out examples after each round and records its BLEU/CIDEr
-    (`caption_eval_fn`)."""
+    (`caption_eval_fn`). ``dtype`` "bf16" trains on bf16 base weights (mixed precision, ``to_inference_dtype``:
+    about twice the fp32 rate on CPUs with AVX512-BF16); the adapters and what clients send stay fp32."""
 
     model: str = ""
     data: str = ""
@@ -94,8 +95,11 @@ class FederatedConfig:
     keep_optimizer_state: bool = True
     eval_max_new_tokens: int = 0
     seed: int = 0
+    dtype: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         if not isinstance(self.strategy_args, str):
             self.strategy_args = json.dumps(dict(self.strategy_args))
         if self.strategy.lower() not in STRATEGIES:
@@ -200,13 +204,13 @@ class FederatedConfig:
         return Simulation(model, clients, self.lora_config(), **kwargs)
 
 
-def load_base_model(path: str | os.PathLike) -> Lfm2Model | Lfm2VlModel:
+def load_base_model(path: str | os.PathLike, dtype: str = "fp32") -> Lfm2Model | Lfm2VlModel:
     """The base model of a federated run: an image captioner (`Lfm2VlModel`) when the checkpoint folder's
-    config.json has a vision_config (LFM2-VL), else a language model (`Lfm2Model`)."""
+    config.json has a vision_config (LFM2-VL), else a language model (`Lfm2Model`), its weights in `dtype`."""
     config = Path(path) / "config.json"
     if config.is_file() and "vision_config" in read_json(config, "config file"):
-        return Lfm2VlModel.from_pretrained(path)
-    return Lfm2Model.from_pretrained(path)
+        return Lfm2VlModel.from_pretrained(path).to_inference_dtype(dtype)
+    return Lfm2Model.from_pretrained(path).to_inference_dtype(dtype)
 
 
 def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: bool = False,
@@ -234,7 +238,7 @@ def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: b
         raise ValueError(f"{out} already holds a checkpoint; pass resume=True (--resume) or use another folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(saved, settings)
-    model = load_base_model(cfg.model)
+    model = load_base_model(cfg.model, cfg.dtype)
     for client in clients:
         check_client_data(model, client)
     sim = cfg.simulation(model, clients, progressbar=progressbar)
