@@ -602,7 +602,10 @@ static void layer_forward(ca_vision_model *m, int l, int train) {
     for (int t = 0; t < m->num_tiles; t++) { /* bidirectional attention within each tile's valid patches */
         size_t off = m->tile_off[t] * D;
         int S = (int)(m->tile_off[t + 1] - m->tile_off[t]);
-        be->mha_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH, HS);
+        if (!m->params_bf16 ||
+            ca_cpu_mha_bf16_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH,
+                                    HS) != 0)
+            be->mha_forward(a->ao + off, a->att + m->tile_att[t], a->q + off, a->k + off, a->v + off, S, NH, HS);
     }
     proj_forward(m, l, CA_VPROJ_OUT, a->mid, a->ao, N, train);
     be->add_inplace(a->mid, h, (size_t)N * D);

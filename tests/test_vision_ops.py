@@ -375,3 +375,28 @@ def test_against_torch():
     assert rel_err(out, ty.detach().numpy()) < TOL
     for got, tt in ((dx, tx), (dw, tw), (db, tb)):
         assert rel_err(got, tt.grad.numpy()) < TOL
+
+
+@pytest.mark.parametrize("T, NH, HS", [(300, 3, 64), (33, 2, 16), (7, 1, 8)])
+def test_bf16_attention_equals_numpy_scheme(T, NH, HS):
+    """A bf16 tower's attention: S = bf16(q·scale)·bf16(k)ᵀ, P = softmax(S) (fp32, stored as is),
+    o = bf16(P)·bf16(v), fp32 sums (T = 300: two query blocks), against NumPy computing that scheme; the
+    rounding is what separates it from the fp32 op."""
+    from test_inference_dtype import bf16_round
+
+    rng = np.random.default_rng(T)
+    q, k, v = (f32(rng.standard_normal((T, NH, HS))) for _ in range(3))
+    out, att = nans((T, NH, HS)), nans((NH, T, T))
+    if not _core.mha_bf16_forward(out, att, q, k, v):
+        pytest.skip("no AVX512-BF16 on this CPU")
+    scale = np.float32(1 / math.sqrt(HS))
+    qh, kh, vh = (bf16_round(a).astype(np.float64).transpose(1, 0, 2) for a in (q * scale, k, v))
+    s = qh @ kh.transpose(0, 2, 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(att, p, rtol=0, atol=2e-6)
+    want = (bf16_round(att.astype(np.float32)).astype(np.float64) @ vh).transpose(1, 0, 2)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+    out32, att32 = nans((T, NH, HS)), nans((NH, T, T))
+    _core.mha_forward(out32, att32, q, k, v)
+    assert np.abs(out32 - want).max() > 1e-3

@@ -61,4 +61,15 @@ static inline float ca_expf(float x) {
 void ca_cpu_gemm(int transA, int transB, int M, int Nc, int K, float alpha, const float *A, int lda, const float *B,
                  int ldb, float beta, float *C, int ldc);
 
+/* linear_lowp.c's bf16 kernels as building blocks (AVX512-BF16 only: callers check ca_cpu_lowp_isa()); fp32 sums,
+ * −1 when a workspace cannot be allocated:
+ *   nt:   out (N, OC) = bf16(x) (N, C) · Wᵀ, W (OC, C) bf16 with row stride ldw (even; 0: C)
+ *   nn:   out (M, C) (row stride ldo) = A (M, K) · B (K, C), A bf16 rows of stride lda (even, zero-padded to an
+ *         even K), B bf16 rows of stride ldb
+ *   rows: out (n rows of stride ldo ≥ K rounded up to even) = bf16(in) (n, K), round to nearest even */
+int ca_cpu_bf16_gemm_nt(float *out, const float *x, const uint16_t *W, size_t ldw, int N, int C, int OC);
+int ca_cpu_bf16_gemm_nn(float *out, size_t ldo, const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, int M,
+                        int C, int K);
+void ca_cpu_bf16_rows(uint16_t *out, size_t ldo, const float *in, int n, int K);
+
 #endif

@@ -488,7 +488,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void bf16
 /* W's rows as the forward's A operand: bf16 rows as stored, or int8 rows (q, exact in bf16) widened per group of 8
  * rows into the thread's buffer, the row scale applied to the sums. */
 typedef struct {
-    const uint16_t *bf16; /* (OC, 2·K2) */
+    const uint16_t *bf16; /* (OC, ld) */
+    size_t ld;            /* bf16 row stride, even (0: C) */
     const int8_t *q;      /* (OC, C) */
     const float *scale;   /* (OC) */
 } bf16_gemm_weights;
@@ -516,13 +517,15 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     /* x as panels of 32 rows, pairs along C: xp[p][kp][j] = bf16 pair of x[32p + j] at 2kp (rows past N: 0) */
     uint32_t *xp = calloc((size_t)panels * K2 * CA_BF16_COLS, sizeof(uint32_t)); /* (panels, K2, 32) */
     uint16_t *Wp = NULL;                                                          /* (OC, 2·K2): odd C only */
+    size_t lda = w.ld ? w.ld : (size_t)C;
     if (!xp) return -1;
     if (W && C % 2) { /* W's rows as stored start mid-pair: a padded copy */
         if (!(Wp = malloc((size_t)OC * 2 * K2 * sizeof(uint16_t)))) return free(xp), -1;
         for (int o = 0; o < OC; o++) {
-            memcpy(Wp + (size_t)o * 2 * K2, W + (size_t)o * C, (size_t)C * sizeof(uint16_t));
+            memcpy(Wp + (size_t)o * 2 * K2, W + (size_t)o * lda, (size_t)C * sizeof(uint16_t));
             Wp[(size_t)o * 2 * K2 + C] = 0;
         }
+        lda = 2 * (size_t)K2;
     }
     const uint16_t *A = Wp ? Wp : W;
     const int par = (size_t)N * OC * C > (size_t)CA_PAR_MIN * 16;
@@ -543,10 +546,11 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
             const int o0 = g * CA_BF16_ROWS, nr = OC - o0 < CA_BF16_ROWS ? OC - o0 : CA_BF16_ROWS;
             if (w.q && !qrows) continue; /* reported below */
             if (w.q) q8_rows_to_bf16(qrows, w.q + (size_t)o0 * C, nr, C, K2);
-            const uint16_t *a = w.q ? qrows : A + (size_t)o0 * 2 * K2;
+            const uint16_t *a = w.q ? qrows : A + (size_t)o0 * lda;
             for (int p = 0; p < panels; p++) {
                 const int n0 = p * CA_BF16_COLS, nc = N - n0 < CA_BF16_COLS ? N - n0 : CA_BF16_COLS;
-                bf16_tile_rows(tile, NULL, 0, 0, 0, a, 2 * (size_t)K2, nr, xp + (size_t)p * K2 * CA_BF16_COLS, K2);
+                bf16_tile_rows(tile, NULL, 0, 0, 0, a, w.q ? 2 * (size_t)K2 : lda, nr, xp + (size_t)p * K2 * CA_BF16_COLS,
+                               K2);
                 for (int j = 0; j < nc; j++)
                     for (int r = 0; r < nr; r++)
                         out[(size_t)(n0 + j) * OC + o0 + r] = w.q ? w.scale[o0 + r] * tile[r][j] : tile[r][j];
@@ -563,12 +567,13 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     return failed ? -1 : 0;
 }
 
-/* out (M, C) = or += A (M, K) · B (K, C): A's rows bf16 with pairs along K (stride lda, zero-padded to an even K),
- * B's rows bf16 (stride C). Threads split B's column panels; the reduction goes in chunks of CA_BF16_KC pairs
- * (a panel chunk stays in L2), each chunk's sums added to out. Returns −1 when the panels' workspace is missing. */
+/* out (M, C) (row stride ldo) = or += A (M, K) · B (K, C): A's rows bf16 with pairs along K (stride lda,
+ * zero-padded to an even K), B's rows bf16 (stride ldb). Threads split B's column panels; the reduction goes in
+ * chunks of CA_BF16_KC pairs (a panel chunk stays in L2), each chunk's sums added to out. Returns −1 when the
+ * panels' workspace is missing. */
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_gemm_nn_avx512(
-    float *restrict out, const uint16_t *restrict A, size_t lda, const uint16_t *restrict B, int M, int C, int K,
-    int accumulate) {
+    float *restrict out, size_t ldo, const uint16_t *restrict A, size_t lda, const uint16_t *restrict B, size_t ldb,
+    int M, int C, int K, int accumulate) {
     const int K2 = (K + 1) / 2, panels = (C + CA_BF16_COLS - 1) / CA_BF16_COLS;
     const int par = (size_t)M * K * C > (size_t)CA_PAR_MIN * 16;
 #ifdef _OPENMP
@@ -593,15 +598,15 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
                 const int kn = K2 - k0 < KC ? K2 - k0 : KC;
                 for (int kp = 0; kp < kn; kp++) { /* P[kp][j] = (B[2kp, c0 + j], B[2kp + 1, c0 + j]) */
                     const int k = 2 * (k0 + kp);
-                    const __m512i r0 = _mm512_maskz_loadu_epi16(cols, B + (size_t)k * C + c0);
-                    const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, B + (size_t)(k + 1) * C + c0)
+                    const __m512i r0 = _mm512_maskz_loadu_epi16(cols, B + (size_t)k * ldb + c0);
+                    const __m512i r1 = k + 1 < K ? _mm512_maskz_loadu_epi16(cols, B + (size_t)(k + 1) * ldb + c0)
                                                  : _mm512_setzero_si512();
                     _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS, _mm512_permutex2var_epi16(r0, lo, r1));
                     _mm512_storeu_si512(panel + (size_t)kp * CA_BF16_COLS + 16, _mm512_permutex2var_epi16(r0, hi, r1));
                 }
                 for (int m0 = 0; m0 < M; m0 += CA_BF16_ROWS) {
                     const int nr = M - m0 < CA_BF16_ROWS ? M - m0 : CA_BF16_ROWS;
-                    bf16_tile_rows(NULL, out + (size_t)m0 * C + c0, (size_t)C, nc, accumulate || k0,
+                    bf16_tile_rows(NULL, out + (size_t)m0 * ldo + c0, ldo, nc, accumulate || k0,
                                    A + (size_t)m0 * lda + 2 * (size_t)k0, lda, nr, panel, kn);
                 }
             }
@@ -625,7 +630,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     uint16_t *dy = malloc((size_t)N * ldy * sizeof(uint16_t)); /* (N, ldy) bf16(dout), zero-padded */
     if (!dy) return -1;
     bf16_rows_avx512(dy, ldy, dout, N, OC);
-    const int rc = bf16_gemm_nn_avx512(dinp, dy, ldy, W, N, C, OC, accumulate);
+    const int rc = bf16_gemm_nn_avx512(dinp, (size_t)C, dy, ldy, W, (size_t)C, N, C, OC, accumulate);
     free(dy);
     return rc;
 }
@@ -695,7 +700,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     if (!dyt || !xb) return free(dyt), free(xb), -1;
     bf16_rows_avx512(xb, (size_t)C, inp, N, C);
     bf16_transpose_avx512(dyt, ldt, dout, N, OC);
-    const int rc = bf16_gemm_nn_avx512(dweight, dyt, ldt, xb, OC, C, N, 1);
+    const int rc = bf16_gemm_nn_avx512(dweight, (size_t)C, dyt, ldt, xb, (size_t)C, OC, C, N, 1);
     free(dyt);
     free(xb);
     return rc;
@@ -708,7 +713,7 @@ int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC)
                                     int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
     if (gemv_rows() == gemv_rows_avx512)
-        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){weight, NULL, NULL}, N, C, OC);
+        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){weight, 0, NULL, NULL}, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
@@ -725,7 +730,7 @@ int ca_cpu_linear_q8_gemm_forward(float *restrict out,              /* (N, OC) *
                                   int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
     if (gemv_rows() == gemv_rows_avx512)
-        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){NULL, q, scale}, N, C, OC);
+        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){NULL, 0, q, scale}, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
@@ -766,4 +771,18 @@ int ca_cpu_linear_bf16_gemm_backward(float *restrict dinp,             /* (N, C)
     ca_cpu_linear_backward(dinp, NULL, NULL, dr, NULL, weight_f32, N, C, OC, accumulate);
     free(dr);
     return 0;
+}
+
+/* The kernels as building blocks of other ops (mha.c), AVX512-BF16 only: callers check ca_cpu_lowp_isa() */
+int ca_cpu_bf16_gemm_nt(float *out, const float *x, const uint16_t *W, size_t ldw, int N, int C, int OC) {
+    return bf16_gemm_forward_avx512(out, x, (bf16_gemm_weights){W, ldw, NULL, NULL}, N, C, OC);
+}
+
+int ca_cpu_bf16_gemm_nn(float *out, size_t ldo, const uint16_t *A, size_t lda, const uint16_t *B, size_t ldb, int M,
+                        int C, int K) {
+    return bf16_gemm_nn_avx512(out, ldo, A, lda, B, ldb, M, C, K, 0);
+}
+
+void ca_cpu_bf16_rows(uint16_t *out, size_t ldo, const float *in, int n, int K) {
+    bf16_rows_avx512(out, ldo, in, n, K);
 }

@@ -5,6 +5,8 @@
  * a vision tile has ~1024 queries and keys, where per-head sgemm is several times faster. OpenBLAS runs
  * single-threaded (threads.c): the heads are spread over the OpenMP threads, one sgemm call each. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "captionaura/ca_blas.h"
 #include "captionaura/ca_ops.h"
@@ -55,6 +57,49 @@ void ca_cpu_mha_forward(float *restrict out,     /* (T, NH, HS) */
         ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, P, T, v + h * HS, ld, 0.0f,
                        out + (size_t)t0 * ld + h * HS, ld);
     }
+}
+
+/* The same attention with bf16 GEMMs (a bf16 tower): S_h = bf16(q_h·scale)·bf16(k_h)ᵀ and o_h = bf16(P_h)·bf16(v_h)
+ * with fp32 sums, the softmax and the stored probabilities fp32. Returns −1 (nothing written) without
+ * AVX512-BF16 or when a workspace cannot be allocated: the caller runs the fp32 op. */
+int ca_cpu_mha_bf16_forward(float *restrict out,     /* (T, NH, HS) */
+                            float *restrict att,     /* (NH, T, T) probabilities */
+                            const float *restrict q, /* (T, NH, HS) */
+                            const float *restrict k, /* (T, NH, HS) */
+                            const float *restrict v, /* (T, NH, HS) */
+                            int T, int NH, int HS) {
+    if (T <= 0 || NH <= 0 || HS <= 0) return 0;
+    if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0 || HS % 2) return -1;
+    const int ld = NH * HS, nb = (T + QB - 1) / QB;
+    const size_t ldp = 2 * (size_t)((T + 1) / 2) + 32; /* bf16(P) rows: even, off a power-of-two stride */
+    const float scale = 1.0f / sqrtf((float)HS);
+    uint16_t *kv = malloc((size_t)2 * T * ld * sizeof(uint16_t)); /* bf16(k), bf16(v): (T, NH, HS) each */
+    if (!kv) return -1;
+    ca_cpu_bf16_rows(kv, (size_t)ld, k, T, ld);
+    ca_cpu_bf16_rows(kv + (size_t)T * ld, (size_t)ld, v, T, ld);
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN) reduction(| : failed)
+    for (int task = 0; task < NH * nb; task++) {
+        int h = task / nb, t0 = (task % nb) * QB, rows = T - t0 < QB ? T - t0 : QB;
+        float *P = att + ((size_t)h * T + t0) * T;
+        float *qs = malloc((size_t)rows * HS * sizeof(float));   /* (rows, HS) q_h[t0:]·scale */
+        uint16_t *pb = malloc((size_t)rows * ldp * sizeof(uint16_t)); /* (rows, ldp) bf16(P) */
+        if (!qs || !pb) {
+            failed = 1;
+        } else {
+            for (int t = 0; t < rows; t++)
+                for (int d = 0; d < HS; d++) qs[(size_t)t * HS + d] = q[(size_t)(t0 + t) * ld + h * HS + d] * scale;
+            failed |= ca_cpu_bf16_gemm_nt(P, qs, kv + h * HS, (size_t)ld, rows, HS, T) != 0;
+            softmax_rows(P, rows, T);
+            ca_cpu_bf16_rows(pb, ldp, P, rows, T);
+            failed |= ca_cpu_bf16_gemm_nn(out + (size_t)t0 * ld + h * HS, (size_t)ld, pb, ldp,
+                                          kv + (size_t)T * ld + h * HS, (size_t)ld, rows, HS, T) != 0;
+        }
+        free(qs);
+        free(pb);
+    }
+    free(kv);
+    return failed ? -1 : 0;
 }
 
 /* dv_h = P_hᵀ·do_h;  dP = do_h·v_hᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale;  dq_h = dS·k_h;  dk_h = dSᵀ·q_h.

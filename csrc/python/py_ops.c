@@ -665,6 +665,21 @@ static PyObject *py_mha_forward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* the bf16 attention of a bf16 tower (CPU, AVX512-BF16): False when it is not available (nothing written) */
+static PyObject *py_mha_bf16_forward(PyObject *self, PyObject *args) {
+    PyObject *o_out, *o_att, *o_q, *o_k, *o_v;
+    if (!PyArg_ParseTuple(args, "OOOOO:mha_bf16_forward", &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
+    DRIVER(q, o_q, F32, 3, "q");
+    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
+    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
+    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
+    ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
+    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
+    int rc = 0;
+    NOGIL(rc = ca_cpu_mha_bf16_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
+    return PyBool_FromLong(rc == 0);
+}
+
 static PyObject *py_mha_backward(PyObject *self, PyObject *args) {
     PyObject *o_dq, *o_dk, *o_dv, *o_scratch, *o_dout, *o_q, *o_k, *o_v, *o_att;
     if (!PyArg_ParseTuple(args, "OOOOOOOOO:mha_backward", &o_dq, &o_dk, &o_dv, &o_scratch, &o_dout, &o_q, &o_k, &o_v,
@@ -781,6 +796,8 @@ PyMethodDef ca_py_ops_methods[] = {
      "posresize_forward(out (Ho,Wo,C), table (Hi,Wi,C)): antialiased bilinear resize"},
     {"posresize_backward", py_posresize_backward, METH_VARARGS, "posresize_backward(dtable (Hi,Wi,C) +=, dout (Ho,Wo,C))"},
     {"mha_forward", py_mha_forward, METH_VARARGS, "mha_forward(out (T,NH,HS), att (NH,T,T), q, k, v (T,NH,HS))"},
+    {"mha_bf16_forward", py_mha_bf16_forward, METH_VARARGS,
+     "mha_bf16_forward(out, att, q, k, v): mha_forward with bf16 GEMMs (CPU, AVX512-BF16); False when unavailable"},
     {"mha_backward", py_mha_backward, METH_VARARGS,
      "mha_backward(dq, dk, dv (T,NH,HS) =, scratch (NH,T,T), dout, q, k, v (T,NH,HS), att (NH,T,T))"},
     {"unshuffle_forward", py_unshuffle_forward, METH_VARARGS, "unshuffle_forward(out (H/f,W/f,f*f*C), inp (H,W,C), f)"},

@@ -279,6 +279,10 @@ void ca_cpu_mha_forward(float *out,     /* (T, NH, HS) */
                         const float *k, /* (T, NH, HS) */
                         const float *v, /* (T, NH, HS) */
                         int T, int NH, int HS);
+/* The same with bf16 GEMMs (q·scale, k, P, v rounded to bf16; fp32 sums, softmax and probabilities); −1 (nothing
+ * written) without AVX512-BF16 or memory: the caller runs ca_cpu_mha_forward */
+int ca_cpu_mha_bf16_forward(float *out, float *att, const float *q, const float *k, const float *v, int T, int NH,
+                            int HS);
 void ca_cpu_mha_backward(float *dq,         /* (T, NH, HS) = */
                          float *dk,         /* (T, NH, HS) = */
                          float *dv,         /* (T, NH, HS) = */
