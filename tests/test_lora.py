@@ -105,8 +105,8 @@ def test_merge_and_disable(case):
     scale = np.abs(unmerged[m]).max()
     assert np.abs(merged[m] - unmerged[m]).max() <= 1e-5 * scale  # merging reorders float32 sums
     np.testing.assert_allclose(merged[m], ref["merged_logits"][m], atol=1e-4, rtol=0)
-    model.unmerge_lora()
-    np.testing.assert_allclose(model.forward(ids, mask).logits, unmerged, atol=1e-5, rtol=0)
+    model.unmerge_lora()  # W + s·BA − s·BA: float32 rounding of the same size
+    np.testing.assert_allclose(model.forward(ids, mask).logits, unmerged, atol=1e-5 * scale, rtol=0)
 
 
 def test_prompt_labels_do_not_count(case):

@@ -2,7 +2,7 @@
  *   tanh form (SigLIP2 MLP, "gelu_pytorch_tanh"):  0.5·x·(1 + tanh(u)),  u = √(2/π)·(x + 0.044715·x³)
  *   exact form (projector, ACT2FN["gelu"]):       0.5·x·(1 + erf(x/√2))
  * The tanh form is evaluated as x·σ(2u) (since 0.5·(1 + tanh u) = σ(2u)) so that the loop vectorises with
- * ca_expf; the vision MLP calls it on N·F = 1024·3072 values per layer. erf comes from libm (the projector's
+ * ca_sigmoidf; the vision MLP calls it on N·F = 1024·3072 values per layer. erf comes from libm (the projector's
  * 256·2560 values per image are too few to matter). */
 #include <math.h>
 
@@ -22,7 +22,7 @@ void ca_cpu_gelu_forward(float *restrict out,       /* (N) */
         for (size_t i = 0; i < N; i++) {
             float x = inp[i];
             float u2 = 2.0f * GELU_K0 * (x + GELU_K1 * x * x * x);
-            out[i] = x / (1.0f + ca_expf(-u2));
+            out[i] = x * ca_sigmoidf(u2);
         }
     } else {
 #pragma omp parallel for schedule(static) if (N > CA_PAR_MIN)
@@ -44,7 +44,7 @@ void ca_cpu_gelu_backward(float *restrict dinp,       /* (N) = */
         for (size_t i = 0; i < N; i++) {
             float x = inp[i];
             float u2 = 2.0f * GELU_K0 * (x + GELU_K1 * x * x * x);
-            float s = 1.0f / (1.0f + ca_expf(-u2));
+            float s = ca_sigmoidf(u2);
             float du2 = 2.0f * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
             dinp[i] = dout[i] * (s + x * s * (1.0f - s) * du2);
         }

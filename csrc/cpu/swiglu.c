@@ -1,5 +1,5 @@
 /* SwiGLU gate of the LFM2 feed-forward (lfm2.md §2.6): out = silu(gate) ⊙ up, silu(a) = a·σ(a),
- * gate = w1·x, up = w3·x. Elementwise over N·F, so one flat parallel loop; ca_expf keeps it vectorised. */
+ * gate = w1·x, up = w3·x. Elementwise over N·F, so one flat parallel loop; ca_sigmoidf keeps it vectorised. */
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
@@ -14,7 +14,7 @@ void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
         float *restrict o = out + (size_t)n * F;
 #pragma omp simd
         for (int i = 0; i < F; i++) {
-            float sig = 1.0f / (1.0f + ca_expf(-g[i]));
+            float sig = ca_sigmoidf(g[i]);
             o[i] = g[i] * sig * u[i];
         }
     }
@@ -34,7 +34,7 @@ void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
 #pragma omp simd
         for (int i = 0; i < F; i++) {
             float a = g[i];
-            float sig = 1.0f / (1.0f + ca_expf(-a));
+            float sig = ca_sigmoidf(a);
             dg[i] = dy[i] * u[i] * sig * (1.0f + a * (1.0f - sig));
             du[i] = dy[i] * a * sig;
         }
