@@ -56,6 +56,15 @@ static inline float ca_expf(float x) {
     return p * s.f;
 }
 
+/* fp32 → bf16 bits, round to nearest even (NaN stays a quiet NaN) */
+static inline uint16_t ca_bf16_roundf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 /* σ(x) = 1/(1 + e^(−x)) from e = exp(−|x|) ∈ (0, 1]: σ = 1/(1 + e) for x ≥ 0, e/(1 + e) below. One division and
  * no overflow: 1/(1 + ca_expf(−x)) vectorises with a second division for the clamped branch, 3x slower here. */
 static inline float ca_sigmoidf(float x) {

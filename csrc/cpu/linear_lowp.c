@@ -23,15 +23,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* fp32 → bf16, round to nearest even (as torch's .to(torch.bfloat16)); NaNs stay (quiet) NaNs. */
-static inline uint16_t bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static inline float bf16_widen(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -43,7 +34,7 @@ void ca_cpu_bf16_from_f32(uint16_t *restrict out, /* (n) */
                           const float *restrict in, /* (n) */
                           size_t n) {
 #pragma omp parallel for if (n > CA_PAR_MIN) schedule(static)
-    for (size_t i = 0; i < n; i++) out[i] = bf16_round(in[i]);
+    for (size_t i = 0; i < n; i++) out[i] = ca_bf16_roundf(in[i]);
 }
 
 void ca_cpu_f32_from_bf16(float *restrict out, const uint16_t *restrict in, size_t n) {
@@ -475,7 +466,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static inline vo
     int k = 0;
     for (; k + 32 <= K; k += 32)
         _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + k + 16), _mm512_loadu_ps(in + k)));
-    for (; k < K; k++) out[k] = bf16_round(in[k]);
+    for (; k < K; k++) out[k] = ca_bf16_roundf(in[k]);
     if (K % 2) out[K] = 0;
 }
 
@@ -505,7 +496,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static void q8_r
             const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qr + k + 16))));
             _mm512_storeu_si512(o + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
-        for (; k < 2 * K2; k++) o[k] = k < C ? bf16_round((float)qr[k]) : 0;
+        for (; k < 2 * K2; k++) o[k] = k < C ? ca_bf16_roundf((float)qr[k]) : 0;
     }
 }
 
@@ -716,7 +707,7 @@ int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC)
         return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){weight, 0, NULL, NULL}, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
-    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
+    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(ca_bf16_roundf(inp[i]));
     ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
     free(xr);
     return 0;
@@ -733,7 +724,7 @@ int ca_cpu_linear_q8_gemm_forward(float *restrict out,              /* (N, OC) *
         return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){NULL, 0, q, scale}, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
-    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(bf16_round(inp[i]));
+    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(ca_bf16_roundf(inp[i]));
     ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
     free(xr);
     return 0;
@@ -747,8 +738,8 @@ int ca_cpu_linear_bf16_gemm_weight_grad(float *restrict dweight,    /* (OC, C) +
     if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_weight_grad_avx512(dweight, dout, inp, N, C, OC);
     float *r = malloc(((size_t)N * OC + (size_t)N * C) * sizeof(float)); /* bf16(dout), bf16(inp) as fp32 */
     if (!r) return -1;
-    for (size_t i = 0; i < (size_t)N * OC; i++) r[i] = bf16_widen(bf16_round(dout[i]));
-    for (size_t i = 0; i < (size_t)N * C; i++) r[(size_t)N * OC + i] = bf16_widen(bf16_round(inp[i]));
+    for (size_t i = 0; i < (size_t)N * OC; i++) r[i] = bf16_widen(ca_bf16_roundf(dout[i]));
+    for (size_t i = 0; i < (size_t)N * C; i++) r[(size_t)N * OC + i] = bf16_widen(ca_bf16_roundf(inp[i]));
     ca_cpu_linear_backward(NULL, dweight, NULL, r, r + (size_t)N * OC, NULL, N, C, OC, 1);
     free(r);
     return 0;
@@ -767,7 +758,7 @@ int ca_cpu_linear_bf16_gemm_backward(float *restrict dinp,             /* (N, C)
     if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_backward_avx512(dinp, dout, weight, N, C, OC, accumulate);
     float *dr = malloc((size_t)N * OC * sizeof(float)); /* bf16(dout) as fp32 */
     if (!dr) return -1;
-    for (size_t i = 0; i < (size_t)N * OC; i++) dr[i] = bf16_widen(bf16_round(dout[i]));
+    for (size_t i = 0; i < (size_t)N * OC; i++) dr[i] = bf16_widen(ca_bf16_roundf(dout[i]));
     ca_cpu_linear_backward(dinp, NULL, NULL, dr, NULL, weight_f32, N, C, OC, accumulate);
     free(dr);
     return 0;

@@ -73,32 +73,38 @@ int ca_cpu_mha_bf16_forward(float *restrict out,     /* (T, NH, HS) */
     const int ld = NH * HS, nb = (T + QB - 1) / QB;
     const size_t ldp = 2 * (size_t)((T + 1) / 2) + 32; /* bf16(P) rows: even, off a power-of-two stride */
     const float scale = 1.0f / sqrtf((float)HS);
-    uint16_t *kv = malloc((size_t)2 * T * ld * sizeof(uint16_t)); /* bf16(k), bf16(v): (T, NH, HS) each */
-    if (!kv) return -1;
-    ca_cpu_bf16_rows(kv, (size_t)ld, k, T, ld);
-    ca_cpu_bf16_rows(kv + (size_t)T * ld, (size_t)ld, v, T, ld);
+    /* bf16(k) transposed per head, kt (NH, HS, ldt), for S = q·kᵀ as a row-major GEMM with vector stores; and
+     * bf16(v) (T, NH, HS) */
+    const size_t ldt = (size_t)T + 32;
+    uint16_t *kt = malloc(((size_t)NH * HS * ldt + (size_t)T * ld) * sizeof(uint16_t)), *vb = kt + (size_t)NH * HS * ldt;
+    if (!kt) return -1;
+    ca_cpu_bf16_rows(vb, (size_t)ld, v, T, ld);
+#pragma omp parallel for schedule(static) if ((size_t)T * ld > CA_PAR_MIN)
+    for (int c = 0; c < ld; c++) /* c = h·HS + d: row c of kt */
+        for (int t = 0; t < T; t++) kt[(size_t)c * ldt + t] = ca_bf16_roundf(k[(size_t)t * ld + c]);
     int failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) if ((size_t)NH * T * T * HS > CA_PAR_MIN) reduction(| : failed)
     for (int task = 0; task < NH * nb; task++) {
         int h = task / nb, t0 = (task % nb) * QB, rows = T - t0 < QB ? T - t0 : QB;
         float *P = att + ((size_t)h * T + t0) * T;
-        float *qs = malloc((size_t)rows * HS * sizeof(float));   /* (rows, HS) q_h[t0:]·scale */
+        uint16_t *qb = malloc((size_t)rows * HS * sizeof(uint16_t));  /* (rows, HS) bf16(q_h[t0:]·scale) */
         uint16_t *pb = malloc((size_t)rows * ldp * sizeof(uint16_t)); /* (rows, ldp) bf16(P) */
-        if (!qs || !pb) {
+        if (!qb || !pb) {
             failed = 1;
         } else {
             for (int t = 0; t < rows; t++)
-                for (int d = 0; d < HS; d++) qs[(size_t)t * HS + d] = q[(size_t)(t0 + t) * ld + h * HS + d] * scale;
-            failed |= ca_cpu_bf16_gemm_nt(P, qs, kv + h * HS, (size_t)ld, rows, HS, T) != 0;
+                for (int d = 0; d < HS; d++)
+                    qb[(size_t)t * HS + d] = ca_bf16_roundf(q[(size_t)(t0 + t) * ld + h * HS + d] * scale);
+            failed |= ca_cpu_bf16_gemm_nn(P, (size_t)T, qb, (size_t)HS, kt + (size_t)h * HS * ldt, ldt, rows, T, HS) != 0;
             softmax_rows(P, rows, T);
             ca_cpu_bf16_rows(pb, ldp, P, rows, T);
-            failed |= ca_cpu_bf16_gemm_nn(out + (size_t)t0 * ld + h * HS, (size_t)ld, pb, ldp,
-                                          kv + (size_t)T * ld + h * HS, (size_t)ld, rows, HS, T) != 0;
+            failed |= ca_cpu_bf16_gemm_nn(out + (size_t)t0 * ld + h * HS, (size_t)ld, pb, ldp, vb + h * HS, (size_t)ld,
+                                          rows, HS, T) != 0;
         }
-        free(qs);
+        free(qb);
         free(pb);
     }
-    free(kv);
+    free(kt);
     return failed ? -1 : 0;
 }
 
