@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "captionaura/ca_model.h"
 #include "captionaura/ca_profile.h"
@@ -146,6 +147,7 @@ static void drop_lowp(ca_lfm2_model *m) {
 
 /* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). */
 static void repack_lowp(ca_lfm2_model *m) {
+    m->fp32_dropped = 0; /* params were (re)written whole: loading, init, merging */
     if (m->params_bf16) {
         ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
         ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
@@ -158,10 +160,58 @@ static void repack_lowp(ca_lfm2_model *m) {
     }
 }
 
+static int any_trainable(const ca_lfm2_model *m);
+
+/* After an optimiser step on a bf16 model's base: the bf16 copy from the fp32 master weights (which keep their
+ * small updates: params are not rounded in place here, as they are by set_inference_dtype) */
+static void sync_lowp(ca_lfm2_model *m) {
+    if (!m->lowp_stale || !m->params_bf16) return;
+    ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
+    m->lowp_stale = 0;
+}
+
+/* The matrices (2-D tensors) whose fp32 values drop_fp32 releases: every whole page inside each. */
+static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **hi) {
+    const ca_param_info *p = &m->param_info[i];
+    const uintptr_t page = 4096, a = (uintptr_t)(m->params + p->offset), b = (uintptr_t)(m->params + p->offset + p->numel);
+    *lo = (char *)((a + page - 1) & ~(page - 1));
+    *hi = (char *)(b & ~(page - 1));
+}
+
+ca_status ca_lfm2_drop_fp32(ca_lfm2_model *m) {
+    if (!m->params_bf16) return ca_error(CA_ERR_VALUE, "only a bf16 model can drop its fp32 weights");
+    if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
+        return ca_error(CA_ERR_VALUE, "dropping the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall back "
+                                      "to fp32 ones, which read them)");
+    if (any_trainable(m))
+        return ca_error(CA_ERR_VALUE, "base parameters train (mixed precision needs their fp32 master weights): "
+                                      "add LoRA adapters first, or keep the fp32 weights");
+    sync_lowp(m);
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        char *lo, *hi;
+        if (m->param_info[i].ndim != 2) continue;
+        fp32_matrix_pages(m, i, &lo, &hi);
+        if (hi > lo) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED); /* advice: where refused, nothing is lost */
+    }
+    m->fp32_dropped = 1;
+    return CA_OK;
+}
+
+/* The matrices' fp32 values back from the bf16 copy (exact: they were bf16 values). */
+static void restore_fp32(ca_lfm2_model *m) {
+    if (!m->fp32_dropped) return;
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        if (p->ndim == 2) ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+    }
+    m->fp32_dropped = 0;
+}
+
 ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
     const int bf16 = !strcmp(dtype, "bf16"), int8 = !strcmp(dtype, "int8");
     if (!bf16 && !int8 && strcmp(dtype, "fp32"))
         return ca_error(CA_ERR_VALUE, "inference dtype '%s' is not one of 'fp32', 'bf16', 'int8'", dtype);
+    restore_fp32(m);
     if ((bf16 || int8) && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
         return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
                         m->be->name);
@@ -616,12 +666,15 @@ static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *
 }
 
 /* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
-/* After an optimiser step on a bf16 model's base: the bf16 copy from the fp32 master weights (which keep their
- * small updates: params are not rounded in place here, as they are by set_inference_dtype) */
-static void sync_lowp(ca_lfm2_model *m) {
-    if (!m->lowp_stale || !m->params_bf16) return;
-    ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
-    m->lowp_stale = 0;
+/* out (N, C) = the embedding rows of ids; from the bf16 copy when the fp32 values were dropped */
+static void embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N) {
+    const int C = m->cfg.hidden_size;
+    if (!m->fp32_dropped) {
+        m->be->embedding_forward(out, ids, m->embed_tokens, N, C);
+        return;
+    }
+    const uint16_t *table = m->params_bf16 + (m->embed_tokens - m->params);
+    for (int n = 0; n < N; n++) ca_cpu_f32_from_bf16(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C);
 }
 
 static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T,
@@ -641,7 +694,7 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
             if (!m->mask[n]) m->has_padding = 1;
         }
     }
-    m->be->embedding_forward(m->hs, ids, m->embed_tokens, N, C);
+    embed(m, m->hs, ids, N);
     if (features && features->count)
         m->be->scatter_rows(m->hs, features->values, features->positions, features->count, C);
     for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(m, l, B, T);
@@ -735,6 +788,9 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     if (m->params_q8)
         return ca_error(CA_ERR_VALUE, "the model holds int8 inference weights: call to_inference_dtype('fp32') "
                                       "before training");
+    if (m->fp32_dropped && any_trainable(m))
+        return ca_error(CA_ERR_VALUE, "base parameters train but their fp32 weights were dropped: call "
+                                      "to_inference_dtype('bf16') to restore them");
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {
@@ -902,6 +958,9 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
 }
 
 ca_status ca_lfm2_save_safetensors(const ca_lfm2_model *m, const char *path, const char *prefix) {
+    if (m->fp32_dropped)
+        return ca_error(CA_ERR_VALUE, "the fp32 weights were dropped: call to_inference_dtype('bf16') to restore them "
+                                      "before saving");
     ca_st_item *items = calloc((size_t)m->num_param_tensors, sizeof *items);
     char(*names)[CA_PARAM_NAME_MAX + 64] = calloc((size_t)m->num_param_tensors, sizeof *names);
     if (!items || !names) {
@@ -1006,6 +1065,9 @@ ca_status ca_lfm2_lora_init(ca_lfm2_model *m, uint64_t seed, int gaussian) {
 }
 
 ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign) {
+    if (m->fp32_dropped)
+        return ca_error(CA_ERR_VALUE, "the fp32 weights were dropped: call to_inference_dtype('bf16') to restore them "
+                                      "before merging");
     for (int i = 0; i < m->num_lora; i++) {
         const ca_lora_adapter *a = &m->lora[i];
         int in = 0, out = 0;
@@ -1179,7 +1241,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         }
     }
     if (embeds) m->be->copy(m->hs, embeds, (size_t)N * C * sizeof(float));
-    else m->be->embedding_forward(m->hs, safe_ids, m->embed_tokens, N, C);
+    else embed(m, m->hs, safe_ids, N);
 
     for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
         const ca_lfm2_layer *w = &m->layers[l];

@@ -165,3 +165,47 @@ def test_bf16_tower_trains_adapters_only():
         model.vision.backward(np.ones_like(features))
     with pytest.raises(ValueError, match="'fp32', 'bf16'"):
         model.vision.to_dtype("int8")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_dropping_the_fp32_weights_frees_them_and_changes_no_result(tmp_path):
+    """keep_fp32=False: the matrices' fp32 pages go back to the system, while logits, a LoRA step (loss,
+    gradients, updated adapters) and greedy decoding stay bit for bit those of the bf16 model that keeps them;
+    what needs the fp32 values refuses until to_inference_dtype restores them, exactly."""
+    cfg = ca.Lfm2Config(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, block_auto_adjust_ff_dim=False,
+                        layer_types=["conv", "full_attention", "conv", "full_attention"])
+    ids = np.random.default_rng(3).integers(1, 4096, (2, 16)).astype(np.int32)
+    lora = ca.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    runs = []
+    for keep in (True, False):
+        model = ca.Lfm2Model.from_config(cfg, seed=0)
+        model.add_lora(lora, seed=1)
+        before = rss_bytes()
+        model.to_inference_dtype("bf16", keep_fp32=keep)
+        freed = before + model.num_parameters() * 2 - rss_bytes()  # + the bf16 copy it allocated
+        model.set_optimizer(ca.AdamWConfig(lr=1e-3))
+        loss = model.train_step({"input_ids": ids, "labels": ids})
+        runs.append((freed, model.forward(ids).logits, loss, model.lora_vector().copy(),
+                     model.generate(ids[:1, :5], max_new_tokens=6), model))
+    (_, logits, loss, vector, tokens, _), (freed, logits_d, loss_d, vector_d, tokens_d, dropped) = runs
+    matrices = sum(v.size for v in runs[0][5].parameters().values() if v.ndim == 2) * 4
+    assert freed >= 0.8 * matrices, (freed, matrices)
+    np.testing.assert_array_equal(logits_d, logits)
+    assert loss_d == loss
+    np.testing.assert_array_equal(vector_d, vector)
+    np.testing.assert_array_equal(tokens_d, tokens)
+    for refused in (dropped.parameters, dropped.merge_lora, lambda: dropped.save_pretrained(tmp_path / "m")):
+        with pytest.raises((RuntimeError, ValueError), match="dropped"):
+            refused()
+    dropped.to_inference_dtype("bf16")
+    for k, v in dropped.parameters().items():
+        np.testing.assert_array_equal(v, runs[0][5].parameters()[k], err_msg=k)
+    full = ca.Lfm2Model.from_config(cfg, seed=0).to_inference_dtype("bf16")
+    with pytest.raises(ValueError, match="base parameters train"):
+        full.to_inference_dtype("bf16", keep_fp32=False)

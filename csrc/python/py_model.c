@@ -500,6 +500,22 @@ static PyObject *Lfm2_set_inference_dtype(Lfm2Object *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Lfm2_drop_fp32(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    st = ca_lfm2_drop_fp32(self->model);
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lfm2_fp32_dropped(Lfm2Object *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    return PyBool_FromLong(self->model->fp32_dropped);
+}
+
 static PyObject *Lfm2_inference_dtype(Lfm2Object *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     return PyUnicode_FromString(ca_lfm2_inference_dtype(self->model));
@@ -509,6 +525,9 @@ static PyMethodDef Lfm2_methods[] = {
     {"set_inference_dtype", (PyCFunction)Lfm2_set_inference_dtype, METH_O,
      "set_inference_dtype('fp32' | 'bf16' | 'int8'): weights used for inference (bf16 and int8 round them in place)."},
     {"inference_dtype", (PyCFunction)Lfm2_inference_dtype, METH_NOARGS, "'fp32', 'bf16' or 'int8'."},
+    {"drop_fp32", (PyCFunction)Lfm2_drop_fp32, METH_NOARGS,
+     "drop_fp32(): a bf16 model releases its matrices' fp32 values (set_inference_dtype restores them)."},
+    {"fp32_dropped", (PyCFunction)Lfm2_fp32_dropped, METH_NOARGS, "Whether drop_fp32() is in effect."},
     {"param_table", (PyCFunction)Lfm2_param_table, METH_NOARGS,
      "[(name, shape, offset, numel)] of every parameter tensor, in buffer order."},
     {"params", (PyCFunction)Lfm2_params, METH_NOARGS, "The flat float32 parameter buffer (a view)."},

@@ -140,6 +140,8 @@ typedef struct ca_lfm2_model {
     int decoding_step;         /* inside a one-token-per-sequence cached forward: every row takes the GEMV */
     int lowp_stale;            /* a bf16 model's base trained (mixed precision: params are the fp32 master
                                 * weights): the bf16 copy is re-made from them before the next pass */
+    int fp32_dropped;          /* bf16 only: the matrices' fp32 values in params were released (their pages read
+                                * as zeros); frozen-base training and inference run on the bf16 copy */
 } ca_lfm2_model;
 
 /* "fp32" | "bf16" | "int8": weights used for inference. bf16 rounds every parameter to bf16 in place, int8
@@ -149,6 +151,10 @@ typedef struct ca_lfm2_model {
  * model. Loading, init and LoRA merge re-pack. */
 ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype);
 const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m);
+/* A bf16 model (AVX512-BF16 CPUs) gives back the memory of its matrices' fp32 values: the bf16 copy is then all
+ * there is of them, for inference and LoRA on the frozen base. Training base parameters, merging, saving and
+ * reading those parameters refuse until set_inference_dtype restores them (widened from bf16, exactly). */
+ca_status ca_lfm2_drop_fp32(ca_lfm2_model *m);
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
 ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);
