@@ -6,8 +6,9 @@ its own process so its peak resident memory (ru_maxrss) is its own.
                                      [--dtypes fp32,bf16] [--torch-python /path/to/venv-with-torch-peft/bin/python]
 
 --dtypes bf16 trains the adapters (fp32) on a frozen bf16 base on both sides: ours with
-``to_inference_dtype("bf16")`` (bf16 GEMMs with fp32 sums), PyTorch with the model cast to bf16 (PEFT keeps
-the adapters in fp32). Each bf16 row is also compared with PyTorch's fp32 run, the anchor the issue names.
+``to_inference_dtype("bf16", keep_fp32=False)`` (bf16 GEMMs with fp32 sums; the base's fp32 copy given back),
+PyTorch with the model cast to bf16 (PEFT keeps the adapters in fp32). Each bf16 row is also compared with
+PyTorch's fp32 run, the anchor the issue names.
 
 The PyTorch side may run in another interpreter (``--torch-python``): a reference virtual environment with
 torch 2.13, transformers and peft, kept apart from the project's own.
@@ -35,13 +36,14 @@ def run_ours(config: dict, seq: int, steps: int, threads: int, dtype: str) -> di
     ca.set_num_threads(threads)
     model = ca.Lfm2Model.from_config(config, seed=0)
     model.add_lora(ca.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
-    model.to_inference_dtype(dtype)
+    model.to_inference_dtype(dtype, keep_fp32=dtype != "bf16")
     model.set_optimizer(ca.AdamWConfig(lr=1e-4))
     ids = np.random.default_rng(0).integers(0, config["vocab_size"], (1, seq)).astype(np.int32)
     batch = {"input_ids": ids, "labels": ids}
+    setup_peak = _reset_peak()
     model.train_step(batch)  # warm-up
     best = min(_timed(lambda: model.train_step(batch)) for _ in range(steps))
-    return {"tok_s": seq / best, "trainable": model.num_trainable_parameters()}
+    return {"tok_s": seq / best, "trainable": model.num_trainable_parameters(), "setup_peak_mb": setup_peak}
 
 
 def run_torch(config: dict, seq: int, steps: int, threads: int, dtype: str) -> dict:
@@ -62,9 +64,24 @@ def run_torch(config: dict, seq: int, steps: int, threads: int, dtype: str) -> d
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    setup_peak = _reset_peak()
     step()
     best = min(_timed(step) for _ in range(steps))
-    return {"tok_s": seq / best, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {"tok_s": seq / best, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "setup_peak_mb": setup_peak}
+
+
+def _reset_peak() -> float:
+    """The process's peak resident memory so far (MB), then the peak reset to what is resident now (Linux
+    clear_refs), so that the peak read after the steps is the training's own: building and converting a model
+    (both sides build it in fp32 first) is not training."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return peak
 
 
 def _timed(fn) -> float:
@@ -75,7 +92,7 @@ def _timed(fn) -> float:
 
 def worker(side: str, config: dict, seq: int, steps: int, threads: int, dtype: str) -> None:
     result = (run_ours if side == "ours" else run_torch)(config, seq, steps, threads, dtype)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the training steps'
     print(json.dumps(result))
 
 
@@ -111,8 +128,10 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     results = {}
     print(f"LoRA r={RANK} on {', '.join(TARGETS)}; batch 1 x {args.seq}; {args.threads} thread(s); best of {args.steps}")
+    print("MB: peak resident memory of the training steps (setup, where higher, in brackets: both sides build the "
+          "model in fp32 first)")
     print(f"{'shape':<6} {'base':<5} {'trainable':>10} {'ours tok/s':>11} {'torch tok/s':>12} {'speed':>6} "
-          f"{'vs torch fp32':>14} {'ours MB':>8} {'torch MB':>9} {'memory':>7}")
+          f"{'vs torch fp32':>14} {'ours MB':>14} {'torch MB':>14} {'memory':>7}")
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             ours, theirs = measure("ours", shape, dtype, args), measure("torch", shape, dtype, args)
@@ -124,10 +143,14 @@ def main() -> None:
             speed = ours["tok_s"] / theirs["tok_s"] if theirs else None
             vs_fp32 = ours["tok_s"] / fp32["tok_s"] if fp32 else None
             memory = ours["peak_rss_mb"] / theirs["peak_rss_mb"] if theirs else None
+            def mb(r):
+                if not r:
+                    return f"{'-':>14}"
+                setup = f"({r['setup_peak_mb']:.0f})" if r["setup_peak_mb"] > r["peak_rss_mb"] else ""
+                return f"{r['peak_rss_mb']:.0f} {setup}".rjust(14)
             print(f"{shape:<6} {dtype:<5} {ours['trainable']:>10,} {ours['tok_s']:11.1f} "
                   f"{cell(theirs and theirs['tok_s'], 12, '12.1f')} {cell(speed, 6, '6.2f')} "
-                  f"{cell(vs_fp32, 14, '14.2f')} {ours['peak_rss_mb']:8.0f} "
-                  f"{cell(theirs and theirs['peak_rss_mb'], 9, '9.0f')} {cell(memory, 7, '7.2f')}")
+                  f"{cell(vs_fp32, 14, '14.2f')} {mb(ours)} {mb(theirs)} {cell(memory, 7, '7.2f')}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
