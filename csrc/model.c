@@ -665,7 +665,6 @@ static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *
     return st;
 }
 
-/* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
 /* out (N, C) = the embedding rows of ids; from the bf16 copy when the fp32 values were dropped */
 static void embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N) {
     const int C = m->cfg.hidden_size;
@@ -677,6 +676,7 @@ static void embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N) {
     for (int n = 0; n < N; n++) ca_cpu_f32_from_bf16(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C);
 }
 
+/* Runs embedding → layers → final norm for validated inputs; leaves activations in the arena. */
 static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_t *mask, int B, int T,
                               const ca_lfm2_features *features) {
     sync_lowp(m);

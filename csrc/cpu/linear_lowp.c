@@ -395,7 +395,7 @@ void ca_cpu_linear_q8_forward(float *restrict out,          /* (N, OC) */
  *   input grad   dx (N, C)  [+]= bf16(dy) (N, OC) · W          (W (OC, C) bf16)
  *   weight grad  dW (OC, C)  += bf16(dy)ᵀ (OC, N) · bf16(x)    (into the fp32 gradient)
  * vdpbf16ps adds a·b over a pair of bf16 (exact products) into an fp32 lane: twice the fp32 FMA rate. One
- * register tile serves both: 8 rows of an operand A whose pairs along the reduction are contiguous as stored
+ * register tile serves all three: 8 rows of an operand A whose pairs along the reduction are contiguous as stored
  * (one broadcast pair at a time) against a panel of 32 columns packed as pairs along the reduction,
  * P[kp][j] = (b[2kp][j], b[2kp+1][j]), one 64-byte load per 16 columns:
  *   forward:    A = W's rows (as stored),  P = 32 rows of bf16(x) (packed while rounding x)  → tile = outᵀ
