@@ -44,3 +44,17 @@ def tiny_captioner_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def captioner(tiny_captioner_dir) -> ca.Lfm2VlModel:
     return ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir)
+
+
+@pytest.fixture(params=["avx512", "avx2"])
+def isa(request):
+    """Runs a test with each variant of the low-precision kernels (GEMVs, bf16 GEMMs; AVX-512 skipped on CPUs
+    without AVX512-BF16), then back to the best one."""
+    from captionaura import _core
+
+    try:
+        _core.lowp_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    _core.lowp_isa("auto")

@@ -29,16 +29,6 @@ LOSS_BOUND, GRAD_BOUND = 3e-3, 6e-2
 FULL_GRAD_BOUND = 5e-2
 
 
-@pytest.fixture(params=["avx512", "avx2"])
-def isa(request):
-    try:
-        _core.lowp_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    _core.lowp_isa("auto")
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_loss_and_adapter_gradients_close_to_fp32_on_the_same_weights(name, isa):
     _, ref, model = load_case(name)

@@ -82,17 +82,6 @@ def test_int8_rounds_each_matrix_row():
         np.testing.assert_allclose(w, want, rtol=1e-6, atol=0, err_msg=name)
 
 
-@pytest.fixture(params=["avx512", "avx2"])
-def isa(request):
-    """Runs a test with each GEMV variant (AVX-512 skipped on CPUs without it), then back to the best one."""
-    try:
-        _core.lowp_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    _core.lowp_isa("auto")
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("name", NAMES)
 def test_lowp_prefill_equals_forward_and_steps_stay_close(name, isa, dtype):

@@ -697,14 +697,11 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) static int bf16_
     return rc;
 }
 
-int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC) */
-                                    const float *restrict inp,        /* (N, C) */
-                                    const uint16_t *restrict weight,  /* (OC, C) bf16 */
-                                    const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
-                                    int N, int C, int OC) {
+/* The forward on AVX512-BF16, else the fp32 GEMM on bf16(x) and weight_f32 (W's values in fp32) */
+static int bf16_gemm_forward(float *restrict out, const float *restrict inp, bf16_gemm_weights w,
+                             const float *restrict weight_f32, int N, int C, int OC) {
     if (N <= 0 || OC <= 0 || C <= 0) return 0;
-    if (gemv_rows() == gemv_rows_avx512)
-        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){weight, 0, NULL, NULL}, N, C, OC);
+    if (gemv_rows() == gemv_rows_avx512) return bf16_gemm_forward_avx512(out, inp, w, N, C, OC);
     float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
     if (!xr) return -1;
     for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(ca_bf16_roundf(inp[i]));
@@ -713,21 +710,21 @@ int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC)
     return 0;
 }
 
+int ca_cpu_linear_bf16_gemm_forward(float *restrict out,              /* (N, OC) */
+                                    const float *restrict inp,        /* (N, C) */
+                                    const uint16_t *restrict weight,  /* (OC, C) bf16 */
+                                    const float *restrict weight_f32, /* (OC, C) the same values in fp32 */
+                                    int N, int C, int OC) {
+    return bf16_gemm_forward(out, inp, (bf16_gemm_weights){weight, 0, NULL, NULL}, weight_f32, N, C, OC);
+}
+
 int ca_cpu_linear_q8_gemm_forward(float *restrict out,              /* (N, OC) */
                                   const float *restrict inp,        /* (N, C) */
                                   const int8_t *restrict q,         /* (OC, C) */
                                   const float *restrict scale,      /* (OC) */
                                   const float *restrict weight_f32, /* (OC, C) scale · q in fp32 */
                                   int N, int C, int OC) {
-    if (N <= 0 || OC <= 0 || C <= 0) return 0;
-    if (gemv_rows() == gemv_rows_avx512)
-        return bf16_gemm_forward_avx512(out, inp, (bf16_gemm_weights){NULL, 0, q, scale}, N, C, OC);
-    float *xr = malloc((size_t)N * C * sizeof(float)); /* bf16(x) as fp32 */
-    if (!xr) return -1;
-    for (size_t i = 0; i < (size_t)N * C; i++) xr[i] = bf16_widen(ca_bf16_roundf(inp[i]));
-    ca_cpu_linear_forward(out, xr, weight_f32, NULL, N, C, OC);
-    free(xr);
-    return 0;
+    return bf16_gemm_forward(out, inp, (bf16_gemm_weights){NULL, 0, q, scale}, weight_f32, N, C, OC);
 }
 
 int ca_cpu_linear_bf16_gemm_weight_grad(float *restrict dweight,    /* (OC, C) += */
