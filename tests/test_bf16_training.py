@@ -122,7 +122,7 @@ def test_int8_weights_do_not_train():
 
 
 @pytest.mark.parametrize("name", VL_CASES)
-def test_captioner_tower_and_language_model_in_bf16(name):
+def test_captioner_tower_and_language_model_in_bf16(name, isa):
     """A captioner in bf16 (language model, tower and projector): image features, the caption loss and every
     adapter gradient (tower adapters included) stay close to fp32 on the same rounded weights."""
     folder = VL_FIXTURES / "vl_lora" / name
