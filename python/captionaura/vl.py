@@ -613,9 +613,12 @@ class Lfm2VlModel:
         """PEFT key → (parameter, gradient) views of the language model's modules_to_save."""
         config = self._require_lora()
         text_config = LoraConfig(**{**config.__dict__, "modules_to_save": self._text_modules_to_save(config) or None})
+        names = sorted(self.text._modules_to_save(text_config))
+        if not names:  # (parameters() is refused while a bf16 base's fp32 copy is dropped)
+            return {}
         params, grads = self.text.parameters(), self.text.gradients()
         return {PEFT_PREFIX + TEXT_PREFIX + name[len("model."):] if name.startswith("model.") else PEFT_PREFIX + name:
-                (params[name], grads[name]) for name in sorted(self.text._modules_to_save(text_config))}
+                (params[name], grads[name]) for name in names}
 
     def save_adapter(self, path: str | os.PathLike[str]) -> None:
         """Write PEFT's adapter_config.json and adapter_model.safetensors for the whole LFM2-VL model (keys
