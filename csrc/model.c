@@ -501,6 +501,22 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
     return m->dropout_seed * 0x100000001B3ull + (uint64_t)(a - m->lora) * 0x9E3779B97F4A7C15ull;
 }
 
+/* A bf16 kernel whose workspace could not be allocated falls back to the fp32 GEMM, except when the fp32 values
+ * were dropped: then the pass is reported as out of memory at its end (as a device backend's deferred failure). */
+static void lowp_failed(ca_lfm2_model *m, float *out, size_t n) {
+    m->lowp_oom = 1;
+    memset(out, 0, n * sizeof(float));
+}
+
+static ca_status pass_status(ca_lfm2_model *m) {
+    if (m->lowp_oom) {
+        m->lowp_oom = 0;
+        return ca_error(CA_ERR_NOMEM, "out of memory for a bf16 GEMM's workspace (the fp32 weights were dropped, so "
+                                      "there is no fp32 fallback)");
+    }
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
+}
+
 /* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token of inference (or a decoding step of several
  * sequences, row by row, so that a batch computes what one-by-one decoding does) goes through the
  * row-streaming GEMV (memory-bound) on the packed bf16 / int8 copy when there is one, else on the fp32 weights
@@ -525,7 +541,8 @@ static void head_forward(ca_lfm2_model *m, float *out, const float *inp, const f
     } else if (gemv && !m->params_bf16 && m->be == &ca_cpu_backend) {
         ca_cpu_linear_f32_gemv_forward(out, inp, W, N, C, OC);
     } else if (!m->params_bf16 || ca_cpu_linear_bf16_gemm_forward(out, inp, m->params_bf16 + at, W, N, C, OC) != 0) {
-        m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
+        if (m->fp32_dropped) lowp_failed(m, out, (size_t)N * OC);
+        else m->be->linear_forward(out, inp, W, NULL, N, C, OC); /* (bf16: only when the GEMM's workspace is missing) */
     }
 }
 
@@ -539,8 +556,10 @@ static void head_backward(ca_lfm2_model *m, float *dinp, const float *dout, cons
         return;
     } /* (each falls back to fp32 when its workspace cannot be allocated) */
     if (dinp && ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, N, C, OC,
-                                                 accumulate) != 0)
-        m->be->linear_backward(dinp, NULL, NULL, dout, inp, W, N, C, OC, accumulate);
+                                                 accumulate) != 0) {
+        if (m->fp32_dropped) lowp_failed(m, dinp, (size_t)N * C);
+        else m->be->linear_backward(dinp, NULL, NULL, dout, inp, W, N, C, OC, accumulate);
+    }
     if (dW && ca_cpu_linear_bf16_gemm_weight_grad(dW, dout, inp, N, C, OC) != 0)
         m->be->linear_backward(NULL, dW, NULL, dout, inp, W, N, C, OC, 0);
 }
@@ -720,7 +739,7 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
         m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
         m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
     }
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
+    return pass_status(m);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -867,7 +886,7 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
     if (m->params_bf16 && any_trainable(m)) m->lowp_stale = 1; /* an optimiser step is to follow */
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
+    return pass_status(m);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1295,5 +1314,5 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     m->decoding_step = 0;
     m->be->free(att);
     m->be->free(last);
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
+    return pass_status(m);
 }

@@ -142,6 +142,7 @@ typedef struct ca_lfm2_model {
                                 * weights): the bf16 copy is re-made from them before the next pass */
     int fp32_dropped;          /* bf16 only: the matrices' fp32 values in params were released (their pages read
                                 * as zeros); frozen-base training and inference run on the bf16 copy */
+    int lowp_oom;              /* a bf16 GEMM found no memory for its workspace in this pass (fp32 dropped) */
 } ca_lfm2_model;
 
 /* "fp32" | "bf16" | "int8": weights used for inference. bf16 rounds every parameter to bf16 in place, int8
