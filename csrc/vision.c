@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "captionaura/ca_json.h"
 #include "captionaura/ca_profile.h"
@@ -290,15 +291,54 @@ ca_status ca_vision_set_backend(ca_vision_model *m, const ca_backend *be) {
 
 /* Rounds params to bf16 in place and refreshes the bf16 copy (after anything that wrote params). */
 static void repack_bf16(ca_vision_model *m) {
+    m->fp32_dropped = 0; /* params were (re)written whole: loading, init, merging */
     if (!m->params_bf16) return;
     ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
     ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
+}
+
+static float *proj_weight(const ca_vision_model *m, int l, ca_vision_proj proj, float **bias, int *in, int *out);
+
+/* fn(m, W, n) over every linear weight (out × in = n floats) of the tower and projector */
+static void each_linear_weight(ca_vision_model *m, void (*fn)(ca_vision_model *, float *, size_t)) {
+    for (int l = 0; l < m->cfg.num_layers_run + 1; l++)
+        for (int p = 0; p < CA_NUM_VPROJ; p++) {
+            if ((l < m->cfg.num_layers_run) != (p < CA_VPROJ_PER_LAYER)) continue; /* per-layer, then the rest once */
+            int in = 0, out = 0;
+            float *bias, *W = proj_weight(m, l, (ca_vision_proj)p, &bias, &in, &out);
+            fn(m, W, (size_t)in * out);
+        }
+}
+
+static void release_pages(ca_vision_model *m, float *W, size_t n) {
+    const uintptr_t page = 4096, a = ((uintptr_t)W + page - 1) & ~(page - 1), b = (uintptr_t)(W + n) & ~(page - 1);
+#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
+#endif
+}
+
+static void widen_back(ca_vision_model *m, float *W, size_t n) {
+    ca_cpu_f32_from_bf16(W, m->params_bf16 + (W - m->params), n);
+}
+
+ca_status ca_vision_drop_fp32(ca_vision_model *m) {
+    if (!m->params_bf16) return ca_error(CA_ERR_VALUE, "only a bf16 vision tower can drop its fp32 weights");
+    if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
+        return ca_error(CA_ERR_VALUE, "dropping the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall back "
+                                      "to fp32 ones, which read them)");
+    each_linear_weight(m, release_pages);
+    m->fp32_dropped = 1;
+    return CA_OK;
 }
 
 ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype) {
     const int bf16 = !strcmp(dtype, "bf16");
     if (!bf16 && strcmp(dtype, "fp32"))
         return ca_error(CA_ERR_VALUE, "vision dtype '%s' is not one of 'fp32', 'bf16'", dtype);
+    if (m->fp32_dropped) {
+        each_linear_weight(m, widen_back);
+        m->fp32_dropped = 0;
+    }
     if (bf16 && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
         return ca_error(CA_ERR_VALUE, "bf16 vision weights run on the CPU only (the model is on %s)", m->be->name);
     ca_cpu_backend.free(m->params_bf16);
@@ -529,6 +569,9 @@ static void proj_forward(ca_vision_model *m, int l, ca_vision_proj proj, float *
                                                           outd) == 0) {
         for (int n = 0; bias && n < rows; n++)
             for (int o = 0; o < outd; o++) out[(size_t)n * outd + o] += bias[o];
+    } else if (m->fp32_dropped) { /* no fp32 weights to fall back on: the pass fails at its end */
+        m->lowp_oom = 1;
+        memset(out, 0, (size_t)rows * outd * sizeof(float));
     } else {
         m->be->linear_forward(out, inp, W, bias, rows, in, outd);
     }
@@ -559,8 +602,10 @@ static void proj_backward(ca_vision_model *m, int l, ca_vision_proj proj, float 
     const float *W = proj_weight(m, l, proj, &bias, &in, &outd);
     if (!m->params_bf16 || !dinp ||
         ca_cpu_linear_bf16_gemm_backward(dinp, dout, m->params_bf16 + (W - m->params), W, rows, in, outd,
-                                         accumulate) != 0) /* (bf16: the base is frozen, no dW or db) */
-        m->be->linear_backward(dinp, grad_of(m, W), grad_of(m, bias), dout, inp, W, rows, in, outd, accumulate);
+                                         accumulate) != 0) { /* (bf16: the base is frozen, no dW or db) */
+        if (m->fp32_dropped && dinp) m->lowp_oom = 1; /* no fp32 weights to fall back on: the pass fails */
+        else m->be->linear_backward(dinp, grad_of(m, W), grad_of(m, bias), dout, inp, W, rows, in, outd, accumulate);
+    }
     const ca_vision_lora_adapter *a = lora_at(m, l, proj);
     if (!a) return;
     const float *A = m->lora_params + a->a_offset, *Bw = m->lora_params + a->b_offset;
@@ -614,6 +659,15 @@ static void layer_forward(ca_vision_model *m, int l, int train) {
     be->gelu_forward(a->act, a->h1, (size_t)N * F, c->mlp_gelu_tanh);
     proj_forward(m, l, CA_VPROJ_FC2, hout, a->act, N, train);
     be->add_inplace(hout, a->mid, (size_t)N * D);
+}
+
+static ca_status pass_status(ca_vision_model *m) {
+    if (m->lowp_oom) {
+        m->lowp_oom = 0;
+        return ca_error(CA_ERR_NOMEM, "out of memory for a bf16 GEMM's workspace (the fp32 vision weights were "
+                                      "dropped, so there is no fp32 fallback)");
+    }
+    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, const float *pixel_values,
@@ -670,7 +724,7 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     if (features) proj_forward(m, -1, CA_VPROJ_LINEAR_2, features, m->pa, (int)M, train);
     if (hidden) m->be->copy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
     m->have_train_acts = train ? 1 : 0;
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
+    return pass_status(m);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -787,7 +841,7 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
                                D);
     be->free(s.base);
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
+    return pass_status(m);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -893,6 +947,9 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
 }
 
 ca_status ca_vision_save_safetensors(const ca_vision_model *m, const char *path) {
+    if (m->fp32_dropped)
+        return ca_error(CA_ERR_VALUE, "the fp32 vision weights were dropped: call to_dtype('bf16') to restore them "
+                                      "before saving");
     ca_st_item *items = calloc((size_t)m->num_param_tensors, sizeof *items);
     if (!items) return ca_error(CA_ERR_NOMEM, "out of memory saving the vision checkpoint");
     for (int i = 0; i < m->num_param_tensors; i++) {
@@ -982,6 +1039,9 @@ ca_status ca_vision_lora_init(ca_vision_model *m, uint64_t seed, int gaussian) {
 }
 
 ca_status ca_vision_lora_merge(ca_vision_model *m, float sign) {
+    if (m->fp32_dropped)
+        return ca_error(CA_ERR_VALUE, "the fp32 vision weights were dropped: call to_dtype('bf16') to restore them "
+                                      "before merging");
     for (int i = 0; i < m->num_lora; i++) {
         const ca_vision_lora_adapter *a = &m->lora[i];
         int in = 0, out = 0;

@@ -199,3 +199,34 @@ def test_dropping_the_fp32_weights_frees_them_and_changes_no_result(tmp_path):
     full = ca.Lfm2Model.from_config(cfg, seed=0).to_inference_dtype("bf16")
     with pytest.raises(ValueError, match="base parameters train"):
         full.to_inference_dtype("bf16", keep_fp32=False)
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_captioner_drops_both_sides_fp32_weights_without_changing_a_result():
+    """A captioner with keep_fp32=False: image features, the caption loss and every adapter gradient (tower ones
+    included) bit for bit those of the bf16 captioner that keeps its fp32 weights; the tower's linear weights'
+    pages are given back; the tower refuses what needs them until to_dtype restores them, exactly."""
+    folder = VL_FIXTURES / "vl_lora" / VL_CASES[0]
+    ref = dict(np.load(folder / "reference.npz"))
+    pixels = vl_pixel_args()
+    results = []
+    for keep in (True, False):
+        model = ca.Lfm2VlModel.from_pretrained(VL_FIXTURES / "lfm2vl" / "base")
+        model.load_adapter(folder / "adapter")
+        model.to_inference_dtype("bf16", keep_fp32=keep)
+        features = model.image_features(**pixels)
+        loss = model.loss_and_grad(ref["input_ids"], ref["labels"], **pixels)
+        results.append((features, loss, {k: v.copy() for k, v in model.lora_gradients().items()}, model))
+    (features, loss, grads, kept), (features_d, loss_d, grads_d, dropped) = results
+    np.testing.assert_array_equal(features_d, features)
+    assert loss_d == loss
+    for key, g in grads.items():
+        np.testing.assert_array_equal(grads_d[key], g, err_msg=key)
+    assert dropped.vision._core.fp32_dropped() and dropped.text._core.fp32_dropped()
+    with pytest.raises(RuntimeError, match="dropped"):
+        dropped.vision.parameters()
+    with pytest.raises(ValueError, match="dropped"):
+        dropped.merge_lora()
+    dropped.to_inference_dtype("bf16")
+    for k, v in dropped.vision.parameters().items():
+        np.testing.assert_array_equal(v, kept.vision.parameters()[k], err_msg=k)

@@ -245,6 +245,19 @@ static PyObject *Vision_set_dtype(VisionObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Vision_drop_fp32(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    ca_status st;
+    CA_COMPUTE(self, st = ca_vision_drop_fp32(self->model));
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vision_fp32_dropped(VisionObject *self, PyObject *unused) {
+    if (!ready(self)) return NULL;
+    return PyBool_FromLong(self->model->fp32_dropped);
+}
+
 static PyObject *Vision_dtype(VisionObject *self, PyObject *unused) {
     if (!ready(self)) return NULL;
     return PyUnicode_FromString(ca_vision_dtype(self->model));
@@ -372,6 +385,9 @@ static PyMethodDef Vision_methods[] = {
     {"set_dtype", (PyCFunction)Vision_set_dtype, METH_O,
      "set_dtype('fp32' | 'bf16'): the weights' dtype (bf16 rounds them in place; bf16 GEMMs, CPU)."},
     {"dtype", (PyCFunction)Vision_dtype, METH_NOARGS, "'fp32' or 'bf16'."},
+    {"drop_fp32", (PyCFunction)Vision_drop_fp32, METH_NOARGS,
+     "drop_fp32(): a bf16 tower releases its linear weights' fp32 values (set_dtype restores them)."},
+    {"fp32_dropped", (PyCFunction)Vision_fp32_dropped, METH_NOARGS, "Whether drop_fp32() is in effect."},
     {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
     {"lora_add", (PyCFunction)(void (*)(void))Vision_lora_add, METH_VARARGS | METH_KEYWORDS,

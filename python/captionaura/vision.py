@@ -228,15 +228,21 @@ class VisionTower:
         self._core.to_device(normalize_device(device))
         return self
 
-    def to_dtype(self, dtype: str) -> "VisionTower":
+    def to_dtype(self, dtype: str, keep_fp32: bool = True) -> "VisionTower":
         """The weights' dtype, "fp32" or "bf16", and return self. "bf16" rounds every parameter to bf16 in place
         (as ``.to(torch.bfloat16)``; LFM2-VL checkpoints are stored in bf16, so their weights lose nothing) and
         keeps a bf16 copy: each linear runs a bf16 GEMM with the input rounded to bf16 and fp32 sums
         (AVX512-BF16), twice the fp32 GEMM's rate; backward then trains LoRA adapters only. Everything else stays
-        fp32. CPU only."""
+        fp32. CPU only. ``keep_fp32=False`` (bf16, AVX512-BF16) gives back the linear weights' fp32 copy, as
+        ``Lfm2Model.to_inference_dtype`` does; ``parameters()``, saving and merging raise until ``to_dtype``
+        restores it."""
         if dtype not in ("fp32", "bf16"):
             raise ValueError(f"vision dtype {dtype!r} is not one of 'fp32', 'bf16'")
+        if not keep_fp32 and dtype != "bf16":
+            raise ValueError("keep_fp32=False needs dtype 'bf16'")
         self._core.set_dtype(dtype)
+        if not keep_fp32:
+            self._core.drop_fp32()
         return self
 
     @property
@@ -245,6 +251,9 @@ class VisionTower:
         return self._core.dtype()
 
     def parameters(self) -> dict[str, np.ndarray]:
+        if self._core.fp32_dropped():
+            raise RuntimeError("the fp32 vision weights were dropped (to_dtype('bf16', keep_fp32=False)): call "
+                               "to_dtype('bf16') to restore them")
         return self._views(self._core.params())
 
     def gradients(self) -> dict[str, np.ndarray]:

@@ -717,14 +717,15 @@ class Lfm2VlModel:
         self.text.to(device)
         return self
 
-    def to_inference_dtype(self, dtype: str) -> "Lfm2VlModel":
+    def to_inference_dtype(self, dtype: str, keep_fp32: bool = True) -> "Lfm2VlModel":
         """The weights used for inference and LoRA training: "fp32", "bf16" or "int8" for the language model (see
         ``Lfm2Model.to_inference_dtype``); the tower and projector follow in bf16 (``VisionTower.to_dtype``: bf16
-        GEMMs, twice the fp32 rate) and stay fp32 otherwise. Returns self."""
+        GEMMs, twice the fp32 rate) and stay fp32 otherwise. ``keep_fp32=False`` (bf16) gives back both sides'
+        fp32 weights, for inference and LoRA on the frozen base. Returns self."""
         if dtype not in ("fp32", "bf16", "int8"):
             raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")
-        self.text.to_inference_dtype(dtype)
-        self.vision.to_dtype("bf16" if dtype == "bf16" else "fp32")
+        self.text.to_inference_dtype(dtype, keep_fp32)
+        self.vision.to_dtype("bf16" if dtype == "bf16" else "fp32", keep_fp32)
         return self
 
     @property

@@ -108,6 +108,8 @@ typedef struct ca_vision_model {
     size_t num_parameters;     /* floats in params (tensors are 16-float aligned) */
     float *params, *grads;     /* (num_parameters); grads allocated on first backward */
     uint16_t *params_bf16;     /* (num_parameters) bf16 weights (params then hold the same rounded values), or NULL */
+    int fp32_dropped;          /* bf16 only: the linear weights' fp32 values were released (drop_fp32) */
+    int lowp_oom;              /* a bf16 GEMM found no memory for its workspace in this pass (fp32 dropped) */
 
     float *patch_w, *patch_b;  /* (D, K), (D) embeddings.patch_embedding */
     float *pos_table;          /* (G, G, D) embeddings.position_embedding, G = sqrt(num_patches) */
@@ -161,6 +163,9 @@ ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, c
  * linear runs the bf16 GEMM (inputs rounded to bf16, fp32 sums); a backward then passes gradients through the
  * frozen base only (LoRA). Loading, init and merging re-pack. */
 ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype);
+/* A bf16 tower (AVX512-BF16 CPUs) gives back the memory of its linear weights' fp32 values, as ca_lfm2_drop_fp32;
+ * saving and merging refuse until set_dtype restores them (exactly). */
+ca_status ca_vision_drop_fp32(ca_vision_model *m);
 const char *ca_vision_dtype(const ca_vision_model *m);
 void ca_vision_free(ca_vision_model *m);
 /* Moves the model's buffers to backend `be` (e.g. &ca_cuda_backend); CA_ERR_NOMEM leaves it unchanged. */
