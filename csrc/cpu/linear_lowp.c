@@ -1,4 +1,7 @@
-/* Weight-streaming GEMVs for decoding: out (OC) = W (OC, C) · x (C) with W in fp32, in bf16, or in int8
+/* Low-precision linear algebra: the weight-streaming GEMVs of decoding (below), and the bf16 GEMMs of prompts and
+ * of training a bf16 model (further down, "bf16 GEMMs").
+ *
+ * Weight-streaming GEMVs for decoding: out (OC) = W (OC, C) · x (C) with W in fp32, in bf16, or in int8
  * with one fp32 scale per row (W[o, k] = scale[o] · q[o, k]). Decoding one token reads every weight once and
  * does 2 FLOP per weight, so it is bound by memory bandwidth (machine.md: ≈ 21–25 GB/s per core).
  *
