@@ -43,6 +43,27 @@ def test_caption_examples_round_trip_lazily(tmp_path, examples):
     assert (tmp_path / "alice.npz").stat().st_size < raw / 3
 
 
+def test_a_split_opens_its_file_once_and_pickles_without_it(tmp_path, examples, monkeypatch):
+    """Indexing example after example (a training epoch) opens the archive once, not once per example; a
+    pickled split leaves the open file behind and reads the same examples after."""
+    import pickle
+
+    save_client_data(tmp_path / "bob.npz", examples * 4)
+    client = load_client_data(tmp_path / "bob.npz")
+    opened = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: opened.append(a[0]) or real_load(*a, **k))
+    for _ in range(2):
+        for i in range(len(client.train)):
+            np.testing.assert_array_equal(client.train[i]["input_ids"], examples[i % 3]["input_ids"])
+    assert len(list(client.train.read(["labels"]))) == 12
+    assert opened == [tmp_path / "bob.npz"]
+    copy = pickle.loads(pickle.dumps(client.train))
+    np.testing.assert_array_equal(copy[5]["pixel_values"], examples[2]["pixel_values"])
+    client.train.close()
+    np.testing.assert_array_equal(client.train[0]["labels"], examples[0]["labels"])  # opens again
+
+
 def test_saving_refuses_bad_examples_and_keeps_the_old_file(tmp_path, examples):
     path = tmp_path / "bob.npz"
     save_client_data(path, examples[:1])

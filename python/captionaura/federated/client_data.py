@@ -125,10 +125,25 @@ def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 class ClientExamples(Sequence[Example]):
     """One split of a client data file as a sequence of examples, each read from disk when indexed (for a
-    training batch), so that only the batch's tiles are in memory."""
+    training batch), so that only the batch's tiles are in memory. The file stays open after the first read:
+    opening it parses the archive's whole directory, which per example made an epoch quadratic in its size."""
 
     def __init__(self, path: Path, split: str, shapes: list[Shapes]) -> None:
         self.path, self.split, self.shapes = path, split, shapes
+        self._data: Any = None  # the open NpzFile
+
+    def _open(self) -> Any:
+        if self._data is None:
+            self._data = np.load(self.path)
+        return self._data
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+
+    def __getstate__(self) -> dict[str, Any]:  # an open file does not travel (pickling, processes)
+        return {**self.__dict__, "_data": None}
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -145,14 +160,14 @@ class ClientExamples(Sequence[Example]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError past the end, negative indices as lists have them
-        with np.load(self.path) as data:
-            return {field: data[key] for field, key in self._keys(i, None).items()}
+        data = self._open()
+        return {field: data[key] for field, key in self._keys(i, None).items()}
 
     def read(self, fields: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
-        """Only `fields` of every example, in order, the file opened once (e.g. token ids, not tiles)."""
-        with np.load(self.path) as data:
-            for i in range(len(self)):
-                yield {field: data[key] for field, key in self._keys(i, fields).items()}
+        """Only `fields` of every example, in order (e.g. token ids, not tiles)."""
+        data = self._open()
+        for i in range(len(self)):
+            yield {field: data[key] for field, key in self._keys(i, fields).items()}
 
 
 def load_client_data(path: str | os.PathLike, client_id: int | str | None = None) -> FederatedClient:
