@@ -502,19 +502,10 @@ static uint64_t lora_dropout_seed(const ca_lfm2_model *m, const ca_lora_adapter 
 }
 
 /* A bf16 kernel whose workspace could not be allocated falls back to the fp32 GEMM, except when the fp32 values
- * were dropped: then the pass is reported as out of memory at its end (as a device backend's deferred failure). */
+ * were dropped: then the pass is reported as out of memory at its end (ca_pass_status). */
 static void lowp_failed(ca_lfm2_model *m, float *out, size_t n) {
     m->lowp_oom = 1;
     memset(out, 0, n * sizeof(float));
-}
-
-static ca_status pass_status(ca_lfm2_model *m) {
-    if (m->lowp_oom) {
-        m->lowp_oom = 0;
-        return ca_error(CA_ERR_NOMEM, "out of memory for a bf16 GEMM's workspace (the fp32 weights were dropped, so "
-                                      "there is no fp32 fallback)");
-    }
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
 }
 
 /* out (N, OC) = inp (N, C) · Wᵀ for a parameter matrix W: one token of inference (or a decoding step of several
@@ -739,7 +730,7 @@ ca_status ca_lfm2_forward_ex(ca_lfm2_model *m, float *logits, float *hidden, con
         m->be->copy(hidden, m->hs, (size_t)c->num_hidden_layers * N * C * sizeof(float));
         m->be->copy(hidden + (size_t)c->num_hidden_layers * N * C, m->xf, (size_t)N * C * sizeof(float));
     }
-    return pass_status(m);
+    return ca_pass_status(&m->lowp_oom, m->be);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -886,7 +877,7 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     if (dwte) m->be->embedding_backward(dwte, s.dres, ids, N, C);
     m->be->free(s.base);
     if (m->params_bf16 && any_trainable(m)) m->lowp_stale = 1; /* an optimiser step is to follow */
-    return pass_status(m);
+    return ca_pass_status(&m->lowp_oom, m->be);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1314,5 +1305,5 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
     m->decoding_step = 0;
     m->be->free(att);
     m->be->free(last);
-    return pass_status(m);
+    return ca_pass_status(&m->lowp_oom, m->be);
 }

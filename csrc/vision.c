@@ -661,15 +661,6 @@ static void layer_forward(ca_vision_model *m, int l, int train) {
     be->add_inplace(hout, a->mid, (size_t)N * D);
 }
 
-static ca_status pass_status(ca_vision_model *m) {
-    if (m->lowp_oom) {
-        m->lowp_oom = 0;
-        return ca_error(CA_ERR_NOMEM, "out of memory for a bf16 GEMM's workspace (the fp32 vision weights were "
-                                      "dropped, so there is no fp32 fallback)");
-    }
-    return ca_backend_status(m->be); /* a device backend's deferred failure */
-}
-
 ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, const float *pixel_values,
                             const int32_t *spatial_shapes, const int32_t *mask, int T, int P, int train) {
     const ca_vision_config *c = &m->cfg;
@@ -724,7 +715,7 @@ ca_status ca_vision_forward(ca_vision_model *m, float *features, float *hidden, 
     if (features) proj_forward(m, -1, CA_VPROJ_LINEAR_2, features, m->pa, (int)M, train);
     if (hidden) m->be->copy(hidden, m->hs, (size_t)(L + 1) * N * D * sizeof(float));
     m->have_train_acts = train ? 1 : 0;
-    return pass_status(m);
+    return ca_pass_status(&m->lowp_oom, m->be);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -841,7 +832,7 @@ ca_status ca_vision_backward(ca_vision_model *m, const float *d_features, int ac
         be->posresize_backward(grad_of(m, m->pos_table), s.dres + m->tile_off[t] * D, G, G, m->tile_h[t], m->tile_w[t],
                                D);
     be->free(s.base);
-    return pass_status(m);
+    return ca_pass_status(&m->lowp_oom, m->be);
 }
 
 /* ------------------------------------------------------------------------------------------------ */

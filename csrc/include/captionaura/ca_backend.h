@@ -62,6 +62,17 @@ typedef struct ca_backend {
 
 static inline ca_status ca_backend_status(const ca_backend *be) { return be->status ? be->status() : CA_OK; }
 
+/* The end of a model's public call: a bf16 GEMM that found no workspace while the fp32 weights were dropped, so
+ * had no fp32 fallback (*lowp_oom, then cleared), else the backend's deferred failure. */
+static inline ca_status ca_pass_status(int *lowp_oom, const ca_backend *be) {
+    if (*lowp_oom) {
+        *lowp_oom = 0;
+        return ca_error(CA_ERR_NOMEM, "out of memory for a bf16 GEMM's workspace (the fp32 weights were dropped, so "
+                                      "there is no fp32 fallback)");
+    }
+    return ca_backend_status(be);
+}
+
 extern const ca_backend ca_cpu_backend;
 
 /* Threads used by OpenMP loops, process-wide (0 = leave as is); OpenBLAS stays at one. */
