@@ -170,7 +170,7 @@ def main() -> None:
     print(f"threads={get_num_threads()}  STREAM triad (C, same threads) = {triad:.1f} GB/s  flwr={'yes' if HAVE_FLWR else 'no'}")
     print()
     hdr = (f"{'K':>4} {'M':>9} | {'stream ms':>9} {'GB/s':>6} {'%triad':>6} {'batch ms':>8} | {'numpy ms':>9} "
-           f"{'x':>5} | {'flwr ms':>9} {'x':>5} | {'maxdiff':>8}")
+           f"{'x':>5} {'x max':>5} | {'flwr ms':>9} {'x':>5} | {'maxdiff':>8}")
     print(hdr)
     print("-" * len(hdr))
     for K in Ks:
@@ -182,14 +182,18 @@ def main() -> None:
             fl = r["flwr_s"]
             best = min(r["batch_s"], r["stream_s"])
             fls = f"{1e3 * fl:>9.1f} {fl / best:>5.1f}" if fl else f"{'n/a':>9} {'':>5}"
+            # the least any FedAvg can do is read each client vector once (4 bytes a coordinate) from DRAM
+            most = f"{r['numpy_s'] / (4.0 * K * M / (triad * 1e9)):>5.1f}" if M >= 1_000_000 else f"{'':>5}"
             print(f"{K:>4} {M:>9.0e} | {1e3 * r['stream_s']:>9.1f} {r['gbs']:>6.1f} {r['pct_triad']:>5.0f}% "
-                  f"{1e3 * r['batch_s']:>8.1f} | {1e3 * r['numpy_s']:>9.1f} {r['numpy_s'] / best:>5.1f} | "
+                  f"{1e3 * r['batch_s']:>8.1f} | {1e3 * r['numpy_s']:>9.1f} {r['numpy_s'] / best:>5.1f} {most} | "
                   f"{fls} | {r['maxdiff']:>8.1e}", flush=True)
     print("stream = validate and add fused, one vector at a time (peak memory: one vector + the float64 accumulator);")
     print("batch = FedAvg().begin_round(batch=16): validate each, add 16 vectors per accumulator pass;")
     print("GB/s = 20 bytes per client and coordinate (x read, float64 sum read + written) / stream time;")
     print("%triad = that against the triad above (>100% while the accumulator stays in cache, M <= ~1e6);")
     print("x = speed-up of the best captionaura path over that column; maxdiff = max |ours - NumPy float32|")
+    print("x max = the most any FedAvg could gain over NumPy: NumPy's time over reading every client vector once")
+    print("        at the triad bandwidth (M >= 1e6, where the vectors come from DRAM)")
     if args.no_secagg:
         return
     print()

@@ -16,7 +16,9 @@ bf16: ours is ``model.to_inference_dtype("bf16")`` (bf16 weights; decoding GEMVs
 prompt's GEMMs with activations rounded to bf16); transformers' is ``model.to(torch.bfloat16)`` (bf16 weights and
 activations). int8 (ours only, per-row weight scales, activations quantised per block of 32 in the decoding
 GEMVs; compared with llama.cpp's q8_0, which has one scale per 32 weights and quantises activations the same way):
-``model.to_inference_dtype("int8")``. The roofline counts 4, 2 or 1 bytes per parameter.
+``model.to_inference_dtype("int8")``. The roofline counts 4, 2 or 1 bytes per parameter; "best possible ratio"
+is the roofline over transformers' decode rate: the most any decoder that streams its weights once per token at
+the measured bandwidth could gain over it.
 
 llama.cpp (optional, when the environment variable LLAMA_CPP_DIR names a llama.cpp source tree with a CPU
 build of llama-bench in LLAMA_CPP_DIR/build/bin). Nothing of llama.cpp is part of this project; the manual steps:
@@ -295,7 +297,7 @@ def main() -> None:
     print(f"\nLFM2 {args.shape} shape, random weights, batch 1: prefill {args.prompt} tokens, decode {args.new} "
           f"tokens (greedy), {args.repeats} repeats; load average {os.getloadavg()[0]:.1f} at the end")
     head = (f"{'threads':>7} {'dtype':<5} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} "
-            f"{'ratio':>6} {'vs torch fp32':>13} {'roofline tok/s':>15} {'of roofline':>11}")
+            f"{'ratio':>6} {'vs torch fp32':>13} {'roofline tok/s':>15} {'of roofline':>11} {'best possible ratio':>19}")
     print(head)
     print("-" * len(head))
     for threads, row in results.items():
@@ -309,6 +311,8 @@ def main() -> None:
                 ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
                 vs = f"{o[key] / base[key]:13.2f}" if base else f"{'-':>13}"
                 rf = f"{roof:15.1f} {o[key] / roof:11.0%}" if phase != "prefill" else f"{'':>15} {'':>11}"
+                if phase != "prefill" and t:  # what any decoder at the roofline would get over transformers
+                    rf += f" {roof / t[key]:19.2f}"
                 print(f"{threads:>7} {dtype:<5} {phase:<12} {o[key]:18.1f} {tv} {ratio} {vs} {rf}")
     print("\nstreaming: each token handled by Python code (handle_token), from the plain call's callback vs from the "
           f"stream=True iterator, same run ({dtypes[0]})")

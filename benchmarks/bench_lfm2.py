@@ -9,6 +9,10 @@ time spent in GEMMs set against raw cblas_sgemm on the same shapes, measured in 
 sums; fp32 master weights, gradients and every other op), PyTorch under ``torch.autocast("cpu", torch.bfloat16)``.
 Each bf16 row is also set against PyTorch's fp32 run, the anchor the issue names. The GEMM-efficiency table
 profiles the fp32 run (the bf16 GEMMs are our own kernels, not sgemm).
+
+The speed-of-light table sets each pass's projection-GEMM FLOPs against the register-only FMA peak measured in
+the same run (fp32 FMAs; vdpbf16ps for bf16) and prints the best ratio against PyTorch that any implementation
+could reach on this machine: PyTorch's time over those FLOPs at 100% of peak.
 """
 
 from __future__ import annotations
@@ -64,12 +68,9 @@ def ours(config: dict, batch: int, seq: int, steps: int, dtype: str = "fp32") ->
     if dtype != "fp32":
         return {"forward_tok_s": tokens / fwd, "fwd_bwd_tok_s": tokens / fwd_bwd, "parameters": model.num_parameters()}
 
-    # one profiled forward+backward: time per GEMM shape, then raw sgemm on each shape
-    model._core.set_profiling(True)
-    _core.profile_reset()
-    model.loss_and_grad(ids, ids)
-    report = _core.profile_report()
-    model._core.set_profiling(False)
+    # one profiled pass of each: time per GEMM shape, then raw sgemm on each shape
+    forward_report = profiled(model, lambda: model.forward(ids))
+    report = profiled(model, lambda: model.loss_and_grad(ids, ids))
     gemm_seconds = gemm_flops = raw_seconds = 0.0
     for g in report["gemms"]:
         flops = 2.0 * g["M"] * g["N"] * g["K"] * g["calls"]
@@ -81,6 +82,8 @@ def ours(config: dict, batch: int, seq: int, steps: int, dtype: str = "fp32") ->
     return {
         "forward_tok_s": tokens / fwd,
         "fwd_bwd_tok_s": tokens / fwd_bwd,
+        "forward_gemm_flops": sum(2.0 * g["M"] * g["N"] * g["K"] * g["calls"] for g in forward_report["gemms"]),
+        "fwd_bwd_gemm_flops": gemm_flops,
         "gemm_share": gemm_seconds / total,
         "gemm_gflops": gemm_flops / gemm_seconds / 1e9,
         "sgemm_gflops": gemm_flops / raw_seconds / 1e9,
@@ -88,6 +91,39 @@ def ours(config: dict, batch: int, seq: int, steps: int, dtype: str = "fp32") ->
         "op_seconds": {k: v["seconds"] for k, v in report["ops"].items()},
         "parameters": model.num_parameters(),
     }
+
+
+def profiled(model: ca.Lfm2Model, run) -> dict:
+    model._core.set_profiling(True)
+    _core.profile_reset()
+    run()
+    model._core.set_profiling(False)
+    return _core.profile_report()
+
+
+def print_speed_of_light(results: dict, batch: int, seq: int, peaks: dict) -> None:
+    """How close each side is to the FMA peak measured in this run, and the best ratio against PyTorch that any
+    implementation could reach: PyTorch's time over the time of the projection GEMMs' FLOPs at 100% of peak (the
+    attention products and every non-GEMM op are left out, so the bound is generous)."""
+    print("\nSpeed of light: projection-GEMM FLOPs against the register-only FMA peak of this run "
+          f"(fp32 {peaks['fp32']:.0f}, bf16 {peaks.get('bf16', float('nan')):.0f} GFLOP/s)")
+    print(f"{'shape':<6} {'dtype':<5} {'pass':<9} {'GFLOP/step':>10} {'ours % peak':>11} {'torch % peak':>12} "
+          f"{'best possible ratio':>19}")
+    for key, row in results.items():
+        name, dtype = key.split("/")
+        fp32 = results.get(f"{name}/fp32", {}).get("ours", {})
+        peak = peaks.get(dtype)
+        if "fwd_bwd_gemm_flops" not in fp32 or not peak:
+            continue
+        for label, k in (("forward", "forward"), ("fwd+bwd", "fwd_bwd")):
+            flops = fp32[f"{k}_gemm_flops"]
+            light = flops / (peak * 1e9)
+            ours_s = batch * seq / row["ours"][f"{k}_tok_s"]
+            torch_row = row.get("torch")
+            torch_s = batch * seq / torch_row[f"{k}_tok_s"] if torch_row else None
+            torch_pct = f"{light / torch_s:12.1%}" if torch_s else f"{'-':>12}"
+            bound = f"{torch_s / light:19.2f}" if torch_s else f"{'-':>19}"
+            print(f"{name:<6} {dtype:<5} {label:<9} {flops / 1e9:10.1f} {light / ours_s:11.1%} {torch_pct} {bound}")
 
 
 def main() -> None:
@@ -142,8 +178,15 @@ def main() -> None:
             continue
         print(f"{key.split('/')[0]:<6} {o['gemm_share']:10.1%} {o['gemm_gflops']:13.1f} {o['sgemm_gflops']:14.1f} "
               f"{o['gemm_vs_sgemm']:10.1%}")
+    peaks = {"fp32": _core.fma_peak_gflops()}
+    if "bf16" in args.dtypes.split(","):
+        try:
+            peaks["bf16"] = _core.fma_peak_gflops(True)
+        except NotImplementedError:
+            pass
+    print_speed_of_light(results, args.batch, args.seq, peaks)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "fma_peak_gflops": peaks}, indent=2))
 
 
 if __name__ == "__main__":

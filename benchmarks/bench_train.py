@@ -12,6 +12,10 @@ PyTorch's fp32 run, the anchor the issue names.
 
 The PyTorch side may run in another interpreter (``--torch-python``): a reference virtual environment with
 torch 2.13, transformers and peft, kept apart from the project's own.
+
+The speed-of-light table sets the step's least GEMM work against the register-only FMA peak measured in the same
+run (fp32 FMAs; vdpbf16ps for a bf16 base): each side's share of it, and the best speed-up over PyTorch + PEFT
+that any implementation could reach on this machine.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def run_ours(config: dict, seq: int, steps: int, threads: int, dtype: str) -> di
 
     ca.set_num_threads(threads)
     model = ca.Lfm2Model.from_config(config, seed=0)
+    step_flops = lora_step_gemm_flops(model, seq)
     model.add_lora(ca.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
     model.to_inference_dtype(dtype, keep_fp32=dtype != "bf16")
     model.set_optimizer(ca.AdamWConfig(lr=1e-4))
@@ -43,7 +48,21 @@ def run_ours(config: dict, seq: int, steps: int, threads: int, dtype: str) -> di
     setup_peak = _reset_peak()
     model.train_step(batch)  # warm-up
     best = min(_timed(lambda: model.train_step(batch)) for _ in range(steps))
-    return {"tok_s": seq / best, "trainable": model.num_trainable_parameters(), "setup_peak_mb": setup_peak}
+    return {"tok_s": seq / best, "trainable": model.num_trainable_parameters(), "setup_peak_mb": setup_peak,
+            "step_gemm_flops": step_flops}
+
+
+def lora_step_gemm_flops(model, tokens: int) -> float:
+    """The least GEMM work of a LoRA step on a frozen base: every projection's forward (the tied lm_head included,
+    the embedding lookup not) and its input gradient, except layer 0's, whose inputs need none on the way to the
+    frozen embedding. The adapters' own products, attention and every other op are left out."""
+    params = model.parameters()
+    weights = {k: v.size for k, v in params.items() if v.ndim == 2 and "embed_tokens" not in k}
+    if "lm_head.weight" not in params:  # tied: the head is the embedding matrix
+        weights["lm_head.weight"] = params["model.embed_tokens.weight"].size
+    forward = 2.0 * tokens * sum(weights.values())
+    layer0 = 2.0 * tokens * sum(v for k, v in weights.items() if k.startswith("model.layers.0."))
+    return 2 * forward - layer0
 
 
 def run_torch(config: dict, seq: int, steps: int, threads: int, dtype: str) -> dict:
@@ -151,8 +170,36 @@ def main() -> None:
             print(f"{shape:<6} {dtype:<5} {ours['trainable']:>10,} {ours['tok_s']:11.1f} "
                   f"{cell(theirs and theirs['tok_s'], 12, '12.1f')} {cell(speed, 6, '6.2f')} "
                   f"{cell(vs_fp32, 14, '14.2f')} {mb(ours)} {mb(theirs)} {cell(memory, 7, '7.2f')}")
+    print_speed_of_light(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def print_speed_of_light(results: dict, args) -> None:
+    """Each side's share of the register-only FMA peak measured now (same thread count), and the best speed-up
+    over PyTorch + PEFT that any implementation could reach: its step time over the step's least GEMM FLOPs at
+    100% of peak."""
+    from captionaura import _core
+
+    _core.set_num_threads(args.threads)
+    peaks = {"fp32": _core.fma_peak_gflops()}
+    try:
+        peaks["bf16"] = _core.fma_peak_gflops(True)
+    except NotImplementedError:
+        pass
+    print("\nSpeed of light: the step's GEMM FLOPs against the FMA peak of this run ("
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
+    print(f"{'shape':<6} {'base':<5} {'GFLOP/step':>10} {'ours % peak':>11} {'torch % peak':>12} {'best possible speed':>19}")
+    for key, row in results.items():
+        shape, dtype = key.split("/")
+        ours, theirs = row["ours"], row["torch"]
+        if not ours or dtype not in peaks:
+            continue
+        light = ours["step_gemm_flops"] / (peaks[dtype] * 1e9)
+        pct = lambda r: light / (args.seq / r["tok_s"])  # noqa: E731
+        row["best_possible_speed"] = (args.seq / theirs["tok_s"]) / light if theirs else None
+        print(f"{shape:<6} {dtype:<5} {ours['step_gemm_flops'] / 1e9:10.1f} {pct(ours):11.1%} "
+              + (f"{pct(theirs):12.1%} {row['best_possible_speed']:19.2f}" if theirs else f"{'-':>12} {'-':>19}"))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ row is also set against PyTorch's fp32 forward, the anchor the issue names.
 Needs torch (2.13.0 CPU) and transformers (>= 5) in the same environment for the PyTorch column. PyTorch runs
 its default attention (SDPA); ours and PyTorch's runs alternate step by step and the best of --steps is kept.
 
+The speed-of-light table sets the weight GEMMs' FLOPs against the register-only FMA peak measured in the same
+run (fp32 FMAs; vdpbf16ps for bf16): each side's share of it, and the best speed-up over PyTorch that any
+implementation could reach on this machine.
+
 Measured 2026-11-23 on the shared 2-core dev machine (load average 2-4 from other jobs, so the 2-thread rows are
 the noisier ones), 450m shape, one 512x512 tile (1024 patches -> 256 tokens), features agree to 4.8e-6:
 
@@ -30,12 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import numpy as np
 
 from captionaura import _core
-from captionaura.vision import VisionConfig, VisionTower
+from captionaura.vision import PROJECTOR_PREFIX, VisionConfig, VisionTower
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -68,6 +73,23 @@ def best_times_interleaved(fns: list, steps: int) -> list[float]:
             fn()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
+
+
+def projection_gemm_flops(vt: VisionTower, patches: int) -> tuple[float, float]:
+    """FLOPs of the weight GEMMs of one encode (forward), and the least any forward+backward that yields every
+    weight gradient must do: forward, weight gradients (as many again) and input gradients (as many again, but for
+    the patch embedding, whose input is the pixels). Attention products and the other ops are left out."""
+    c = vt.config
+    forward = patch_embedding = 0.0
+    for name, w in vt.parameters().items():
+        layer = re.search(r"encoder\.layers\.(\d+)\.", name)
+        if w.ndim != 2 or "position_embedding" in name or (layer and int(layer.group(1)) >= c.num_layers_run):
+            continue
+        tokens = patches // c.downsample_factor ** 2 if name.startswith(PROJECTOR_PREFIX) else patches
+        forward += 2.0 * tokens * w.size
+        if "patch_embedding" in name:
+            patch_embedding += 2.0 * tokens * w.size
+    return forward, 3 * forward - patch_embedding
 
 
 def make_inputs(side: int, patch_dim: int, seed: int = 0):
@@ -149,8 +171,9 @@ def main() -> None:
                 vt.encode(pv, ss, mask, train=True)
                 vt.backward(R)
 
+            forward_flops, fwd_bwd_flops = projection_gemm_flops(vt, args.side ** 2)
             row = {"shape": shape, "dtype": dtype, "patches": args.side ** 2, "tokens": int(feats.shape[0]),
-                   "threads": args.threads}
+                   "threads": args.threads, "forward_gemm_flops": forward_flops, "fwd_bwd_gemm_flops": fwd_bwd_flops}
             if args.no_torch:
                 row["ours_forward_s"] = best_time(ours_fwd, args.steps)
                 if dtype == "fp32":
@@ -181,9 +204,37 @@ def main() -> None:
             cells = [f"{t:.3f}" if t else "-", f"{t / r[ok]:.2f}x" if t else "-", f"{t32 / r[ok]:.2f}x" if t32 else "-"]
             print(f"| {r['shape']} | {r['dtype']} | {r['patches']} -> {r['tokens']} | {r['threads']} | {name} | "
                   f"{r[ok]:.3f} | {' | '.join(cells)} |")
+    print_speed_of_light(results, args.dtypes.split(","))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def print_speed_of_light(results: list[dict], dtypes: list[str]) -> None:
+    """Each side's share of the register-only FMA peak measured now, and the best speed-up over PyTorch that any
+    implementation could reach: PyTorch's time over the weight GEMMs' FLOPs at 100% of peak."""
+    peaks = {"fp32": _core.fma_peak_gflops()}
+    if "bf16" in dtypes:
+        try:
+            peaks["bf16"] = _core.fma_peak_gflops(True)
+        except NotImplementedError:
+            pass
+    print("\nSpeed of light: weight-GEMM FLOPs against the FMA peak of this run ("
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
+    print("| shape | weights | pass | GFLOP | captionaura, % of peak | PyTorch, % of peak | best possible speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        if r["dtype"] not in peaks:
+            continue
+        for name, k in (("forward", "forward"), ("forward+backward", "forward_backward")):
+            ours, theirs = r.get(f"ours_{k}_s"), r.get(f"torch_{k}_s")
+            if ours is None:
+                continue
+            flops = r["forward_gemm_flops" if k == "forward" else "fwd_bwd_gemm_flops"]
+            light = flops / (peaks[r["dtype"]] * 1e9)
+            cells = [f"{light / theirs:.1%}", f"{theirs / light:.2f}x"] if theirs else ["-", "-"]
+            r[f"best_possible_{k}_speedup"] = theirs / light if theirs else None
+            print(f"| {r['shape']} | {r['dtype']} | {name} | {flops / 1e9:.1f} | {light / ours:.1%} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -311,9 +311,11 @@ static void each_linear_weight(ca_vision_model *m, void (*fn)(ca_vision_model *,
 }
 
 static void release_pages(ca_vision_model *m, float *W, size_t n) {
-    const uintptr_t page = 4096, a = ((uintptr_t)W + page - 1) & ~(page - 1), b = (uintptr_t)(W + n) & ~(page - 1);
 #ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
+    const uintptr_t page = 4096, a = ((uintptr_t)W + page - 1) & ~(page - 1), b = (uintptr_t)(W + n) & ~(page - 1);
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
+#else
+    (void)W, (void)n;
 #endif
 }
 

@@ -1,9 +1,12 @@
 /* The profiling backend: forwards to the CPU ops, timing each call. Linear calls are split into the GEMMs
  * they issue (forward: NT; backward: NN for dinp, TN for dweight) so each shape's time can be set against
  * a raw sgemm of that shape. */
+#include <immintrin.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <time.h>
 
+#include "captionaura/ca_backend.h"
 #include "captionaura/ca_blas.h"
 #include "captionaura/ca_profile.h"
 
@@ -220,6 +223,9 @@ ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int
     unsigned s = 12345u;
     for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((s = s * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
     for (size_t i = 0; i < (size_t)K * N; i++) b[i] = (float)((s = s * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    /* The anchor is OpenBLAS's own threading over the same thread count our split GEMMs use (it stays at 1
+     * everywhere else: threads.c says why). */
+    ca_openblas_set_num_threads(ca_get_num_threads());
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = now();
@@ -228,7 +234,91 @@ ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int
         double dt = now() - t0;
         if (dt < best) best = dt;
     }
+    ca_openblas_set_num_threads(1);
     ca_cpu_backend.free(a), ca_cpu_backend.free(b), ca_cpu_backend.free(c);
     *seconds = best;
+    return CA_OK;
+}
+
+/* The machine's speed of light for the benchmarks: independent FMA chains with no memory traffic, on every
+ * thread at once. 12 chains cover the FMA latency (4 cycles) times the pipes (2) with room to spare. For fp32
+ * both vector widths are tried (Zen 4 double-pumps 512-bit FMAs, other cores may not); bf16 is vdpbf16ps,
+ * the instruction of our bf16 GEMMs. */
+#define CA_PEAK_CHAINS 12
+#define CA_PEAK_ITERS (1 << 23)
+
+__attribute__((target("avx2,fma"))) static float fma_chains_avx2(float seed) {
+    __m256 acc[CA_PEAK_CHAINS];
+    const __m256 mul = _mm256_set1_ps(0.999999f), add = _mm256_set1_ps(1e-7f);
+    for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm256_set1_ps(seed + (float)c);
+    for (int i = 0; i < CA_PEAK_ITERS; i++)
+        for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm256_fmadd_ps(acc[c], mul, add);
+    __m256 sum = acc[0];
+    for (int c = 1; c < CA_PEAK_CHAINS; c++) sum = _mm256_add_ps(sum, acc[c]);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+
+__attribute__((target("avx512f"))) static float fma_chains_avx512(float seed) {
+    __m512 acc[CA_PEAK_CHAINS];
+    const __m512 mul = _mm512_set1_ps(0.999999f), add = _mm512_set1_ps(1e-7f);
+    for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm512_set1_ps(seed + (float)c);
+    for (int i = 0; i < CA_PEAK_ITERS; i++)
+        for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm512_fmadd_ps(acc[c], mul, add);
+    __m512 sum = acc[0];
+    for (int c = 1; c < CA_PEAK_CHAINS; c++) sum = _mm512_add_ps(sum, acc[c]);
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* vdpbf16ps: 16 lanes, each a sum of 2 bf16 products = 4 FLOP per lane. */
+__attribute__((target("avx512f,avx512bf16"))) static float dpbf16_chains(float seed) {
+    __m512 acc[CA_PEAK_CHAINS];
+    const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380); /* 1, 6e-8 */
+    for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm512_set1_ps(seed + (float)c);
+    for (int i = 0; i < CA_PEAK_ITERS; i++)
+        for (int c = 0; c < CA_PEAK_CHAINS; c++) acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
+    __m512 sum = acc[0];
+    for (int c = 1; c < CA_PEAK_CHAINS; c++) sum = _mm512_add_ps(sum, acc[c]);
+    return _mm512_reduce_add_ps(sum);
+}
+
+enum { PEAK_AVX2, PEAK_AVX512, PEAK_BF16 };
+
+static double peak_seconds(int kind, int threads, volatile float *sink) {
+    double t0 = now();
+#pragma omp parallel num_threads(threads)
+    {
+        const float r = kind == PEAK_AVX2     ? fma_chains_avx2(1.0f)
+                        : kind == PEAK_AVX512 ? fma_chains_avx512(1.0f)
+                                              : dpbf16_chains(1.0f);
+#pragma omp atomic
+        *sink += r;
+    }
+    return now() - t0;
+}
+
+ca_status ca_fma_peak_gflops(double *gflops, int bf16, int reps) {
+    __builtin_cpu_init();
+    if (reps <= 0) return ca_error(CA_ERR_VALUE, "reps must be positive");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return ca_error(CA_ERR_UNSUPPORTED, "the FMA peak probe needs AVX2 and FMA");
+    if (bf16 && !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")))
+        return ca_error(CA_ERR_UNSUPPORTED, "this CPU has no AVX512-BF16 (vdpbf16ps)");
+    const int threads = ca_get_num_threads();
+    int kinds[2] = {PEAK_AVX2, PEAK_AVX512}, num_kinds = __builtin_cpu_supports("avx512f") ? 2 : 1;
+    if (bf16) kinds[0] = PEAK_BF16, num_kinds = 1;
+    volatile float sink = 0.0f;
+    double best = 0.0;
+    for (int k = 0; k < num_kinds; k++) {
+        /* FLOP per instruction per lane: 2 for an FMA, 4 for a bf16 pair dot product */
+        const double per_instr = kinds[k] == PEAK_AVX2 ? 16.0 : kinds[k] == PEAK_AVX512 ? 32.0 : 64.0;
+        const double flops = per_instr * CA_PEAK_CHAINS * (double)CA_PEAK_ITERS * threads;
+        for (int r = 0; r < reps; r++) {
+            const double seconds = peak_seconds(kinds[k], threads, &sink);
+            if (flops / seconds > best) best = flops / seconds;
+        }
+    }
+    *gflops = best / 1e9;
     return CA_OK;
 }

@@ -629,11 +629,26 @@ static PyObject *py_sgemm_seconds(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(seconds);
 }
 
+static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args) {
+    int bf16 = 0, reps = 3;
+    if (!PyArg_ParseTuple(args, "|pi", &bf16, &reps)) return NULL;
+    double gflops = 0;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS ca_threads_apply();
+    st = ca_fma_peak_gflops(&gflops, bf16, reps);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    return PyFloat_FromDouble(gflops);
+}
+
 PyMethodDef ca_py_model_methods[] = {
     {"profile_report", py_profile_report, METH_NOARGS, "Per-op seconds and per-GEMM-shape seconds of profiled runs."},
     {"profile_reset", py_profile_reset, METH_NOARGS, "Clear the profile counters."},
     {"sgemm_seconds", py_sgemm_seconds, METH_VARARGS,
      "sgemm_seconds(trans_a, trans_b, M, N, K, reps): best time of one raw cblas_sgemm of that shape."},
+    {"fma_peak_gflops", py_fma_peak_gflops, METH_VARARGS,
+     "fma_peak_gflops(bf16=False, reps=3): GFLOP/s of register-only FMAs (fp32, or bf16 vdpbf16ps) on the "
+     "current thread count: the speed of light."},
     {NULL, NULL, 0, NULL},
 };
 

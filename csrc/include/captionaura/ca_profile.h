@@ -38,4 +38,8 @@ void ca_profile_reset(void);
 /* Best-of-`reps` seconds of one cblas_sgemm of the given shape on fresh random matrices. */
 ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int N, int K, int reps);
 
+/* The FLOP rate of ca_get_num_threads() threads doing nothing but register FMAs (fp32, or vdpbf16ps with
+ * bf16 != 0): the speed of light a benchmark sets its FLOPs against (best of `reps`, in GFLOP/s). */
+ca_status ca_fma_peak_gflops(double *gflops, int bf16, int reps);
+
 #endif
