@@ -145,13 +145,26 @@ static void drop_lowp(ca_lfm2_model *m) {
     m->lowp_stale = 0;
 }
 
-/* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). */
-static void repack_lowp(ca_lfm2_model *m) {
+static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **hi);
+
+/* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). With
+ * drop_fp32 (bf16), each matrix's fp32 pages are given back as soon as it is packed, so that converting never
+ * holds both copies of the weights at once. */
+static void repack_lowp(ca_lfm2_model *m, int drop_fp32) {
     m->fp32_dropped = 0; /* params were (re)written whole: loading, init, merging */
-    if (m->params_bf16) {
-        ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
-        ca_cpu_f32_from_bf16(m->params, m->params_bf16, m->num_parameters);
+    for (int i = 0; m->params_bf16 && i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
+        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+        if (drop_fp32 && p->ndim == 2) {
+            char *lo, *hi;
+            fp32_matrix_pages(m, i, &lo, &hi);
+#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
+            if (hi > lo) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED); /* advice: where refused, nothing is lost */
+#endif
+        }
     }
+    m->fp32_dropped = m->params_bf16 && drop_fp32;
     for (int i = 0; m->params_q8 && i < m->num_param_tensors; i++) {
         const ca_param_info *p = &m->param_info[i];
         if (p->ndim == 2)
@@ -170,7 +183,7 @@ static void sync_lowp(ca_lfm2_model *m) {
     m->lowp_stale = 0;
 }
 
-/* The matrices (2-D tensors) whose fp32 values drop_fp32 releases: every whole page inside each. */
+/* The matrices (2-D tensors) whose fp32 values are given back: every whole page inside each. */
 static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **hi) {
     const ca_param_info *p = &m->param_info[i];
     const uintptr_t page = 4096, a = (uintptr_t)(m->params + p->offset), b = (uintptr_t)(m->params + p->offset + p->numel);
@@ -178,24 +191,14 @@ static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **h
     *hi = (char *)(b & ~(page - 1));
 }
 
-ca_status ca_lfm2_drop_fp32(ca_lfm2_model *m) {
-    if (!m->params_bf16) return ca_error(CA_ERR_VALUE, "only a bf16 model can drop its fp32 weights");
+static ca_status check_drop_fp32(const ca_lfm2_model *m, int bf16) {
+    if (!bf16) return ca_error(CA_ERR_VALUE, "only a bf16 model can give back its fp32 weights");
     if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
-        return ca_error(CA_ERR_VALUE, "dropping the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall back "
-                                      "to fp32 ones, which read them)");
+        return ca_error(CA_ERR_VALUE, "giving back the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall "
+                                      "back to fp32 ones, which read them)");
     if (any_trainable(m))
         return ca_error(CA_ERR_VALUE, "base parameters train (mixed precision needs their fp32 master weights): "
                                       "add LoRA adapters first, or keep the fp32 weights");
-    sync_lowp(m);
-    for (int i = 0; i < m->num_param_tensors; i++) {
-        char *lo, *hi;
-        if (m->param_info[i].ndim != 2) continue;
-        fp32_matrix_pages(m, i, &lo, &hi);
-#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
-        if (hi > lo) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED); /* advice: where refused, nothing is lost */
-#endif
-    }
-    m->fp32_dropped = 1;
     return CA_OK;
 }
 
@@ -209,17 +212,20 @@ static void restore_fp32(ca_lfm2_model *m) {
     m->fp32_dropped = 0;
 }
 
-ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype, int keep_fp32) {
     const int bf16 = !strcmp(dtype, "bf16"), int8 = !strcmp(dtype, "int8");
     if (!bf16 && !int8 && strcmp(dtype, "fp32"))
         return ca_error(CA_ERR_VALUE, "inference dtype '%s' is not one of 'fp32', 'bf16', 'int8'", dtype);
+    ca_status st;
+    if (!keep_fp32 && (st = check_drop_fp32(m, bf16)) != CA_OK) return st;
     restore_fp32(m);
     if ((bf16 || int8) && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
         return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
                         m->be->name);
     drop_lowp(m);
-    /* the packed copies come from the CPU allocator (huge pages: the decoding GEMVs stream them) */
-    if (bf16 && !(m->params_bf16 = ca_cpu_backend.alloc(m->num_parameters * sizeof(uint16_t)))) goto nomem;
+    /* the packed copies come from the CPU allocator (huge pages: the decoding GEMVs stream them); the bf16 one is
+     * not zeroed first, as repack_lowp writes it whole: its pages cost memory only as the conversion reaches them */
+    if (bf16 && !(m->params_bf16 = ca_cpu_alloc_uninit(m->num_parameters * sizeof(uint16_t)))) goto nomem;
     if (int8) {
         size_t rows = 0;
         if (!(m->q8_scale_at = malloc((size_t)m->num_param_tensors * sizeof(size_t)))) goto nomem;
@@ -230,7 +236,7 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype) {
         if (!(m->params_q8 = ca_cpu_backend.alloc(m->num_parameters)) || !(m->q8_scales = malloc((rows + 1) * sizeof(float))))
             goto nomem;
     }
-    repack_lowp(m);
+    repack_lowp(m, !keep_fp32);
     return CA_OK;
 nomem:
     drop_lowp(m);
@@ -260,7 +266,7 @@ ca_status ca_lfm2_init_random(ca_lfm2_model *m, uint64_t seed, float std) {
     const ca_lfm2_config *c = &m->cfg;
     if (c->pad_token_id >= 0 && c->pad_token_id < c->vocab_size)
         memset(m->embed_tokens + (size_t)c->pad_token_id * c->hidden_size, 0, (size_t)c->hidden_size * sizeof(float));
-    repack_lowp(m);
+    repack_lowp(m, 0);
     return CA_OK;
 }
 
@@ -965,7 +971,7 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
-    repack_lowp(m);
+    repack_lowp(m, 0);
     return st;
 }
 
@@ -1086,7 +1092,7 @@ ca_status ca_lfm2_lora_merge(ca_lfm2_model *m, float sign) {
         float *W = proj_weight(m, a->layer, a->proj, &in, &out);
         m->be->lora_merge(W, m->lora_params + a->a_offset, m->lora_params + a->b_offset, sign * a->scaling, in, out, a->r);
     }
-    repack_lowp(m);
+    repack_lowp(m, 0);
     return CA_OK;
 }
 

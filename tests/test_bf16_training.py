@@ -201,6 +201,41 @@ def test_dropping_the_fp32_weights_frees_them_and_changes_no_result(tmp_path):
         full.to_inference_dtype("bf16", keep_fp32=False)
 
 
+def peak_rss_reset() -> None:
+    """Sets the process's peak resident memory (VmHWM) to what is resident now (Linux clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as err:
+        pytest.skip(f"the peak resident memory cannot be reset here: {err}")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_converting_with_keep_fp32_false_never_holds_both_copies():
+    """keep_fp32=False gives each matrix's fp32 pages back as soon as it is packed: the conversion's peak stays far
+    below the bf16 copy's size, which converting everything first and then giving back would add on top."""
+    cfg = ca.Lfm2Config(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_hidden_layers=12,
+                        num_attention_heads=4, num_key_value_heads=2, block_auto_adjust_ff_dim=False,
+                        layer_types=["conv", "full_attention"] * 6)
+    growth = {}
+    for keep in (True, False):
+        model = ca.Lfm2Model.from_config(cfg, seed=0)
+        model.add_lora(ca.LoraConfig(r=4, target_modules="all-linear"))
+        before = rss_bytes()
+        peak_rss_reset()
+        model.to_inference_dtype("bf16", keep_fp32=keep)
+        growth[keep] = peak_rss_bytes() - before
+        del model
+    bf16_copy = ca.Lfm2Model.from_config(cfg).num_parameters() * 2
+    assert growth[True] >= 0.9 * bf16_copy, (growth, bf16_copy)  # the measurement sees the copy being made
+    assert growth[False] <= 0.35 * bf16_copy, (growth, bf16_copy)
+
+
 @pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
 def test_captioner_drops_both_sides_fp32_weights_without_changing_a_result():
     """A captioner with keep_fp32=False: image features, the caption loss and every adapter gradient (tower ones

@@ -9,15 +9,24 @@
  * the hardware prefetchers stop at every 4 KiB page boundary and each small page costs a TLB walk. */
 #define CA_HUGE_PAGE ((size_t)2 << 20)
 
-static void *cpu_alloc(size_t bytes) {
-    const int huge = bytes >= 2 * CA_HUGE_PAGE;
-    const size_t align = huge ? CA_HUGE_PAGE : 64;
-    size_t rounded = (bytes + align - 1) & ~(align - 1);
-    void *p = aligned_alloc(align, rounded ? rounded : 64);
+static size_t rounded_size(size_t bytes) {
+    const size_t align = bytes >= 2 * CA_HUGE_PAGE ? CA_HUGE_PAGE : 64;
+    return bytes ? (bytes + align - 1) & ~(align - 1) : 64;
+}
+
+void *ca_cpu_alloc_uninit(size_t bytes) {
+    const size_t rounded = rounded_size(bytes);
+    const int huge = rounded >= 2 * CA_HUGE_PAGE;
+    void *p = aligned_alloc(huge ? CA_HUGE_PAGE : 64, rounded);
 #ifdef MADV_HUGEPAGE
     if (p && huge) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: a refusal changes nothing else */
 #endif
-    if (p) memset(p, 0, rounded);
+    return p;
+}
+
+static void *cpu_alloc(size_t bytes) {
+    void *p = ca_cpu_alloc_uninit(bytes);
+    if (p) memset(p, 0, rounded_size(bytes));
     return p;
 }
 

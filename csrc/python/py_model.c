@@ -487,24 +487,14 @@ static PyObject *Lfm2_get_num_parameters(Lfm2Object *self, void *closure) {
     return PyLong_FromSize_t(total);
 }
 
-static PyObject *Lfm2_set_inference_dtype(Lfm2Object *self, PyObject *arg) {
+static PyObject *Lfm2_set_inference_dtype(Lfm2Object *self, PyObject *args) {
     if (!ready(self)) return NULL;
-    const char *dtype = PyUnicode_AsUTF8(arg);
-    if (!dtype) return NULL;
+    const char *dtype;
+    int keep_fp32 = 1;
+    if (!PyArg_ParseTuple(args, "s|p", &dtype, &keep_fp32)) return NULL;
     ca_status st;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    st = ca_lfm2_set_inference_dtype(self->model, dtype);
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    if (st != CA_OK) return ca_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Lfm2_drop_fp32(Lfm2Object *self, PyObject *unused) {
-    if (!ready(self)) return NULL;
-    ca_status st;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    st = ca_lfm2_drop_fp32(self->model);
+    st = ca_lfm2_set_inference_dtype(self->model, dtype, keep_fp32);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (st != CA_OK) return ca_py_raise(st);
@@ -522,12 +512,12 @@ static PyObject *Lfm2_inference_dtype(Lfm2Object *self, PyObject *unused) {
 }
 
 static PyMethodDef Lfm2_methods[] = {
-    {"set_inference_dtype", (PyCFunction)Lfm2_set_inference_dtype, METH_O,
-     "set_inference_dtype('fp32' | 'bf16' | 'int8'): weights used for inference (bf16 and int8 round them in place)."},
+    {"set_inference_dtype", (PyCFunction)Lfm2_set_inference_dtype, METH_VARARGS,
+     "set_inference_dtype('fp32' | 'bf16' | 'int8', keep_fp32=True): weights used for inference (bf16 and int8 "
+     "round them in place; bf16 with keep_fp32=False gives back the matrices' fp32 values)."},
     {"inference_dtype", (PyCFunction)Lfm2_inference_dtype, METH_NOARGS, "'fp32', 'bf16' or 'int8'."},
-    {"drop_fp32", (PyCFunction)Lfm2_drop_fp32, METH_NOARGS,
-     "drop_fp32(): a bf16 model releases its matrices' fp32 values (set_inference_dtype restores them)."},
-    {"fp32_dropped", (PyCFunction)Lfm2_fp32_dropped, METH_NOARGS, "Whether drop_fp32() is in effect."},
+    {"fp32_dropped", (PyCFunction)Lfm2_fp32_dropped, METH_NOARGS,
+     "Whether the matrices' fp32 values are given back (keep_fp32=False)."},
     {"param_table", (PyCFunction)Lfm2_param_table, METH_NOARGS,
      "[(name, shape, offset, numel)] of every parameter tensor, in buffer order."},
     {"params", (PyCFunction)Lfm2_params, METH_NOARGS, "The flat float32 parameter buffer (a view)."},

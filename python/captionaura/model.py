@@ -384,7 +384,8 @@ class Lfm2Model:
         keeps the rounded values). CPU only.
 
         ``keep_fp32=False`` (bf16, CPUs with AVX512-BF16) gives back the memory of the matrices' fp32 values, about
-        two thirds of the weights' memory: inference and LoRA on the frozen base run on the bf16 copy alone.
+        two thirds of the weights' memory, each matrix as soon as it is packed (converting never holds both
+        copies): inference and LoRA on the frozen base run on the bf16 copy alone.
         Reading ``parameters()``, saving, merging and training base parameters then raise until a later
         ``to_inference_dtype`` restores them (exactly: they are bf16 values).
         """
@@ -392,9 +393,7 @@ class Lfm2Model:
             raise ValueError(f"inference dtype {dtype!r} is not one of 'fp32', 'bf16', 'int8'")
         if not keep_fp32 and dtype != "bf16":
             raise ValueError("keep_fp32=False needs dtype 'bf16'")
-        self._core.set_inference_dtype(dtype)
-        if not keep_fp32:
-            self._core.drop_fp32()
+        self._core.set_inference_dtype(dtype, keep_fp32)
         return self
 
     @property

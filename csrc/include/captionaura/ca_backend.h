@@ -74,6 +74,9 @@ static inline ca_status ca_pass_status(int *lowp_oom, const ca_backend *be) {
 }
 
 extern const ca_backend ca_cpu_backend;
+/* ca_cpu_backend.alloc without the zeroing, for a buffer its owner writes whole before reading it: a large one's
+ * pages (fresh from the kernel) then cost memory only as they are written. Freed by ca_cpu_backend.free. */
+void *ca_cpu_alloc_uninit(size_t bytes);
 
 /* Threads used by OpenMP loops, process-wide (0 = leave as is); OpenBLAS stays at one. */
 void ca_set_num_threads(int n);

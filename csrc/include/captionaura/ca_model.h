@@ -149,13 +149,13 @@ typedef struct ca_lfm2_model {
  * every matrix to scale[row] · int8 (the prefill GEMMs and the decoding GEMVs then use identical weights), and
  * packs them for the decoding GEMV; "fp32" drops the packed copy (the rounding stays). A bf16 model trains in
  * mixed precision (bf16 GEMMs, fp32 gradients, params the fp32 master weights); training refuses an int8
- * model. Loading, init and LoRA merge re-pack. */
-ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype);
+ * model. Loading, init and LoRA merge re-pack.
+ * keep_fp32 = 0 (bf16 on AVX512-BF16 CPUs) gives back the memory of the matrices' fp32 values, each as soon as
+ * it is packed: the bf16 copy is then all there is of them, for inference and LoRA on the frozen base. Training
+ * base parameters, merging, saving and reading those parameters refuse until a later call restores them
+ * (widened from bf16, exactly). */
+ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype, int keep_fp32);
 const char *ca_lfm2_inference_dtype(const ca_lfm2_model *m);
-/* A bf16 model (AVX512-BF16 CPUs) gives back the memory of its matrices' fp32 values: the bf16 copy is then all
- * there is of them, for inference and LoRA on the frozen base. Training base parameters, merging, saving and
- * reading those parameters refuse until set_inference_dtype restores them (widened from bf16, exactly). */
-ca_status ca_lfm2_drop_fp32(ca_lfm2_model *m);
 
 /* Builds the parameter table and allocates parameters (zeros) for a validated config. */
 ca_status ca_lfm2_create(ca_lfm2_model **out, const ca_lfm2_config *cfg, const ca_backend *be);
