@@ -11,9 +11,24 @@
 #define CA_WARP 32
 #define CA_BLOCK 256 /* threads of the 1-D elementwise launches and the row-per-block reductions */
 
-/* The backend's stream and cuBLAS handle (runtime.cu); valid after ca_cuda_init() succeeded. */
+/* The cuBLAS entry points the backend calls, resolved from the library when it is opened (runtime.cu): it is
+ * not linked, so that importing the package costs nothing for it (see ca_cuda_load_libraries). */
+struct CaCublasApi {
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    decltype(&cublasSetMathMode) set_math_mode;
+    decltype(&cublasSgemm_v2) sgemm;
+    /* (C++ sees an inline overload of cublasGemmEx too: the C entry point is spelt out) */
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                              const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
+                              cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+};
+
+/* The backend's stream, cuBLAS handle and entry points (runtime.cu); valid after ca_cuda_init() succeeded. */
 cudaStream_t ca_cuda_stream(void);
 cublasHandle_t ca_cuda_cublas(void);
+const CaCublasApi &ca_cublas(void);
 /* True when an error is pending: ops then return without launching anything. */
 bool ca_cuda_failed(void);
 /* Records err (if not cudaSuccess) with the op name; returns true on success. */

@@ -20,7 +20,7 @@ extern "C" void ca_cuda_gemm(int transA, int transB, int M, int Nc, int K, float
         return;
     }
     cublasOperation_t ta = transA ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    ca_cublas_ok(cublasSgemm(ca_cuda_cublas(), tb, ta, Nc, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
+    ca_cublas_ok(ca_cublas().sgemm(ca_cuda_cublas(), tb, ta, Nc, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
                  "cublasSgemm");
 }
 
@@ -109,8 +109,8 @@ extern "C" void ca_cuda_linear_forward_bf16(float *out, const float *inp, const 
     }
     const float alpha = 1.0f;
     /* row-major out (N, OC) = inp (N, C) · Wᵀ  ⇔  column-major outᵀ (OC, N) = W·inpᵀ with W read transposed */
-    ca_cublas_ok(cublasGemmEx(ca_cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &alpha, weight_bf16, CUDA_R_16BF,
-                              C, inp_bf16, CUDA_R_16BF, C, &beta, out, CUDA_R_32F, OC, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT),
+    ca_cublas_ok(ca_cublas().gemm_ex(ca_cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &alpha, weight_bf16,
+                                     CUDA_R_16BF, C, inp_bf16, CUDA_R_16BF, C, &beta, out, CUDA_R_32F, OC,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx (bf16)");
 }

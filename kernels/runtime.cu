@@ -1,11 +1,17 @@
 /* The CUDA runtime side of the backend: device discovery (no device is a normal answer, never an error),
  * the stream and cuBLAS handle, memory, the scratch workspace and the first-error-wins error record. */
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 
 #include "cuda_internal.cuh"
+
+#ifndef CA_CUBLAS_SONAME /* CMakeLists.txt names the cuBLAS it found; this is the nvidia-cublas 13 wheel's */
+#define CA_CUBLAS_SONAME "libcublas.so.13"
+#endif
 
 namespace {
 
@@ -47,6 +53,8 @@ std::atomic<bool> g_failed{false};
 char g_error[512];
 cudaStream_t g_stream = nullptr;
 cublasHandle_t g_cublas = nullptr;
+CaCublasApi g_cublas_api;
+bool g_cublas_loaded = false;
 bool g_ready = false;
 void *g_workspace = nullptr;
 size_t g_workspace_bytes = 0;
@@ -103,19 +111,57 @@ bool ca_cublas_ok(cublasStatus_t st, const char *what) {
     return false;
 }
 
+/* cuBLAS is opened on first use, not linked: mapping it (libcublasLt above all) costs a process about 180 MB of
+ * resident memory, which every `import captionaura` would pay, on machines without a GPU too. The extension's
+ * run path (the nvidia-cublas wheel's folder, or the toolkit's) is searched, as for a linked library.
+ * Caller holds g_lock. */
+static ca_status load_cublas_locked(void) {
+    if (g_cublas_loaded) return CA_OK;
+    void *lib = dlopen(CA_CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return ca_error(CA_ERR_DEVICE, "cannot open cuBLAS (%s): %s", CA_CUBLAS_SONAME, dlerror());
+    struct {
+        void **slot;
+        const char *symbol;
+    } entries[] = {
+        {(void **)&g_cublas_api.create, "cublasCreate_v2"},
+        {(void **)&g_cublas_api.destroy, "cublasDestroy_v2"},
+        {(void **)&g_cublas_api.set_stream, "cublasSetStream_v2"},
+        {(void **)&g_cublas_api.set_math_mode, "cublasSetMathMode"},
+        {(void **)&g_cublas_api.sgemm, "cublasSgemm_v2"},
+        {(void **)&g_cublas_api.gemm_ex, "cublasGemmEx"},
+    };
+    for (const auto &e : entries)
+        if (!(*e.slot = dlsym(lib, e.symbol))) {
+            dlclose(lib);
+            return ca_error(CA_ERR_DEVICE, "%s has no %s: a cuBLAS of another major version?", CA_CUBLAS_SONAME,
+                            e.symbol);
+        }
+    g_cublas_loaded = true; /* the library stays open for the process's lifetime */
+    return CA_OK;
+}
+
+extern "C" ca_status ca_cuda_load_libraries(void) {
+    std::lock_guard<std::mutex> guard(g_lock);
+    return load_cublas_locked();
+}
+
+extern "C" int ca_cuda_libraries_loaded(void) { return g_cublas_loaded; }
+
 extern "C" ca_status ca_cuda_init(void) {
     if (ca_cuda_device_count() == 0) return ca_error(CA_ERR_DEVICE, "no CUDA device: %s", ca_cuda_unavailable_reason());
     std::lock_guard<std::mutex> guard(g_lock);
     if (g_ready) return CA_OK;
+    ca_status loaded = load_cublas_locked();
+    if (loaded != CA_OK) return loaded;
     cudaError_t err = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
     if (err != cudaSuccess)
         return ca_error(CA_ERR_DEVICE, "cudaStreamCreate: %s (%s)", cudaGetErrorString(err), cudaGetErrorName(err));
-    cublasStatus_t st = cublasCreate(&g_cublas);
-    if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(g_cublas, g_stream);
+    cublasStatus_t st = g_cublas_api.create(&g_cublas);
+    if (st == CUBLAS_STATUS_SUCCESS) st = g_cublas_api.set_stream(g_cublas, g_stream);
     /* fp32 GEMMs stay fp32: no TF32 tensor-op rounding (parity with the CPU backend) */
-    if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH);
+    if (st == CUBLAS_STATUS_SUCCESS) st = g_cublas_api.set_math_mode(g_cublas, CUBLAS_DEFAULT_MATH);
     if (st != CUBLAS_STATUS_SUCCESS) {
-        if (g_cublas) cublasDestroy(g_cublas);
+        if (g_cublas) g_cublas_api.destroy(g_cublas);
         g_cublas = nullptr;
         cudaStreamDestroy(g_stream);
         g_stream = nullptr;
@@ -127,6 +173,7 @@ extern "C" ca_status ca_cuda_init(void) {
 
 cudaStream_t ca_cuda_stream(void) { return g_stream; }
 cublasHandle_t ca_cuda_cublas(void) { return g_cublas; }
+const CaCublasApi &ca_cublas(void) { return g_cublas_api; }
 
 extern "C" ca_status ca_cuda_check(void) {
     if (g_ready) ca_cuda_ok(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize");

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,25 @@ def test_cuda_status_is_consistent():
         assert not ca.cuda_available()
         assert isinstance(STATUS["reason"], str) and len(STATUS["reason"]) > 10  # names why (driver, device, build)
     assert _core.cuda_compiled() == STATUS["compiled"]
+
+
+@pytest.mark.skipif(not STATUS["compiled"], reason="built without the CUDA backend")
+def test_importing_maps_no_cublas_until_the_backend_opens_it():
+    """cuBLAS is opened on first use, not linked (mapping it costs a process ~180 MB): a fresh interpreter's import
+    maps none of it; cuda_load_libraries() (what the backend does first) opens it and resolves every entry point,
+    without a device too."""
+    script = (
+        "import captionaura, captionaura._core as core\n"
+        "maps = lambda: open('/proc/self/maps').read()\n"
+        "assert 'libcublas' not in maps() and not core.cuda_libraries_loaded(), 'cuBLAS mapped at import'\n"
+        "captionaura.cuda_status()\n"
+        "assert 'libcublas' not in maps(), 'cuBLAS mapped by the device probe'\n"
+        "core.cuda_load_libraries()\n"
+        "assert 'libcublasLt' in maps() and core.cuda_libraries_loaded()\n"
+        "core.cuda_load_libraries()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.skipif(HAVE_CUDA, reason="a CUDA device is present")

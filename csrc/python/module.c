@@ -152,6 +152,29 @@ static PyObject *py_cuda_status(PyObject *self, PyObject *unused) {
 #endif
 }
 
+/* cuBLAS is opened on first use of the CUDA backend; this opens it now (no device needed) and says whether it is
+ * open, so that its absence is found before a run and its lazy loading can be checked. */
+static PyObject *py_cuda_load_libraries(PyObject *self, PyObject *unused) {
+#ifdef CA_WITH_CUDA
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS st = ca_cuda_load_libraries();
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, CA_NO_CUDA_BUILD);
+    return NULL;
+#endif
+}
+
+static PyObject *py_cuda_libraries_loaded(PyObject *self, PyObject *unused) {
+#ifdef CA_WITH_CUDA
+    return PyBool_FromLong(ca_cuda_libraries_loaded());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 const ca_backend *ca_py_cuda_backend(void) {
 #ifdef CA_WITH_CUDA
     if (ca_cuda_device_count() == 0) {
@@ -247,6 +270,9 @@ static PyMethodDef module_methods[] = {
      "cuda_array(shape, dtype): zero-filled NumPy array in CUDA managed memory (needs a device)."},
     {"cuda_status", py_cuda_status, METH_NOARGS,
      "CUDA backend status: {compiled, device_count, device, reason} (reason empty when usable)."},
+    {"cuda_load_libraries", py_cuda_load_libraries, METH_NOARGS,
+     "Opens cuBLAS now (the CUDA backend does on first use; importing maps none of it). No device needed."},
+    {"cuda_libraries_loaded", py_cuda_libraries_loaded, METH_NOARGS, "Whether cuBLAS is open in this process."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -40,6 +40,10 @@ const char *ca_cuda_unavailable_reason(void);
 void ca_cuda_device_name(char *buf, size_t size);
 /* Creates the stream and the cuBLAS handle on first use: CA_ERR_DEVICE with the reason when no device. */
 ca_status ca_cuda_init(void);
+/* Opens cuBLAS, as ca_cuda_init does first (it is loaded on first use, not linked: importing the package maps
+ * none of it). Needs no device: CA_ERR_DEVICE names the library or entry point that is missing. */
+ca_status ca_cuda_load_libraries(void);
+int ca_cuda_libraries_loaded(void); /* whether cuBLAS is open in this process */
 /* The first error recorded since the last check, as CA_ERR_DEVICE (and ca_error's message); CA_OK if none.
  * Synchronises the stream first, so asynchronous kernel faults are caught too. */
 ca_status ca_cuda_check(void);
