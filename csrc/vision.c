@@ -299,18 +299,18 @@ static void repack_bf16(ca_vision_model *m) {
 
 static float *proj_weight(const ca_vision_model *m, int l, ca_vision_proj proj, float **bias, int *in, int *out);
 
-/* fn(m, W, n) over every linear weight (out × in = n floats) of the tower and projector */
-static void each_linear_weight(ca_vision_model *m, void (*fn)(ca_vision_model *, float *, size_t)) {
+/* fn(m, W, n, ctx) over every linear weight (out × in = n floats) of the tower and projector */
+static void each_linear_weight(ca_vision_model *m, void (*fn)(ca_vision_model *, float *, size_t, void *), void *ctx) {
     for (int l = 0; l < m->cfg.num_layers_run + 1; l++)
         for (int p = 0; p < CA_NUM_VPROJ; p++) {
             if ((l < m->cfg.num_layers_run) != (p < CA_VPROJ_PER_LAYER)) continue; /* per-layer, then the rest once */
             int in = 0, out = 0;
             float *bias, *W = proj_weight(m, l, (ca_vision_proj)p, &bias, &in, &out);
-            fn(m, W, (size_t)in * out);
+            fn(m, W, (size_t)in * out, ctx);
         }
 }
 
-static void release_pages(ca_vision_model *m, float *W, size_t n) {
+static void release_pages(float *W, size_t n) {
 #ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
     const uintptr_t page = 4096, a = ((uintptr_t)W + page - 1) & ~(page - 1), b = (uintptr_t)(W + n) & ~(page - 1);
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
@@ -319,36 +319,62 @@ static void release_pages(ca_vision_model *m, float *W, size_t n) {
 #endif
 }
 
-static void widen_back(ca_vision_model *m, float *W, size_t n) {
+static void widen_back(ca_vision_model *m, float *W, size_t n, void *ctx) {
     ca_cpu_f32_from_bf16(W, m->params_bf16 + (W - m->params), n);
 }
 
-ca_status ca_vision_drop_fp32(ca_vision_model *m) {
-    if (!m->params_bf16) return ca_error(CA_ERR_VALUE, "only a bf16 vision tower can drop its fp32 weights");
-    if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
-        return ca_error(CA_ERR_VALUE, "dropping the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall back "
-                                      "to fp32 ones, which read them)");
-    each_linear_weight(m, release_pages);
+/* ctx: one flag per parameter tensor, set for the linear weights */
+static void mark_linear(ca_vision_model *m, float *W, size_t n, void *ctx) {
+    for (int i = 0; i < m->num_param_tensors; i++)
+        if (m->params + m->param_info[i].offset == W) ((unsigned char *)ctx)[i] = 1;
+}
+
+/* repack_bf16 for keep_fp32 = 0: tensor by tensor, each linear weight giving its fp32 pages back as soon as it
+ * is packed, so that converting never holds both copies of the weights. */
+static ca_status pack_dropping_fp32(ca_vision_model *m) {
+    unsigned char *linear = calloc((size_t)m->num_param_tensors, 1);
+    if (!linear) return ca_error(CA_ERR_NOMEM, "out of memory");
+    each_linear_weight(m, mark_linear, linear);
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const ca_param_info *p = &m->param_info[i];
+        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
+        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+        if (linear[i]) release_pages(m->params + p->offset, p->numel);
+    }
+    free(linear);
     m->fp32_dropped = 1;
     return CA_OK;
 }
 
-ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype) {
+ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype, int keep_fp32) {
     const int bf16 = !strcmp(dtype, "bf16");
     if (!bf16 && strcmp(dtype, "fp32"))
         return ca_error(CA_ERR_VALUE, "vision dtype '%s' is not one of 'fp32', 'bf16'", dtype);
-    if (m->fp32_dropped) {
-        each_linear_weight(m, widen_back);
-        m->fp32_dropped = 0;
-    }
+    if (!keep_fp32 && !bf16) return ca_error(CA_ERR_VALUE, "only a bf16 vision tower can give back its fp32 weights");
+    if (!keep_fp32 && strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
+        return ca_error(CA_ERR_VALUE, "giving back the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall "
+                                      "back to fp32 ones, which read them)");
     if (bf16 && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
         return ca_error(CA_ERR_VALUE, "bf16 vision weights run on the CPU only (the model is on %s)", m->be->name);
+    if (m->fp32_dropped) {
+        each_linear_weight(m, widen_back, NULL);
+        m->fp32_dropped = 0;
+    }
     ca_cpu_backend.free(m->params_bf16);
     m->params_bf16 = NULL;
-    if (bf16 && !(m->params_bf16 = ca_cpu_backend.alloc(m->num_parameters * sizeof(uint16_t))))
+    /* not zeroed first: the packing writes it whole, and its pages cost memory only as the packing reaches them */
+    if (bf16 && !(m->params_bf16 = ca_cpu_alloc_uninit(m->num_parameters * sizeof(uint16_t))))
         return ca_error(CA_ERR_NOMEM, "out of memory for %zu bf16 vision weights", m->num_parameters);
-    repack_bf16(m);
-    return CA_OK;
+    if (keep_fp32) {
+        repack_bf16(m);
+        return CA_OK;
+    }
+    ca_status st = pack_dropping_fp32(m);
+    if (st != CA_OK) {
+        ca_cpu_backend.free(m->params_bf16);
+        m->params_bf16 = NULL;
+    }
+    return st;
 }
 
 const char *ca_vision_dtype(const ca_vision_model *m) {

@@ -235,20 +235,13 @@ static PyObject *Vision_to_device(VisionObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Vision_set_dtype(VisionObject *self, PyObject *arg) {
+static PyObject *Vision_set_dtype(VisionObject *self, PyObject *args) {
     if (!ready(self)) return NULL;
-    const char *dtype = PyUnicode_AsUTF8(arg);
-    if (!dtype) return NULL;
+    const char *dtype;
+    int keep_fp32 = 1;
+    if (!PyArg_ParseTuple(args, "s|p", &dtype, &keep_fp32)) return NULL;
     ca_status st;
-    CA_COMPUTE(self, st = ca_vision_set_dtype(self->model, dtype));
-    if (st != CA_OK) return ca_py_raise(st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Vision_drop_fp32(VisionObject *self, PyObject *unused) {
-    if (!ready(self)) return NULL;
-    ca_status st;
-    CA_COMPUTE(self, st = ca_vision_drop_fp32(self->model));
+    CA_COMPUTE(self, st = ca_vision_set_dtype(self->model, dtype, keep_fp32));
     if (st != CA_OK) return ca_py_raise(st);
     Py_RETURN_NONE;
 }
@@ -382,12 +375,12 @@ static PyMethodDef Vision_methods[] = {
      "save_safetensors(path): writes the vision and projector tensors as float32, atomically."},
     {"to_device", (PyCFunction)Vision_to_device, METH_O,
      "to_device(name): move parameters, gradients and adapters to the 'cpu' or 'cuda' backend."},
-    {"set_dtype", (PyCFunction)Vision_set_dtype, METH_O,
-     "set_dtype('fp32' | 'bf16'): the weights' dtype (bf16 rounds them in place; bf16 GEMMs, CPU)."},
+    {"set_dtype", (PyCFunction)Vision_set_dtype, METH_VARARGS,
+     "set_dtype('fp32' | 'bf16', keep_fp32=True): the weights' dtype (bf16 rounds them in place; bf16 GEMMs, CPU; "
+     "keep_fp32=False gives back the linear weights' fp32 values)."},
     {"dtype", (PyCFunction)Vision_dtype, METH_NOARGS, "'fp32' or 'bf16'."},
-    {"drop_fp32", (PyCFunction)Vision_drop_fp32, METH_NOARGS,
-     "drop_fp32(): a bf16 tower releases its linear weights' fp32 values (set_dtype restores them)."},
-    {"fp32_dropped", (PyCFunction)Vision_fp32_dropped, METH_NOARGS, "Whether drop_fp32() is in effect."},
+    {"fp32_dropped", (PyCFunction)Vision_fp32_dropped, METH_NOARGS,
+     "Whether the linear weights' fp32 values are given back (keep_fp32=False)."},
     {"set_profiling", (PyCFunction)Vision_set_profiling, METH_O,
      "set_profiling(on): route compute through the timing backend (see _core.profile_report)."},
     {"lora_add", (PyCFunction)(void (*)(void))Vision_lora_add, METH_VARARGS | METH_KEYWORDS,

@@ -233,16 +233,14 @@ class VisionTower:
         (as ``.to(torch.bfloat16)``; LFM2-VL checkpoints are stored in bf16, so their weights lose nothing) and
         keeps a bf16 copy: each linear runs a bf16 GEMM with the input rounded to bf16 and fp32 sums
         (AVX512-BF16), twice the fp32 GEMM's rate; backward then trains LoRA adapters only. Everything else stays
-        fp32. CPU only. ``keep_fp32=False`` (bf16, AVX512-BF16) gives back the linear weights' fp32 copy, as
-        ``Lfm2Model.to_inference_dtype`` does; ``parameters()``, saving and merging raise until ``to_dtype``
+        fp32. CPU only. ``keep_fp32=False`` (bf16, AVX512-BF16) gives back the linear weights' fp32 copy, each as it
+        is packed, as ``Lfm2Model.to_inference_dtype`` does; ``parameters()``, saving and merging raise until ``to_dtype``
         restores it."""
         if dtype not in ("fp32", "bf16"):
             raise ValueError(f"vision dtype {dtype!r} is not one of 'fp32', 'bf16'")
         if not keep_fp32 and dtype != "bf16":
             raise ValueError("keep_fp32=False needs dtype 'bf16'")
-        self._core.set_dtype(dtype)
-        if not keep_fp32:
-            self._core.drop_fp32()
+        self._core.set_dtype(dtype, keep_fp32)
         return self
 
     @property

@@ -161,11 +161,11 @@ typedef struct ca_vision_model {
 ca_status ca_vision_create(ca_vision_model **out, const ca_vision_config *cfg, const ca_backend *be);
 /* "fp32" | "bf16": the weights' dtype (CPU). bf16 rounds every parameter in place and keeps a bf16 copy: every
  * linear runs the bf16 GEMM (inputs rounded to bf16, fp32 sums); a backward then passes gradients through the
- * frozen base only (LoRA). Loading, init and merging re-pack. */
-ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype);
-/* A bf16 tower (AVX512-BF16 CPUs) gives back the memory of its linear weights' fp32 values, as ca_lfm2_drop_fp32;
- * saving and merging refuse until set_dtype restores them (exactly). */
-ca_status ca_vision_drop_fp32(ca_vision_model *m);
+ * frozen base only (LoRA). Loading, init and merging re-pack.
+ * keep_fp32 = 0 (bf16, AVX512-BF16 CPUs) gives back the memory of the linear weights' fp32 values, each as soon as
+ * it is packed, as ca_lfm2_set_inference_dtype does; saving and merging refuse until a later call restores them
+ * (exactly). */
+ca_status ca_vision_set_dtype(ca_vision_model *m, const char *dtype, int keep_fp32);
 const char *ca_vision_dtype(const ca_vision_model *m);
 void ca_vision_free(ca_vision_model *m);
 /* Moves the model's buffers to backend `be` (e.g. &ca_cuda_backend); CA_ERR_NOMEM leaves it unchanged. */
