@@ -12,23 +12,23 @@ row is also set against PyTorch's fp32 forward, the anchor the issue names.
 Needs torch (2.13.0 CPU) and transformers (>= 5) in the same environment for the PyTorch column. PyTorch runs
 its default attention (SDPA); ours and PyTorch's runs alternate step by step and the best of --steps is kept.
 
-The speed-of-light table sets the weight GEMMs' FLOPs against the register-only FMA peak measured in the same
-run (fp32 FMAs; vdpbf16ps for bf16): each side's share of it, and the best speed-up over PyTorch that any
+The speed-of-light table sets the FLOPs of the products (weight GEMMs and attention) against the register-only
+FMA peak measured in the same run (fp32 FMAs; vdpbf16ps for bf16): each side's share of it, and the best speed-up over PyTorch that any
 implementation could reach on this machine.
 
-Measured 2026-11-24 on the shared 2-core dev machine (load average 1.0-1.8), 450m shape, one 512x512 tile (1024
+Measured 2026-11-24 on the shared 2-core dev machine (load average 0.3-1.2), 450m shape, one 512x512 tile (1024
 patches -> 256 tokens), features agree to 4.6e-6 (fp32):
 
 | threads | weights | pass | captionaura (s) | PyTorch (s) | speed-up | best possible speed-up (speed of light) |
 |---|---|---|---|---|---|---|
-| 1 | fp32 | forward | 2.325 | 2.491 | 1.07x | 1.60x |
-| 1 | fp32 | forward+backward | 7.016 | 7.725 | 1.10x | 1.66x |
-| 1 | bf16 | forward | 1.440 | 1.563 | 1.09x (1.73x vs PyTorch fp32) | 2.01x |
-| 2 | fp32 | forward | 1.251 | 1.340 | 1.07x | 1.60x |
-| 2 | fp32 | forward+backward | 3.785 | 3.929 | 1.04x | 1.57x |
-| 2 | bf16 | forward | 0.740 | 0.772 | 1.04x (1.81x vs PyTorch fp32) | 1.90x |
+| 1 | fp32 | forward | 2.333 | 2.445 | 1.05x | 1.31x |
+| 1 | fp32 | forward+backward | 6.933 | 7.575 | 1.09x | 1.36x |
+| 1 | bf16 | forward | 1.359 | 1.469 | 1.08x (1.80x vs PyTorch fp32) | 1.57x |
+| 2 | fp32 | forward | 1.212 | 1.270 | 1.05x | 1.36x |
+| 2 | fp32 | forward+backward | 3.503 | 3.823 | 1.09x | 1.37x |
+| 2 | bf16 | forward | 0.689 | 0.763 | 1.11x (1.84x vs PyTorch fp32) | 1.63x |
 
-Both sides are GEMM-bound: our forward runs at 65-67% of the FMA peak (fp32), PyTorch's at 56-63%.
+Both sides are bound by their products: our forward runs at 77-80% of the FMA peak (fp32), PyTorch's at 73-76%.
 """
 
 from __future__ import annotations
@@ -76,21 +76,24 @@ def best_times_interleaved(fns: list, steps: int) -> list[float]:
     return best
 
 
-def projection_gemm_flops(vt: VisionTower, patches: int) -> tuple[float, float]:
-    """FLOPs of the weight GEMMs of one encode (forward), and the least any forward+backward that yields every
-    weight gradient must do: forward, weight gradients (as many again) and input gradients (as many again, but for
-    the patch embedding, whose input is the pixels). Attention products and the other ops are left out."""
+def product_flops(vt: VisionTower, patches: int) -> tuple[float, float]:
+    """The FLOPs any exact implementation must spend on products in one encode (forward), and in a
+    forward+backward that yields every weight gradient. Forward: the weight GEMMs, plus q·kᵀ and p·v of every
+    layer run (2·n²·d each). Backward: the weight gradients (as many again as the weight GEMMs) and the input
+    gradients (as many again, but for the patch embedding, whose input is the pixels), and the attention's four
+    gradient products (twice its forward). Every other op is left out."""
     c = vt.config
-    forward = patch_embedding = 0.0
+    weights = patch_embedding = 0.0
     for name, w in vt.parameters().items():
         layer = re.search(r"encoder\.layers\.(\d+)\.", name)
         if w.ndim != 2 or "position_embedding" in name or (layer and int(layer.group(1)) >= c.num_layers_run):
             continue
         tokens = patches // c.downsample_factor ** 2 if name.startswith(PROJECTOR_PREFIX) else patches
-        forward += 2.0 * tokens * w.size
+        weights += 2.0 * tokens * w.size
         if "patch_embedding" in name:
             patch_embedding += 2.0 * tokens * w.size
-    return forward, 3 * forward - patch_embedding
+    attention = c.num_layers_run * 4.0 * patches ** 2 * c.hidden_size
+    return weights + attention, 3 * weights - patch_embedding + 3 * attention
 
 
 def make_inputs(side: int, patch_dim: int, seed: int = 0):
@@ -172,9 +175,9 @@ def main() -> None:
                 vt.encode(pv, ss, mask, train=True)
                 vt.backward(R)
 
-            forward_flops, fwd_bwd_flops = projection_gemm_flops(vt, args.side ** 2)
+            forward_flops, fwd_bwd_flops = product_flops(vt, args.side ** 2)
             row = {"shape": shape, "dtype": dtype, "patches": args.side ** 2, "tokens": int(feats.shape[0]),
-                   "threads": args.threads, "forward_gemm_flops": forward_flops, "fwd_bwd_gemm_flops": fwd_bwd_flops}
+                   "threads": args.threads, "forward_product_flops": forward_flops, "fwd_bwd_product_flops": fwd_bwd_flops}
             if args.no_torch:
                 row["ours_forward_s"] = best_time(ours_fwd, args.steps)
                 if dtype == "fp32":
@@ -213,14 +216,14 @@ def main() -> None:
 
 def print_speed_of_light(results: list[dict], dtypes: list[str]) -> None:
     """Each side's share of the register-only FMA peak measured now, and the best speed-up over PyTorch that any
-    implementation could reach: PyTorch's time over the weight GEMMs' FLOPs at 100% of peak."""
+    implementation could reach: PyTorch's time over the products' FLOPs at 100% of peak."""
     peaks = {"fp32": _core.fma_peak_gflops()}
     if "bf16" in dtypes:
         try:
             peaks["bf16"] = _core.fma_peak_gflops(True)
         except NotImplementedError:
             pass
-    print("\nSpeed of light: weight-GEMM FLOPs against the FMA peak of this run ("
+    print("\nSpeed of light: the products' FLOPs (weights, attention) against the FMA peak of this run ("
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
     print("| shape | weights | pass | GFLOP | captionaura, % of peak | PyTorch, % of peak | best possible speed-up |")
     print("|---|---|---|---|---|---|---|")
@@ -231,7 +234,7 @@ def print_speed_of_light(results: list[dict], dtypes: list[str]) -> None:
             ours, theirs = r.get(f"ours_{k}_s"), r.get(f"torch_{k}_s")
             if ours is None:
                 continue
-            flops = r["forward_gemm_flops" if k == "forward" else "fwd_bwd_gemm_flops"]
+            flops = r["forward_product_flops" if k == "forward" else "fwd_bwd_product_flops"]
             light = flops / (peaks[r["dtype"]] * 1e9)
             cells = [f"{light / theirs:.1%}", f"{theirs / light:.2f}x"] if theirs else ["-", "-"]
             r[f"best_possible_{k}_speedup"] = theirs / light if theirs else None
