@@ -93,6 +93,18 @@ def ours(config: dict, batch: int, seq: int, steps: int, dtype: str = "fp32") ->
     }
 
 
+def fma_peaks(dtypes) -> dict[str, float]:
+    """The register-only FMA peak of the current thread count, GFLOP/s, for fp32 and (where asked and the CPU has
+    AVX512-BF16) bf16: the speed of light the benchmarks set their FLOPs against."""
+    peaks = {"fp32": _core.fma_peak_gflops()}
+    if "bf16" in dtypes:
+        try:
+            peaks["bf16"] = _core.fma_peak_gflops(True)
+        except NotImplementedError:
+            pass
+    return peaks
+
+
 def profiled(model: ca.Lfm2Model, run) -> dict:
     model._core.set_profiling(True)
     _core.profile_reset()
@@ -178,12 +190,7 @@ def main() -> None:
             continue
         print(f"{key.split('/')[0]:<6} {o['gemm_share']:10.1%} {o['gemm_gflops']:13.1f} {o['sgemm_gflops']:14.1f} "
               f"{o['gemm_vs_sgemm']:10.1%}")
-    peaks = {"fp32": _core.fma_peak_gflops()}
-    if "bf16" in args.dtypes.split(","):
-        try:
-            peaks["bf16"] = _core.fma_peak_gflops(True)
-        except NotImplementedError:
-            pass
+    peaks = fma_peaks(args.dtypes.split(","))
     print_speed_of_light(results, args.batch, args.seq, peaks)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "fma_peak_gflops": peaks}, indent=2))

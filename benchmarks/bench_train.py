@@ -179,14 +179,11 @@ def print_speed_of_light(results: dict, args) -> None:
     """Each side's share of the register-only FMA peak measured now (same thread count), and the best speed-up
     over PyTorch + PEFT that any implementation could reach: its step time over the step's least GEMM FLOPs at
     100% of peak."""
+    from bench_lfm2 import fma_peaks
     from captionaura import _core
 
     _core.set_num_threads(args.threads)
-    peaks = {"fp32": _core.fma_peak_gflops()}
-    try:
-        peaks["bf16"] = _core.fma_peak_gflops(True)
-    except NotImplementedError:
-        pass
+    peaks = fma_peaks(args.dtypes.split(","))
     print("\nSpeed of light: the step's GEMM FLOPs against the FMA peak of this run ("
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
     print(f"{'shape':<6} {'base':<5} {'GFLOP/step':>10} {'ours % peak':>11} {'torch % peak':>12} {'best possible speed':>19}")

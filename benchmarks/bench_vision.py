@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from bench_lfm2 import fma_peaks
 from captionaura import _core
 from captionaura.vision import PROJECTOR_PREFIX, VisionConfig, VisionTower
 
@@ -217,12 +218,7 @@ def main() -> None:
 def print_speed_of_light(results: list[dict], dtypes: list[str]) -> None:
     """Each side's share of the register-only FMA peak measured now, and the best speed-up over PyTorch that any
     implementation could reach: PyTorch's time over the products' FLOPs at 100% of peak."""
-    peaks = {"fp32": _core.fma_peak_gflops()}
-    if "bf16" in dtypes:
-        try:
-            peaks["bf16"] = _core.fma_peak_gflops(True)
-        except NotImplementedError:
-            pass
+    peaks = fma_peaks(dtypes)
     print("\nSpeed of light: the products' FLOPs (weights, attention) against the FMA peak of this run ("
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + ")")
     print("| shape | weights | pass | GFLOP | captionaura, % of peak | PyTorch, % of peak | best possible speed-up |")
