@@ -54,7 +54,7 @@ char g_error[512];
 cudaStream_t g_stream = nullptr;
 cublasHandle_t g_cublas = nullptr;
 CaCublasApi g_cublas_api;
-bool g_cublas_loaded = false;
+std::atomic<bool> g_cublas_loaded{false}; /* read without the lock by ca_cuda_libraries_loaded */
 bool g_ready = false;
 void *g_workspace = nullptr;
 size_t g_workspace_bytes = 0;
