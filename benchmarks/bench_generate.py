@@ -1,7 +1,7 @@
 """Generation throughput for the LFM2-350M shape (random weights, batch 1): prefill of a 512-token prompt
 and greedy decode of 128 new tokens, captionaura vs transformers ``generate`` (same config, same thread count,
 each in fp32 and bf16 weights), run side by side, plus the decode roofline: weight bytes read per token / memory
-bandwidth measured in the same run (a STREAM-like NumPy "add" over 3 x 256 MiB arrays, one NumPy call per thread),
+read bandwidth measured in the same run (the C core's probe streaming reads over 512 MiB with the same threads),
 and optionally llama.cpp's ``llama-bench`` on GGUFs converted from the same weights (below).
 
     python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3] [--shape 350m]
@@ -53,7 +53,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -157,27 +156,14 @@ def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int, dtyp
     return rates(measure(run, new, repeats), prompt, new)
 
 
-def bandwidth(threads: int, mib: int = 256, repeats: int = 5) -> float:
-    """Bytes/s of z = x + y (2 reads + 1 write per element), the arrays split across `threads` Python threads
-    (NumPy releases the GIL inside the ufunc)."""
-    n = mib * 2**20 // 8
-    x, y, z = np.ones(n), np.ones(n), np.empty(n)
-    parts = np.array_split(np.arange(n), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+def bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of `threads` threads streaming reads over a buffer far beyond the caches (the C core's probe): what
+    a decoding step, which only reads its weights, can get at most."""
+    import captionaura as ca
+    from captionaura import _core
 
-    def work(lo: int, hi: int) -> None:
-        np.add(x[lo:hi], y[lo:hi], out=z[lo:hi])
-
-    best = float("inf")
-    for _ in range(repeats):
-        ts = [threading.Thread(target=work, args=b) for b in bounds]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = min(best, time.perf_counter() - t0)
-    return 3 * n * 8 / best
+    ca.set_num_threads(threads)
+    return _core.read_bandwidth_gbs(mib, repeats) * 1e9
 
 
 # convert_hf_to_gguf.py with a placeholder SentencePiece-style vocabulary (unk, bos, eos, the 256 byte tokens,
@@ -325,7 +311,7 @@ def main() -> None:
                            ("decode mean", "decode_mean_tok_s")):
             print(f"{threads:>7} {phase:<12} {o[key]:15.1f} {st[key]:15.1f} {st[key] / o[key]:6.2f}")
     for threads, row in results.items():
-        print(f"memory bandwidth ({threads} thread(s), NumPy add): {row['bandwidth'] / 1e9:.1f} GB/s; "
+        print(f"memory read bandwidth ({threads} thread(s), C probe): {row['bandwidth'] / 1e9:.1f} GB/s; "
               f"weights {4 * params / 1e9:.2f} GB (fp32) per decoded token")
     if llama:
         print(f"\nllama.cpp llama-bench tg{args.new} after a {args.prompt}-token context (median of {args.repeats}), "

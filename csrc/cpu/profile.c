@@ -322,3 +322,27 @@ ca_status ca_fma_peak_gflops(double *gflops, int bf16, int reps) {
     *gflops = best / 1e9;
     return CA_OK;
 }
+
+/* Read bandwidth: every thread XORs its share of a buffer far larger than the caches (huge-page advised, as the
+ * weights are), best of `reps`: the roofline of a decoding step, which only reads its weights. */
+ca_status ca_read_bandwidth_gbs(double *gbs, size_t bytes, int reps) {
+    const size_t n = bytes / sizeof(uint64_t);
+    if (n == 0 || reps <= 0) return ca_error(CA_ERR_VALUE, "bytes and reps must be positive");
+    uint64_t *buf = ca_cpu_backend.alloc(n * sizeof(uint64_t)); /* zero-filled: every page is resident */
+    if (!buf) return ca_error(CA_ERR_NOMEM, "out of memory for a %zu-byte bandwidth probe", bytes);
+    const int threads = ca_get_num_threads();
+    volatile uint64_t sink = 0;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        uint64_t acc = 0;
+        const double t0 = now();
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(^ : acc)
+        for (size_t i = 0; i < n; i++) acc ^= buf[i];
+        const double dt = now() - t0;
+        sink ^= acc;
+        if (dt < best) best = dt;
+    }
+    ca_cpu_backend.free(buf);
+    *gbs = (double)(n * sizeof(uint64_t)) / best / 1e9;
+    return CA_OK;
+}

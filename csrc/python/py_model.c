@@ -631,6 +631,23 @@ static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(gflops);
 }
 
+static PyObject *py_read_bandwidth_gbs(PyObject *self, PyObject *args) {
+    Py_ssize_t mib = 512;
+    int reps = 5;
+    if (!PyArg_ParseTuple(args, "|ni", &mib, &reps)) return NULL;
+    if (mib <= 0) {
+        PyErr_SetString(PyExc_ValueError, "mib must be positive");
+        return NULL;
+    }
+    double gbs = 0;
+    ca_status st;
+    Py_BEGIN_ALLOW_THREADS ca_threads_apply();
+    st = ca_read_bandwidth_gbs(&gbs, (size_t)mib << 20, reps);
+    Py_END_ALLOW_THREADS
+    if (st != CA_OK) return ca_py_raise(st);
+    return PyFloat_FromDouble(gbs);
+}
+
 PyMethodDef ca_py_model_methods[] = {
     {"profile_report", py_profile_report, METH_NOARGS, "Per-op seconds and per-GEMM-shape seconds of profiled runs."},
     {"profile_reset", py_profile_reset, METH_NOARGS, "Clear the profile counters."},
@@ -639,6 +656,8 @@ PyMethodDef ca_py_model_methods[] = {
     {"fma_peak_gflops", py_fma_peak_gflops, METH_VARARGS,
      "fma_peak_gflops(bf16=False, reps=3): GFLOP/s of register-only FMAs (fp32, or bf16 vdpbf16ps) on the "
      "current thread count: the speed of light."},
+    {"read_bandwidth_gbs", py_read_bandwidth_gbs, METH_VARARGS,
+     "read_bandwidth_gbs(mib=512, reps=5): GB/s of the current thread count streaming reads over a mib-MiB buffer."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,5 +41,7 @@ ca_status ca_sgemm_seconds(double *seconds, int trans_a, int trans_b, int M, int
 /* The FLOP rate of ca_get_num_threads() threads doing nothing but register FMAs (fp32, or vdpbf16ps with
  * bf16 != 0): the speed of light a benchmark sets its FLOPs against (best of `reps`, in GFLOP/s). */
 ca_status ca_fma_peak_gflops(double *gflops, int bf16, int reps);
+/* The DRAM read bandwidth of ca_get_num_threads() threads streaming a `bytes` buffer (best of `reps`, GB/s). */
+ca_status ca_read_bandwidth_gbs(double *gbs, size_t bytes, int reps);
 
 #endif
