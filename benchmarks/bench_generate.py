@@ -156,7 +156,7 @@ def theirs(config: dict, threads: int, prompt: int, new: int, repeats: int, dtyp
     return rates(measure(run, new, repeats), prompt, new)
 
 
-def bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
+def bandwidth(threads: int, mib: int = 512, repeats: int = 20) -> float:
     """Bytes/s of `threads` threads streaming reads over a buffer far beyond the caches (the C core's probe): what
     a decoding step, which only reads its weights, can get at most."""
     import captionaura as ca
