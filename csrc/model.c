@@ -191,15 +191,12 @@ static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **h
     *hi = (char *)(b & ~(page - 1));
 }
 
-static ca_status check_drop_fp32(const ca_lfm2_model *m, int bf16) {
+static ca_status check_drop_fp32(int bf16) {
     if (!bf16) return ca_error(CA_ERR_VALUE, "only a bf16 model can give back its fp32 weights");
     if (strcmp(ca_cpu_lowp_isa(), "avx512") != 0)
         return ca_error(CA_ERR_VALUE, "giving back the fp32 weights needs AVX512-BF16 (this CPU's bf16 GEMMs fall "
                                       "back to fp32 ones, which read them)");
-    if (any_trainable(m))
-        return ca_error(CA_ERR_VALUE, "base parameters train (mixed precision needs their fp32 master weights): "
-                                      "add LoRA adapters first, or keep the fp32 weights");
-    return CA_OK;
+    return CA_OK; /* training base parameters then refuses (loss_and_grad): they need their fp32 master weights */
 }
 
 /* The matrices' fp32 values back from the bf16 copy (exact: they were bf16 values). */
@@ -217,7 +214,7 @@ ca_status ca_lfm2_set_inference_dtype(ca_lfm2_model *m, const char *dtype, int k
     if (!bf16 && !int8 && strcmp(dtype, "fp32"))
         return ca_error(CA_ERR_VALUE, "inference dtype '%s' is not one of 'fp32', 'bf16', 'int8'", dtype);
     ca_status st;
-    if (!keep_fp32 && (st = check_drop_fp32(m, bf16)) != CA_OK) return st;
+    if (!keep_fp32 && (st = check_drop_fp32(bf16)) != CA_OK) return st;
     restore_fp32(m);
     if ((bf16 || int8) && m->be != &ca_cpu_backend && m->be != &ca_cpu_profiling_backend)
         return ca_error(CA_ERR_VALUE, "%s inference weights run on the CPU only (the model is on %s)", dtype,
@@ -807,8 +804,9 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
         return ca_error(CA_ERR_VALUE, "the model holds int8 inference weights: call to_inference_dtype('fp32') "
                                       "before training");
     if (m->fp32_dropped && any_trainable(m))
-        return ca_error(CA_ERR_VALUE, "base parameters train but their fp32 weights were dropped: call "
-                                      "to_inference_dtype('bf16') to restore them");
+        return ca_error(CA_ERR_VALUE, "base parameters train (mixed precision needs their fp32 master weights) but "
+                                      "they were dropped: add LoRA adapters, or call to_inference_dtype('bf16') to "
+                                      "restore them");
     /* causal-LM shift: position t predicts labels[t+1]; the last position of each row predicts nothing */
     int64_t count = 0;
     for (int b = 0; b < B; b++) {

@@ -201,9 +201,14 @@ def test_dropping_the_fp32_weights_frees_them_and_changes_no_result(tmp_path):
     dropped.to_inference_dtype("bf16")
     for k, v in dropped.parameters().items():
         np.testing.assert_array_equal(v, runs[0][5].parameters()[k], err_msg=k)
-    full = ca.Lfm2Model.from_config(cfg, seed=0).to_inference_dtype("bf16")
-    with pytest.raises(ValueError, match="base parameters train"):
-        full.to_inference_dtype("bf16", keep_fp32=False)
+    # a model without adapters gives back its fp32 weights for inference (the same logits, bit for bit), and
+    # training its base then refuses: the optimiser needs the fp32 master weights
+    kept = ca.Lfm2Model.from_config(cfg, seed=0).to_inference_dtype("bf16")
+    full = ca.Lfm2Model.from_config(cfg, seed=0).to_inference_dtype("bf16", keep_fp32=False)
+    np.testing.assert_array_equal(full.forward(ids).logits, kept.forward(ids).logits)
+    np.testing.assert_array_equal(full.generate(ids[:1, :5], max_new_tokens=6), kept.generate(ids[:1, :5], max_new_tokens=6))
+    with pytest.raises(ValueError, match="base parameters train .* add LoRA adapters"):
+        full.loss_and_grad(ids, ids)
 
 
 CONVERSION_PEAKS = """

@@ -385,7 +385,7 @@ class Lfm2Model:
 
         ``keep_fp32=False`` (bf16, CPUs with AVX512-BF16) gives back the memory of the matrices' fp32 values, about
         two thirds of the weights' memory, each matrix as soon as it is packed (converting never holds both
-        copies): inference and LoRA on the frozen base run on the bf16 copy alone.
+        copies): inference and LoRA on the frozen base run on the bf16 copy alone, with or without adapters.
         Reading ``parameters()``, saving, merging and training base parameters then raise until a later
         ``to_inference_dtype`` restores them (exactly: they are bf16 values).
         """
