@@ -257,7 +257,7 @@ static ca_status prefill(ca_lfm2_model *m, const ca_gen_config *g, ca_lfm2_cache
     }
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) safe[(size_t)b * T + t] = t < lens[b] ? ids[(size_t)b * T + t] : 0;
-    m->be->embedding_forward(embeds, safe, m->embed_tokens, B * T, C);
+    ca_lfm2_embed(m, embeds, safe, B * T);
     for (int p = 0; p < g->num_features; p++) {
         const size_t k = (size_t)g->feature_positions[p];
         for (int b = 0; b < B; b++) {

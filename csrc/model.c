@@ -680,8 +680,7 @@ static ca_status check_features(const ca_lfm2_model *m, const ca_lfm2_features *
     return st;
 }
 
-/* out (N, C) = the embedding rows of ids; from the bf16 copy when the fp32 values were dropped */
-static void embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N) {
+void ca_lfm2_embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N) {
     const int C = m->cfg.hidden_size;
     if (!m->fp32_dropped) {
         m->be->embedding_forward(out, ids, m->embed_tokens, N, C);
@@ -709,7 +708,7 @@ static ca_status forward_body(ca_lfm2_model *m, const int32_t *ids, const int32_
             if (!m->mask[n]) m->has_padding = 1;
         }
     }
-    embed(m, m->hs, ids, N);
+    ca_lfm2_embed(m, m->hs, ids, N);
     if (features && features->count)
         m->be->scatter_rows(m->hs, features->values, features->positions, features->count, C);
     for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(m, l, B, T);
@@ -1257,7 +1256,7 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
         }
     }
     if (embeds) m->be->copy(m->hs, embeds, (size_t)N * C * sizeof(float));
-    else embed(m, m->hs, safe_ids, N);
+    else ca_lfm2_embed(m, m->hs, safe_ids, N);
 
     for (int l = 0, n_attn = 0, n_conv = 0; l < c->num_hidden_layers; l++) {
         const ca_lfm2_layer *w = &m->layers[l];

@@ -298,3 +298,20 @@ def test_captioner_drops_both_sides_fp32_weights_without_changing_a_result():
     dropped.to_inference_dtype("bf16")
     for k, v in dropped.vision.parameters().items():
         np.testing.assert_array_equal(v, kept.vision.parameters()[k], err_msg=k)
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_a_captioner_gives_back_its_fp32_weights_and_captions_alike(tiny_captioner_dir):
+    """keep_fp32=False on a captioner without adapters: the same tokens, scores and caption as the bf16 captioner
+    that keeps its fp32 weights. (The prompt of an image caption embeds its tokens beside the image features;
+    that embedding once read the given-back fp32 table.)"""
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    settings = ca.GenerationConfig(max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=[])
+    kept = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir).to_inference_dtype("bf16")
+    dropped = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir).to_inference_dtype("bf16", keep_fp32=False)
+    ids, features = kept._caption_inputs(image, None)
+    want = kept.text.generate(ids, generation=settings, features=features, return_scores=True)
+    got = dropped.text.generate(ids, generation=settings, features=features, return_scores=True)
+    np.testing.assert_array_equal(got.sequences, want.sequences)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert dropped.caption(image, generation=settings) == kept.caption(image, generation=settings)

@@ -235,6 +235,10 @@ ca_status ca_lfm2_forward_cached(ca_lfm2_model *m, ca_lfm2_cache *const *caches,
                                  const float *embeds, const int32_t *lengths, int B, int T, float *logits,
                                  int all_logits);
 
+/* out (N, C) = the token embeddings of ids (valid ids), from the bf16 copy when the fp32 values were given back:
+ * what callers that build their own input embeddings (LFM2-VL's image positions) start from. */
+void ca_lfm2_embed(ca_lfm2_model *m, float *out, const int32_t *ids, int N);
+
 /* "self_attn.q_proj", "conv.in_proj", "feed_forward.w1", ... (the module path after "model.layers.N."). */
 const char *ca_lfm2_proj_name(ca_lfm2_proj proj);
 
