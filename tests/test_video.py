@@ -257,6 +257,12 @@ def test_cli_caption_end_to_end(model, tiny_captioner_dir, video_file, tmp_path,
     assert report["context"] == frames.sentence
     assert printed == model.caption(pixels, prompt=report["prompts"][0], generation=settings)
 
+    # --dtype bf16: the caption the bf16 model gives in Python
+    rc = main(["caption", str(image), "--model", str(folder), "--dtype", "bf16"])
+    assert rc == 0
+    bf16 = ca.Lfm2VlModel.from_pretrained(folder).to_inference_dtype("bf16")
+    assert capsys.readouterr().out.strip() == bf16.caption(pixels)
+
     rc = main(["caption", str(image), "--model", str(folder), "--video", str(tmp_path / "posts.csv")])
     assert rc == 2 and "posts.csv" in capsys.readouterr().err
     if not hasattr(ca, "load_default"):  # until the built-in model ships, --model is required

@@ -131,6 +131,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=type(default), default=None, help=f"(default: {default!r})")
 
 
+def set_inference_dtype(model, dtype: str) -> None:
+    """The weights a command infers with. bf16 gives the fp32 weights back where the CPU's bf16 kernels do not
+    read them (AVX512-BF16), so that the model holds half the memory."""
+    from captionaura import _core
+
+    model.to_inference_dtype(dtype, keep_fp32=not (dtype == "bf16" and _core.lowp_isa("auto") == "avx512"))
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     """Caption an image, optionally with the video that led up to it and in a user's style and language."""
     import captionaura as ca
@@ -143,6 +151,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         model = ca.load_default()
     else:
         raise ValueError("no built-in model in this installation: pass --model DIR (an LFM2-VL checkpoint folder)")
+    set_inference_dtype(model, args.dtype)
     generation = None
     if args.max_new_tokens is not None:
         generation = model._caption_settings(None).replace(max_new_tokens=args.max_new_tokens)
@@ -169,11 +178,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         captionaura.set_num_threads(args.threads)
     model = serve.load_model(args.model)
+    set_inference_dtype(model, args.dtype)
     service = serve.CaptionService(model, name=args.model or "default model")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
     serve.run(service, host=args.host, port=args.port)
     return 0
+
+
+DTYPE_HELP = ("weights to infer with: fp32 (default), bf16 (half the memory and about twice the speed on CPUs "
+              "with AVX512-BF16) or int8 (a quarter of fp32's decoding traffic)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-new-tokens", type=int, help="longest caption in tokens")
     cap.add_argument("--results-dir", help="write the frames, per-frame captions and captions.json here")
     cap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cap.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32", help=DTYPE_HELP)
     cap.set_defaults(func=cmd_caption)
 
     srv = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
@@ -259,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--threads", type=int, help="threads of the C core (default: every core)")
+    srv.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32", help=DTYPE_HELP)
     srv.set_defaults(func=cmd_serve)
     return parser
 
