@@ -1,3 +1,4 @@
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -14,23 +15,31 @@ static size_t rounded_size(size_t bytes) {
     return bytes ? (bytes + align - 1) & ~(align - 1) : 64;
 }
 
-void *ca_cpu_alloc_uninit(size_t bytes) {
+/* Every buffer is carved from calloc (malloc when unzeroed) with room to align it, the pointer calloc returned
+ * kept just below the aligned one for free. calloc's large blocks are fresh pages from the kernel, which it does
+ * not clear: a big zeroed buffer then costs memory only as it is written (a memset would touch every page, so
+ * that building a model to load a checkpoint into would cost its fp32 size whatever it is loaded as). */
+static void *carve(size_t bytes, int zeroed) {
     const size_t rounded = rounded_size(bytes);
     const int huge = rounded >= 2 * CA_HUGE_PAGE;
-    void *p = aligned_alloc(huge ? CA_HUGE_PAGE : 64, rounded);
+    const size_t align = huge ? CA_HUGE_PAGE : 64, total = rounded + align + sizeof(void *);
+    void *raw = zeroed ? calloc(1, total) : malloc(total);
+    if (!raw) return NULL;
+    void **p = (void **)(((uintptr_t)raw + sizeof(void *) + align - 1) & ~(uintptr_t)(align - 1));
+    p[-1] = raw;
 #ifdef MADV_HUGEPAGE
-    if (p && huge) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: a refusal changes nothing else */
+    if (huge) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: a refusal changes nothing else */
 #endif
     return p;
 }
 
-static void *cpu_alloc(size_t bytes) {
-    void *p = ca_cpu_alloc_uninit(bytes);
-    if (p) memset(p, 0, rounded_size(bytes));
-    return p;
-}
+void *ca_cpu_alloc_uninit(size_t bytes) { return carve(bytes, 0); }
 
-static void cpu_free(void *p) { free(p); }
+static void *cpu_alloc(size_t bytes) { return carve(bytes, 1); }
+
+static void cpu_free(void *p) {
+    if (p) free(((void **)p)[-1]);
+}
 
 static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
