@@ -145,25 +145,52 @@ static void drop_lowp(ca_lfm2_model *m) {
     m->lowp_stale = 0;
 }
 
-static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **hi);
-
 /* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). With
  * drop_fp32 (bf16), each matrix's fp32 pages are given back as soon as it is packed, so that converting never
  * holds both copies of the weights at once. */
+/* The memory of x[0, n) goes back to the system: every whole page inside (reading them again gives zeros). */
+static void give_back(float *x, size_t n) {
+#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
+    const uintptr_t page = 4096, a = ((uintptr_t)x + page - 1) & ~(page - 1), b = (uintptr_t)(x + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
+#else
+    (void)x, (void)n;
+#endif
+}
+
+/* Tensor i's bf16 copy from its fp32 values, which are rounded in place, or given back (a matrix, drop_fp32). */
+static void pack_bf16_tensor(ca_lfm2_model *m, int i, int drop_fp32) {
+    const ca_param_info *p = &m->param_info[i];
+    ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
+    if (drop_fp32 && p->ndim == 2)
+        give_back(m->params + p->offset, p->numel);
+    else
+        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+}
+
+/* Reads tensor i into a bf16 model that gave back its fp32 weights: a matrix in chunks, each packed and its fp32
+ * pages given back at once, so that not even one whole matrix is held in fp32. */
+static ca_status load_packing(ca_lfm2_model *m, int i, const ca_safetensors *file, const ca_st_tensor *t) {
+    const ca_param_info *p = &m->param_info[i];
+    if (p->ndim != 2) {
+        CA_TRY(ca_safetensors_read_f32(file, t, m->params + p->offset, p->numel));
+        pack_bf16_tensor(m, i, 1);
+        return CA_OK;
+    }
+    const size_t chunk = (size_t)1 << 20; /* 4 MB of fp32 */
+    for (size_t first = 0; first < p->numel; first += chunk) {
+        const size_t count = p->numel - first < chunk ? p->numel - first : chunk;
+        float *x = m->params + p->offset + first;
+        CA_TRY(ca_safetensors_read_f32_range(file, t, x, first, count));
+        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset + first, x, count);
+        give_back(x, count);
+    }
+    return CA_OK;
+}
+
 static void repack_lowp(ca_lfm2_model *m, int drop_fp32) {
     m->fp32_dropped = 0; /* params were (re)written whole: loading, init, merging */
-    for (int i = 0; m->params_bf16 && i < m->num_param_tensors; i++) {
-        const ca_param_info *p = &m->param_info[i];
-        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
-        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
-        if (drop_fp32 && p->ndim == 2) {
-            char *lo, *hi;
-            fp32_matrix_pages(m, i, &lo, &hi);
-#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
-            if (hi > lo) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED); /* advice: where refused, nothing is lost */
-#endif
-        }
-    }
+    for (int i = 0; m->params_bf16 && i < m->num_param_tensors; i++) pack_bf16_tensor(m, i, drop_fp32);
     m->fp32_dropped = m->params_bf16 && drop_fp32;
     for (int i = 0; m->params_q8 && i < m->num_param_tensors; i++) {
         const ca_param_info *p = &m->param_info[i];
@@ -181,14 +208,6 @@ static void sync_lowp(ca_lfm2_model *m) {
     if (!m->lowp_stale || !m->params_bf16) return;
     ca_cpu_bf16_from_f32(m->params_bf16, m->params, m->num_parameters);
     m->lowp_stale = 0;
-}
-
-/* The matrices (2-D tensors) whose fp32 values are given back: every whole page inside each. */
-static void fp32_matrix_pages(const ca_lfm2_model *m, int i, char **lo, char **hi) {
-    const ca_param_info *p = &m->param_info[i];
-    const uintptr_t page = 4096, a = (uintptr_t)(m->params + p->offset), b = (uintptr_t)(m->params + p->offset + p->numel);
-    *lo = (char *)((a + page - 1) & ~(page - 1));
-    *hi = (char *)(b & ~(page - 1));
 }
 
 static ca_status check_drop_fp32(int bf16) {
@@ -896,6 +915,9 @@ static void checkpoint_name(char *out, size_t cap, const char *name, const char 
 
 ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, int num_paths, const char *prefix) {
     if (num_paths <= 0) return ca_error(CA_ERR_VALUE, "no safetensors file given");
+    /* A bf16 model without its fp32 weights packs each tensor as it is read, and gives the matrix's fp32 pages
+     * back at once: loading holds the bf16 copy and one fp32 tensor, never the fp32 model. */
+    const int dropping = m->fp32_dropped;
     ca_safetensors *files = calloc((size_t)num_paths, sizeof *files);
     if (!files) return ca_error(CA_ERR_NOMEM, "out of memory opening checkpoints");
     ca_status st = CA_OK;
@@ -949,7 +971,8 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
                           files[found_file].path, want);
             break;
         }
-        st = ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
+        st = dropping ? load_packing(m, i, &files[found_file], found)
+                      : ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
     }
     /* unknown tensors that belong to this model (its prefix, or lm_head) are an error; a tied lm_head is fine */
     const char *own = prefix ? prefix : "model.";
@@ -968,7 +991,7 @@ ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, i
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
-    repack_lowp(m, 0);
+    if (!dropping) repack_lowp(m, 0);
     return st;
 }
 

@@ -422,7 +422,19 @@ ca_status ca_safetensors_read_f32(const ca_safetensors *st, const ca_st_tensor *
     if (n != numel)
         return st_error(st, CA_ERR_SHAPE, "tensor '%.200s' has %zu elements, the destination %zu", t->name, n,
                         numel);
-    const uint8_t *src = st->data + t->begin; /* may be unaligned: memcpy every load */
+    return ca_safetensors_read_f32_range(st, t, out, 0, n);
+}
+
+ca_status ca_safetensors_read_f32_range(const ca_safetensors *st, const ca_st_tensor *t, float *out, size_t first,
+                                        size_t count) {
+    if (!t) return ca_error(CA_ERR_VALUE, "ca_safetensors_read_f32_range: NULL tensor");
+    size_t n = ca_st_tensor_numel(t);
+    if (first > n || count > n - first)
+        return st_error(st, CA_ERR_INDEX, "elements [%zu, %zu) of tensor '%.200s', which has %zu", first,
+                        first + count, t->name, n);
+    const size_t elem = ca_dtype_size(t->dtype);
+    const uint8_t *src = st->data + t->begin + first * elem; /* may be unaligned: memcpy every load */
+    n = count;
     switch (t->dtype) {
     case CA_DT_F32:
         if (n) memcpy(out, src, n * sizeof(float));
@@ -451,6 +463,14 @@ ca_status ca_safetensors_read_f32(const ca_safetensors *st, const ca_st_tensor *
     default:
         return st_error(st, CA_ERR_VALUE, "tensor '%.200s' has dtype %s, not a floating-point type", t->name,
                         ca_dtype_name(t->dtype));
+    }
+    /* A checkpoint is read once, front to back: the range's whole pages leave the process's resident memory
+     * once converted (the page cache keeps them; a second read faults them back). Loading then never holds
+     * the file's size on top of the model's. */
+    if (st->map) {
+        const uintptr_t page = 4096, a = ((uintptr_t)src + page - 1) & ~(page - 1),
+                        b = ((uintptr_t)src + n * elem) & ~(page - 1);
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
     }
     return CA_OK;
 }

@@ -315,3 +315,82 @@ def test_a_captioner_gives_back_its_fp32_weights_and_captions_alike(tiny_caption
     np.testing.assert_array_equal(got.sequences, want.sequences)
     np.testing.assert_array_equal(got.scores, want.scores)
     assert dropped.caption(image, generation=settings) == kept.caption(image, generation=settings)
+
+
+LOADING_PEAKS = """
+import json, sys
+import numpy as np
+import captionaura as ca
+from captionaura import _core
+
+folder = sys.argv[1]
+config = {"vocab_size": 2048, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 12,
+          "num_attention_heads": 8, "num_key_value_heads": 4, "block_auto_adjust_ff_dim": False,
+          "layer_types": ["conv", "full_attention"] * 6}
+skeleton = _core.Lfm2(json.dumps(ca.Lfm2Config.from_dict(config).to_dict()))
+rng = np.random.default_rng(0)
+tensors = {name: rng.integers(0x3C00, 0x3D00, size=numel, dtype=np.uint16).reshape(shape)  # bf16 bits
+           for name, shape, _, numel in skeleton.param_table()}
+del skeleton
+_core.safetensors_save(folder + "/model.safetensors", tensors, None, {name: "BF16" for name in tensors})
+open(folder + "/config.json", "w").write(json.dumps(config))
+del tensors
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+result = {}
+for dtype, keep in (("fp32", True), ("bf16", False)):
+    before = rss("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    model = ca.Lfm2Model.from_pretrained(folder, dtype=dtype, keep_fp32=keep)
+    result[dtype] = (rss("VmHWM") - before, model.num_parameters() * 4)
+    del model
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_loading_straight_into_bf16_never_holds_the_fp32_model(tmp_path):
+    """from_pretrained(dtype="bf16", keep_fp32=False) packs each tensor as it is read from a bf16 checkpoint: its
+    peak stays near the bf16 model's size, where an fp32 load holds the fp32 model (in a fresh interpreter whose
+    large allocations are fresh pages)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak resident memory cannot be reset here (/proc/self/clear_refs)")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run([sys.executable, "-c", LOADING_PEAKS, str(tmp_path)], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    peaks = json.loads(proc.stdout)
+    (fp32_peak, fp32_size), (bf16_peak, _) = peaks["fp32"], peaks["bf16"]
+    assert fp32_peak >= 0.95 * fp32_size, peaks  # the measurement sees an fp32 load hold the fp32 model
+    assert bf16_peak <= 0.7 * fp32_size, peaks
+
+
+@pytest.mark.skipif(_core.lowp_isa("auto") != "avx512", reason="dropping the fp32 weights needs AVX512-BF16")
+def test_loading_into_bf16_equals_converting_after_loading(tiny_captioner_dir, tmp_path):
+    """The model packed while loading is the one converted after an fp32 load, bit for bit: the language model
+    (transformers' fixtures, and an F32 checkpoint whose embedding is read in several chunks: logits, and the
+    parameters once restored) and a captioner (its caption)."""
+    big = ca.Lfm2Config(vocab_size=4096, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, block_auto_adjust_ff_dim=False,
+                        layer_types=["conv", "full_attention"])
+    ca.Lfm2Model.from_config(big, seed=3).save_pretrained(tmp_path / "big")  # F32, embedding 2.1M elements
+    ids = np.random.default_rng(5).integers(1, 90, (2, 9)).astype(np.int32)
+    for folder in [LFM2_FIXTURES / name for name in LFM2_CASES] + [tmp_path / "big"]:
+        for keep in (True, False):
+            loaded = ca.Lfm2Model.from_pretrained(folder, dtype="bf16", keep_fp32=keep)
+            converted = ca.Lfm2Model.from_pretrained(folder).to_inference_dtype("bf16", keep_fp32=keep)
+            assert loaded._core.fp32_dropped() == (not keep)
+            np.testing.assert_array_equal(loaded.forward(ids).logits, converted.forward(ids).logits,
+                                          err_msg=str(folder))
+        loaded.to_inference_dtype("bf16")
+        for key, value in converted.to_inference_dtype("bf16").parameters().items():
+            np.testing.assert_array_equal(loaded.parameters()[key], value, err_msg=f"{folder}: {key}")
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    settings = ca.GenerationConfig(max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=[])
+    loaded = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir, dtype="bf16", keep_fp32=False)
+    converted = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir).to_inference_dtype("bf16", keep_fp32=False)
+    assert loaded.caption(image, generation=settings) == converted.caption(image, generation=settings)

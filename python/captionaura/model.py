@@ -66,25 +66,31 @@ class Lfm2Model:
         return cls(config, core)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str]) -> "Lfm2Model":
+    def from_pretrained(cls, path: str | os.PathLike[str], dtype: str = "fp32", keep_fp32: bool = True) -> "Lfm2Model":
         """Load a Hugging Face checkpoint folder: ``config.json`` plus ``model.safetensors`` or the shards
-        of ``model.safetensors.index.json`` (F32, BF16 or F16; every tensor's shape is checked)."""
+        of ``model.safetensors.index.json`` (F32, BF16 or F16; every tensor's shape is checked).
+
+        ``dtype`` and ``keep_fp32`` are ``to_inference_dtype``'s, applied while loading: with "bf16" and
+        ``keep_fp32=False`` each tensor is packed as it is read, so that loading holds about the bf16 model's
+        memory, never the fp32 one's."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
-        model = cls._load(path, Lfm2Config.from_pretrained(path), prefix=None)
+        model = cls._load(path, Lfm2Config.from_pretrained(path), prefix=None, dtype=dtype, keep_fp32=keep_fp32)
         if (path / "generation_config.json").is_file():
             from captionaura.generate import GenerationConfig
             model.generation_config = GenerationConfig.from_pretrained(path)
         return model
 
     @classmethod
-    def _load(cls, path: Path, config: Lfm2Config, prefix: str | None) -> "Lfm2Model":
+    def _load(cls, path: Path, config: Lfm2Config, prefix: str | None, dtype: str = "fp32",
+              keep_fp32: bool = True) -> "Lfm2Model":
         """Build from `config` and read the weights of `path` whose names start with `prefix` (None: "model.";
-        LFM2-VL checkpoints keep the language model under "model.language_model.")."""
-        core = _core.Lfm2(json.dumps(config.to_dict()))
-        core.load_safetensors([str(p) for p in weight_files(path)], prefix=prefix)
-        return cls(config, core)
+        LFM2-VL checkpoints keep the language model under "model.language_model."), into `dtype`."""
+        model = cls(config, _core.Lfm2(json.dumps(config.to_dict())))
+        model.to_inference_dtype(dtype, keep_fp32)  # before reading: the weights are packed as they arrive
+        model._core.load_safetensors([str(p) for p in weight_files(path)], prefix=prefix)
+        return model
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write ``config.json`` and ``model.safetensors`` (float32, Hugging Face names), each atomically."""

@@ -195,7 +195,9 @@ ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *i
 
 /* Reads every parameter from safetensors files (a single file or all shards of an index), converting
  * BF16/F16/F64 to F32. `prefix` replaces the leading "model." of each name (NULL: keep). Missing, extra
- * or misshapen tensors are errors naming the tensor; a tied lm_head.weight in the file is accepted. */
+ * or misshapen tensors are errors naming the tensor; a tied lm_head.weight in the file is accepted.
+ * Into a bf16 model that gave back its fp32 weights (set_inference_dtype("bf16", 0) on a fresh model), each
+ * tensor is packed as it is read and the matrices' fp32 pages given back at once: the fp32 model is never held. */
 ca_status ca_lfm2_load_safetensors(ca_lfm2_model *m, const char *const *paths, int num_paths, const char *prefix);
 
 /* Writes every parameter as F32 with Hugging Face names (atomically: temp file, then rename). */

@@ -59,6 +59,9 @@ void ca_safetensors_close(ca_safetensors *st);
 const ca_st_tensor *ca_safetensors_find(const ca_safetensors *st, const char *name);
 /* Converts a float tensor (F32, F16, BF16, F64) into float32 `out` of `numel` elements. */
 ca_status ca_safetensors_read_f32(const ca_safetensors *st, const ca_st_tensor *t, float *out, size_t numel);
+/* Elements [first, first + count) of the tensor (row-major), converted into out (count floats). */
+ca_status ca_safetensors_read_f32_range(const ca_safetensors *st, const ca_st_tensor *t, float *out, size_t first,
+                                        size_t count);
 
 typedef struct {
     const char *name;
