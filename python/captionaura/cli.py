@@ -131,27 +131,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=type(default), default=None, help=f"(default: {default!r})")
 
 
-def set_inference_dtype(model, dtype: str) -> None:
-    """The weights a command infers with. bf16 gives the fp32 weights back where the CPU's bf16 kernels do not
-    read them (AVX512-BF16), so that the model holds half the memory."""
+def keep_fp32(dtype: str) -> bool:
+    """Whether a command inferring with `dtype` keeps the fp32 weights: bf16 gives them back where the CPU's bf16
+    kernels do not read them (AVX512-BF16), so that the model holds half the memory."""
     from captionaura import _core
 
-    model.to_inference_dtype(dtype, keep_fp32=not (dtype == "bf16" and _core.lowp_isa("auto") == "avx512"))
+    return not (dtype == "bf16" and _core.lowp_isa("auto") == "avx512")
+
+
+def load_captioner(path: str | None, dtype: str):
+    """A checkpoint folder, loaded straight into `dtype`, else the built-in model converted to it."""
+    import captionaura as ca
+
+    if path:
+        return ca.Lfm2VlModel.from_pretrained(path, dtype=dtype, keep_fp32=keep_fp32(dtype))
+    if not hasattr(ca, "load_default"):
+        raise ValueError("no --model given and this installation has no built-in model: pass --model DIR (an LFM2-VL "
+                         "checkpoint folder)")
+    return ca.load_default().to_inference_dtype(dtype, keep_fp32=keep_fp32(dtype))
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """Caption an image, optionally with the video that led up to it and in a user's style and language."""
-    import captionaura as ca
     from captionaura.personal import StyleProfile
     from captionaura.vl import VideoContextConfig
 
-    if args.model:
-        model = ca.Lfm2VlModel.from_pretrained(args.model)
-    elif hasattr(ca, "load_default"):
-        model = ca.load_default()
-    else:
-        raise ValueError("no built-in model in this installation: pass --model DIR (an LFM2-VL checkpoint folder)")
-    set_inference_dtype(model, args.dtype)
+    model = load_captioner(args.model, args.dtype)
     generation = None
     if args.max_new_tokens is not None:
         generation = model._caption_settings(None).replace(max_new_tokens=args.max_new_tokens)
@@ -177,8 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import captionaura
 
         captionaura.set_num_threads(args.threads)
-    model = serve.load_model(args.model)
-    set_inference_dtype(model, args.dtype)
+    model = load_captioner(args.model, args.dtype)
     service = serve.CaptionService(model, name=args.model or "default model")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
