@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "captionaura/ca_model.h"
 #include "captionaura/ca_profile.h"
@@ -148,43 +147,22 @@ static void drop_lowp(ca_lfm2_model *m) {
 /* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). With
  * drop_fp32 (bf16), each matrix's fp32 pages are given back as soon as it is packed, so that converting never
  * holds both copies of the weights at once. */
-/* The memory of x[0, n) goes back to the system: every whole page inside (reading them again gives zeros). */
-static void give_back(float *x, size_t n) {
-#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
-    const uintptr_t page = 4096, a = ((uintptr_t)x + page - 1) & ~(page - 1), b = (uintptr_t)(x + n) & ~(page - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
-#else
-    (void)x, (void)n;
-#endif
-}
-
 /* Tensor i's bf16 copy from its fp32 values, which are rounded in place, or given back (a matrix, drop_fp32). */
 static void pack_bf16_tensor(ca_lfm2_model *m, int i, int drop_fp32) {
     const ca_param_info *p = &m->param_info[i];
     ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
     if (drop_fp32 && p->ndim == 2)
-        give_back(m->params + p->offset, p->numel);
+        ca_params_give_back(m->params + p->offset, p->numel);
     else
         ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
 }
 
-/* Reads tensor i into a bf16 model that gave back its fp32 weights: a matrix in chunks, each packed and its fp32
- * pages given back at once, so that not even one whole matrix is held in fp32. */
+/* Reads tensor i into a bf16 model that gave back its fp32 weights: packed as it is read. */
 static ca_status load_packing(ca_lfm2_model *m, int i, const ca_safetensors *file, const ca_st_tensor *t) {
     const ca_param_info *p = &m->param_info[i];
-    if (p->ndim != 2) {
-        CA_TRY(ca_safetensors_read_f32(file, t, m->params + p->offset, p->numel));
-        pack_bf16_tensor(m, i, 1);
-        return CA_OK;
-    }
-    const size_t chunk = (size_t)1 << 20; /* 4 MB of fp32 */
-    for (size_t first = 0; first < p->numel; first += chunk) {
-        const size_t count = p->numel - first < chunk ? p->numel - first : chunk;
-        float *x = m->params + p->offset + first;
-        CA_TRY(ca_safetensors_read_f32_range(file, t, x, first, count));
-        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset + first, x, count);
-        give_back(x, count);
-    }
+    if (p->ndim == 2) return ca_params_load_bf16(m->params_bf16 + p->offset, m->params + p->offset, p->numel, file, t);
+    CA_TRY(ca_safetensors_read_f32(file, t, m->params + p->offset, p->numel));
+    pack_bf16_tensor(m, i, 1);
     return CA_OK;
 }
 

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
+#include "captionaura/ca_ops.h"
 #include "captionaura/ca_params.h"
 
 ca_status ca_param_table_add(ca_param_table *tb, float **view, int ndim, int64_t d0, int64_t d1, int64_t d2,
@@ -58,6 +60,27 @@ ca_status ca_param_table_bind(ca_param_table *tb, const ca_backend *be, float **
     *floats = tb->offset;
     free(tb->views);
     *tb = (ca_param_table){0};
+    return CA_OK;
+}
+
+void ca_params_give_back(float *x, size_t n) {
+#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
+    const uintptr_t page = 4096, a = ((uintptr_t)x + page - 1) & ~(page - 1), b = (uintptr_t)(x + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
+#else
+    (void)x, (void)n;
+#endif
+}
+
+ca_status ca_params_load_bf16(uint16_t *x_bf16, float *x, size_t numel, const ca_safetensors *file,
+                              const ca_st_tensor *t) {
+    const size_t chunk = (size_t)1 << 20;
+    for (size_t first = 0; first < numel; first += chunk) {
+        const size_t count = numel - first < chunk ? numel - first : chunk;
+        CA_TRY(ca_safetensors_read_f32_range(file, t, x + first, first, count));
+        ca_cpu_bf16_from_f32(x_bf16 + first, x + first, count);
+        ca_params_give_back(x + first, count);
+    }
     return CA_OK;
 }
 

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "captionaura/ca_json.h"
 #include "captionaura/ca_profile.h"
@@ -310,15 +309,6 @@ static void each_linear_weight(ca_vision_model *m, void (*fn)(ca_vision_model *,
         }
 }
 
-static void release_pages(float *W, size_t n) {
-#ifdef MADV_DONTNEED /* (not declared in strict ISO C builds, the C tests': there nothing is given back) */
-    const uintptr_t page = 4096, a = ((uintptr_t)W + page - 1) & ~(page - 1), b = (uintptr_t)(W + n) & ~(page - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: where refused, nothing is lost */
-#else
-    (void)W, (void)n;
-#endif
-}
-
 static void widen_back(ca_vision_model *m, float *W, size_t n, void *ctx) {
     ca_cpu_f32_from_bf16(W, m->params_bf16 + (W - m->params), n);
 }
@@ -329,18 +319,29 @@ static void mark_linear(ca_vision_model *m, float *W, size_t n, void *ctx) {
         if (m->params + m->param_info[i].offset == W) ((unsigned char *)ctx)[i] = 1;
 }
 
+/* One flag per parameter tensor, set for the linear weights (the ones whose fp32 values can be given back). */
+static unsigned char *linear_flags(ca_vision_model *m) {
+    unsigned char *linear = calloc((size_t)m->num_param_tensors, 1);
+    if (linear) each_linear_weight(m, mark_linear, linear);
+    return linear;
+}
+
+/* Tensor i's bf16 copy from its fp32 values, which are rounded in place, or given back (a linear weight). */
+static void pack_tensor(ca_vision_model *m, int i, int give_back) {
+    const ca_param_info *p = &m->param_info[i];
+    ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
+    if (give_back)
+        ca_params_give_back(m->params + p->offset, p->numel);
+    else
+        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+}
+
 /* repack_bf16 for keep_fp32 = 0: tensor by tensor, each linear weight giving its fp32 pages back as soon as it
  * is packed, so that converting never holds both copies of the weights. */
 static ca_status pack_dropping_fp32(ca_vision_model *m) {
-    unsigned char *linear = calloc((size_t)m->num_param_tensors, 1);
+    unsigned char *linear = linear_flags(m);
     if (!linear) return ca_error(CA_ERR_NOMEM, "out of memory");
-    each_linear_weight(m, mark_linear, linear);
-    for (int i = 0; i < m->num_param_tensors; i++) {
-        const ca_param_info *p = &m->param_info[i];
-        ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
-        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
-        if (linear[i]) release_pages(m->params + p->offset, p->numel);
-    }
+    for (int i = 0; i < m->num_param_tensors; i++) pack_tensor(m, i, linear[i]);
     free(linear);
     m->fp32_dropped = 1;
     return CA_OK;
@@ -897,6 +898,10 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
     for (int f = 0; f < opened; f++) total += files[f].num_tensors;
     unsigned char *used = st == CA_OK ? calloc((size_t)total + 1, 1) : NULL;
     if (st == CA_OK && !used) st = ca_error(CA_ERR_NOMEM, "out of memory loading checkpoints");
+    /* A bf16 tower without its fp32 weights packs each tensor as it is read, the linear weights straight into the
+     * bf16 copy: loading never holds the fp32 tower. */
+    unsigned char *linear = st == CA_OK && m->fp32_dropped ? linear_flags(m) : NULL;
+    if (st == CA_OK && m->fp32_dropped && !linear) st = ca_error(CA_ERR_NOMEM, "out of memory loading checkpoints");
 
     for (int i = 0; st == CA_OK && i < m->num_param_tensors; i++) {
         const ca_param_info *p = &m->param_info[i];
@@ -944,7 +949,13 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
                           files[found_file].path, want);
             break;
         }
-        st = ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
+        if (linear && linear[i]) {
+            st = ca_params_load_bf16(m->params_bf16 + p->offset, m->params + p->offset, p->numel, &files[found_file],
+                                     found);
+        } else {
+            st = ca_safetensors_read_f32(&files[found_file], found, m->params + p->offset, p->numel);
+            if (st == CA_OK && linear) pack_tensor(m, i, 0);
+        }
     }
     /* unknown tensors under the vision / projector prefixes are errors (a config/checkpoint mismatch) */
     for (int f = 0, base = 0; st == CA_OK && f < opened; base += files[f].num_tensors, f++) {
@@ -961,7 +972,8 @@ ca_status ca_vision_load_safetensors(ca_vision_model *m, const char *const *path
     free(used);
     for (int f = 0; f < opened; f++) ca_safetensors_close(&files[f]);
     free(files);
-    if (st == CA_OK) repack_bf16(m);
+    if (st == CA_OK && !linear) repack_bf16(m);
+    free(linear);
     return st;
 }
 

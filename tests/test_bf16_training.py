@@ -394,3 +394,8 @@ def test_loading_into_bf16_equals_converting_after_loading(tiny_captioner_dir, t
     loaded = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir, dtype="bf16", keep_fp32=False)
     converted = ca.Lfm2VlModel.from_pretrained(tiny_captioner_dir).to_inference_dtype("bf16", keep_fp32=False)
     assert loaded.caption(image, generation=settings) == converted.caption(image, generation=settings)
+    assert loaded.vision._core.fp32_dropped() and loaded.text._core.fp32_dropped()
+    loaded.to_inference_dtype("bf16")
+    converted.to_inference_dtype("bf16")
+    for key, value in converted.vision.parameters().items():
+        np.testing.assert_array_equal(loaded.vision.parameters()[key], value, err_msg=key)

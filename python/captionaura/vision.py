@@ -146,8 +146,10 @@ class VisionTower:
         return cls(config, core)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str]) -> "VisionTower":
-        """Load the vision and projector tensors of an LFM2-VL checkpoint folder (config.json + safetensors).
+    def from_pretrained(cls, path: str | os.PathLike[str], dtype: str = "fp32", keep_fp32: bool = True) -> "VisionTower":
+        """Load the vision and projector tensors of an LFM2-VL checkpoint folder (config.json + safetensors),
+        into ``to_dtype(dtype, keep_fp32)``: with "bf16" and ``keep_fp32=False`` each tensor is packed as it is
+        read, so that loading never holds the fp32 tower.
 
         Whether the projector has a LayerNorm is decided by the weights: some configs claim
         ``projector_use_layernorm: false`` while the tensors exist (lfm2.md gotcha 15)."""
@@ -160,8 +162,8 @@ class VisionTower:
         has_ln = PROJECTOR_PREFIX + "layer_norm.weight" in names
         if has_ln != config.projector_use_layernorm:
             config = config.replace(projector_use_layernorm=has_ln)
-        core = _core.Vision(json.dumps(config.to_dict()))
-        core.load_safetensors(files)
+        tower = cls(config, _core.Vision(json.dumps(config.to_dict()))).to_dtype(dtype, keep_fp32)
+        tower._core.load_safetensors(files)
         unused = sorted({int(n.split(".")[idx]) for n in names for pre, idx in (
             ("model.vision_tower.vision_model.encoder.layers.", 5), ("model.vision_tower.encoder.layers.", 4))
             if n.startswith(pre) and n.split(".")[idx].isdigit() and int(n.split(".")[idx]) >= config.num_layers_run})
@@ -169,7 +171,7 @@ class VisionTower:
             warnings.warn(f"{path}: encoder layers {unused[0]}..{unused[-1]} are past vision_feature_layer="
                           f"{config.vision_feature_layer} and are not used ({config.num_layers_run} of "
                           f"{config.num_hidden_layers} layers run, lfm2.md §4.4)", stacklevel=2)
-        return cls(config, core)
+        return tower
 
     def save_safetensors(self, path: str | os.PathLike[str]) -> None:
         """Write the vision and projector tensors (float32, checkpoint names) to one file, atomically."""

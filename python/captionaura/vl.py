@@ -100,8 +100,8 @@ class Lfm2VlModel:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], dtype: str = "fp32", keep_fp32: bool = True) -> "Lfm2VlModel":
         """A local LFM2-VL checkpoint folder (remote-code or transformers-native config.json, safetensors,
-        and the processor files when present). ``dtype`` and ``keep_fp32`` are ``to_inference_dtype``'s; the
-        language model is packed as it is read (``Lfm2Model.from_pretrained``)."""
+        and the processor files when present). ``dtype`` and ``keep_fp32`` are ``to_inference_dtype``'s, applied
+        while loading (``Lfm2Model.from_pretrained``, ``VisionTower.from_pretrained``)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {path}")
@@ -110,7 +110,7 @@ class Lfm2VlModel:
             raise KeyError(f"{path / 'config.json'} is not an LFM2-VL config (no text_config / vision_config)")
         text = Lfm2Model._load(path, Lfm2Config.from_dict(config["text_config"]), prefix=TEXT_PREFIX, dtype=dtype,
                                keep_fp32=keep_fp32)
-        vision = VisionTower.from_pretrained(path).to_dtype("bf16" if dtype == "bf16" else "fp32", keep_fp32)
+        vision = VisionTower.from_pretrained(path, "bf16" if dtype == "bf16" else "fp32", keep_fp32)
         processor = Lfm2VlProcessor.from_pretrained(path) if (path / "tokenizer.json").is_file() else None
         model = cls(config, text, vision, processor)
         if (path / "generation_config.json").is_file():

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "captionaura/ca_backend.h"
+#include "captionaura/ca_safetensors.h"
 #include "captionaura/ca_status.h"
 
 #define CA_PARAM_NAME_MAX 96
@@ -52,6 +53,14 @@ typedef struct {
  * emptied either way; on failure (CA_ERR_NOMEM naming `what`) nothing else changes. */
 ca_status ca_params_move(ca_param_table *tb, const ca_backend *from, const ca_backend *to, float **params, size_t P,
                          ca_train_buffers *bufs, size_t L, const char *what);
+
+/* ---- weights without their fp32 copy (bf16 models with keep_fp32 = 0) ---- */
+/* The memory of x[0, n) goes back to the system: every whole page inside (reading them again gives zeros). */
+void ca_params_give_back(float *x, size_t n);
+/* A matrix read from a checkpoint straight into its bf16 copy: in 4 MB chunks, each converted through x (its
+ * fp32 slot) and given back at once, so that not even the one matrix is held in fp32. */
+ca_status ca_params_load_bf16(uint16_t *x_bf16, float *x, size_t numel, const ca_safetensors *file,
+                              const ca_st_tensor *t);
 
 /* xoshiro256** seeded through splitmix64: reproducible across platforms. */
 typedef struct {
