@@ -267,6 +267,15 @@ static void test_safetensors_roundtrip(const char *dir) {
     CHECK(isinf(out[4]) && out[4] > 0 && isinf(out[5]) && out[5] < 0);
     CHECK(out[6] == 0.0f && signbit(out[6]) && isnan(out[7]));
 
+    /* a range of elements (loading a matrix chunk by chunk), and ranges past the end */
+    CHECK(ca_safetensors_read_f32_range(&st, t, out, 3, 3) == CA_OK);
+    CHECK(out[0] == 65504.0f && isinf(out[1]) && out[1] > 0 && isinf(out[2]) && out[2] < 0);
+    CHECK(ca_safetensors_read_f32_range(&st, t, out, 6, 3) == CA_ERR_INDEX);
+    CHECK_MSG("elements [6, 9) of tensor 'h', which has 8");
+    CHECK(ca_safetensors_read_f32_range(&st, t, out, 9, 0) == CA_ERR_INDEX);
+    CHECK(ca_safetensors_read_f32_range(&st, t, out, 8, 0) == CA_OK);
+    CHECK(ca_safetensors_read_f32(&st, t, out, 8) == CA_OK && out[3] == 65504.0f); /* read again after the release */
+
     t = ca_safetensors_find(&st, "bf");
     CHECK(ca_safetensors_read_f32(&st, t, out, 3) == CA_OK);
     CHECK(out[0] == 1.0f && out[1] == -2.5f && out[2] == 0x1p-133f);
