@@ -144,17 +144,10 @@ static void drop_lowp(ca_lfm2_model *m) {
     m->lowp_stale = 0;
 }
 
-/* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). With
- * drop_fp32 (bf16), each matrix's fp32 pages are given back as soon as it is packed, so that converting never
- * holds both copies of the weights at once. */
 /* Tensor i's bf16 copy from its fp32 values, which are rounded in place, or given back (a matrix, drop_fp32). */
 static void pack_bf16_tensor(ca_lfm2_model *m, int i, int drop_fp32) {
     const ca_param_info *p = &m->param_info[i];
-    ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
-    if (drop_fp32 && p->ndim == 2)
-        ca_params_give_back(m->params + p->offset, p->numel);
-    else
-        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+    ca_params_pack_bf16(m->params_bf16 + p->offset, m->params + p->offset, p->numel, drop_fp32 && p->ndim == 2);
 }
 
 /* Reads tensor i into a bf16 model that gave back its fp32 weights: packed as it is read. */
@@ -166,6 +159,9 @@ static ca_status load_packing(ca_lfm2_model *m, int i, const ca_safetensors *fil
     return CA_OK;
 }
 
+/* Rounds params to the inference dtype's values and packs them (bf16: all; int8: the 2-D tensors). With
+ * drop_fp32 (bf16), each matrix's fp32 pages are given back as soon as it is packed, so that converting never
+ * holds both copies of the weights at once. */
 static void repack_lowp(ca_lfm2_model *m, int drop_fp32) {
     m->fp32_dropped = 0; /* params were (re)written whole: loading, init, merging */
     for (int i = 0; m->params_bf16 && i < m->num_param_tensors; i++) pack_bf16_tensor(m, i, drop_fp32);

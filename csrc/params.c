@@ -72,14 +72,21 @@ void ca_params_give_back(float *x, size_t n) {
 #endif
 }
 
+void ca_params_pack_bf16(uint16_t *x_bf16, float *x, size_t n, int give_back) {
+    ca_cpu_bf16_from_f32(x_bf16, x, n);
+    if (give_back)
+        ca_params_give_back(x, n);
+    else
+        ca_cpu_f32_from_bf16(x, x_bf16, n);
+}
+
 ca_status ca_params_load_bf16(uint16_t *x_bf16, float *x, size_t numel, const ca_safetensors *file,
                               const ca_st_tensor *t) {
     const size_t chunk = (size_t)1 << 20;
     for (size_t first = 0; first < numel; first += chunk) {
         const size_t count = numel - first < chunk ? numel - first : chunk;
         CA_TRY(ca_safetensors_read_f32_range(file, t, x + first, first, count));
-        ca_cpu_bf16_from_f32(x_bf16 + first, x + first, count);
-        ca_params_give_back(x + first, count);
+        ca_params_pack_bf16(x_bf16 + first, x + first, count, 1);
     }
     return CA_OK;
 }

@@ -329,11 +329,7 @@ static unsigned char *linear_flags(ca_vision_model *m) {
 /* Tensor i's bf16 copy from its fp32 values, which are rounded in place, or given back (a linear weight). */
 static void pack_tensor(ca_vision_model *m, int i, int give_back) {
     const ca_param_info *p = &m->param_info[i];
-    ca_cpu_bf16_from_f32(m->params_bf16 + p->offset, m->params + p->offset, p->numel);
-    if (give_back)
-        ca_params_give_back(m->params + p->offset, p->numel);
-    else
-        ca_cpu_f32_from_bf16(m->params + p->offset, m->params_bf16 + p->offset, p->numel);
+    ca_params_pack_bf16(m->params_bf16 + p->offset, m->params + p->offset, p->numel, give_back);
 }
 
 /* repack_bf16 for keep_fp32 = 0: tensor by tensor, each linear weight giving its fp32 pages back as soon as it

@@ -651,33 +651,30 @@ static PyObject *py_posresize_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* q, k, v (T, NH, HS); att (NH, T, T) */
-static PyObject *py_mha_forward(PyObject *self, PyObject *args) {
+/* q, k, v (T, NH, HS); att (NH, T, T). bf16: the bf16 attention of a bf16 tower (CPU, AVX512-BF16), returning
+ * False when it is not available (nothing written); else the ops backend's, returning None. */
+static PyObject *mha_forward(PyObject *args, const char *format, int bf16) {
     PyObject *o_out, *o_att, *o_q, *o_k, *o_v;
-    if (!PyArg_ParseTuple(args, "OOOOO:mha_forward", &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
+    if (!PyArg_ParseTuple(args, format, &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
     DRIVER(q, o_q, F32, 3, "q");
     int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
     ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
     ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
     ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
     ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
-    NOGIL(ops_be->mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
-    Py_RETURN_NONE;
-}
-
-/* the bf16 attention of a bf16 tower (CPU, AVX512-BF16): False when it is not available (nothing written) */
-static PyObject *py_mha_bf16_forward(PyObject *self, PyObject *args) {
-    PyObject *o_out, *o_att, *o_q, *o_k, *o_v;
-    if (!PyArg_ParseTuple(args, "OOOOO:mha_bf16_forward", &o_out, &o_att, &o_q, &o_k, &o_v)) return NULL;
-    DRIVER(q, o_q, F32, 3, "q");
-    int T = DIM(q, 0), NH = DIM(q, 1), HS = DIM(q, 2);
-    ARR(k, o_k, F32, 3, SHAPE(T, NH, HS), 0, "k");
-    ARR(v, o_v, F32, 3, SHAPE(T, NH, HS), 0, "v");
-    ARR(out, o_out, F32, 3, SHAPE(T, NH, HS), 1, "out");
-    ARR(att, o_att, F32, 3, SHAPE(NH, T, T), 1, "att");
+    if (!bf16) {
+        NOGIL(ops_be->mha_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
+        Py_RETURN_NONE;
+    }
     int rc = 0;
     NOGIL(rc = ca_cpu_mha_bf16_forward(FP(out), FP(att), CFP(q), CFP(k), CFP(v), T, NH, HS));
     return PyBool_FromLong(rc == 0);
+}
+
+static PyObject *py_mha_forward(PyObject *self, PyObject *args) { return mha_forward(args, "OOOOO:mha_forward", 0); }
+
+static PyObject *py_mha_bf16_forward(PyObject *self, PyObject *args) {
+    return mha_forward(args, "OOOOO:mha_bf16_forward", 1);
 }
 
 static PyObject *py_mha_backward(PyObject *self, PyObject *args) {

@@ -275,10 +275,15 @@ class Lfm2Model:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: np.ascontiguousarray(v) for k, v in self.lora_parameters().items()}
-        for name in sorted(self._modules_to_save(config)):
-            tensors[PEFT_PREFIX + name] = self.parameters()[name]
+        tensors.update(self._saved_modules(config))
         _core.safetensors_save(str(path / ADAPTER_WEIGHTS_NAME), tensors, {"format": "pt"})
         write_json_atomic(path / ADAPTER_CONFIG_NAME, config.to_dict())
+
+    def _saved_modules(self, config: LoraConfig) -> dict[str, np.ndarray]:
+        """PEFT name → view of each ``modules_to_save`` tensor (none needs the fp32 weights when there are none)."""
+        names = sorted(self._modules_to_save(config))
+        params = self.parameters() if names else {}
+        return {PEFT_PREFIX + name: params[name] for name in names}
 
     def load_adapter(self, path: str | os.PathLike[str]) -> None:
         """Load a PEFT adapter folder strictly: every expected key present with its shape, nothing else."""
@@ -286,7 +291,7 @@ class Lfm2Model:
         config = LoraConfig.from_pretrained(path)
         self.add_lora(config)
         expected = self.lora_parameters()
-        saved = {PEFT_PREFIX + n: self.parameters()[n] for n in self._modules_to_save(config)}
+        saved = self._saved_modules(config)
         weights = path / ADAPTER_WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {path}")

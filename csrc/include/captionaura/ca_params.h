@@ -57,6 +57,8 @@ ca_status ca_params_move(ca_param_table *tb, const ca_backend *from, const ca_ba
 /* ---- weights without their fp32 copy (bf16 models with keep_fp32 = 0) ---- */
 /* The memory of x[0, n) goes back to the system: every whole page inside (reading them again gives zeros). */
 void ca_params_give_back(float *x, size_t n);
+/* x_bf16 (n) = bf16(x); then x is rounded to those values in place, or given back (give_back). */
+void ca_params_pack_bf16(uint16_t *x_bf16, float *x, size_t n, int give_back);
 /* A matrix read from a checkpoint straight into its bf16 copy: in 4 MB chunks, each converted through x (its
  * fp32 slot) and given back at once, so that not even the one matrix is held in fp32. */
 ca_status ca_params_load_bf16(uint16_t *x_bf16, float *x, size_t numel, const ca_safetensors *file,

@@ -209,8 +209,8 @@ def load_base_model(path: str | os.PathLike, dtype: str = "fp32") -> Lfm2Model |
     config.json has a vision_config (LFM2-VL), else a language model (`Lfm2Model`), its weights in `dtype`."""
     config = Path(path) / "config.json"
     if config.is_file() and "vision_config" in read_json(config, "config file"):
-        return Lfm2VlModel.from_pretrained(path).to_inference_dtype(dtype)
-    return Lfm2Model.from_pretrained(path).to_inference_dtype(dtype)
+        return Lfm2VlModel.from_pretrained(path, dtype=dtype)
+    return Lfm2Model.from_pretrained(path, dtype=dtype)
 
 
 def run_training(cfg: FederatedConfig, num_clients: int | None = None, resume: bool = False,
