@@ -328,9 +328,13 @@ ca_status ca_fma_peak_gflops(double *gflops, int bf16, int reps) {
 ca_status ca_read_bandwidth_gbs(double *gbs, size_t bytes, int reps) {
     const size_t n = bytes / sizeof(uint64_t);
     if (n == 0 || reps <= 0) return ca_error(CA_ERR_VALUE, "bytes and reps must be positive");
-    uint64_t *buf = ca_cpu_backend.alloc(n * sizeof(uint64_t)); /* zero-filled: every page is resident */
+    uint64_t *buf = ca_cpu_alloc_uninit(n * sizeof(uint64_t));
     if (!buf) return ca_error(CA_ERR_NOMEM, "out of memory for a %zu-byte bandwidth probe", bytes);
     const int threads = ca_get_num_threads();
+    /* Written before it is read: untouched pages would all map the kernel's shared zero page, and the probe would
+     * measure a cache, not memory. Each thread first-touches the share it will read. */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++) buf[i] = i * 0x9e3779b97f4a7c15ull;
     volatile uint64_t sink = 0;
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
