@@ -5,7 +5,7 @@ read bandwidth measured in the same run (the C core's probe streaming reads over
 and optionally llama.cpp's ``llama-bench`` on GGUFs converted from the same weights (below).
 
     python benchmarks/bench_generate.py [--threads 1,2] [--prompt 512] [--new 128] [--repeats 3] [--shape 350m]
-                                        [--dtypes fp32,bf16,int8] [--torch-python .venv-ref/bin/python] [--no-torch]
+                                        [--dtypes fp32,bf16,int8] [--pairs 5] [--torch-python .venv-ref/bin/python] [--no-torch]
                                         [--json out.json]
 
 captionaura's streaming iterator (``stream=True``) is timed next to its plain call (each token handled by the
@@ -33,8 +33,10 @@ build of llama-bench in LLAMA_CPP_DIR/build/bin). Nothing of llama.cpp is part o
 The benchmark then saves our random 350M model (save_pretrained), converts it with llama.cpp's own
 convert_hf_to_gguf.py (run by LLAMA_CPP_PYTHON, default the --torch-python interpreter) to f32, bf16 and q8_0
 GGUFs, giving it a placeholder vocabulary because a random checkpoint has no tokenizer (token ids are all
-llama-bench uses), and runs ``llama-bench -p 0 -n <new> -d <prompt> -t <threads> -r <repeats>``: token generation
-after a <prompt>-token context, as ours. Its tok/s is the median of llama-bench's per-repeat figures.
+llama-bench uses), and runs ``llama-bench -p 0 -n <new> -d <prompt> -t <threads> -r 1``: token generation
+after a <prompt>-token context, as ours. Each llama-bench run follows one of our decodes of the same weights, for
+--pairs pairs: the ratio of each pair compares the two at the same moment of a shared machine, whose speed drifts
+by tens of percent over minutes; the table gives each pair's ratio, their median and the smallest.
 
 Each new token is timestamped as it is emitted (captionaura: the per-token callback; transformers: a streamer).
 prefill tok/s = prompt / best time to the first token; decode tok/s = 1 / median gap between tokens over all
@@ -195,9 +197,19 @@ convert_hf_to_gguf.main()
 """
 
 
-def llama_cpp(config: dict, thread_list: list[int], prompt: int, new: int, repeats: int,
-              python: str) -> dict[int, dict[str, float]]:
-    """llama-bench token-generation tok/s per thread count and GGUF type, on GGUFs of our seed-0 model."""
+def decode_rate(model, ids: np.ndarray, new: int, eos: int) -> float:
+    """One greedy generation of `new` tokens: 1 / median gap between tokens."""
+    stamps: list[float] = []
+    model.generate(ids, max_new_tokens=new, min_new_tokens=new, eos_token_id=eos,
+                   callback=lambda row, tok: stamps.append(time.perf_counter()))
+    return 1.0 / float(np.median(np.diff(stamps)))
+
+
+def llama_cpp(config: dict, thread_list: list[int], prompt: int, new: int, pairs: int,
+              python: str) -> dict[int, dict[str, dict]]:
+    """llama-bench token generation on GGUFs of our seed-0 model, alternated with our own decode of the same
+    weights `pairs` times per thread count and type (each llama-bench run is one repetition after its warm-up),
+    so that both sides of each ratio see the same moment of a shared machine."""
     import tempfile
 
     import captionaura as ca
@@ -206,19 +218,27 @@ def llama_cpp(config: dict, thread_list: list[int], prompt: int, new: int, repea
     bench = llama / "build" / "bin" / "llama-bench"
     if not bench.exists():
         raise FileNotFoundError(f"{bench} is missing: build llama-bench first (see this file's docstring)")
-    out: dict[int, dict[str, float]] = {t: {} for t in thread_list}
+    ids = np.random.default_rng(0).integers(3, config["vocab_size"], prompt).astype(np.int32)
+    out: dict[int, dict[str, dict]] = {t: {} for t in thread_list}
     with tempfile.TemporaryDirectory() as tmp:
         ca.Lfm2Model.from_config(config, seed=0).save_pretrained(Path(tmp) / "hf")
-        for outtype in ("f32", "bf16", "q8_0"):
+        for outtype, dtype in (("f32", "fp32"), ("bf16", "bf16"), ("q8_0", "int8")):
             gguf = Path(tmp) / f"model-{outtype}.gguf"
             subprocess.run([python, "-c", GGUF_CONVERT, str(llama), str(Path(tmp) / "hf"), str(gguf), outtype],
                            check=True, capture_output=True, text=True)
+            model = ca.Lfm2Model.from_config(config, seed=0).to_inference_dtype(dtype)
             for threads in thread_list:
-                done = subprocess.run([str(bench), "-m", str(gguf), "-p", "0", "-n", str(new), "-d", str(prompt),
-                                       "-t", str(threads), "-r", str(repeats), "-o", "json"],
-                                      check=True, capture_output=True, text=True)
-                samples = json.loads(done.stdout)[0]["samples_ts"]
-                out[threads][outtype] = float(np.median(samples))
+                ca.set_num_threads(threads)
+                decode_rate(model, ids, 2, config["eos_token_id"])  # warm-up
+                mine, theirs_ = [], []
+                for _ in range(pairs):
+                    mine.append(decode_rate(model, ids, new, config["eos_token_id"]))
+                    done = subprocess.run([str(bench), "-m", str(gguf), "-p", "0", "-n", str(new), "-d", str(prompt),
+                                           "-t", str(threads), "-r", "1", "-o", "json"],
+                                          check=True, capture_output=True, text=True)
+                    theirs_.append(float(json.loads(done.stdout)[0]["samples_ts"][0]))
+                out[threads][outtype] = {"ours": mine, "llama_cpp": theirs_}
+            del model
             gguf.unlink()
     return out
 
@@ -238,6 +258,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5, help="alternated runs of ours and llama-bench")
     parser.add_argument("--dtypes", default="fp32,bf16,int8")
     parser.add_argument("--torch-python")
     parser.add_argument("--no-torch", action="store_true")
@@ -276,7 +297,7 @@ def main() -> None:
         results[threads] = row
     llama = {}
     if os.environ.get("LLAMA_CPP_DIR"):
-        llama = llama_cpp(config, thread_list, args.prompt, args.new, args.repeats,
+        llama = llama_cpp(config, thread_list, args.prompt, args.new, args.pairs,
                           os.environ.get("LLAMA_CPP_PYTHON") or py or sys.executable)
 
     params = next(iter(results.values()))["ours"][dtypes[0]]["parameters"]  # tied lm_head read once
@@ -314,16 +335,18 @@ def main() -> None:
         print(f"memory read bandwidth ({threads} thread(s), C probe): {row['bandwidth'] / 1e9:.1f} GB/s; "
               f"weights {4 * params / 1e9:.2f} GB (fp32) per decoded token")
     if llama:
-        print(f"\nllama.cpp llama-bench tg{args.new} after a {args.prompt}-token context (median of {args.repeats}), "
-              "tok/s; ours = decode median above")
+        print(f"\nllama.cpp llama-bench tg{args.new} after a {args.prompt}-token context, alternated with our decode "
+              f"of the same weights ({args.pairs} pairs), tok/s")
+        head = (f"{'threads':>7} {'type':<5} {'ours (median)':>13} {'llama.cpp (median)':>18} "
+                f"{'ratio per pair':<28} {'median ratio':>12} {'min ratio':>9}")
+        print(head)
+        print("-" * len(head))
         for threads, by_type in llama.items():
-            ours_row = results[threads]["ours"]
-            for gtype, rate in by_type.items():
-                mine = ours_row.get({"f32": "fp32", "bf16": "bf16", "q8_0": "int8"}[gtype], {}).get("decode_tok_s")
-                vs = f"ours/llama.cpp {mine / rate:.2f}" if mine else ""
-                print(f"{threads:>7} {gtype:<5} {rate:8.1f}  {vs}")
-        for threads in llama:
-            results[threads]["llama_cpp"] = llama[threads]
+            for gtype, r in by_type.items():
+                ratios = [a / b for a, b in zip(r["ours"], r["llama_cpp"])]
+                print(f"{threads:>7} {gtype:<5} {np.median(r['ours']):13.1f} {np.median(r['llama_cpp']):18.1f} "
+                      f"{' '.join(f'{x:.2f}' for x in ratios):<28} {np.median(ratios):12.2f} {min(ratios):9.2f}")
+            results[threads]["llama_cpp"] = by_type
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
