@@ -7,16 +7,86 @@
  * Layouts are the projections' natural (B, T, heads, HS): rows of one head are strided by heads·HS. */
 #include <math.h>
 
+#include "captionaura/ca_blas.h"
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
-#define DP_KEEP 2048 /* 8 KiB of stack per thread in the backward */
+/* Forward tiles: ATT_QT queries against ATT_KT keys (scores) or ATT_KT head dimensions (outputs). Every score is
+ * the fmaf chain Σ_d q[d]·k[d] over d in order, times the scale, and every output the fmaf chain Σ_j P_j·v_j[d]
+ * over j in order (keys a row cannot see hold P = 0 and add exact zeros), whatever the tile, the lengths or the
+ * thread count: a chunk of queries at q_offset gets bit for bit the rows of one causal pass, so chunked prefill
+ * equals one prefill. Keys are transposed a block at a time on the stack (HS · ATT_KB floats, 64 KiB) so that
+ * ATT_KT scores of a query are one row of vector FMAs. */
+#define ATT_QT 4
+#define ATT_KT 16
+#define ATT_KB_FLOATS 16384
+#define ATT_QCHUNK 64 /* query rows per task */
 
-static inline float dot_hs(const float *restrict a, const float *restrict b, int HS) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int d = 0; d < HS; d++) s += a[d] * b[d];
-    return s;
+/* s_i[j0 + jj] = scale · Σ_d q_i[d] · kt[d][jj] for i < nq, jj < nk (kt: the block's keys transposed) */
+__attribute__((always_inline)) static inline void score_tile(float *const *s, const float *const *q, const float *kt,
+                                                            int ldk, int HS, int j0, int nk, const int nq, float scale) {
+    float acc[ATT_QT][ATT_KT];
+    for (int i = 0; i < nq; i++)
+        for (int jj = 0; jj < ATT_KT; jj++) acc[i][jj] = 0.0f;
+    for (int d = 0; d < HS; d++) {
+        const float *restrict kr = kt + (size_t)d * ldk;
+        for (int i = 0; i < nq; i++) {
+            const float qd = q[i][d];
+#pragma omp simd
+            for (int jj = 0; jj < ATT_KT; jj++) acc[i][jj] = fmaf(qd, kr[jj], acc[i][jj]);
+        }
+    }
+    for (int i = 0; i < nq; i++)
+        for (int jj = 0; jj < nk; jj++) s[i][j0 + jj] = acc[i][jj] * scale;
+}
+
+/* o_i[d0 + dd] = Σ_{j < jn} p_i[j] · v_j[d0 + dd] for i < nq, dd < nd (v rows strided by ldv) */
+__attribute__((always_inline)) static inline void output_tile(float *const *o, const float *const *p, const float *v,
+                                                             size_t ldv, int jn, int d0, const int nd, const int nq) {
+    float acc[ATT_QT][ATT_KT];
+    for (int i = 0; i < nq; i++)
+        for (int dd = 0; dd < ATT_KT; dd++) acc[i][dd] = 0.0f;
+    for (int j = 0; j < jn; j++) {
+        const float *restrict vr = v + (size_t)j * ldv + d0;
+        for (int i = 0; i < nq; i++) {
+            const float pj = p[i][j];
+#pragma omp simd
+            for (int dd = 0; dd < nd; dd++) acc[i][dd] = fmaf(pj, vr[dd], acc[i][dd]);
+        }
+    }
+    for (int i = 0; i < nq; i++)
+        for (int dd = 0; dd < nd; dd++) o[i][d0 + dd] = acc[i][dd];
+}
+
+/* the tiles with nq (and nd = ATT_KT) as constants, so that each instantiation keeps its accumulators in registers */
+static void score_tile_n(float *const *s, const float *const *q, const float *kt, int ldk, int HS, int j0, int nk,
+                         int nq, float scale) {
+    switch (nq) {
+    case 1: score_tile(s, q, kt, ldk, HS, j0, nk, 1, scale); break;
+    case 2: score_tile(s, q, kt, ldk, HS, j0, nk, 2, scale); break;
+    case 3: score_tile(s, q, kt, ldk, HS, j0, nk, 3, scale); break;
+    default: score_tile(s, q, kt, ldk, HS, j0, nk, 4, scale); break;
+    }
+}
+
+static void output_tile_n(float *const *o, const float *const *p, const float *v, size_t ldv, int jn, int d0, int nd,
+                          int nq) {
+    if (nd == ATT_KT) {
+        switch (nq) {
+        case 1: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 1); break;
+        case 2: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 2); break;
+        case 3: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 3); break;
+        default: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 4); break;
+        }
+    } else {
+        output_tile(o, p, v, ldv, jn, d0, nd, nq);
+    }
+}
+
+/* keys a query can see: [0, limit) under the causal rule (all Tk otherwise), key_mask aside */
+static inline int visible_limit(int causal, int q_offset, int t, int Tk) {
+    long long lim = causal ? (long long)q_offset + t + 1 : Tk;
+    return lim < 0 ? 0 : (lim > Tk ? Tk : (int)lim);
 }
 
 void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, HS) */
@@ -28,34 +98,53 @@ void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, H
                               int B, int Tq, int Tk, int NH, int NKV, int HS, int causal, int q_offset) {
     if (B <= 0 || Tq <= 0 || NH <= 0 || NKV <= 0 || HS <= 0) return;
     const float scale = 1.0f / sqrtf((float)HS);
-    const int group = NH / NKV;
-    /* one task per (batch, query head): it owns its att rows and its out columns */
-#pragma omp parallel for schedule(static) if ((size_t)B * NH * Tq * (Tk > 0 ? Tk : 1) * HS > CA_PAR_MIN)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH, g = h / group;
+    const int group = NH / NKV, nqc = (Tq + ATT_QCHUNK - 1) / ATT_QCHUNK;
+    const size_t ldq = (size_t)NH * HS, ldkv = (size_t)NKV * HS;
+    const int KB = HS <= ATT_KB_FLOATS / ATT_KT ? ATT_KB_FLOATS / HS / ATT_KT * ATT_KT : ATT_KT; /* keys a block */
+    /* one task per (batch, query head, chunk of query rows): it owns those att rows and out columns */
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)B * NH * Tq * (Tk > 0 ? Tk : 1) * HS > CA_PAR_MIN)
+    for (int task = 0; task < B * NH * nqc; task++) {
+        const int b = task / (NH * nqc), h = task / nqc % NH, g = h / group;
+        const int t0 = task % nqc * ATT_QCHUNK, rows = Tq - t0 < ATT_QCHUNK ? Tq - t0 : ATT_QCHUNK;
         const int32_t *km = key_mask ? key_mask + (size_t)b * Tk : NULL;
-        for (int t = 0; t < Tq; t++) {
-            const float *restrict qt = q + (((size_t)b * Tq + t) * NH + h) * HS;
-            float *restrict p = att + (((size_t)b * NH + h) * Tq + t) * Tk;
-            float *restrict o = out + (((size_t)b * Tq + t) * NH + h) * HS;
-            long long lim = causal ? (long long)q_offset + t + 1 : Tk; /* keys [0, jend) can be visible */
-            int jend = lim < 0 ? 0 : (lim > Tk ? Tk : (int)lim);
+        const float *kb = k + (size_t)b * Tk * ldkv + (size_t)g * HS, *vb = v + (size_t)b * Tk * ldkv + (size_t)g * HS;
+        const int jn = visible_limit(causal, q_offset, t0 + rows - 1, Tk); /* keys any row of the chunk sees */
+        float *P[ATT_QCHUNK];
+        const float *Q[ATT_QCHUNK];
+        for (int i = 0; i < rows; i++) {
+            P[i] = att + (((size_t)b * NH + h) * Tq + t0 + i) * Tk;
+            Q[i] = q + ((size_t)b * Tq + t0 + i) * ldq + (size_t)h * HS;
+        }
+        /* S = scale · q·kᵀ, a block of keys at a time */
+        for (int j0 = 0; j0 < jn; j0 += KB) {
+            const int nkb = jn - j0 < KB ? jn - j0 : KB, ldk = (nkb + ATT_KT - 1) / ATT_KT * ATT_KT;
+            float kt[(size_t)HS * KB]; /* (HS, ldk): the block's keys transposed; 64 KiB for HS ≤ 1024 */
+            for (int j = 0; j < ldk; j++)
+                for (int d = 0; d < HS; d++) kt[(size_t)d * ldk + j] = j < nkb ? kb[(size_t)(j0 + j) * ldkv + d] : 0.0f;
+            for (int i0 = 0; i0 < rows; i0 += ATT_QT) {
+                const int nq = rows - i0 < ATT_QT ? rows - i0 : ATT_QT;
+                const int lim = visible_limit(causal, q_offset, t0 + i0 + nq - 1, Tk) - j0; /* the tile's last row */
+                for (int jj = 0; jj < (lim < nkb ? lim : nkb); jj += ATT_KT)
+                    score_tile_n(P + i0, Q + i0, kt + jj, ldk, HS, j0 + jj, nkb - jj < ATT_KT ? nkb - jj : ATT_KT, nq,
+                                 scale);
+            }
+        }
+        /* P = softmax over the keys each row sees; 0 elsewhere */
+        int any_visible = 0;
+        for (int i = 0; i < rows; i++) {
+            float *restrict p = P[i];
+            const int jend = visible_limit(causal, q_offset, t0 + i, Tk);
             float mx = -INFINITY;
             for (int j = 0; j < jend; j++) {
-                if (km && !km[j]) {
-                    p[j] = -INFINITY;
-                    continue;
-                }
-                float s = dot_hs(qt, k + (((size_t)b * Tk + j) * NKV + g) * HS, HS) * scale;
-                p[j] = s;
-                mx = s > mx ? s : mx;
+                if (km && !km[j]) p[j] = -INFINITY;
+                mx = p[j] > mx ? p[j] : mx;
             }
             for (int j = jend; j < Tk; j++) p[j] = 0.0f;
-            for (int d = 0; d < HS; d++) o[d] = 0.0f;
-            if (mx == -INFINITY) { /* no visible key */
+            if (mx == -INFINITY) { /* no visible key: P = 0, o = 0 */
                 for (int j = 0; j < jend; j++) p[j] = 0.0f;
                 continue;
             }
+            any_visible = 1;
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
             for (int j = 0; j < jend; j++) {
@@ -65,23 +154,26 @@ void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, H
             }
             float inv = 1.0f / sum; /* sum ≥ 1: the max term contributes exp(0) */
             for (int j = 0; j < jend; j++) p[j] *= inv;
-            for (int j = 0; j < jend; j++) {
-                float pj = p[j];
-                if (pj == 0.0f) continue;
-                const float *restrict vj = v + (((size_t)b * Tk + j) * NKV + g) * HS;
-#pragma omp simd
-                for (int d = 0; d < HS; d++) o[d] += pj * vj[d];
-            }
+        }
+        /* o = P·v */
+        float *O[ATT_QCHUNK];
+        for (int i = 0; i < rows; i++) O[i] = out + ((size_t)b * Tq + t0 + i) * ldq + (size_t)h * HS;
+        for (int i0 = 0; i0 < rows; i0 += ATT_QT) {
+            const int nq = rows - i0 < ATT_QT ? rows - i0 : ATT_QT;
+            const int lim = any_visible ? visible_limit(causal, q_offset, t0 + i0 + nq - 1, Tk) : 0;
+            for (int d0 = 0; d0 < HS; d0 += ATT_KT)
+                output_tile_n(O + i0, (const float *const *)P + i0, vb, ldkv, lim, d0, HS - d0 < ATT_KT ? HS - d0 : ATT_KT, nq);
         }
     }
 }
 
 /* With dP = dO·vᵀ and D_t = Σ_j P_tj dP_tj (= dO_t·o_t), the softmax Jacobian gives dS = P ⊙ (dP − D), so
- *   dq_t = scale · Σ_j dS_tj k_j,   dk_j = scale · Σ_{h∈group, t} dS_tj q_t,   dv_j = Σ_{h∈group, t} P_tj dO_t.
- * One task per (batch, KV head) so the sums over a group's query heads stay inside one thread (no races,
- * no heap scratch); dP of the first DP_KEEP keys is kept on the stack between the two passes over the keys,
- * beyond that it is recomputed (so any Tk works without a heap buffer). Keys with P = 0 (masked, or beyond
- * the causal limit) contribute nothing and are skipped. */
+ *   dq = scale · dS·k,   dk = scale · Σ_{h∈group} dSᵀ·q_h,   dv = Σ_{h∈group} Pᵀ·dO_h,
+ * per head through sgemm (OpenBLAS single-threaded, threads.c). One task per (batch, KV head) so the sums over a
+ * group's query heads stay inside one thread; query rows go in blocks whose dS fits a 64 KiB stack buffer, and
+ * each block stops at the last key any of its rows sees (P = 0 beyond: the causal triangle is not computed). */
+#define ATT_DS_FLOATS 16384
+
 void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = */
                                float *restrict dk,         /* (B, Tk, NKV, HS) = */
                                float *restrict dv,         /* (B, Tk, NKV, HS) = */
@@ -89,50 +181,56 @@ void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = 
                                const float *restrict q, const float *restrict k, const float *restrict v,
                                const float *restrict att,  /* (B, NH, Tq, Tk) */
                                int B, int Tq, int Tk, int NH, int NKV, int HS) {
-    if (B <= 0 || NH <= 0 || NKV <= 0 || HS <= 0) return;
+    if (B <= 0 || NH <= 0 || NKV <= 0 || HS <= 0 || Tq <= 0 || Tk <= 0) return;
     const float scale = 1.0f / sqrtf((float)HS);
-    const int group = NH / NKV;
-#pragma omp parallel for schedule(static) if ((size_t)B * NH * Tq * (Tk > 0 ? Tk : 1) * HS > CA_PAR_MIN)
+    const int group = NH / NKV, ldq = NH * HS, ldkv = NKV * HS;
+    const int QB = Tk <= ATT_DS_FLOATS ? ATT_DS_FLOATS / Tk : 1; /* query rows a block */
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)B * NH * Tq * Tk * HS > CA_PAR_MIN)
     for (int bg = 0; bg < B * NKV; bg++) {
-        int b = bg / NKV, g = bg % NKV;
-        float dpk[DP_KEEP]; /* dP of the first DP_KEEP keys of the current query; later keys are recomputed */
-        for (int j = 0; j < Tk; j++) {
-            size_t off = (((size_t)b * Tk + j) * NKV + g) * HS;
-            for (int d = 0; d < HS; d++) dk[off + d] = 0.0f, dv[off + d] = 0.0f;
-        }
+        const int b = bg / NKV, g = bg % NKV;
+        const float *kb = k + (size_t)b * Tk * ldkv + (size_t)g * HS, *vb = v + (size_t)b * Tk * ldkv + (size_t)g * HS;
+        float *dkb = dk + (size_t)b * Tk * ldkv + (size_t)g * HS, *dvb = dv + (size_t)b * Tk * ldkv + (size_t)g * HS;
+        float dS[QB * Tk > ATT_DS_FLOATS ? QB * Tk : ATT_DS_FLOATS]; /* (rows, jn) */
+        for (int j = 0; j < Tk; j++)
+            for (int d = 0; d < HS; d++) dkb[(size_t)j * ldkv + d] = 0.0f, dvb[(size_t)j * ldkv + d] = 0.0f;
         for (int h = g * group; h < (g + 1) * group; h++) {
-            for (int t = 0; t < Tq; t++) {
-                size_t qoff = (((size_t)b * Tq + t) * NH + h) * HS;
-                const float *restrict p = att + (((size_t)b * NH + h) * Tq + t) * Tk;
-                const float *restrict dot = dout + qoff;
-                const float *restrict qt = q + qoff;
-                float *restrict dqt = dq + qoff;
-                for (int d = 0; d < HS; d++) dqt[d] = 0.0f;
-                float D = 0.0f;
-                for (int j = 0; j < Tk; j++) {
-                    float dp = 0.0f;
-                    if (p[j] != 0.0f) {
-                        dp = dot_hs(dot, v + (((size_t)b * Tk + j) * NKV + g) * HS, HS);
-                        D += p[j] * dp;
-                    }
-                    if (j < DP_KEEP) dpk[j] = dp;
+            for (int t0 = 0; t0 < Tq; t0 += QB) {
+                const int rows = Tq - t0 < QB ? Tq - t0 : QB;
+                const float *P = att + (((size_t)b * NH + h) * Tq + t0) * Tk;                     /* (rows, Tk) */
+                const size_t r0 = ((size_t)b * Tq + t0) * ldq + (size_t)h * HS;
+                const float *dO = dout + r0, *Qb = q + r0;                                           /* (rows, HS) */
+                int jn = 0; /* keys [0, jn) hold every nonzero P of the block */
+                for (int i = 0; i < rows; i++) {
+                    const float *p = P + (size_t)i * Tk;
+                    int j = Tk;
+                    while (j > jn && p[j - 1] == 0.0f) j--;
+                    jn = j;
                 }
-                for (int j = 0; j < Tk; j++) {
-                    float pj = p[j];
-                    if (pj == 0.0f) continue;
-                    size_t kvoff = (((size_t)b * Tk + j) * NKV + g) * HS;
-                    float dp = j < DP_KEEP ? dpk[j] : dot_hs(dot, v + kvoff, HS);
-                    float ds = pj * (dp - D) * scale;
-                    const float *restrict kj = k + kvoff;
-                    float *restrict dkj = dk + kvoff;
-                    float *restrict dvj = dv + kvoff;
+                if (jn == 0) {
+                    for (int i = 0; i < rows; i++)
+                        for (int d = 0; d < HS; d++) dq[r0 + (size_t)i * ldq + d] = 0.0f;
+                    continue;
+                }
+                /* dv[:jn] += P_blkᵀ (jn, rows) · dO_blk (rows, HS) */
+                ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, jn, HS, rows, 1.0f, P, Tk, dO, ldq, 1.0f, dvb,
+                               ldkv);
+                /* dP (rows, jn) = dO_blk · v[:jn]ᵀ, then dS = P ⊙ (dP − D) · scale in place */
+                ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, jn, HS, 1.0f, dO, ldq, vb, ldkv, 0.0f, dS,
+                               jn);
+                for (int i = 0; i < rows; i++) {
+                    const float *restrict p = P + (size_t)i * Tk;
+                    float *restrict d = dS + (size_t)i * jn;
+                    float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+                    for (int j = 0; j < jn; j++) D += p[j] * d[j];
 #pragma omp simd
-                    for (int d = 0; d < HS; d++) {
-                        dqt[d] += ds * kj[d];
-                        dkj[d] += ds * qt[d];
-                        dvj[d] += pj * dot[d];
-                    }
+                    for (int j = 0; j < jn; j++) d[j] = p[j] * (d[j] - D) * scale;
                 }
+                /* dq_blk (rows, HS) = dS · k[:jn];  dk[:jn] += dSᵀ (jn, rows) · q_blk (rows, HS) */
+                ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, jn, 1.0f, dS, jn, kb, ldkv, 0.0f,
+                               dq + r0, ldq);
+                ca_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, jn, HS, rows, 1.0f, dS, jn, Qb, ldq, 1.0f, dkb,
+                               ldkv);
             }
         }
     }
