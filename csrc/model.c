@@ -413,6 +413,7 @@ typedef struct {
     float *xdrop; /* (N, max in) LoRA input after dropout, regenerated */
     float *dxl;   /* (N, max in) LoRA input gradient before dropout's backward */
     float *base;  /* dres and dx (the other slots are in m->logits) */
+    int input_grad; /* whether layer 0 passes a gradient down to its input (else its first projections skip it) */
 } backward_scratch;
 
 /* dres and dx get their own memory; the layers' slots share the logits block, whose rows are dead by then */
@@ -582,8 +583,10 @@ static void proj_backward(ca_lfm2_model *m, int l, ca_lfm2_proj proj, float *din
         const uint64_t seed = lora_dropout_seed(m, a);
         const size_t n = (size_t)N * in;
         m->be->dropout_forward(s->xdrop, inp, n, a->dropout, seed);
-        m->be->zero(s->dxl, n);
-        m->be->lora_backward(s->dxl, dA, dB, s->dh, dout, s->xdrop, a->h, A, Bw, a->scaling, N, in, outd, a->r);
+        if (dinp) m->be->zero(s->dxl, n);
+        m->be->lora_backward(dinp ? s->dxl : NULL, dA, dB, s->dh, dout, s->xdrop, a->h, A, Bw, a->scaling, N, in, outd,
+                             a->r);
+        if (!dinp) return;
         m->be->dropout_backward(s->dxl, s->dxl, n, a->dropout, seed);
         m->be->add_inplace(dinp, s->dxl, n);
     } else {
@@ -752,7 +755,8 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
     proj_backward(m, l, CA_PROJ_W3, s->dx, s->dup, a->x2, N, 1, s);
     be->rmsnorm_backward(s->dres, grad_of(m, w->ffn_norm), s->dx, a->mid, w->ffn_norm, a->rstd2, N, C);
 
-    /* mixer: mid = h + mixer(x1) */
+    /* mixer: mid = h + mixer(x1); dx1 (into s->dx) only when something below layer 0 needs it */
+    float *dx1 = l > 0 || s->input_grad ? s->dx : NULL;
     be->rmsnorm_forward(a->x1, a->rstd1, h, w->operator_norm, N, C, eps); /* x1 shares x2's buffer */
     if (w->is_attention) {
         proj_backward(m, l, CA_PROJ_ATTN_OUT, s->dao, s->dres, a->ao, N, 0, s);
@@ -768,18 +772,18 @@ static void layer_backward(ca_lfm2_model *m, int l, int B, int T, backward_scrat
         be->zero(s->dkraw, (size_t)N * NKV * HS);
         be->rmsnorm_backward(s->dqraw, grad_of(m, w->q_norm), s->dq, a->q, w->q_norm, a->qrstd, N * NH, HS);
         be->rmsnorm_backward(s->dkraw, grad_of(m, w->k_norm), s->dk, a->k, w->k_norm, a->krstd, N * NKV, HS);
-        proj_backward(m, l, CA_PROJ_Q, s->dx, s->dqraw, a->x1, N, 0, s);
-        proj_backward(m, l, CA_PROJ_K, s->dx, s->dkraw, a->x1, N, 1, s);
-        proj_backward(m, l, CA_PROJ_V, s->dx, s->dv, a->x1, N, 1, s);
+        proj_backward(m, l, CA_PROJ_Q, dx1, s->dqraw, a->x1, N, 0, s);
+        proj_backward(m, l, CA_PROJ_K, dx1, s->dkraw, a->x1, N, 1, s);
+        proj_backward(m, l, CA_PROJ_V, dx1, s->dv, a->x1, N, 1, s);
     } else {
         be->shortconv_forward(a->y, a->u, a->c, a->z, w->conv, NULL, B, T, C, c->conv_L_cache); /* u, c, y anew */
         proj_backward(m, l, CA_PROJ_CONV_OUT, s->dmix, s->dres, a->y, N, 0, s);
         be->shortconv_backward(s->dz, grad_of(m, w->conv), s->dmix, a->z, a->u, a->c, w->conv, B, T, C,
                                c->conv_L_cache);
         if (conv_masks_padding(m, B, T)) zero_masked_rows(m, s->dz, (size_t)3 * C, N);
-        proj_backward(m, l, CA_PROJ_IN, s->dx, s->dz, a->x1, N, 0, s);
+        proj_backward(m, l, CA_PROJ_IN, dx1, s->dz, a->x1, N, 0, s);
     }
-    be->rmsnorm_backward(s->dres, grad_of(m, w->operator_norm), s->dx, h, w->operator_norm, a->rstd1, N, C);
+    if (dx1) be->rmsnorm_backward(s->dres, grad_of(m, w->operator_norm), dx1, h, w->operator_norm, a->rstd1, N, C);
 }
 
 ca_status ca_lfm2_loss_and_grad(ca_lfm2_model *m, double *loss, const int32_t *ids, const int32_t *labels,
@@ -859,6 +863,9 @@ ca_status ca_lfm2_loss_and_grad_ex(ca_lfm2_model *m, double *loss, const int32_t
     m->be->zero(s.dres, (size_t)N * C);
     m->be->rmsnorm_backward(s.dres, grad_of(m, m->embedding_norm), s.dx, m->hs + (size_t)c->num_hidden_layers * N * C,
                             m->embedding_norm, m->rstdf, N, C);
+    /* the gradient of the layers' input feeds the embedding, the image features and layer 0's operator norm */
+    s.input_grad = grad_of(m, m->embed_tokens) || (features && features->count && features->grad) ||
+                   grad_of(m, m->layers[0].operator_norm);
     for (int l = c->num_hidden_layers - 1; l >= 0; l--) layer_backward(m, l, B, T, &s);
     /* the replaced embeddings took no part: their gradient goes to the features instead */
     if (features && features->count) {

@@ -574,15 +574,19 @@ def test_attention_probabilities_and_empty_rows():
 
 
 def test_attention_q_offset_equals_suffix_of_full_causal():
-    """A chunk of queries at q_offset sees the same keys as the tail of the full causal sequence."""
+    """A chunk of queries at q_offset sees the same keys as the tail of the full causal sequence, and gets bit for
+    bit the same outputs and probabilities (each is a fixed-order sum whatever the chunk): chunked prefill relies
+    on it. T spans several query tiles and a partial one."""
     rng = np.random.default_rng(41)
-    B, T, NH, NKV, HS, off = 2, 9, 4, 2, 16, 5
+    B, T, NH, NKV, HS = 2, 75, 4, 2, 20
     q, k, v = (f32(rng.standard_normal((B, T, n, HS))) for n in (NH, NKV, NKV))
     full, att = nans((B, T, NH, HS)), nans((B, NH, T, T))
     _core.attention_forward(full, att, q, k, v, None, True, 0)
-    part, att2 = nans((B, T - off, NH, HS)), nans((B, NH, T - off, T))
-    _core.attention_forward(part, att2, f32(q[:, off:]), k, v, None, True, off)
-    np.testing.assert_allclose(part, full[:, off:], rtol=0, atol=1e-6)
+    for off in (5, 70, 74):
+        part, att2 = nans((B, T - off, NH, HS)), nans((B, NH, T - off, T))
+        _core.attention_forward(part, att2, f32(q[:, off:]), k, v, None, True, off)
+        np.testing.assert_array_equal(part, full[:, off:])
+        np.testing.assert_array_equal(att2, att[:, :, off:])
 
 
 def test_shortconv_state_continues_a_sequence():

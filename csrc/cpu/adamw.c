@@ -29,7 +29,7 @@ void ca_cpu_adamw_update(float *p, float *m, float *v, const float *g, size_t n,
 /* Σ x² in float64 (the squared global gradient norm for clipping). */
 double ca_cpu_sum_squares(const float *x, size_t n) {
     double total = 0.0;
-#pragma omp parallel for reduction(+ : total) schedule(static) if (n > 4 * CA_PAR_MIN)
+#pragma omp parallel for simd reduction(+ : total) schedule(static) if (n > 4 * CA_PAR_MIN)
     for (size_t i = 0; i < n; i++) total += (double)x[i] * x[i];
     return total;
 }
