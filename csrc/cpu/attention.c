@@ -59,28 +59,30 @@ __attribute__((always_inline)) static inline void output_tile(float *const *o, c
 }
 
 /* the tiles with nq (and nd = ATT_KT) as constants, so that each instantiation keeps its accumulators in registers */
+#define ATT_CASES(call) \
+    switch (nq) {      \
+    case 1: call(1); break; \
+    case 2: call(2); break; \
+    case 3: call(3); break; \
+    default: call(4); break; \
+    }
+
 static void score_tile_n(float *const *s, const float *const *q, const float *kt, int ldk, int HS, int j0, int nk,
                          int nq, float scale) {
-    switch (nq) {
-    case 1: score_tile(s, q, kt, ldk, HS, j0, nk, 1, scale); break;
-    case 2: score_tile(s, q, kt, ldk, HS, j0, nk, 2, scale); break;
-    case 3: score_tile(s, q, kt, ldk, HS, j0, nk, 3, scale); break;
-    default: score_tile(s, q, kt, ldk, HS, j0, nk, 4, scale); break;
-    }
+#define ATT_SCORE(n) score_tile(s, q, kt, ldk, HS, j0, nk, n, scale)
+    ATT_CASES(ATT_SCORE)
+#undef ATT_SCORE
 }
 
 static void output_tile_n(float *const *o, const float *const *p, const float *v, size_t ldv, int jn, int d0, int nd,
                           int nq) {
+#define ATT_OUTPUT(n) output_tile(o, p, v, ldv, jn, d0, ATT_KT, n)
     if (nd == ATT_KT) {
-        switch (nq) {
-        case 1: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 1); break;
-        case 2: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 2); break;
-        case 3: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 3); break;
-        default: output_tile(o, p, v, ldv, jn, d0, ATT_KT, 4); break;
-        }
+        ATT_CASES(ATT_OUTPUT)
     } else {
         output_tile(o, p, v, ldv, jn, d0, nd, nq);
     }
+#undef ATT_OUTPUT
 }
 
 /* keys a query can see: [0, limit) under the causal rule (all Tk otherwise), key_mask aside */

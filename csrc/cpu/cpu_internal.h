@@ -34,6 +34,11 @@ static inline void ca_col_slice(int C, int it, int nt, int *c0, int *c1) {
     *c1 = (int)(b < C ? b : C);
 }
 
+/* Elementwise ops built twice, for AVX-512 (x86-64-v4) and the AVX2 baseline, the loader picking by CPU: their
+ * exp/sigmoid loops run about 2x faster in 16 lanes (swiglu 96 -> 46 us at 256 x 384). Elementwise results are
+ * the same in both; a sum over lanes may round differently from one CPU to another, never between two calls. */
+#define CA_AVX512_CLONE __attribute__((target_clones("arch=x86-64-v4", "default")))
+
 /* exp(x) in float, ~1 ulp, branch-free so that loops calling it vectorise (glibc's expf does not without
  * -ffast-math). Cephes polynomial on r = x − n·ln2, |r| ≤ ln2/2, then scaled by 2^n through the exponent bits.
  * Inputs are clamped to [-87.3, 88.3], so tiny results saturate at ~1e-38 instead of flushing to 0 and huge

@@ -3,7 +3,7 @@
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
-void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
+CA_AVX512_CLONE void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
                            const float *restrict gate, /* (N, F) */
                            const float *restrict up,   /* (N, F) */
                            int N, int F) {
@@ -21,7 +21,7 @@ void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
 }
 
 /* silu'(a) = σ(a)·(1 + a·(1 − σ(a))), hence dgate = dout ⊙ up ⊙ silu'(gate), dup = dout ⊙ silu(gate). */
-void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
+CA_AVX512_CLONE void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
                             float *restrict dup,        /* (N, F) = */
                             const float *restrict dout, /* (N, F) */
                             const float *restrict gate, const float *restrict up, int N, int F) {
