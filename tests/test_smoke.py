@@ -45,3 +45,31 @@ def test_thread_count_is_process_wide(captioner):
         assert len(list(stream)) == 3 and teams == [wanted] * 3
     finally:
         captionaura.set_num_threads(before)
+
+
+IMPORT_THREADS = """
+import os, sys
+import numpy
+before = len(os.listdir("/proc/self/task"))
+import captionaura
+print(len(os.listdir("/proc/self/task")) - before, os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+def test_import_starts_no_openblas_thread_pool_and_leaves_the_environment_alone():
+    """The core's OpenBLAS runs single-threaded under our OpenMP threads; its pool, started at load, would only
+    slow its calls. Loading the extension starts no thread, and the user's OPENBLAS_NUM_THREADS is as it was."""
+    import os
+    import subprocess
+    import sys
+
+    for value in (None, "3"):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if value:
+            env["OPENBLAS_NUM_THREADS"] = value
+        out = subprocess.run([sys.executable, "-c", IMPORT_THREADS], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        started, after = out.stdout.split()
+        assert after == str(value)
+        if value is None:
+            assert started == "0"

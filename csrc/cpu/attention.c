@@ -67,14 +67,14 @@ __attribute__((always_inline)) static inline void output_tile(float *const *o, c
     default: call(4); break; \
     }
 
-static void score_tile_n(float *const *s, const float *const *q, const float *kt, int ldk, int HS, int j0, int nk,
+__attribute__((always_inline)) static inline void score_tile_n(float *const *s, const float *const *q, const float *kt, int ldk, int HS, int j0, int nk,
                          int nq, float scale) {
 #define ATT_SCORE(n) score_tile(s, q, kt, ldk, HS, j0, nk, n, scale)
     ATT_CASES(ATT_SCORE)
 #undef ATT_SCORE
 }
 
-static void output_tile_n(float *const *o, const float *const *p, const float *v, size_t ldv, int jn, int d0, int nd,
+__attribute__((always_inline)) static inline void output_tile_n(float *const *o, const float *const *p, const float *v, size_t ldv, int jn, int d0, int nd,
                           int nq) {
 #define ATT_OUTPUT(n) output_tile(o, p, v, ldv, jn, d0, ATT_KT, n)
     if (nd == ATT_KT) {
@@ -91,7 +91,7 @@ static inline int visible_limit(int causal, int q_offset, int t, int Tk) {
     return lim < 0 ? 0 : (lim > Tk ? Tk : (int)lim);
 }
 
-void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, HS) */
+CA_AVX512_CLONE void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, HS) */
                               float *restrict att,              /* (B, NH, Tq, Tk) probabilities */
                               const float *restrict q,          /* (B, Tq, NH, HS) */
                               const float *restrict k,          /* (B, Tk, NKV, HS) */
