@@ -77,7 +77,8 @@ CA_AVX512_CLONE void ca_cpu_crossentropy_backward(float *dlogits,               
         }
         double lse = row_lse(l, V);
         float mx = -INFINITY;
-        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx; /* same max as row_lse */
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx; /* same max as row_lse (a max is exact in any order) */
         /* softmax_j = exp(l_j − mx) / Σ = exp(l_j − mx) · exp(mx − lse) */
         float k = (float)exp((double)mx - lse) * scale;
 #pragma omp simd
