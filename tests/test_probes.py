@@ -26,14 +26,14 @@ print(rss("VmHWM") - before, gbs)
 
 def test_read_probe_streams_from_memory_it_wrote():
     """The read probe must stream from real pages. Untouched pages all map the kernel's shared zero page, which the
-    caches serve: the probe then reported 116-163 GB/s on a machine that streams about 33. The resident peak
-    must grow by the whole buffer."""
+    caches serve: the probe then reported 116-163 GB/s on a machine that streams about 33, and its resident peak
+    grew by nothing. It must grow by the buffer (to the kernel's lazily counted resident pages: 90%)."""
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak resident memory cannot be reset here (/proc/self/clear_refs)")
     proc = subprocess.run([sys.executable, "-c", READ_PROBE_RESIDENT], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     growth, gbs = proc.stdout.split()
-    assert int(growth) >= 96 << 20, growth
+    assert int(growth) >= 0.9 * (96 << 20), growth
     assert float(gbs) > 0
 
 

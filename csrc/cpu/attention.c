@@ -24,7 +24,8 @@
 
 /* s_i[j0 + jj] = scale · Σ_d q_i[d] · kt[d][jj] for i < nq, jj < nk (kt: the block's keys transposed) */
 __attribute__((always_inline)) static inline void score_tile(float *const *s, const float *const *q, const float *kt,
-                                                            int ldk, int HS, int j0, int nk, const int nq, float scale) {
+                                                            int ldk, int HS, int j0, int nk, const int nq,
+                                                            float scale) {
     float acc[ATT_QT][ATT_KT];
     for (int i = 0; i < nq; i++)
         for (int jj = 0; jj < ATT_KT; jj++) acc[i][jj] = 0.0f;
@@ -67,15 +68,17 @@ __attribute__((always_inline)) static inline void output_tile(float *const *o, c
     default: call(4); break; \
     }
 
-__attribute__((always_inline)) static inline void score_tile_n(float *const *s, const float *const *q, const float *kt, int ldk, int HS, int j0, int nk,
-                         int nq, float scale) {
+__attribute__((always_inline)) static inline void score_tile_n(float *const *s, const float *const *q,
+                                                              const float *kt, int ldk, int HS, int j0, int nk, int nq,
+                                                              float scale) {
 #define ATT_SCORE(n) score_tile(s, q, kt, ldk, HS, j0, nk, n, scale)
     ATT_CASES(ATT_SCORE)
 #undef ATT_SCORE
 }
 
-__attribute__((always_inline)) static inline void output_tile_n(float *const *o, const float *const *p, const float *v, size_t ldv, int jn, int d0, int nd,
-                          int nq) {
+__attribute__((always_inline)) static inline void output_tile_n(float *const *o, const float *const *p,
+                                                               const float *v, size_t ldv, int jn, int d0, int nd,
+                                                               int nq) {
 #define ATT_OUTPUT(n) output_tile(o, p, v, ldv, jn, d0, ATT_KT, n)
     if (nd == ATT_KT) {
         ATT_CASES(ATT_OUTPUT)
@@ -91,7 +94,8 @@ static inline int visible_limit(int causal, int q_offset, int t, int Tk) {
     return lim < 0 ? 0 : (lim > Tk ? Tk : (int)lim);
 }
 
-CA_AVX512_CLONE void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, HS) */
+CA_AVX512_CLONE
+void ca_cpu_attention_forward(float *restrict out,              /* (B, Tq, NH, HS) */
                               float *restrict att,              /* (B, NH, Tq, Tk) probabilities */
                               const float *restrict q,          /* (B, Tq, NH, HS) */
                               const float *restrict k,          /* (B, Tk, NKV, HS) */
@@ -164,7 +168,8 @@ CA_AVX512_CLONE void ca_cpu_attention_forward(float *restrict out,              
             const int nq = rows - i0 < ATT_QT ? rows - i0 : ATT_QT;
             const int lim = any_visible ? visible_limit(causal, q_offset, t0 + i0 + nq - 1, Tk) : 0;
             for (int d0 = 0; d0 < HS; d0 += ATT_KT)
-                output_tile_n(O + i0, (const float *const *)P + i0, vb, ldkv, lim, d0, HS - d0 < ATT_KT ? HS - d0 : ATT_KT, nq);
+                output_tile_n(O + i0, (const float *const *)P + i0, vb, ldkv, lim, d0,
+                              HS - d0 < ATT_KT ? HS - d0 : ATT_KT, nq);
         }
     }
 }

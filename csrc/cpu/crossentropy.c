@@ -21,7 +21,8 @@ static double row_lse(const float *restrict l, int V) {
 
 /* Returns Σ loss_n over counted rows. Each thread sums a fixed contiguous range of rows into its own slot and
  * the slots are added in order, so the total does not depend on thread timing (only on the thread count). */
-CA_AVX512_CLONE double ca_cpu_crossentropy_forward(float *restrict losses,          /* (N) or NULL */
+CA_AVX512_CLONE
+double ca_cpu_crossentropy_forward(float *restrict losses,          /* (N) or NULL */
                                    const float *restrict logits,    /* (N, V) */
                                    const int32_t *restrict targets, /* (N) */
                                    int N, int V) {
@@ -61,7 +62,8 @@ CA_AVX512_CLONE double ca_cpu_crossentropy_forward(float *restrict losses,      
 /* d loss_n / d logits_n = softmax(logits_n) − onehot(target_n); times `scale` (e.g. 1/count for a mean).
  * dlogits may alias logits: every element is read (max, sum) before its own write, and the write loop has
  * no cross-iteration dependence (hence omp simd without restrict). */
-CA_AVX512_CLONE void ca_cpu_crossentropy_backward(float *dlogits,                  /* (N, V) = */
+CA_AVX512_CLONE
+void ca_cpu_crossentropy_backward(float *dlogits,                  /* (N, V) = */
                                   const float *logits,             /* (N, V) */
                                   const int32_t *restrict targets, /* (N) */
                                   float scale, int N, int V) {

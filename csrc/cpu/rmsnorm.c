@@ -5,7 +5,8 @@
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
-CA_AVX512_CLONE void ca_cpu_rmsnorm_forward(float *restrict out,          /* (N, C) */
+CA_AVX512_CLONE
+void ca_cpu_rmsnorm_forward(float *restrict out,          /* (N, C) */
                             float *restrict rstd,         /* (N) cache for the backward */
                             const float *restrict inp,    /* (N, C) */
                             const float *restrict weight, /* (C) */
@@ -28,7 +29,8 @@ CA_AVX512_CLONE void ca_cpu_rmsnorm_forward(float *restrict out,          /* (N,
 /* With x̂ = x·r and g = w ⊙ dy:  ∂r/∂x_i = −r³x_i/C, hence
  *   dx = r · (g − x̂ · mean(g ⊙ x̂))            (ACCUMULATED: dinp is the residual-stream gradient)
  *   dw += Σ_n dy ⊙ x̂                             */
-CA_AVX512_CLONE void ca_cpu_rmsnorm_backward(float *restrict dinp,         /* (N, C) += */
+CA_AVX512_CLONE
+void ca_cpu_rmsnorm_backward(float *restrict dinp,         /* (N, C) += */
                              float *restrict dweight,      /* (C) += ; NULL to skip */
                              const float *restrict dout,   /* (N, C) */
                              const float *restrict inp,    /* (N, C) */

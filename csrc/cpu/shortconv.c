@@ -40,7 +40,8 @@ static inline void conv_fwd_tile(float *restrict y, float *restrict u, float *re
     }
 }
 
-CA_AVX512_CLONE void ca_cpu_shortconv_forward(float *restrict y,            /* (B, T, C) */
+CA_AVX512_CLONE
+void ca_cpu_shortconv_forward(float *restrict y,            /* (B, T, C) */
                               float *restrict u,            /* (B, T, C) cache */
                               float *restrict c,            /* (B, T, C) cache */
                               const float *restrict z,      /* (B, T, 3C) */
@@ -103,7 +104,8 @@ static inline void conv_bwd_tile(float *restrict dz, float *restrict acc, int ak
     }
 }
 
-CA_AVX512_CLONE void ca_cpu_shortconv_backward(float *restrict dz,           /* (B, T, 3C) = */
+CA_AVX512_CLONE
+void ca_cpu_shortconv_backward(float *restrict dz,           /* (B, T, 3C) = */
                                float *restrict dweight,      /* (C, L) += ; NULL to skip */
                                const float *restrict dy,     /* (B, T, C) */
                                const float *restrict z,      /* (B, T, 3C) */

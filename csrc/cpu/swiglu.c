@@ -3,7 +3,8 @@
 #include "captionaura/ca_ops.h"
 #include "cpu_internal.h"
 
-CA_AVX512_CLONE void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
+CA_AVX512_CLONE
+void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F) */
                            const float *restrict gate, /* (N, F) */
                            const float *restrict up,   /* (N, F) */
                            int N, int F) {
@@ -21,7 +22,8 @@ CA_AVX512_CLONE void ca_cpu_swiglu_forward(float *restrict out,        /* (N, F)
 }
 
 /* silu'(a) = σ(a)·(1 + a·(1 − σ(a))), hence dgate = dout ⊙ up ⊙ silu'(gate), dup = dout ⊙ silu(gate). */
-CA_AVX512_CLONE void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
+CA_AVX512_CLONE
+void ca_cpu_swiglu_backward(float *restrict dgate,      /* (N, F) = */
                             float *restrict dup,        /* (N, F) = */
                             const float *restrict dout, /* (N, F) */
                             const float *restrict gate, const float *restrict up, int N, int F) {
