@@ -81,6 +81,9 @@ def measure(run, new: int, repeats: int) -> dict:
     return {"prefill_s": first, "decode_median_s": float(np.median(gaps)), "decode_span_s": span}
 
 
+PHASES = (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"), ("decode mean", "decode_mean_tok_s"))
+
+
 def rates(m: dict, prompt: int, new: int) -> dict:
     return {"prefill_tok_s": prompt / m["prefill_s"], "decode_tok_s": 1.0 / m["decode_median_s"],
             "decode_mean_tok_s": (new - 1) / m["decode_span_s"]}
@@ -243,6 +246,11 @@ def llama_cpp(config: dict, thread_list: list[int], prompt: int, new: int, pairs
     return out
 
 
+def print_header(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
 def torch_python(arg: str | None) -> str | None:
     if arg:
         return arg
@@ -305,15 +313,13 @@ def main() -> None:
           f"tokens (greedy), {args.repeats} repeats; load average {os.getloadavg()[0]:.1f} at the end")
     head = (f"{'threads':>7} {'dtype':<5} {'phase':<12} {'captionaura tok/s':>18} {'transformers tok/s':>19} "
             f"{'ratio':>6} {'vs torch fp32':>13} {'roofline tok/s':>15} {'of roofline':>11} {'best possible ratio':>19}")
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for threads, row in results.items():
         base = row["torch"].get("fp32")
         for dtype in dtypes:
             o, t = row["ours"][dtype], row["torch"].get(dtype)
             roof = row["bandwidth"] / (params * {"fp32": 4, "bf16": 2, "int8": 1}[dtype])
-            for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
-                               ("decode mean", "decode_mean_tok_s")):
+            for phase, key in PHASES:
                 tv = f"{t[key]:19.1f}" if t else f"{'-':>19}"
                 ratio = f"{o[key] / t[key]:6.2f}" if t else f"{'-':>6}"
                 vs = f"{o[key] / base[key]:13.2f}" if base else f"{'-':>13}"
@@ -324,12 +330,10 @@ def main() -> None:
     print("\nstreaming: each token handled by Python code (handle_token), from the plain call's callback vs from the "
           f"stream=True iterator, same run ({dtypes[0]})")
     head = f"{'threads':>7} {'phase':<12} {'callback tok/s':>15} {'streamed tok/s':>15} {'ratio':>6}"
-    print(head)
-    print("-" * len(head))
+    print_header(head)
     for threads, row in results.items():
         o, st = row["ours"][dtypes[0]]["handled"], row["ours"][dtypes[0]]["streamed"]
-        for phase, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
-                           ("decode mean", "decode_mean_tok_s")):
+        for phase, key in PHASES:
             print(f"{threads:>7} {phase:<12} {o[key]:15.1f} {st[key]:15.1f} {st[key] / o[key]:6.2f}")
     for threads, row in results.items():
         print(f"memory read bandwidth ({threads} thread(s), C probe): {row['bandwidth'] / 1e9:.1f} GB/s; "
@@ -339,8 +343,7 @@ def main() -> None:
               f"of the same weights ({args.pairs} pairs), tok/s")
         head = (f"{'threads':>7} {'type':<5} {'ours (median)':>13} {'llama.cpp (median)':>18} "
                 f"{'ratio per pair':<28} {'median ratio':>12} {'min ratio':>9}")
-        print(head)
-        print("-" * len(head))
+        print_header(head)
         for threads, by_type in llama.items():
             for gtype, r in by_type.items():
                 ratios = [a / b for a, b in zip(r["ours"], r["llama_cpp"])]

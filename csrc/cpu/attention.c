@@ -224,15 +224,7 @@ void ca_cpu_attention_backward(float *restrict dq,         /* (B, Tq, NH, HS) = 
                 /* dP (rows, jn) = dO_blk · v[:jn]ᵀ, then dS = P ⊙ (dP − D) · scale in place */
                 ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, jn, HS, 1.0f, dO, ldq, vb, ldkv, 0.0f, dS,
                                jn);
-                for (int i = 0; i < rows; i++) {
-                    const float *restrict p = P + (size_t)i * Tk;
-                    float *restrict d = dS + (size_t)i * jn;
-                    float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-                    for (int j = 0; j < jn; j++) D += p[j] * d[j];
-#pragma omp simd
-                    for (int j = 0; j < jn; j++) d[j] = p[j] * (d[j] - D) * scale;
-                }
+                ca_softmax_backward_rows(dS, (size_t)jn, P, (size_t)Tk, rows, jn, scale);
                 /* dq_blk (rows, HS) = dS · k[:jn];  dk[:jn] += dSᵀ (jn, rows) · q_blk (rows, HS) */
                 ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, jn, 1.0f, dS, jn, kb, ldkv, 0.0f,
                                dq + r0, ldq);

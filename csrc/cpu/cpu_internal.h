@@ -78,6 +78,21 @@ static inline float ca_sigmoidf(float x) {
     return x >= 0.0f ? s : e * s;
 }
 
+/* Softmax backward over rows of probabilities P and, in place, dP: D = Σ_j P_j·dP_j (= dO·o), then
+ * dS_j = P_j·(dP_j − D)·scale, the scale of the scores folded in (attention.c, mha.c). */
+static inline void ca_softmax_backward_rows(float *restrict dS, size_t ldd, const float *restrict P, size_t ldp,
+                                            int rows, int n, float scale) {
+    for (int i = 0; i < rows; i++) {
+        const float *restrict p = P + (size_t)i * ldp;
+        float *restrict d = dS + (size_t)i * ldd;
+        float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+        for (int j = 0; j < n; j++) D += p[j] * d[j];
+#pragma omp simd
+        for (int j = 0; j < n; j++) d[j] = p[j] * (d[j] - D) * scale;
+    }
+}
+
 /* Row-major C (M, Nc) = beta·C + alpha·op(A)·op(B) through (Open)BLAS, split across the OpenMP threads when
  * large (linear.c explains why the core keeps OpenBLAS single-threaded). */
 void ca_cpu_gemm(int transA, int transB, int M, int Nc, int K, float alpha, const float *A, int lda, const float *B,

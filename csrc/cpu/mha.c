@@ -137,15 +137,7 @@ void ca_cpu_mha_backward(float *restrict dq,         /* (T, NH, HS) = */
             /* dP (rows, T) = do_blk · v_hᵀ */
             ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, T, HS, 1.0f, dout + r0 + o, ld, v + o, ld,
                            0.0f, dS, T);
-            for (int t = 0; t < rows; t++) {
-                const float *restrict p = P + (size_t)t * T;
-                float *restrict d = dS + (size_t)t * T;
-                float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-                for (int j = 0; j < T; j++) D += p[j] * d[j];
-#pragma omp simd
-                for (int j = 0; j < T; j++) d[j] = p[j] * (d[j] - D) * scale;
-            }
+            ca_softmax_backward_rows(dS, (size_t)T, P, (size_t)T, rows, T, scale);
             /* dq_blk (rows, HS) = dS · k_h;  dk_h (T, HS) += dSᵀ (T, rows) · q_blk (rows, HS) */
             ca_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, HS, T, 1.0f, dS, T, k + o, ld, 0.0f,
                            dq + r0 + o, ld);
